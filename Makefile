@@ -1,0 +1,42 @@
+# small-model-search — the two set-up commands are `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint format bench preview clean
+
+# The venv is (re)built whenever the pinned requirements change.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@echo "The multi-worker search (python -m job run) arrives with the next issue."
+	@echo "Meanwhile: train the MobileNetV3-small-like reference on the quickstart data."
+	$(BIN)/python -m job train --config configs/quickstart.yaml \
+		--model configs/models/mobilenetv3_small.yaml --out runs/quickstart-train
+
+lint: $(STAMP)
+	$(BIN)/ruff check job tests bench
+	$(BIN)/ruff format --check job tests bench
+	$(BIN)/mypy job
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix job tests bench
+	$(BIN)/ruff format job tests bench
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/augment.py
+
+preview: $(STAMP)
+	$(BIN)/python -m job augment-preview --config configs/quickstart.yaml --out runs/augment-preview.png
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,211 @@
+"""Stage "augment" of the data path: per-image, batched RandAugment, flip and Cutout.
+
+The seed's train augmentation (DESIGN §6) for whole batches on the training device: each
+image draws its own ops, levels and signs from the op table (`job.ops`); the work is one
+call per (slot, op) on the images that chose it (one resample for all geometric ops of a
+slot), never a loop over images. The draws are made on the host with a CPU generator, so
+the batch plan (which rows take which op) is known without reading the device back: no
+host sync per batch. Public functions keep shape and dtype (uint8 0..255 or float 0..1).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from job.ops import (
+    DEFAULT_OPS,
+    GREY,
+    OPS,
+    AffineOp,
+    Gen,
+    affine,
+    apply_op,
+    box,
+    from_float,
+    to_float,
+)
+
+__all__ = [
+    "DEFAULT_OPS",
+    "GREY",
+    "OPS",
+    "AugmentPolicy",
+    "apply_op",
+    "rand_augment",
+    "sample_choices",
+    "train_augment",
+]
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """The seed's train augmentation; ``level=None`` draws a level per op and image."""
+
+    ops: tuple[str, ...] = DEFAULT_OPS
+    n_select: int = 2
+    level: int | None = 15
+    n_level: int = 31
+    flip_p: float = 0.5
+    cutout_p: float = 0.8
+    cutout_size: float = 0.45
+    fill: int = GREY
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.ops if name not in OPS]
+        _require(not unknown, f"unknown augment op(s) {unknown}; known: {sorted(OPS)}")
+        _require(len(set(self.ops)) == len(self.ops), f"ops {self.ops} name an op twice")
+        _require(0 <= self.n_select <= len(self.ops), f"n_select {self.n_select} > len(ops)")
+        _require(self.n_level >= 1, f"n_level {self.n_level} must be >= 1")
+        _require(0 <= (self.level or 0) <= self.n_level, f"level {self.level} not in 0..n_level")
+        _require(0 <= self.fill <= 255, f"fill {self.fill} not in 0..255")
+        for name in ("flip_p", "cutout_p", "cutout_size"):
+            _require(0 <= getattr(self, name) <= 1, f"{name} {getattr(self, name)} not in [0, 1]")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+_LOCAL = threading.local()
+
+
+def _buffers(like: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Two float buffers per thread, kept for the last shape (never returned to callers): on
+    CPU, fresh batch-sized tensors cost more in page faults than the work (~20% at B=128)."""
+    dtype = torch.float32 if like.dtype == torch.uint8 else like.dtype
+    key = (shape, dtype, like.device)
+    if getattr(_LOCAL, "key", None) != key:
+        _LOCAL.key = key
+        _LOCAL.pair = tuple(torch.empty(shape, dtype=dtype, device=like.device) for _ in "ab")
+    pair: tuple[Tensor, Tensor] = _LOCAL.pair
+    return pair
+
+
+def sample_choices(
+    batch: int, policy: AugmentPolicy, generator: Gen
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image ``n_select`` distinct indices into ``policy.ops`` (int64), levels (int64)
+    and signs ±1 (float32), each ``(B, n_select)``, drawn on the host (CPU generator)."""
+    n_ops, k = len(policy.ops), policy.n_select
+    # first k of a per-row random permutation: a subset without replacement
+    noise = torch.rand(batch, n_ops, generator=generator)  # (B, n_ops)
+    ops = noise.argsort(dim=1, stable=True)[:, :k]
+    if policy.level is None:
+        levels = torch.randint(0, policy.n_level + 1, (batch, k), generator=generator)
+    else:
+        levels = torch.full((batch, k), policy.level, dtype=torch.long)
+    coin = torch.randint(0, 2, (batch, k), generator=generator)
+    return ops, levels, coin.to(torch.float32).mul_(2.0).sub_(1.0)
+
+
+def _magnitudes(policy: AugmentPolicy, ops: Tensor, levels: Tensor, signs: Tensor) -> Tensor:
+    """``(B, n_select)`` magnitudes from the table's ranges for the drawn ops and levels."""
+    specs = [OPS[name] for name in policy.ops]
+    low = torch.tensor([spec.low for spec in specs])[ops]  # (B, n_select)
+    high = torch.tensor([spec.high for spec in specs])[ops]
+    signed = torch.tensor([spec.signed for spec in specs])[ops]
+    m = low + (high - low) * levels.to(torch.float32) / policy.n_level
+    return torch.where(signed, m * signs, m)
+
+
+def _apply_runs(
+    runs: Tensor, mag: Tensor, names: list[str], counts: list[int], fill: float, generator: Gen
+) -> None:
+    """Apply ``names[j]`` in place to the j-th run of ``counts[j]`` rows of ``runs`` (B, C, H,
+    W), magnitudes ``mag`` (B,); the geometric ops, last, are resampled at once."""
+    start, geometric = 0, []
+    for name, count in zip(names, counts, strict=True):
+        end, fn = start + count, OPS[name].fn
+        if count and isinstance(fn, AffineOp):
+            geometric.append(fn.matrix(mag[start:end], runs.shape[2], runs.shape[3]))
+        elif count and name != "Identity":
+            run = runs[start:end]  # (n, C, H, W)
+            run.copy_(fn(run, mag[start:end], fill=fill, generator=generator))
+        start = end
+    if geometric:
+        run = runs[start - sum(len(theta) for theta in geometric) : start]  # the last rows
+        run.copy_(affine(run, torch.cat(geometric), fill))
+
+
+def _plan(
+    b: int, policy: AugmentPolicy, names: list[str], host: Gen
+) -> tuple[list[list[int]], Tensor, Tensor]:
+    """The whole RandAugment plan of a batch, made on the host so the device is never read:
+    run sizes per slot, then row orders (n_select + 1, B) and magnitudes (n_select, B)."""
+    ops, levels, signs = sample_choices(b, policy, host)  # (B, n_select) each, CPU
+    mags = _magnitudes(policy, ops, levels, signs)
+    runs = torch.tensor([names.index(name) for name in policy.ops])[ops]  # (B, n_select)
+    sizes = [
+        np.bincount(runs[:, k].numpy(), minlength=len(names)).tolist()
+        for k in range(policy.n_select)
+    ]
+    perm, orders, row_mags = torch.arange(b), [], []  # row i holds image perm[i]
+    for k in range(policy.n_select):
+        order = runs[:, k].index_select(0, perm).argsort(stable=True)  # rows by run
+        perm = perm.index_select(0, order)
+        orders.append(order)
+        row_mags.append(mags[:, k].index_select(0, perm))
+    orders.append(perm)
+    return sizes, torch.stack(orders), torch.stack(row_mags) if row_mags else torch.empty(0, b)
+
+
+def _rand_augment_rows(
+    x: Tensor, policy: AugmentPolicy, generator: Gen, choices: Gen
+) -> tuple[Tensor, Tensor]:
+    """RandAugment ``x`` (B, C, H, W) as float rows ``y`` holding images ``perm``. Each slot
+    sorts rows by op into runs; the caller unsorts once, as uint8."""
+    b, pixels = x.shape[0], math.prod(x.shape[1:])
+    flat, spare = _buffers(x, (b, pixels))  # (B, C*H*W) each
+    # runs in policy order, geometric ops last so that they form one run together
+    names = sorted(policy.ops, key=lambda name: isinstance(OPS[name].fn, AffineOp))
+    sizes, orders, mags = _plan(b, policy, names, choices or generator)
+    orders = orders.to(x.device, non_blocking=True)  # (n_select + 1, B)
+    mags = mags.to(x.device, flat.dtype, non_blocking=True)  # (n_select, B)
+    for k, counts in enumerate(sizes):
+        if k == 0:  # sort the input (uint8 is 4x cheaper to move), then convert once
+            to_float(x.reshape(b, pixels).index_select(0, orders[0]), out=flat)
+        else:  # row gathers on (B, C*H*W) views: plain row copies
+            flat, spare = torch.index_select(flat, 0, orders[k], out=spare), flat
+        _apply_runs(flat.view(x.shape), mags[k], names, counts, policy.fill / 255.0, generator)
+    if policy.n_select == 0:
+        to_float(x.reshape(b, pixels), out=flat)
+    return flat.view(x.shape), orders[-1]
+
+
+def _unpermute(y: Tensor, perm: Tensor, dtype: torch.dtype) -> Tensor:
+    """Rows of ``y`` (float, overwritten) back to batch order, as ``dtype``: a fresh tensor."""
+    rows = from_float(y, dtype).view(y.shape[0], math.prod(y.shape[1:]))  # (B, C*H*W)
+    return rows.index_select(0, perm.argsort()).view(y.shape)
+
+
+def rand_augment(x: Tensor, policy: AugmentPolicy, generator: Gen, choices: Gen = None) -> Tensor:
+    """Per-image RandAugment of a batch ``(B, C, H, W)``; keeps shape and dtype. ``choices``
+    (CPU) draws each image's ops, levels and signs; it defaults to ``generator`` on CPU."""
+    y, perm = _rand_augment_rows(x, policy, generator, choices)
+    return _unpermute(y, perm, x.dtype)
+
+
+def train_augment(x: Tensor, policy: AugmentPolicy, generator: Gen, choices: Gen = None) -> Tensor:
+    """The seed's train pipeline on padded, resized ``x`` (B, C, H, W): RandAugment, flip,
+    Cutout. Pixel randomness from ``generator`` (on x's device), per-image op choices from
+    ``choices`` (CPU; defaults to ``generator`` on CPU), so nothing is read back per batch."""
+    y, perm = _rand_augment_rows(x, policy, generator, choices)  # (B, C, H, W) float, rows permuted
+    b, _, h, w = y.shape
+    # draws are per image in batch order, then follow the images to their rows
+    flip = torch.rand(b, generator=generator, device=y.device) < policy.flip_p  # (B,)
+    cut = torch.rand(b, generator=generator, device=y.device) < policy.cutout_p
+    centre = torch.rand(b, 2, generator=generator, device=y.device)  # (B, 2) in [0, 1)
+    flip, cut, centre = flip[perm], cut[perm], centre[perm]
+    # in place on our buffer; lerp with weights 0/1 is exact and, unlike where, fast on CPU
+    y.lerp_(y.flip(-1), flip.to(y.dtype).view(-1, 1, 1, 1))
+    side = cut.long() * round(policy.cutout_size * min(h, w))  # (B,) 0: no box
+    grey = torch.full((), policy.fill / 255.0, dtype=y.dtype, device=y.device)
+    y.lerp_(grey, box(h, w, side, centre, y.dtype))
+    return _unpermute(y, perm, x.dtype)

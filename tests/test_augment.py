@@ -1,0 +1,167 @@
+"""job/augment.py: the policy, per-image RandAugment draws, flip and Cutout, batched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from job.augment import (
+    DEFAULT_OPS,
+    OPS,
+    AugmentPolicy,
+    apply_op,
+    rand_augment,
+    sample_choices,
+    train_augment,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+N_LEVEL = 31
+# ops whose level 0 is "do nothing" (Solarize 256, Posterize 8 bits, factor 1, no box...)
+IDENTITY_AT_ZERO = set(OPS) - {"AutoContrast", "Equalize", "Invert"}
+
+
+def _images(dtype: torch.dtype, device: str = "cpu", b: int = 4, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        x = torch.randint(0, 256, (b, 3, size, size), generator=g, dtype=torch.uint8)
+    else:
+        x = torch.rand(b, 3, size, size, generator=g, dtype=dtype)
+    return x.to(device)
+
+
+def _magnitude(name: str, level: int, sign: float = 1.0) -> float:
+    spec = OPS[name]
+    m = spec.low + (spec.high - spec.low) * level / N_LEVEL
+    return m * sign if spec.signed else m
+
+
+def test_policy_validates():
+    assert AugmentPolicy().ops == DEFAULT_OPS and len(DEFAULT_OPS) == 14
+    with pytest.raises(ValueError, match="Blur"):
+        AugmentPolicy(ops=("Identity", "Blur"))
+    with pytest.raises(ValueError, match="n_select"):
+        AugmentPolicy(n_select=15)
+    with pytest.raises(ValueError, match="level"):
+        AugmentPolicy(level=32)
+    with pytest.raises(ValueError, match="twice"):
+        AugmentPolicy(ops=("Rotate", "Rotate"))
+
+
+def test_train_augment_flips_per_image_and_cuts_clipped_grey_boxes():
+    x = torch.randint(0, 100, (64, 3, 16, 16), dtype=torch.uint8)
+    off = AugmentPolicy(n_select=0, flip_p=0.0, cutout_p=0.0)
+    assert torch.equal(train_augment(x, off, torch.Generator().manual_seed(0)), x)
+    flip = AugmentPolicy(n_select=0, flip_p=1.0, cutout_p=0.0)
+    assert torch.equal(train_augment(x, flip, torch.Generator().manual_seed(0)), x.flip(-1))
+    half = AugmentPolicy(n_select=0, flip_p=0.5, cutout_p=0.0)
+    y = train_augment(x, half, torch.Generator().manual_seed(0))
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    assert torch.equal(flipped | (y == x).flatten(1).all(1), torch.ones(64, dtype=torch.bool))
+    assert 10 < int(flipped.sum()) < 54
+    cut = AugmentPolicy(n_select=0, flip_p=0.0, cutout_p=1.0, cutout_size=0.25)  # 4 px
+    y = train_augment(x, cut, torch.Generator().manual_seed(0))
+    box = (y == 128).all(1)  # (B, H, W)
+    rows, cols = box.any(2).sum(1), box.any(1).sum(1)
+    assert torch.equal(box.sum((1, 2)), rows * cols)  # a rectangle, clipped at the border
+    assert (rows >= 2).all() and (rows <= 4).all() and (cols <= 4).all()
+    assert torch.equal(y[~box.unsqueeze(1).expand_as(y)], x[~box.unsqueeze(1).expand_as(x)])
+
+
+def test_choices_are_distinct_per_image_and_uniform_over_ops():
+    policy, batch, draws = AugmentPolicy(), 512, 20
+    g = torch.Generator().manual_seed(0)
+    ops = torch.cat([sample_choices(batch, policy, g)[0] for _ in range(draws)])
+    assert ops.shape == (batch * draws, 2) and (ops[:, 0] != ops[:, 1]).all()
+    assert len({tuple(r) for r in ops[:batch].tolist()}) > 150  # of 14*13 = 182 pairs
+    n, p = ops.shape[0], policy.n_select / len(policy.ops)
+    chosen = torch.zeros(len(policy.ops))
+    for j in range(len(policy.ops)):
+        chosen[j] = (ops == j).any(1).float().mean()
+    assert (chosen - p).abs().max() < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_levels_and_signs():
+    g = torch.Generator().manual_seed(0)
+    _, levels, signs = sample_choices(512, AugmentPolicy(), g)
+    assert (levels == 15).all()
+    assert set(signs.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(signs.mean())) < 5 / math.sqrt(signs.numel())
+    _, levels, _ = sample_choices(512, AugmentPolicy(level=None), g)
+    assert torch.equal(levels.unique(), torch.arange(N_LEVEL + 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_seed_same_output_other_seed_other_output(device):
+    x = _images(torch.uint8, device, b=32)
+    policy = AugmentPolicy(level=None)
+
+    def run(seed: int) -> torch.Tensor:
+        pixels, choices = torch.Generator(device=device), torch.Generator()
+        return train_augment(x, policy, pixels.manual_seed(seed), choices.manual_seed(seed))
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+
+
+def test_every_image_gets_its_own_draws():
+    x = _images(torch.uint8, b=1, size=16).expand(256, 3, 16, 16).contiguous()
+    y = rand_augment(x, AugmentPolicy(), torch.Generator().manual_seed(0))
+    assert len({bytes(img.numpy()) for img in y}) > 100
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_rand_augment_applies_what_sample_choices_drew(dtype):
+    x = _images(dtype, b=64, size=16)
+    policy = AugmentPolicy(level=None)
+    y = rand_augment(x, policy, torch.Generator().manual_seed(5))
+    ops, levels, signs = sample_choices(64, policy, torch.Generator().manual_seed(5))
+    for i in range(0, 64, 7):
+        z = x[i : i + 1].float() / 255 if dtype == torch.uint8 else x[i : i + 1]
+        for k in range(policy.n_select):
+            spec = OPS[policy.ops[int(ops[i, k])]]
+            low, high = torch.tensor(spec.low), torch.tensor(spec.high)
+            m = low + (high - low) * levels[i, k].float() / policy.n_level  # float32 like ours
+            z = apply_op(policy.ops[int(ops[i, k])], z, m * signs[i, k] if spec.signed else m)
+        expected = (z * 255).round().clamp(0, 255).to(torch.uint8) if dtype == torch.uint8 else z
+        assert torch.allclose(y[i : i + 1].double(), expected.double(), atol=1e-6), i
+
+
+def test_empty_and_channels_last_batches():
+    policy = AugmentPolicy()
+    empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
+    assert train_augment(empty, policy, torch.Generator().manual_seed(0)).shape == empty.shape
+    x = _images(torch.uint8, b=8)
+    y = rand_augment(x, policy, torch.Generator().manual_seed(0))
+    last = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(rand_augment(last, policy, torch.Generator().manual_seed(0)), y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_op_in_one_policy_runs_batched_on_each_image(device):
+    policy = AugmentPolicy(ops=tuple(OPS), n_select=len(OPS), level=None)  # all 16, each image
+    for x in (_images(torch.uint8, device, b=16), _images(torch.float64, device)[..., :11]):
+        g = torch.Generator(device=device).manual_seed(0)
+        y = train_augment(x, policy, g, torch.Generator().manual_seed(0))
+        assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_outputs_do_not_alias_reused_buffers(dtype):
+    x, policy = _images(dtype, b=8), AugmentPolicy()
+    first = rand_augment(x, policy, torch.Generator().manual_seed(0))
+    kept, before = first.clone(), x.clone()
+    second = train_augment(x, policy, torch.Generator().manual_seed(1))
+    assert torch.equal(first, kept) and torch.equal(x, before)
+    assert first.data_ptr() != second.data_ptr()
+
+
+def test_choices_come_from_the_host_generator():
+    x = _images(torch.uint8, b=32)
+    pixels = torch.Generator().manual_seed(0)
+    a = train_augment(x, AugmentPolicy(), pixels, torch.Generator().manual_seed(1))
+    pixels.manual_seed(0)
+    b = train_augment(x, AugmentPolicy(), pixels, torch.Generator().manual_seed(2))
+    assert not torch.equal(a, b)  # same pixel draws, other op choices

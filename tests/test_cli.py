@@ -1,0 +1,118 @@
+"""job/cli.py: the verbs as a user runs them — real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Written by hand in the seed's format (quoted names, nulls, trailing args omitted),
+# not produced by job.model: the format is the contract.
+SEED_STYLE_MODEL = """\
+input_channel: 3
+
+depth_multiple: 0.5
+width_multiple: 0.5
+
+backbone:
+    # [repeat, module, args]
+    [
+        [2, 'Conv', [16, 3, 1, null, 1, 'Hardswish']],
+        [3, 'InvertedResidualv3', [3, 3.0, 32, 0, 0, 2]],
+        [1, 'DWConv', [48, 5, 1, null, 'ReLU']],
+        [2, 'InvertedResidualv2', [24, 4, 2]],
+        [1, 'Conv', [256, 1, 1]],
+        [1, 'GlobalAvgPool', []],
+        [1, 'FixedConv', [10, 1, 1, null, 1, null]]
+    ]
+"""
+
+TINY_CONFIG = """\
+data: {name: digits, image_size: 16, subset: 300, val_ratio: 0.2}
+augment: {n_select: 1, level: 5, flip_p: 0.0}
+train: {epochs: 2, batch_size: 64, lr: 0.05, device: cpu}
+"""
+
+
+def _job(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "job", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_train_verb_on_a_hand_written_seed_yaml(tmp_path: Path) -> None:
+    (tmp_path / "model.yaml").write_text(SEED_STYLE_MODEL)
+    (tmp_path / "config.yaml").write_text(TINY_CONFIG)
+    out = tmp_path / "out"
+    proc = _job(
+        "train",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--model",
+        str(tmp_path / "model.yaml"),
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   2" in proc.stdout and "test accuracy" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"] > 0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert len(metrics["history"]) == 2 and len(metrics["data_fingerprint"]) == 64
+    assert (out / "model.yaml").read_text().startswith("input_channel: 3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("backbone: [[1, Conv, [16, 3, 1]], [1, Teleport, []]]\n", "Teleport"),
+        ("input_channel: 3\nbackbone: [[1, FixedConv, [7, 1, 1, null, 1, null]]]\n", "7 classes"),
+        ("backbone: [[1, Conv\n", "model.yaml"),
+    ],
+)
+def test_bad_model_yaml_exits_2_with_one_line(tmp_path: Path, model: str, expected: str) -> None:
+    (tmp_path / "model.yaml").write_text(model)
+    (tmp_path / "config.yaml").write_text(TINY_CONFIG)
+    proc = _job(
+        "train", "--config", str(tmp_path / "config.yaml"), "--model", str(tmp_path / "model.yaml")
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_augment_preview_writes_the_grid(tmp_path: Path) -> None:
+    out = tmp_path / "preview.png"
+    proc = _job(
+        "augment-preview", "--config", "configs/quickstart.yaml", "--out", str(out), "--size", "48"
+    )
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as image:
+        width, height = image.size
+    # 4 images x (original + 3 levels) columns, 14 ops as rows
+    assert width > 16 * 48 and height > 14 * 48
+
+
+def test_every_verb_documents_its_options() -> None:
+    from job.cli import build_parser
+
+    parser = build_parser()
+    help_text = parser.format_help()
+    assert "train" in help_text and "augment-preview" in help_text
+    for verb in ("train", "augment-preview"):
+        sub = parser._subparsers._group_actions[0].choices[verb]  # type: ignore[union-attr]
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{verb} --{action.dest} has no help"

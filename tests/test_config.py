@@ -1,0 +1,109 @@
+"""job/config.py: typed sections, defaults, and one clear line per bad key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from job.config import Config, ConfigError, dump_config, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "cifar10.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(ROOT / "configs" / name)
+    assert config.objectives == ("accuracy", "params")
+    assert len(config.space.blocks) == 7
+
+
+def test_cifar10_is_the_seed_scenario() -> None:
+    c = load_config(ROOT / "configs" / "cifar10.yaml")
+    assert (c.data.name, c.data.subset, c.data.image_size) == ("cifar10", 10000, 32)
+    assert (c.train.batch_size, c.train.epochs, c.train.optimizer) == (128, 200, "sgd")
+    assert c.train.momentum > 0 and c.train.schedule == "cosine"
+    assert (c.augment.n_select, c.augment.level, c.augment.n_level) == (2, 15, 31)
+    assert c.space.augment is None  # RandAugment fixed, as in the seed
+
+
+def test_defaults_are_the_seed_space() -> None:
+    c = Config()
+    first, second = c.space.blocks[0], c.space.blocks[1]
+    assert first.modules == ("Conv", "DWConv") and first.channels == (16, 64, 16)
+    assert first.repeat == (1, 3) and first.kernel == (3,)
+    assert "Pass" in second.modules and second.kernel == (1, 3, 5)
+    assert c.space.blocks[-1].channels == (128, 1024, 128)
+    assert c.space.max_stride2 == 5 and c.space.force_stride_by == 2
+
+
+def test_frozen() -> None:
+    c = Config()
+    with pytest.raises(ValidationError):
+        c.train.epochs = 3  # type: ignore[misc]
+
+
+def test_round_trip_through_yaml() -> None:
+    c = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert parse_config(yaml.safe_load(dump_config(c))) == c
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+        ({"train": {"epoch": 3}}, "train.epoch: unknown key"),
+        ({"trian": {}}, "trian: unknown key"),
+        ({"train": {"lr": "fast"}}, "train.lr: "),
+        ({"data": {"val_ratio": 1.5}}, "data.val_ratio: must be < 1.0, got 1.5"),
+        ({"data": {"name": "mnist"}}, "data.name: "),
+        ({"data": {"name": "cifar10"}}, "data.path: required"),
+        ({"augment": {"ops": ["Rotate", "Spin"]}}, "augment.ops: unknown op 'Spin'"),
+        ({"augment": {"level": 40}}, "augment.level: must be <= n_level"),
+        (
+            {"space": {"blocks": [{"modules": ["Conv"], "channels": [64, 16, 8]}]}},
+            "space.blocks[0].channels",
+        ),
+        ({"space": {"blocks": [{"modules": ["Transformer"]}]}}, "space.blocks[0].modules[0]"),
+        ({"objectives": ["accuracy", "accuracy"]}, "objectives: listed twice"),
+        ({"objectives": ["speed"]}, "objectives[0]: "),
+        ({"study": {"budget": -1}}, "study.budget: must be >= 1, got -1"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(doc: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.slow
+def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 0\n")
+    model = ROOT / "configs" / "models" / "mobilenetv2.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "job", "train", "--config", str(bad), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: train.epochs: must be >= 1, got 0"
+    assert "Traceback" not in proc.stderr

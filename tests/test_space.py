@@ -1,0 +1,147 @@
+"""job/space.py: the seed's space as data, its stride rules, constraints, objectives."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from job.config import Config, ConstraintsConfig, parse_config
+from job.model import build_model
+from job.space import (
+    constraint_values,
+    directions,
+    objective_values,
+    sample_candidate,
+    sample_model,
+    sample_policy,
+    sample_recipe,
+)
+from job.train import TrainError, TrainResult
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _study(seed: int = 0, n_objectives: int = 2) -> optuna.Study:
+    return optuna.create_study(
+        directions=["maximize", "minimize"][:n_objectives],
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+    )
+
+
+def _strides(spec) -> list[int]:  # type: ignore[no-untyped-def]
+    """Stride of each sampled block (the head's 1x1 conv excluded)."""
+    out = []
+    for layer in spec.backbone[:-3]:
+        out.append(int(layer.args[-1] if layer.module.startswith("Inverted") else layer.args[2]))
+    return out
+
+
+@pytest.mark.slow
+def test_500_networks_run_on_32x32_or_are_rejected_up_front() -> None:
+    config, study = Config(), _study()
+    ran = rejected = 0
+    x = torch.randn(1, 3, 32, 32)
+    for _ in range(500):
+        trial = study.ask()
+        try:
+            candidate = sample_candidate(trial, config, num_classes=10)
+        except TrainError as exc:
+            assert exc.reason == "invalid_network"
+            rejected += 1
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        with torch.inference_mode():
+            logits = build_model(candidate.model).eval()(x)
+        assert logits.shape == (1, 10)
+        ran += 1
+        study.tell(trial, [0.5, float(candidate.params)])
+    assert ran + rejected == 500
+    assert ran > 400  # the seed's rules make almost every network fit 32x32
+
+
+def test_stride_rules_hold_for_many_samples() -> None:
+    config, study = Config(), _study(seed=1)
+    for _ in range(300):
+        trial = study.ask()
+        spec = sample_model(trial, config, num_classes=10)
+        strides = _strides(spec)
+        assert strides.count(2) <= config.space.max_stride2
+        # The first downsampling happens by block 2 whenever block 2 is not skipped.
+        if trial.params["m2"] != "Pass":
+            assert 2 in strides[:2]
+        assert spec.backbone[-1].module == "FixedConv" and spec.backbone[-1].args[0] == 10
+        study.tell(trial, [0.0, 0.0])
+
+
+def test_narrowed_space_is_respected() -> None:
+    config = parse_config(
+        {
+            "space": {
+                "blocks": [
+                    {"modules": ["Conv"], "repeat": [2, 2], "channels": [24, 24, 8], "kernel": [5]},
+                    {"modules": ["InvertedResidualv3"], "ir_channels": [32, 32, 8]},
+                ],
+                "head_channels": [256, 256, 128],
+            }
+        }
+    )
+    trial = _study().ask()
+    spec = sample_model(trial, config, num_classes=3)
+    first, second = spec.backbone[0], spec.backbone[1]
+    assert (first.repeat, first.module, first.args[:3]) == (2, "Conv", (24, 5, first.args[2]))
+    assert second.module == "InvertedResidualv3" and second.args[2] == 32
+    assert spec.backbone[2].args[0] == 256 and spec.backbone[-1].args[0] == 3
+
+
+def test_policy_fixed_or_searched() -> None:
+    fixed = parse_config({"space": {"augment": None}})
+    policy = sample_policy(_study().ask(), fixed)
+    assert policy is not None and (policy.n_select, policy.level) == (2, 15)
+    assert sample_policy(_study().ask(), parse_config({"augment": {"enabled": False}})) is None
+    searched = Config()
+    seen_random = seen_fixed = False
+    for seed in range(20):
+        p = sample_policy(_study(seed).ask(), searched)
+        assert p is not None and 0 <= p.n_select <= 3
+        seen_random |= p.level is None
+        seen_fixed |= p.level is not None
+    assert seen_random and seen_fixed
+
+
+def test_recipe_knobs_and_per_trial_seed() -> None:
+    config = parse_config({"space": {"train": {"lr": [0.01, 0.2], "label_smoothing": [0.0, 0.1]}}})
+    study = _study()
+    a, b = study.ask(), study.ask()
+    ra, rb = sample_recipe(a, config), sample_recipe(b, config)
+    assert 0.01 <= ra.lr <= 0.2 and ra.label_smoothing in (0.0, 0.1)
+    assert ra.seed != rb.seed
+
+
+def test_constraints_are_recorded_on_the_trial() -> None:
+    config = parse_config({"constraints": {"max_params": 1000}})
+    trial = _study().ask()
+    candidate = sample_candidate(trial, config, num_classes=10)
+    assert candidate.params > 1000
+    assert trial.constraints == {"params": pytest.approx(candidate.params / 1000 - 1.0)}
+    values = constraint_values(ConstraintsConfig(max_macs=100, max_latency_ms=2.0), 5, 50, 3.0)
+    assert values == {"macs": -0.5, "latency": 0.5}
+
+
+def test_objectives_map_results_and_directions() -> None:
+    result = TrainResult(
+        val_accuracy=0.9,
+        test_accuracy=0.8,
+        val_f1=0.85,
+        test_f1=0.8,
+        params=1234,
+        macs=5678,
+        latency_ms_b1=0.5,
+        latency_ms_b256=0.01,
+        train_images_per_s=1.0,
+        seconds=1.0,
+        device="cpu",
+    )
+    names = ("accuracy", "params", "macs", "latency", "f1")
+    assert objective_values(result, names) == [0.9, 1234.0, 5678.0, 0.5, 0.85]
+    assert directions(names) == ["maximize", "minimize", "minimize", "minimize", "maximize"]
