@@ -16,26 +16,9 @@ from job.augment import (
     sample_choices,
     train_augment,
 )
+from tests.test_ops import DEVICES, images
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 N_LEVEL = 31
-# ops whose level 0 is "do nothing" (Solarize 256, Posterize 8 bits, factor 1, no box...)
-IDENTITY_AT_ZERO = set(OPS) - {"AutoContrast", "Equalize", "Invert"}
-
-
-def _images(dtype: torch.dtype, device: str = "cpu", b: int = 4, size: int = 16, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    if dtype == torch.uint8:
-        x = torch.randint(0, 256, (b, 3, size, size), generator=g, dtype=torch.uint8)
-    else:
-        x = torch.rand(b, 3, size, size, generator=g, dtype=dtype)
-    return x.to(device)
-
-
-def _magnitude(name: str, level: int, sign: float = 1.0) -> float:
-    spec = OPS[name]
-    m = spec.low + (spec.high - spec.low) * level / N_LEVEL
-    return m * sign if spec.signed else m
 
 
 def test_policy_validates():
@@ -95,7 +78,7 @@ def test_levels_and_signs():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_same_seed_same_output_other_seed_other_output(device):
-    x = _images(torch.uint8, device, b=32)
+    x = images(torch.uint8, device, b=32)
     policy = AugmentPolicy(level=None)
 
     def run(seed: int) -> torch.Tensor:
@@ -107,14 +90,14 @@ def test_same_seed_same_output_other_seed_other_output(device):
 
 
 def test_every_image_gets_its_own_draws():
-    x = _images(torch.uint8, b=1, size=16).expand(256, 3, 16, 16).contiguous()
+    x = images(torch.uint8, b=1, size=16).expand(256, 3, 16, 16).contiguous()
     y = rand_augment(x, AugmentPolicy(), torch.Generator().manual_seed(0))
     assert len({bytes(img.numpy()) for img in y}) > 100
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_rand_augment_applies_what_sample_choices_drew(dtype):
-    x = _images(dtype, b=64, size=16)
+    x = images(dtype, b=64, size=16)
     policy = AugmentPolicy(level=None)
     y = rand_augment(x, policy, torch.Generator().manual_seed(5))
     ops, levels, signs = sample_choices(64, policy, torch.Generator().manual_seed(5))
@@ -133,7 +116,7 @@ def test_empty_and_channels_last_batches():
     policy = AugmentPolicy()
     empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
     assert train_augment(empty, policy, torch.Generator().manual_seed(0)).shape == empty.shape
-    x = _images(torch.uint8, b=8)
+    x = images(torch.uint8, b=8)
     y = rand_augment(x, policy, torch.Generator().manual_seed(0))
     last = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(rand_augment(last, policy, torch.Generator().manual_seed(0)), y)
@@ -142,7 +125,7 @@ def test_empty_and_channels_last_batches():
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_op_in_one_policy_runs_batched_on_each_image(device):
     policy = AugmentPolicy(ops=tuple(OPS), n_select=len(OPS), level=None)  # all 16, each image
-    for x in (_images(torch.uint8, device, b=16), _images(torch.float64, device)[..., :11]):
+    for x in (images(torch.uint8, device, b=16), images(torch.float64, device)[..., :11]):
         g = torch.Generator(device=device).manual_seed(0)
         y = train_augment(x, policy, g, torch.Generator().manual_seed(0))
         assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
@@ -150,7 +133,7 @@ def test_every_op_in_one_policy_runs_batched_on_each_image(device):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_outputs_do_not_alias_reused_buffers(dtype):
-    x, policy = _images(dtype, b=8), AugmentPolicy()
+    x, policy = images(dtype, b=8), AugmentPolicy()
     first = rand_augment(x, policy, torch.Generator().manual_seed(0))
     kept, before = first.clone(), x.clone()
     second = train_augment(x, policy, torch.Generator().manual_seed(1))
@@ -159,7 +142,7 @@ def test_outputs_do_not_alias_reused_buffers(dtype):
 
 
 def test_choices_come_from_the_host_generator():
-    x = _images(torch.uint8, b=32)
+    x = images(torch.uint8, b=32)
     pixels = torch.Generator().manual_seed(0)
     a = train_augment(x, AugmentPolicy(), pixels, torch.Generator().manual_seed(1))
     pixels.manual_seed(0)

@@ -17,7 +17,7 @@ N_LEVEL = 31
 IDENTITY_AT_ZERO = set(OPS) - {"AutoContrast", "Equalize", "Invert"}
 
 
-def _images(dtype: torch.dtype, device: str = "cpu", b: int = 4, size: int = 16, seed: int = 0):
+def images(dtype: torch.dtype, device: str = "cpu", b: int = 4, size: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     if dtype == torch.uint8:
         x = torch.randint(0, 256, (b, 3, size, size), generator=g, dtype=torch.uint8)
@@ -37,7 +37,7 @@ def _magnitude(name: str, level: int, sign: float = 1.0) -> float:
 @pytest.mark.parametrize("level", [0, N_LEVEL])
 @pytest.mark.parametrize("name", list(OPS))
 def test_every_op_keeps_shape_dtype_and_range(name, level, dtype, device):
-    x = _images(dtype, device)
+    x = images(dtype, device)
     for sign in (1.0, -1.0) if OPS[name].signed else (1.0,):
         g = torch.Generator(device=device).manual_seed(0)
         y = apply_op(name, x, _magnitude(name, level, sign), generator=g)
@@ -52,7 +52,7 @@ def test_every_op_keeps_shape_dtype_and_range(name, level, dtype, device):
 
 def test_apply_op_rejects_unknown_name():
     with pytest.raises(ValueError, match="Blur"):
-        apply_op("Blur", _images(torch.uint8), 1.0)
+        apply_op("Blur", images(torch.uint8), 1.0)
 
 
 def test_invert_and_solarize_threshold():
@@ -68,13 +68,13 @@ def test_invert_and_solarize_threshold():
 
 @pytest.mark.parametrize(("magnitude", "mask"), [(4.0, 0xF0), (5.6, 0xFC), (8.0, 0xFF)])
 def test_posterize_keeps_the_top_bits(magnitude, mask):
-    x = _images(torch.uint8, size=8)
+    x = images(torch.uint8, size=8)
     assert torch.equal(apply_op("Posterize", x, magnitude), x & mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_translate_shifts_whole_pixels_and_fills_grey(dtype):
-    x = _images(dtype, size=16)
+    x = images(dtype, size=16)
     grey = 128 if dtype == torch.uint8 else 128 / 255
     right = apply_op("TranslateX", x, 0.25)  # 4 of 16 pixels, content moves right
     assert torch.equal(right[..., 4:], x[..., :-4])
@@ -85,7 +85,7 @@ def test_translate_shifts_whole_pixels_and_fills_grey(dtype):
 
 
 def test_rotate_is_counter_clockwise_and_fills_corners_grey():
-    x = _images(torch.uint8, size=16)
+    x = images(torch.uint8, size=16)
     assert torch.equal(apply_op("Rotate", x, 90.0), torch.rot90(x, 1, dims=(2, 3)))
     y = apply_op("Rotate", x, 30.0)
     assert (y[:, :, 0, 0] == 128).all() and (y[:, :, -1, -1] == 128).all()
@@ -93,7 +93,7 @@ def test_rotate_is_counter_clockwise_and_fills_corners_grey():
 
 
 def test_shear_x_is_about_the_top_left_corner_like_pil():
-    x = _images(torch.uint8, size=32)
+    x = images(torch.uint8, size=32)
     y = apply_op("ShearX", x, 0.3)  # in_x = out_x + 0.3 * out_y (pixel centres)
     assert torch.equal(y[:, :, 0], x[:, :, 0])
     assert torch.equal(y[:, :, 31, :23], x[:, :, 31, 9:])  # 0.3 * 31.5 = 9.45 → 9 px
@@ -117,7 +117,7 @@ def test_equalize_matches_pil_and_flattens_the_histogram():
 
 
 def test_colour_ops_blend_towards_their_degenerate_image():
-    x = _images(torch.float32, size=8)
+    x = images(torch.float32, size=8)
     assert torch.allclose(apply_op("Brightness", x, -0.5), x * 0.5, atol=1e-6)
     grey = apply_op("Color", x, -1.0)
     assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-6)
@@ -188,6 +188,6 @@ TORCHVISION_CASES = [
 @pytest.mark.parametrize(("name", "m", "tolerance"), TORCHVISION_CASES)
 def test_ops_agree_with_torchvision_on_uint8(name, m, tolerance):
     """An outside oracle: geometry (direction, centre, grey fill) exact, colour ops within 1."""
-    x = _images(torch.uint8, b=4, size=32, seed=3)
+    x = images(torch.uint8, b=4, size=32, seed=3)
     diff = (apply_op(name, x, m).int() - _torchvision_reference(name, x, m).int()).abs()
     assert diff.max() <= tolerance, name
