@@ -1,4 +1,4 @@
-"""Stage "augment" of the data path: per-image, batched RandAugment, flip and Cutout.
+"""Stage 3 of the data path, augment: per-image batched RandAugment, flip, Cutout.
 
 The seed's train augmentation (DESIGN §6) for whole batches on the training device: each
 image draws its own ops, levels and signs from the op table (`job.ops`); the work is one
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from job.ops import (
@@ -30,6 +31,9 @@ from job.ops import (
     from_float,
     to_float,
 )
+
+Ints = NDArray[np.int64]
+Floats = NDArray[np.float32]
 
 __all__ = [
     "DEFAULT_OPS",
@@ -94,25 +98,24 @@ def sample_choices(
     """Per image ``n_select`` distinct indices into ``policy.ops`` (int64), levels (int64)
     and signs ±1 (float32), each ``(B, n_select)``, drawn on the host (CPU generator)."""
     n_ops, k = len(policy.ops), policy.n_select
+    # one draw for everything, then numpy: a few small torch ops would cost more than this
+    u = torch.rand(batch, n_ops + 2 * k, generator=generator, dtype=torch.float64).numpy()
     # first k of a per-row random permutation: a subset without replacement
-    noise = torch.rand(batch, n_ops, generator=generator)  # (B, n_ops)
-    ops = noise.argsort(dim=1, stable=True)[:, :k]
-    if policy.level is None:
-        levels = torch.randint(0, policy.n_level + 1, (batch, k), generator=generator)
+    ops = u[:, :n_ops].argsort(axis=1, kind="stable")[:, :k]
+    if policy.level is None:  # uniform on 0..n_level
+        levels = np.floor(u[:, n_ops : n_ops + k] * (policy.n_level + 1)).astype(np.int64)
     else:
-        levels = torch.full((batch, k), policy.level, dtype=torch.long)
-    coin = torch.randint(0, 2, (batch, k), generator=generator)
-    return ops, levels, coin.to(torch.float32).mul_(2.0).sub_(1.0)
+        levels = np.full((batch, k), policy.level, dtype=np.int64)
+    signs = np.where(u[:, n_ops + k :] < 0.5, -1.0, 1.0).astype(np.float32)
+    return torch.from_numpy(ops), torch.from_numpy(levels), torch.from_numpy(signs)
 
 
-def _magnitudes(policy: AugmentPolicy, ops: Tensor, levels: Tensor, signs: Tensor) -> Tensor:
+def _magnitudes(policy: AugmentPolicy, ops: Ints, levels: Ints, signs: Floats) -> Floats:
     """``(B, n_select)`` magnitudes from the table's ranges for the drawn ops and levels."""
-    specs = [OPS[name] for name in policy.ops]
-    low = torch.tensor([spec.low for spec in specs])[ops]  # (B, n_select)
-    high = torch.tensor([spec.high for spec in specs])[ops]
-    signed = torch.tensor([spec.signed for spec in specs])[ops]
-    m = low + (high - low) * levels.to(torch.float32) / policy.n_level
-    return torch.where(signed, m * signs, m)
+    low, high, signed = np.array([OPS[name][1:] for name in policy.ops], dtype=np.float32).T
+    m = low[ops] + (high - low)[ops] * levels.astype(np.float32) / policy.n_level
+    out: Floats = np.where(signed[ops] > 0, m * signs, m)
+    return out
 
 
 def _apply_runs(
@@ -138,22 +141,21 @@ def _plan(
     b: int, policy: AugmentPolicy, names: list[str], host: Gen
 ) -> tuple[list[list[int]], Tensor, Tensor]:
     """The whole RandAugment plan of a batch, made on the host so the device is never read:
-    run sizes per slot, then row orders (n_select + 1, B) and magnitudes (n_select, B)."""
-    ops, levels, signs = sample_choices(b, policy, host)  # (B, n_select) each, CPU
+    run sizes per slot, then row orders (n_select + 1, B) and magnitudes (n_select, B).
+    Small host arrays: numpy, which costs a fraction of torch's per-op overhead here."""
+    ops, levels, signs = (t.numpy() for t in sample_choices(b, policy, host))  # (B, n_select)
     mags = _magnitudes(policy, ops, levels, signs)
-    runs = torch.tensor([names.index(name) for name in policy.ops])[ops]  # (B, n_select)
-    sizes = [
-        np.bincount(runs[:, k].numpy(), minlength=len(names)).tolist()
-        for k in range(policy.n_select)
-    ]
-    perm, orders, row_mags = torch.arange(b), [], []  # row i holds image perm[i]
+    runs = np.array([names.index(name) for name in policy.ops])[ops]  # (B, n_select)
+    perm, orders, row_mags, sizes = np.arange(b), [], [], []  # row i holds image perm[i]
     for k in range(policy.n_select):
-        order = runs[:, k].index_select(0, perm).argsort(stable=True)  # rows by run
-        perm = perm.index_select(0, order)
+        sizes.append(np.bincount(runs[:, k], minlength=len(names)).tolist())
+        order = runs[perm, k].argsort(kind="stable")  # rows by run
+        perm = perm[order]
         orders.append(order)
-        row_mags.append(mags[:, k].index_select(0, perm))
+        row_mags.append(mags[perm, k])
     orders.append(perm)
-    return sizes, torch.stack(orders), torch.stack(row_mags) if row_mags else torch.empty(0, b)
+    stacked = np.stack(row_mags) if row_mags else np.empty((0, b), dtype=np.float32)
+    return sizes, torch.from_numpy(np.stack(orders)), torch.from_numpy(stacked)
 
 
 def _rand_augment_rows(

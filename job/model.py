@@ -1,4 +1,4 @@
-"""Stage "model": the seed's model YAML — parse, validate, build, dump; params and MACs.
+"""Stage 4 of the data path, model: the seed's model YAML; params and MACs.
 
 A model YAML (also the export format of a found architecture) is::
 

@@ -1,4 +1,4 @@
-"""Stage "model": the seed's building blocks and the table that names them.
+"""Stage 4 of the data path, model — its modules: the seed's building blocks, a table.
 
 Each block is an ``nn.Module`` taking ``(B, C_in, H, W)``. ``MODULES`` maps the name used in
 a model YAML to a ``ModuleDef`` row: how to build one copy, how many channels it emits,

@@ -1,4 +1,4 @@
-"""Stage "augment", its ops: the table of batched image operations.
+"""Stage 3 of the data path, augment — its ops: the table of batched image operations.
 
 ``OPS`` maps an op's name to ``OpSpec(fn, low, high, signed)``: ``fn(x, m)`` works on a
 whole float batch ``(B, C, H, W)`` in [0, 1] with one magnitude per image ``m`` (B,), so

@@ -1,4 +1,4 @@
-"""The search space: an Optuna trial → typed, frozen values, and results → objectives.
+"""The search layer's space: an Optuna trial → typed, frozen values; results → objectives.
 
 This is the only place of the data path that knows Optuna. `sample_candidate` asks
 the trial for a network (the seed's seven blocks, declared as data in `space`), a

@@ -116,3 +116,15 @@ def test_every_verb_documents_its_options() -> None:
         for action in sub._actions:
             if action.dest != "help":
                 assert action.help, f"{verb} --{action.dest} has no help"
+
+
+@pytest.mark.slow
+def test_missing_data_exits_2_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(
+        f"data: {{name: cifar10, path: {tmp_path / 'nowhere'}}}\n"
+    )
+    model = ROOT / "configs" / "models" / "mobilenetv2.yaml"
+    proc = _job("train", "--config", str(tmp_path / "config.yaml"), "--model", str(model))
+    assert proc.returncode == 2, proc.stderr
+    assert str(tmp_path / "nowhere") in proc.stderr and "data.download" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
