@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench preview clean
+.PHONY: run test lint format bench preview status clean
 
 # The venv is (re)built whenever the pinned requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -15,10 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 venv: $(STAMP)
 
 run: $(STAMP)
-	@echo "The multi-worker search (python -m job run) arrives with the next issue."
-	@echo "Meanwhile: train the MobileNetV3-small-like reference on the quickstart data."
-	$(BIN)/python -m job train --config configs/quickstart.yaml \
-		--model configs/models/mobilenetv3_small.yaml --out runs/quickstart-train
+	$(BIN)/python -m job run --config configs/quickstart.yaml --workers 2 --fresh
 
 lint: $(STAMP)
 	$(BIN)/ruff check job tests bench
@@ -37,6 +34,9 @@ bench: $(STAMP)
 
 preview: $(STAMP)
 	$(BIN)/python -m job augment-preview --config configs/quickstart.yaml --out runs/augment-preview.png
+
+status: $(STAMP)
+	$(BIN)/python -m job status --config configs/quickstart.yaml
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

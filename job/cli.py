@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
+import optuna
 import torch
 
 from job import __version__
-from job.config import ConfigError, load_config
+from job.config import Config, ConfigError, load_config
 from job.data import DataError, load_data
 from job.model import ModelError, load_model_spec, model_spec_yaml
+from job.search import redact
 from job.train import EpochRecord, Recipe, TrainError, TrainResult, train
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -90,6 +95,125 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _out_dir(args: argparse.Namespace, config: Config) -> Path:
+    return (
+        Path(args.out) if getattr(args, "out", None) else Path("runs") / _study_name(args, config)
+    )
+
+
+def _study_name(args: argparse.Namespace, config: Config) -> str:
+    return str(getattr(args, "study", None) or config.study.name)
+
+
+def _study(args: argparse.Namespace, config: Config) -> tuple[optuna.Study, str]:
+    from job.search import open_study, resolve_storage
+
+    url = resolve_storage(args.storage, config, _out_dir(args, config))
+    return open_study(config, url, _study_name(args, config)), url
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """One worker: trials until the study's budget is met."""
+    from job.metrics import WorkerMetrics, metrics_port
+    from job.search import Worker, resolve_storage, stop_on_sigterm, worker_index
+
+    stop_on_sigterm()
+    config = load_config(args.config)
+    threads = os.environ.get("SMS_TORCH_THREADS", "")
+    if threads.isdigit():
+        torch.set_num_threads(int(threads))
+    data = load_data(config.data)
+    url = resolve_storage(args.storage, config, _out_dir(args, config))
+    port = metrics_port(config.study.metrics_port)
+    worker = Worker(config, url, _study_name(args, config), worker_index())
+    metrics = None
+    if port is not None:
+        metrics = WorkerMetrics(
+            worker.study.study_name, data.fingerprint, worker.worker, config.objectives
+        )
+        print(f"metrics on :{metrics.serve(port)}/metrics", flush=True)
+        worker.metrics = metrics
+    print(f"worker {worker.worker} on study {worker.study.study_name}", flush=True)
+    ran = worker.run(data)
+    print(f"worker {worker.worker} done: {ran} trials", flush=True)
+    if metrics is not None:
+        time.sleep(config.study.metrics_linger_s)  # let Prometheus scrape the final values
+        metrics.shutdown()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Local: N worker processes on one study, then collect."""
+    from job.collect import collect
+    from job.local import RunOptions, run_local
+    from job.search import JOURNAL, resolve_storage
+
+    config = load_config(args.config)
+    if args.workers < 1:
+        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    load_data(config.data)  # bad data fails here, once, not in every worker
+    out = _out_dir(args, config)
+    url = resolve_storage(args.storage, config, out)
+    if args.fresh and url.startswith(JOURNAL):
+        for suffix in ("", ".lock", ".budget-lock"):
+            Path(url[len(JOURNAL) :] + suffix).unlink(missing_ok=True)
+    options = RunOptions(
+        Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port
+    )
+    code = run_local(config, options)
+    study, _ = _study(args, config)
+    summary = collect(study, config, out)
+    print(_collect_line(summary, out))
+    return EXIT_OK if code == 0 else EXIT_ERROR
+
+
+def _collect_line(summary: dict[str, Any], out: Path) -> str:
+    best = summary.get("best_test_accuracy")
+    shown = f"{best:.4f}" if isinstance(best, float) else "—"
+    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
+    files = ", ".join(str(out / name) for name in summary["files"])
+    return (
+        f"trials: {counts or 'none'}; Pareto front of {summary['front_size']}; "
+        f"best test accuracy {shown}\nwrote {files}"
+    )
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Pareto front, plot and summary of the study."""
+    from job.collect import collect, wait_for_budget
+
+    config = load_config(args.config)
+    study, _ = _study(args, config)
+    if args.wait and not wait_for_budget(study, config, timeout_s=args.timeout):
+        print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
+        return EXIT_ERROR
+    out = _out_dir(args, config)
+    print(_collect_line(collect(study, config, out), out))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Trials by state, best values, front size, rate and ETA."""
+    from job.collect import status_report
+
+    config = load_config(args.config)
+    study, url = _study(args, config)
+    print(f"storage {redact(url)}")
+    print(status_report(study, config))
+    return EXIT_OK
+
+
+def _storage_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--config", required=True, help="search config YAML")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: $OPTUNA_STORAGE, then study.storage, "
+        "then a journal file in the output folder)",
+    )
+    p.add_argument("--study", help="study name (default: study.name)")
+    p.add_argument("--out", help=out_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m job",
@@ -98,6 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("search", help="one worker: trials until the study budget is met")
+    _storage_args(p, "output folder holding the embedded study (default: runs/<study>)")
+    p.set_defaults(func=cmd_search)
+
+    p = verbs.add_parser("run", help="local: N worker processes on one study, then collect")
+    _storage_args(p, "output folder: study journal, worker logs, results (default: runs/<study>)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve worker i's metrics on this port + i (default: off)"
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="delete the embedded study in --out and start over"
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = verbs.add_parser("collect", help="Pareto front, plot and summary of the study")
+    _storage_args(p, "folder for pareto.json, pareto.png, summary.json (default: runs/<study>)")
+    p.add_argument("--wait", action="store_true", help="wait until the study budget is met")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.set_defaults(func=cmd_collect)
+
+    p = verbs.add_parser("status", help="trials by state, best values, front size, ETA")
+    _storage_args(p, "output folder holding the embedded study (default: runs/<study>)")
+    p.set_defaults(func=cmd_status)
 
     p = verbs.add_parser("train", help="train one architecture from a model YAML")
     p.add_argument("--config", required=True, help="search config YAML (data, augment, train)")
@@ -127,6 +276,7 @@ _BAD_INPUT: tuple[type[BaseException], ...] = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad arguments
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happened
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -38,6 +38,10 @@ class StudyConfig(Section):
     budget: int = Field(20, ge=1)
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: int = 0
+    # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # Keep serving this long after the last trial, so the final values get scraped.
+    metrics_linger_s: float = Field(0.0, ge=0.0)
 
 
 class DataConfig(Section):

@@ -1,0 +1,311 @@
+"""The worker role (`search`): ask a trial, build, train, tell — until the budget is spent.
+
+Every worker (a process locally, a pod in Kubernetes) runs this same loop on one shared
+Optuna study. The study lives in a storage named by URL, by precedence: the `--storage`
+flag, the `OPTUNA_STORAGE` environment variable, `study.storage` in the config, and
+the embedded default, a journal file under the run's output folder (no server).
+
+Exact budget. The study needs `study.budget` COMPLETE trials. A worker takes a new
+trial only when COMPLETE + RUNNING trials fall short of the budget, and it counts and
+asks under one lock (a file lock beside the journal), so two workers can never both
+take the last slot. A worker whose slot count is full but whose budget is not yet met
+(trials still running elsewhere) waits: if one of those fails, it takes the freed slot.
+
+A failed trial (NaN loss, out of memory, a network that cannot run, any other error
+inside the trial) is told FAIL with its reason in the user attrs; the worker goes on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from job import __version__
+from job.config import Config
+from job.data import Dataset, load_data
+from job.model import model_spec_yaml
+from job.space import constraint_values, directions, objective_values, sample_candidate
+from job.train import EpochRecord, TrainError, TrainResult, train
+
+JOURNAL = "journal://"
+DEFAULT_JOURNAL = "study.journal"
+MAX_FAILURES_IN_A_ROW = 25  # a config that can only fail should stop, not spin
+TrainFn = Callable[..., TrainResult]
+
+
+def resolve_storage(flag: str | None, config: Config, out_dir: Path) -> str:
+    """The storage URL by precedence: flag, OPTUNA_STORAGE, config, embedded journal file."""
+    for url in (flag, os.environ.get("OPTUNA_STORAGE"), config.study.storage):
+        if url:
+            return url
+    return JOURNAL + str((out_dir / DEFAULT_JOURNAL).resolve())
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for logs, reports and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith(JOURNAL):
+        path = Path(url[len(JOURNAL) :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler; each worker gets its own seed so workers never propose alike."""
+    seed = config.study.seed + 1000 * worker_index
+    kind = config.study.sampler
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    # group=True: the space is conditional (a block's params depend on its module). It is
+    # marked experimental; the warning says nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def open_study(
+    config: Config, storage_url: str, name: str | None = None, worker_index: int = 0
+) -> optuna.Study:
+    return optuna.create_study(
+        storage=open_storage(storage_url),
+        sampler=make_sampler(config, worker_index),
+        study_name=name or config.study.name,
+        directions=[StudyDirection[d.upper()] for d in directions(config.objectives)],
+        load_if_exists=True,
+    )
+
+
+@contextmanager
+def budget_lock(storage_url: str) -> Iterator[None]:
+    """Serialise count-and-ask among the workers of one machine's journal file.
+
+    RDB storages (one study, many machines) get a database lock in the PostgreSQL work;
+    until then they are counted without one.
+    """
+    if not storage_url.startswith(JOURNAL):
+        yield
+        return
+    # not "<journal>.lock": that name is the journal backend's own lock file
+    with open(storage_url[len(JOURNAL) :] + ".budget-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:
+    """A new trial, or "done" (budget met) or "wait" (every open slot is running)."""
+    with budget_lock(storage_url):
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        if complete >= budget:
+            return "done"
+        if len(trials) >= budget:
+            return "wait"
+        return study.ask()
+
+
+def code_version() -> str:
+    """The git commit of the code when there is one, else the package version."""
+    if os.environ.get("SMS_CODE_VERSION"):
+        return os.environ["SMS_CODE_VERSION"]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{__version__}+{sha}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+_RESULT_ATTRS = (
+    "val_accuracy",
+    "test_accuracy",
+    "val_f1",
+    "test_f1",
+    "latency_ms_b1",
+    "latency_ms_b256",
+    "train_images_per_s",
+    "device",
+)
+
+
+def _result_attrs(result: TrainResult) -> dict[str, Any]:
+    return {key: getattr(result, key) for key in _RESULT_ATTRS}
+
+
+class Worker:
+    """One worker's loop over the shared study; `metrics` is optional (job.metrics)."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage_url: str,
+        study_name: str | None = None,
+        worker_index: int = 0,
+        metrics: Any = None,
+        train_fn: TrainFn = train,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config, self.storage_url, self.metrics = config, storage_url, metrics
+        self.train_fn, self.log = train_fn, log
+        self.study = open_study(config, storage_url, study_name, worker_index)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.version = code_version()
+
+    def run(self, data: Dataset | None = None, poll_s: float = 2.0) -> int:
+        """Trials until the study's budget is met; returns how many this worker ran."""
+        data = data if data is not None else load_data(self.config.data)
+        ran = failures = 0
+        while True:
+            claimed = claim_trial(self.study, self.config.study.budget, self.storage_url)
+            if claimed == "done":
+                return ran
+            if claimed == "wait":
+                self._refresh()
+                time.sleep(poll_s)
+                continue
+            assert isinstance(claimed, optuna.Trial)
+            state = self.run_trial(claimed, data)
+            ran += 1
+            failures = failures + 1 if state == TrialState.FAIL else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise RuntimeError(f"{failures} trials in a row failed; see their fail_reason")
+
+    def run_trial(self, trial: optuna.Trial, data: Dataset) -> TrialState:
+        """Build and train one candidate; tell the study what came of it, never raise
+        (but for an interruption, which fails the trial and then stops the worker)."""
+        start = time.perf_counter()
+        base = {"worker": self.worker, "code_version": self.version}
+        base["data_fingerprint"] = data.fingerprint
+        for key, value in base.items():
+            trial.set_user_attr(key, value)
+        epochs = self.config.train.epochs
+        if self.metrics is not None:
+            self.metrics.trial_started(trial.number, epochs)
+        state, values, summary = TrialState.FAIL, None, ""
+        try:
+            values, summary = self._train(trial, data)
+            state = TrialState.COMPLETE
+        except TrainError as exc:
+            self._fail(trial, exc.reason, str(exc))
+            summary = f"FAIL {exc.reason}"
+        except KeyboardInterrupt:
+            self._fail(trial, "interrupted", "the worker was stopped")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:  # a failed trial never kills the worker
+            self._fail(trial, "error", f"{type(exc).__name__}: {redact(str(exc))}")
+            summary = f"FAIL error {type(exc).__name__}"
+        seconds = time.perf_counter() - start
+        trial.set_user_attr("seconds", seconds)
+        self.study.tell(trial, values, state=state)
+        self.log(f"trial {trial.number:>4} {summary} ({seconds:.1f}s)")
+        if self.metrics is not None:
+            ips = trial.user_attrs.get("train_images_per_s")
+            self.metrics.trial_finished(state.name, seconds, ips)
+        self._refresh()
+        return state
+
+    def _train(self, trial: optuna.Trial, data: Dataset) -> tuple[list[float], str]:
+        candidate = sample_candidate(trial, self.config, data.num_classes)
+        trial.set_user_attr("model_yaml", model_spec_yaml(candidate.model))
+        trial.set_user_attr("augment", asdict(candidate.policy) if candidate.policy else None)
+        trial.set_user_attr("recipe", asdict(candidate.recipe))
+        trial.set_user_attr("params", candidate.params)
+        trial.set_user_attr("macs", candidate.macs)
+
+        def on_epoch(record: EpochRecord) -> None:
+            if self.metrics is not None:
+                self.metrics.epoch_done(record.epoch)
+
+        result = self.train_fn(
+            candidate.model, candidate.policy, candidate.recipe, data, on_epoch=on_epoch
+        )
+        for key, value in _result_attrs(result).items():
+            trial.set_user_attr(key, value)
+        limits = self.config.constraints
+        latency = constraint_values(limits, candidate.params, candidate.macs, result.latency_ms_b1)
+        if "latency" in latency:  # known only now; params and MACs were set before training
+            trial.set_constraint("latency", latency["latency"])
+        values = objective_values(result, self.config.objectives)
+        summary = f"acc {result.val_accuracy:.4f} params {candidate.params:,}"
+        return values, summary
+
+    def _fail(self, trial: optuna.Trial, reason: str, message: str) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_message", message[:1000])
+
+    def _refresh(self) -> None:
+        """Study-wide figures for the metrics endpoint (best accuracy, front size, counts)."""
+        if self.metrics is None:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        accs = [
+            float(t.user_attrs["val_accuracy"])
+            for t in trials
+            if t.state == TrialState.COMPLETE and "val_accuracy" in t.user_attrs
+        ]
+        front = len(self.study.best_trials) if counts.get("COMPLETE") else 0
+        best = max(accs) if accs else None
+        self.metrics.study_refreshed(counts, best, front, self.config.study.budget)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a pod being stopped, `run` shutting down) fails the running trial cleanly."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def worker_index() -> int:
+    """The pod's index in an Indexed Job, or the local worker's, else 0."""
+    for name in ("JOB_COMPLETION_INDEX", "SMS_WORKER_INDEX"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def python_command() -> list[str]:
+    return [sys.executable, "-m", "job"]

@@ -1,0 +1,201 @@
+"""job/search.py, job/local.py and the search verbs: real worker processes on a real study."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from prometheus_client.parser import text_string_to_metric_families
+
+from job.config import load_config
+from job.data import load_data
+from job.search import JOURNAL, Worker, claim_trial, open_study, redact, resolve_storage
+from job.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny search: digits at 8x8, two narrow blocks, one epoch per trial (a second or two).
+TINY = """\
+study: {name: tiny, budget: 4, sampler: random, seed: 0}
+data: {name: digits, image_size: 8, subset: 300, val_ratio: 0.2}
+augment: {n_select: 1, level: 3, flip_p: 0.0, cutout_p: 0.0}
+space:
+  blocks:
+    - {modules: [Conv, DWConv], repeat: [1, 1], channels: [8, 16, 8], kernel: [3]}
+    - {modules: [InvertedResidualv2, Pass], repeat: [1, 1], ir_channels: [8, 16, 8]}
+  head_channels: [32, 64, 32]
+  augment: {n_select: [0, 1], level: [0, 5], random_magnitude: [false]}
+train: {epochs: 1, batch_size: 32, lr: 0.05, device: cpu, measure_latency: false}
+objectives: [accuracy, params]
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def _job(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "job", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _journal(out: Path) -> str:
+    return JOURNAL + str((out / "study.journal").resolve())
+
+
+def test_storage_precedence_and_redaction(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(tiny)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    assert resolve_storage(None, config, tmp_path) == _journal(tmp_path)
+    config = config.model_copy(
+        update={"study": config.study.model_copy(update={"storage": "sqlite:///c.db"})}
+    )
+    assert resolve_storage(None, config, tmp_path) == "sqlite:///c.db"
+    monkeypatch.setenv("OPTUNA_STORAGE", "sqlite:///env.db")
+    assert resolve_storage(None, config, tmp_path) == "sqlite:///env.db"
+    assert resolve_storage("sqlite:///flag.db", config, tmp_path) == "sqlite:///flag.db"
+    url = "postgresql+psycopg2://sms:s3cret@db:5432/sms"
+    assert redact(url) == "postgresql+psycopg2://sms:***@db:5432/sms"
+    assert "s3cret" not in redact(url)
+
+
+def test_claims_stop_at_the_budget_counting_running_trials(tiny: Path, tmp_path: Path) -> None:
+    config = load_config(tiny)
+    url = _journal(tmp_path)
+    study = open_study(config, url)
+    claimed = [claim_trial(study, 2, url) for _ in range(3)]
+    assert isinstance(claimed[0], optuna.Trial) and isinstance(claimed[1], optuna.Trial)
+    assert claimed[2] == "wait"  # two RUNNING trials cover a budget of 2
+    study.tell(claimed[0], state=TrialState.FAIL)  # a failure frees its slot
+    third = claim_trial(study, 2, url)
+    assert isinstance(third, optuna.Trial)
+    study.tell(claimed[1], [0.5, 10.0])
+    study.tell(third, [0.6, 20.0])
+    assert claim_trial(study, 2, url) == "done"
+
+
+@pytest.mark.slow
+def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
+    tiny: Path, tmp_path: Path
+) -> None:
+    config = load_config(tiny)
+    data = load_data(config.data)
+    calls = []
+
+    def first_one_diverges(spec, policy, recipe, data, on_epoch=None):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:  # a real divergence through the real training loop
+            recipe = replace(recipe, lr=1e30, momentum=0.0)
+        return train(spec, policy, recipe, data, on_epoch=on_epoch)
+
+    lines: list[str] = []
+    worker = Worker(config, _journal(tmp_path), train_fn=first_one_diverges, log=lines.append)
+    assert worker.run(data) == 5
+    trials = worker.study.get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "nan_loss"
+    assert "nan" in failed[0].user_attrs["fail_message"]
+    done = next(t for t in trials if t.state == TrialState.COMPLETE)
+    for key in (
+        "model_yaml",
+        "augment",
+        "recipe",
+        "params",
+        "macs",
+        "data_fingerprint",
+        "code_version",
+        "seconds",
+        "train_images_per_s",
+        "device",
+        "worker",
+    ):
+        assert key in done.user_attrs, key
+    assert done.user_attrs["data_fingerprint"] == data.fingerprint
+    assert any("FAIL nan_loss" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _job("run", "--config", str(tiny), "--workers", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    study = open_study(load_config(tiny), _journal(out))
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
+    workers = {t.user_attrs["worker"] for t in study.get_trials()}
+    assert len(workers) == 2  # both processes took trials
+    front = json.loads((out / "pareto.json").read_text())
+    assert front and all("model_yaml" in entry for entry in front)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["COMPLETE"] == 4 and summary["front_size"] == len(front)
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert "COMPLETE" in proc.stdout and (out / "worker-0.log").exists()
+
+    status = _job("status", "--config", str(tiny), "--out", str(out))
+    assert status.returncode == 0, status.stderr
+    assert "COMPLETE" in status.stdout and "4" in status.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -> None:
+    config_path = tmp_path / "lingering.yaml"
+    config_path.write_text(TINY.replace("seed: 0}", "seed: 0, metrics_linger_s: 60}"))
+    port = _free_port()
+    out = tmp_path / "out"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "job", "search", "--config", str(config_path), "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "SMS_METRICS_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        for line in worker.stdout:  # wait until the worker has spent the budget
+            if "done:" in line:
+                break
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert all(name.startswith("sms_") for name in families)
+    counted = {
+        s.labels["state"]: s.value
+        for s in families["sms_trials"].samples
+        if s.name == "sms_trials_total"
+    }
+    study = open_study(load_config(config_path), _journal(out))
+    assert (
+        counted["COMPLETE"] == sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 4
+    )
+    assert "postgresql" not in text and "password" not in text
