@@ -146,8 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Local: N worker processes on one study, then collect."""
     from job.collect import collect
     from job.local import RunOptions, run_local
-    from job.search import JOURNAL, resolve_storage
+    from job.search import JOURNAL, resolve_storage, stop_on_sigterm
 
+    stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
     config = load_config(args.config)
     if args.workers < 1:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")

@@ -364,8 +364,8 @@ def _summary(
     complete = _complete(trials)
     tests = [
         float(t.user_attrs["test_accuracy"])
-        for t in complete
-        if isinstance(t.user_attrs.get("test_accuracy"), int | float)
+        for t in complete  # a model over a hard limit is no answer, however accurate
+        if is_feasible(t) and isinstance(t.user_attrs.get("test_accuracy"), int | float)
     ]
     fingerprints = {t.user_attrs.get("data_fingerprint") for t in trials}
     pairs = zip(config.objectives, directions(config.objectives), strict=True)
