@@ -15,11 +15,11 @@ from job.config import Config, ConfigError, dump_config, load_config, parse_conf
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "cifar10.yaml"])
-def test_shipped_configs_load(name: str) -> None:
+@pytest.mark.parametrize(("name", "blocks"), [("quickstart.yaml", 4), ("cifar10.yaml", 7)])
+def test_shipped_configs_load(name: str, blocks: int) -> None:
     config = load_config(ROOT / "configs" / name)
     assert config.objectives == ("accuracy", "params")
-    assert len(config.space.blocks) == 7
+    assert len(config.space.blocks) == blocks
 
 
 def test_cifar10_is_the_seed_scenario() -> None:
