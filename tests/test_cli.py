@@ -110,8 +110,8 @@ def test_every_verb_documents_its_options() -> None:
 
     parser = build_parser()
     help_text = parser.format_help()
-    assert "train" in help_text and "augment-preview" in help_text
-    for verb in ("train", "augment-preview"):
+    assert all(v in help_text for v in ("search", "run", "status", "collect", "train"))
+    for verb in ("search", "run", "status", "collect", "train", "augment-preview"):
         sub = parser._subparsers._group_actions[0].choices[verb]  # type: ignore[union-attr]
         for action in sub._actions:
             if action.dest != "help":
