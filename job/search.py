@@ -7,9 +7,10 @@ the embedded default, a journal file under the run's output folder (no server).
 
 Exact budget. The study needs `study.budget` COMPLETE trials. A worker takes a new
 trial only when COMPLETE + RUNNING trials fall short of the budget, and it counts and
-asks under one lock (a file lock beside the journal), so two workers can never both
-take the last slot. A worker whose slot count is full but whose budget is not yet met
-(trials still running elsewhere) waits: if one of those fails, it takes the freed slot.
+asks under one lock (a PostgreSQL advisory lock per study; a file lock beside a
+journal), so two workers can never both take the last slot. A worker that finds every
+slot taken but the budget not met (trials still running elsewhere) waits: if one of
+those fails, it takes the freed slot.
 
 A failed trial (NaN loss, out of memory, a network that cannot run, any other error
 inside the trial) is told FAIL with its reason in the user attrs; the worker goes on.
@@ -18,6 +19,7 @@ inside the trial) is told FAIL with its reason in the user attrs; the worker goe
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -33,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+import sqlalchemy
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -72,7 +76,33 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path = Path(url[len(JOURNAL) :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    # Pods start together: creating Optuna's schema from several processes at once on an
+    # empty PostgreSQL database fails with a unique violation, so creation is serialised.
+    with database_lock(url, "schema"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+@functools.cache
+def _lock_engine(url: str) -> sqlalchemy.Engine:
+    """One small engine per URL for advisory locks, apart from Optuna's own pool."""
+    return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=0)
+
+
+@contextmanager
+def database_lock(url: str, name: str) -> Iterator[None]:
+    """A PostgreSQL advisory lock named `name`, held on its own connection; a no-op on
+    other databases (SQLite serialises writers itself)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    key = zlib.crc32(f"small-model-search:{name}".encode())  # a stable bigint key
+    with _lock_engine(url).connect() as conn:
+        conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (key,))
+            conn.commit()
 
 
 def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -95,24 +125,24 @@ def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseS
 def open_study(
     config: Config, storage_url: str, name: str | None = None, worker_index: int = 0
 ) -> optuna.Study:
-    return optuna.create_study(
-        storage=open_storage(storage_url),
-        sampler=make_sampler(config, worker_index),
-        study_name=name or config.study.name,
-        directions=[StudyDirection[d.upper()] for d in directions(config.objectives)],
-        load_if_exists=True,
-    )
+    storage = open_storage(storage_url)
+    with database_lock(storage_url, "studies"):  # N workers creating one study at once
+        return optuna.create_study(
+            storage=storage,
+            sampler=make_sampler(config, worker_index),
+            study_name=name or config.study.name,
+            directions=[StudyDirection[d.upper()] for d in directions(config.objectives)],
+            load_if_exists=True,
+        )
 
 
 @contextmanager
-def budget_lock(storage_url: str) -> Iterator[None]:
-    """Serialise count-and-ask among the workers of one machine's journal file.
-
-    RDB storages (one study, many machines) get a database lock in the PostgreSQL work;
-    until then they are counted without one.
-    """
+def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
+    """Serialise count-and-ask among all workers of one study: an advisory lock in
+    PostgreSQL (workers on many machines), a file lock beside a journal (one machine)."""
     if not storage_url.startswith(JOURNAL):
-        yield
+        with database_lock(storage_url, f"budget:{study_name}"):
+            yield
         return
     # not "<journal>.lock": that name is the journal backend's own lock file
     with open(storage_url[len(JOURNAL) :] + ".budget-lock", "a") as handle:
@@ -125,7 +155,7 @@ def budget_lock(storage_url: str) -> Iterator[None]:
 
 def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:
     """A new trial, or "done" (budget met) or "wait" (every open slot is running)."""
-    with budget_lock(storage_url):
+    with budget_lock(storage_url, study.study_name):
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         if complete >= budget:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from job.config import DataConfig
 from job.data import Dataset, load_data
+from tests.postgres import External, Server, throwaway_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,3 +21,15 @@ def digits16() -> Dataset:
     """Digits at 16x16: 600 train images, stratified; loads in well under a second."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return load_data(DataConfig(name="digits", image_size=16, subset=600, val_ratio=0.2))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Server | External]:
+    """A real PostgreSQL server: DATABASE_URL's, or a throwaway one the suite starts."""
+    if os.environ.get("DATABASE_URL"):
+        yield External(os.environ["DATABASE_URL"])
+        return
+    with throwaway_server() as server:
+        if server is None:
+            pytest.skip("no PostgreSQL server binaries here (under CI=true this fails)")
+        yield server

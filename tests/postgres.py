@@ -1,0 +1,146 @@
+"""A throwaway PostgreSQL server for the tests: a real one, never a mock.
+
+`DATABASE_URL` set → use that server. Otherwise the suite starts its own from the
+PostgreSQL server binaries (`initdb`, `pg_ctl`) in a temporary folder, on a free
+loopback port, with a password-protected role (scram-sha-256), and stops it at the end.
+`initdb` refuses to run as root, so as root the server runs as the `postgres` user.
+Under CI=true a missing server is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+USER, PASSWORD, DATABASE = "sms", "pg-test-s3cret", "sms"
+
+
+def _binaries() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One running PostgreSQL cluster in `folder`; `url()` names a fresh database."""
+
+    def __init__(self, bindir: Path, folder: Path, port: int) -> None:
+        self.bindir, self.folder, self.port = bindir, folder, port
+        self.data = folder / "data"
+        self._as_postgres = os.geteuid() == 0
+        self._databases = 0
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = list(args)
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+
+    def init(self) -> None:
+        if self._as_postgres:
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.folder, entry.pw_uid, entry.pw_gid)
+        secret = self.folder / "pw"
+        secret.write_text(PASSWORD + "\n")
+        if self._as_postgres:
+            os.chown(secret, pwd.getpwnam("postgres").pw_uid, -1)
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER,
+            f"--pwfile={secret}", "--auth=scram-sha-256", "-E", "UTF8",
+        )  # fmt: skip
+        secret.unlink()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
+            "-o", options, "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop", check=False
+        )
+
+    def url(self, database: str = DATABASE) -> str:
+        return f"postgresql+psycopg2://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database (no Optuna schema yet) and its URL."""
+        import psycopg2
+
+        self._databases += 1
+        name = f"t{os.getpid()}_{self._databases}"
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres"
+        )
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.url(name)
+
+
+@contextmanager
+def throwaway_server() -> Iterator[Server | None]:
+    """Start a server for the session; None when there are no binaries (and not CI)."""
+    bindir = _binaries()
+    if bindir is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are missing")
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sms-pg-"))
+    server = Server(bindir, folder, _free_port())
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")
+        time.sleep(0.2)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class External:
+    """A server named by DATABASE_URL; its role needs CREATEDB for fresh databases."""
+
+    def __init__(self, url: str) -> None:
+        self.parts = urlsplit(url)
+
+    def url(self, database: str | None = None) -> str:
+        path = f"/{database}" if database else self.parts.path
+        return urlunsplit(self.parts._replace(path=path))
+
+    def new_database(self) -> str:
+        import psycopg2
+
+        name = f"t{os.getpid()}_{time.monotonic_ns()}"
+        p = self.parts
+        conn = psycopg2.connect(
+            host=p.hostname, port=p.port or 5432, user=p.username, password=p.password,
+            dbname=p.path.lstrip("/") or "postgres",
+        )  # fmt: skip
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.url(name)
