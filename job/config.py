@@ -42,6 +42,11 @@ class StudyConfig(Section):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     # Keep serving this long after the last trial, so the final values get scraped.
     metrics_linger_s: float = Field(0.0, ge=0.0)
+    # PostgreSQL only: a worker that stops beating this long (killed, node lost) has its
+    # trial failed and retried by a live worker, at most `max_retry` times.
+    heartbeat_interval_s: int = Field(10, ge=1)
+    grace_period_s: int = Field(60, ge=2)
+    max_retry: int = Field(3, ge=0)
 
 
 class DataConfig(Section):

@@ -18,6 +18,7 @@ inside the trial) is told FAIL with its reason in the user attrs; the worker goe
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
@@ -25,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -47,6 +49,10 @@ from job.data import Dataset, load_data
 from job.model import model_spec_yaml
 from job.space import constraint_values, directions, objective_values, sample_candidate
 from job.train import EpochRecord, TrainError, TrainResult, train
+
+# Heartbeats, their retry callback and grouped TPE are marked experimental in Optuna
+# (some since 2.8); the version is pinned, and the warnings say nothing a user can act on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 JOURNAL = "journal://"
 DEFAULT_JOURNAL = "study.journal"
@@ -71,15 +77,53 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, config: Config | None = None) -> optuna.storages.BaseStorage:
     if url.startswith(JOURNAL):
         path = Path(url[len(JOURNAL) :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     # Pods start together: creating Optuna's schema from several processes at once on an
     # empty PostgreSQL database fails with a unique violation, so creation is serialised.
+    beats: dict[str, Any] = {}
+    if config is not None:  # heartbeats: a killed worker's trial goes stale, then is retried
+        beats = {
+            "heartbeat_interval": config.study.heartbeat_interval_s,
+            "grace_period": config.study.grace_period_s,
+            "heartbeat_stale_trial_callback": _retry(config.study.max_retry),
+        }
     with database_lock(url, "schema"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beats)
+
+
+def _retry(max_retry: int) -> Any:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+class Heartbeat:
+    """Record a running trial's heartbeat every interval from a daemon thread: Optuna
+    beats only inside `study.optimize`, and workers here ask and tell themselves."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        storage = study._storage  # the study's own storage; heartbeat-capable or not
+        self._beat = getattr(storage, "record_heartbeat", None)
+        self._interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        self._trial_id = trial._trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            with contextlib.suppress(Exception):  # a missed beat is retried next interval
+                self._beat(self._trial_id)  # type: ignore[misc]
+
+    def __enter__(self) -> Heartbeat:
+        if self._beat is not None and self._interval:
+            self._beat(self._trial_id)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 @functools.cache
@@ -115,17 +159,14 @@ def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseS
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    # group=True: the space is conditional (a block's params depend on its module). It is
-    # marked experimental; the warning says nothing a user can act on.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    # group=True: the space is conditional (a block's params depend on its module)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def open_study(
     config: Config, storage_url: str, name: str | None = None, worker_index: int = 0
 ) -> optuna.Study:
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, config)
     with database_lock(storage_url, "studies"):  # N workers creating one study at once
         return optuna.create_study(
             storage=storage,
@@ -156,6 +197,9 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
 def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:
     """A new trial, or "done" (budget met) or "wait" (every open slot is running)."""
     with budget_lock(storage_url, study.study_name):
+        # Trials whose worker stopped beating fail here; the retry callback queues a
+        # WAITING copy with the same params, which the next ask() takes.
+        optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         if complete >= budget:
@@ -241,8 +285,12 @@ class Worker:
         """Build and train one candidate; tell the study what came of it, never raise
         (but for an interruption, which fails the trial and then stops the worker)."""
         start = time.perf_counter()
-        base = {"worker": self.worker, "code_version": self.version}
+        base: dict[str, Any] = {"worker": self.worker, "code_version": self.version}
         base["data_fingerprint"] = data.fingerprint
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        retry_of = frozen.system_attrs.get("failed_trial")  # set by the retry callback
+        if retry_of is not None:
+            base["retry_of"] = retry_of
         for key, value in base.items():
             trial.set_user_attr(key, value)
         epochs = self.config.train.epochs
@@ -250,7 +298,8 @@ class Worker:
             self.metrics.trial_started(trial.number, epochs)
         state, values, summary = TrialState.FAIL, None, ""
         try:
-            values, summary = self._train(trial, data)
+            with Heartbeat(self.study, trial):
+                values, summary = self._train(trial, data)
             state = TrialState.COMPLETE
         except TrainError as exc:
             self._fail(trial, exc.reason, str(exc))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from job.config import parse_config
+from job.config import load_config, parse_config
 from job.search import open_study
 from tests.postgres import PASSWORD, External, Server
 from tests.test_search import ROOT, TINY
@@ -73,3 +75,36 @@ def test_run_and_status_on_postgres(postgres: Server | External, tmp_path: Path)
     assert ":***@" in status.stdout and PASSWORD not in status.stdout
     for log in out.glob("worker-*.log"):
         assert PASSWORD not in log.read_text()
+
+
+def test_a_killed_worker_s_trial_is_retried_and_the_budget_stays_exact(
+    postgres: Server | External, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    path = tmp_path / "beating.yaml"
+    text = TINY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
+    path.write_text(text.replace("epochs: 1,", "epochs: 6,"))
+    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"}
+    cmd = [sys.executable, "-m", "job", "search", "--config", str(path)]
+    workers = [
+        subprocess.Popen(cmd, cwd=ROOT, env={**env, "SMS_WORKER_INDEX": str(i)}) for i in range(2)
+    ]
+    victim = workers[0]
+    study = open_study(load_config(path), url)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline:
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if str(trial.user_attrs.get("worker", "")).endswith(f":{victim.pid}"):
+                victim.send_signal(signal.SIGKILL)  # mid-trial, no chance to clean up
+                killed = trial.number
+        time.sleep(0.2)
+    assert killed is not None, "the victim never ran a trial"
+    assert workers[1].wait(timeout=600) == 0
+    victim.wait()
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
+    assert trials[killed].state == TrialState.FAIL  # went stale, failed by heartbeat
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
+    assert retries and retries[0].params == trials[killed].params  # the same candidate
