@@ -23,7 +23,7 @@ from job import __version__
 from job.config import Config, ConfigError, load_config
 from job.data import DataError, load_data
 from job.model import ModelError, load_model_spec, model_spec_yaml
-from job.search import redact
+from job.storage import StorageDownError, redact
 from job.train import EpochRecord, Recipe, TrainError, TrainResult, train
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -286,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except TrainError as exc:
         print(f"error: training failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except StorageDownError as exc:  # its message is already redacted
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -47,6 +47,8 @@ class StudyConfig(Section):
     heartbeat_interval_s: int = Field(10, ge=1)
     grace_period_s: int = Field(60, ge=2)
     max_retry: int = Field(3, ge=0)
+    # PostgreSQL restarted or failing over: retry with backoff this long, then exit 1.
+    db_outage_deadline_s: float = Field(300.0, gt=0.0)
 
 
 class DataConfig(Section):

@@ -1,9 +1,7 @@
 """The worker role (`search`): ask a trial, build, train, tell — until the budget is spent.
 
 Every worker (a process locally, a pod in Kubernetes) runs this same loop on one shared
-Optuna study. The study lives in a storage named by URL, by precedence: the `--storage`
-flag, the `OPTUNA_STORAGE` environment variable, `study.storage` in the config, and
-the embedded default, a journal file under the run's output folder (no server).
+Optuna study; where the study lives is `job.storage`'s business.
 
 Exact budget. The study needs `study.budget` COMPLETE trials. A worker takes a new
 trial only when COMPLETE + RUNNING trials fall short of the budget, and it counts and
@@ -19,27 +17,18 @@ inside the trial) is told FAIL with its reason in the user attrs; the worker goe
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import warnings
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeVar
 
 import optuna
-import sqlalchemy
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -48,105 +37,23 @@ from job.config import Config
 from job.data import Dataset, load_data
 from job.model import model_spec_yaml
 from job.space import constraint_values, directions, objective_values, sample_candidate
+from job.storage import (
+    JOURNAL,
+    Heartbeat,
+    budget_lock,
+    database_lock,
+    open_storage,
+    persist,
+    redact,
+    resolve_storage,
+)
 from job.train import EpochRecord, TrainError, TrainResult, train
 
-# Heartbeats, their retry callback and grouped TPE are marked experimental in Optuna
-# (some since 2.8); the version is pinned, and the warnings say nothing a user can act on.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+__all__ = ["JOURNAL", "Worker", "claim_trial", "open_study", "redact", "resolve_storage"]
 
-JOURNAL = "journal://"
-DEFAULT_JOURNAL = "study.journal"
 MAX_FAILURES_IN_A_ROW = 25  # a config that can only fail should stop, not spin
 TrainFn = Callable[..., TrainResult]
-
-
-def resolve_storage(flag: str | None, config: Config, out_dir: Path) -> str:
-    """The storage URL by precedence: flag, OPTUNA_STORAGE, config, embedded journal file."""
-    for url in (flag, os.environ.get("OPTUNA_STORAGE"), config.study.storage):
-        if url:
-            return url
-    return JOURNAL + str((out_dir / DEFAULT_JOURNAL).resolve())
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***, for logs, reports and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def open_storage(url: str, config: Config | None = None) -> optuna.storages.BaseStorage:
-    if url.startswith(JOURNAL):
-        path = Path(url[len(JOURNAL) :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    # Pods start together: creating Optuna's schema from several processes at once on an
-    # empty PostgreSQL database fails with a unique violation, so creation is serialised.
-    beats: dict[str, Any] = {}
-    if config is not None:  # heartbeats: a killed worker's trial goes stale, then is retried
-        beats = {
-            "heartbeat_interval": config.study.heartbeat_interval_s,
-            "grace_period": config.study.grace_period_s,
-            "heartbeat_stale_trial_callback": _retry(config.study.max_retry),
-        }
-    with database_lock(url, "schema"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beats)
-
-
-def _retry(max_retry: int) -> Any:
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-
-class Heartbeat:
-    """Record a running trial's heartbeat every interval from a daemon thread: Optuna
-    beats only inside `study.optimize`, and workers here ask and tell themselves."""
-
-    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        storage = study._storage  # the study's own storage; heartbeat-capable or not
-        self._beat = getattr(storage, "record_heartbeat", None)
-        self._interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-        self._trial_id = trial._trial_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            with contextlib.suppress(Exception):  # a missed beat is retried next interval
-                self._beat(self._trial_id)  # type: ignore[misc]
-
-    def __enter__(self) -> Heartbeat:
-        if self._beat is not None and self._interval:
-            self._beat(self._trial_id)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-
-
-@functools.cache
-def _lock_engine(url: str) -> sqlalchemy.Engine:
-    """One small engine per URL for advisory locks, apart from Optuna's own pool."""
-    return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=0)
-
-
-@contextmanager
-def database_lock(url: str, name: str) -> Iterator[None]:
-    """A PostgreSQL advisory lock named `name`, held on its own connection; a no-op on
-    other databases (SQLite serialises writers itself)."""
-    if not url.startswith("postgresql"):
-        yield
-        return
-    key = zlib.crc32(f"small-model-search:{name}".encode())  # a stable bigint key
-    with _lock_engine(url).connect() as conn:
-        conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (key,))
-        try:
-            yield
-        finally:
-            conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (key,))
-            conn.commit()
+T = TypeVar("T")
 
 
 def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -175,23 +82,6 @@ def open_study(
             directions=[StudyDirection[d.upper()] for d in directions(config.objectives)],
             load_if_exists=True,
         )
-
-
-@contextmanager
-def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
-    """Serialise count-and-ask among all workers of one study: an advisory lock in
-    PostgreSQL (workers on many machines), a file lock beside a journal (one machine)."""
-    if not storage_url.startswith(JOURNAL):
-        with database_lock(storage_url, f"budget:{study_name}"):
-            yield
-        return
-    # not "<journal>.lock": that name is the journal backend's own lock file
-    with open(storage_url[len(JOURNAL) :] + ".budget-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:
@@ -266,8 +156,11 @@ class Worker:
         """Trials until the study's budget is met; returns how many this worker ran."""
         data = data if data is not None else load_data(self.config.data)
         ran = failures = 0
+        budget = self.config.study.budget
         while True:
-            claimed = claim_trial(self.study, self.config.study.budget, self.storage_url)
+            claimed = self._persist(
+                lambda: claim_trial(self.study, budget, self.storage_url), "claiming a trial"
+            )
             if claimed == "done":
                 return ran
             if claimed == "wait":
@@ -287,12 +180,11 @@ class Worker:
         start = time.perf_counter()
         base: dict[str, Any] = {"worker": self.worker, "code_version": self.version}
         base["data_fingerprint"] = data.fingerprint
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = self._persist(lambda: self.study._storage.get_trial(trial._trial_id), "reading")
         retry_of = frozen.system_attrs.get("failed_trial")  # set by the retry callback
         if retry_of is not None:
             base["retry_of"] = retry_of
-        for key, value in base.items():
-            trial.set_user_attr(key, value)
+        self._save(trial, base)
         epochs = self.config.train.epochs
         if self.metrics is not None:
             self.metrics.trial_started(trial.number, epochs)
@@ -306,14 +198,14 @@ class Worker:
             summary = f"FAIL {exc.reason}"
         except KeyboardInterrupt:
             self._fail(trial, "interrupted", "the worker was stopped")
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, None, TrialState.FAIL)
             raise
         except Exception as exc:  # a failed trial never kills the worker
             self._fail(trial, "error", f"{type(exc).__name__}: {redact(str(exc))}")
             summary = f"FAIL error {type(exc).__name__}"
         seconds = time.perf_counter() - start
-        trial.set_user_attr("seconds", seconds)
-        self.study.tell(trial, values, state=state)
+        self._save(trial, {"seconds": seconds})
+        self._tell(trial, values, state)
         self.log(f"trial {trial.number:>4} {summary} ({seconds:.1f}s)")
         if self.metrics is not None:
             ips = trial.user_attrs.get("train_images_per_s")
@@ -323,11 +215,16 @@ class Worker:
 
     def _train(self, trial: optuna.Trial, data: Dataset) -> tuple[list[float], str]:
         candidate = sample_candidate(trial, self.config, data.num_classes)
-        trial.set_user_attr("model_yaml", model_spec_yaml(candidate.model))
-        trial.set_user_attr("augment", asdict(candidate.policy) if candidate.policy else None)
-        trial.set_user_attr("recipe", asdict(candidate.recipe))
-        trial.set_user_attr("params", candidate.params)
-        trial.set_user_attr("macs", candidate.macs)
+        self._save(
+            trial,
+            {
+                "model_yaml": model_spec_yaml(candidate.model),
+                "augment": asdict(candidate.policy) if candidate.policy else None,
+                "recipe": asdict(candidate.recipe),
+                "params": candidate.params,
+                "macs": candidate.macs,
+            },
+        )
 
         def on_epoch(record: EpochRecord) -> None:
             if self.metrics is not None:
@@ -336,8 +233,7 @@ class Worker:
         result = self.train_fn(
             candidate.model, candidate.policy, candidate.recipe, data, on_epoch=on_epoch
         )
-        for key, value in _result_attrs(result).items():
-            trial.set_user_attr(key, value)
+        self._save(trial, _result_attrs(result))
         limits = self.config.constraints
         latency = constraint_values(limits, candidate.params, candidate.macs, result.latency_ms_b1)
         if "latency" in latency:  # known only now; params and MACs were set before training
@@ -347,14 +243,32 @@ class Worker:
         return values, summary
 
     def _fail(self, trial: optuna.Trial, reason: str, message: str) -> None:
-        trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("fail_message", message[:1000])
+        self._save(trial, {"fail_reason": reason, "fail_message": message[:1000]})
+
+    def _persist(self, call: Callable[[], T], what: str) -> T:
+        deadline = self.config.study.db_outage_deadline_s
+        return persist(call, deadline, what, self.storage_url)
+
+    def _save(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self._persist(lambda: trial.set_user_attr(key, value), f"saving {key}")  # noqa: B023
+
+    def _tell(self, trial: optuna.Trial, values: list[float] | None, state: TrialState) -> None:
+        def tell() -> None:
+            # an earlier try may have been written before its connection dropped
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.study.tell(trial, values, state=state)
+
+        self._persist(tell, "telling the result")
 
     def _refresh(self) -> None:
         """Study-wide figures for the metrics endpoint (best accuracy, front size, counts)."""
         if self.metrics is None:
             return
-        trials = self.study.get_trials(deepcopy=False)
+        try:
+            trials = self.study.get_trials(deepcopy=False)
+        except Exception:  # figures for a dashboard are not worth failing over
+            return
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1

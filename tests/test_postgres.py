@@ -108,3 +108,71 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_stays_exact(
     assert trials[killed].state == TrialState.FAIL  # went stale, failed by heartbeat
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
     assert retries and retries[0].params == trials[killed].params  # the same candidate
+
+
+def _wait_for_complete(study, n: int, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(study.get_trials(states=(TrialState.COMPLETE,))) >= n:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {n} COMPLETE trials after {timeout}s")
+
+
+def test_workers_ride_out_a_database_restart(postgres: Server | External, tmp_path: Path) -> None:
+    if not isinstance(postgres, Server):
+        pytest.skip("restarts only the suite's own throwaway server")
+    url = postgres.new_database()
+    path = tmp_path / "restart.yaml"
+    path.write_text(TINY.replace("budget: 4", "budget: 6").replace("epochs: 1,", "epochs: 3,"))
+    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"}
+    cmd = [sys.executable, "-m", "job", "search", "--config", str(path)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    workers = [
+        subprocess.Popen(cmd, cwd=ROOT, env={**env, "SMS_WORKER_INDEX": str(i)}, **pipes)
+        for i in range(2)
+    ]
+    study = open_study(load_config(path), url)
+    _wait_for_complete(study, 1)
+    postgres.stop("fast")  # every connection drops mid-search
+    time.sleep(3)
+    postgres.start()
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output
+        assert PASSWORD not in output
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 6 and TrialState.RUNNING not in states
+
+
+def test_a_long_outage_exits_1_naming_no_password(
+    postgres: Server | External, tmp_path: Path
+) -> None:
+    if not isinstance(postgres, Server):
+        pytest.skip("stops only the suite's own throwaway server")
+    url = postgres.new_database()
+    path = tmp_path / "outage.yaml"
+    text = TINY.replace("budget: 4", "budget: 500")
+    path.write_text(text.replace("seed: 0}", "seed: 0, db_outage_deadline_s: 3}"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "job", "search", "--config", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_complete(open_study(load_config(path), url), 1)
+        postgres.stop("fast")
+        output = worker.communicate(timeout=120)[0]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        postgres.start()
+    assert worker.returncode == 1, output
+    last = output.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: storage postgresql+psycopg2://sms:***@") and "unreachable" in last
+    )
+    assert PASSWORD not in output and "Traceback" not in output
