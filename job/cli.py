@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -117,7 +116,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     from job.metrics import WorkerMetrics, metrics_port
     from job.search import Worker, resolve_storage, stop_on_sigterm, worker_index
 
-    stop_on_sigterm()
     config = load_config(args.config)
     threads = os.environ.get("SMS_TORCH_THREADS", "")
     if threads.isdigit():
@@ -125,7 +123,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     data = load_data(config.data)
     url = resolve_storage(args.storage, config, _out_dir(args, config))
     port = metrics_port(config.study.metrics_port)
-    worker = Worker(config, url, _study_name(args, config), worker_index())
+    checkpoints = config.study.checkpoint_dir or _out_dir(args, config) / "checkpoints"
+    worker = Worker(
+        config, url, _study_name(args, config), worker_index(), checkpoint_dir=Path(checkpoints)
+    )
+    stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 0
     metrics = None
     if port is not None:
         metrics = WorkerMetrics(
@@ -135,9 +137,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         worker.metrics = metrics
     print(f"worker {worker.worker} on study {worker.study.study_name}", flush=True)
     ran = worker.run(data)
-    print(f"worker {worker.worker} done: {ran} trials", flush=True)
+    done = "stopped" if worker.stop.is_set() else "done"
+    print(f"worker {worker.worker} {done}: {ran} trials", flush=True)
     if metrics is not None:
-        time.sleep(config.study.metrics_linger_s)  # let Prometheus scrape the final values
+        worker.stop.wait(config.study.metrics_linger_s)  # let Prometheus scrape the last values
         metrics.shutdown()
     return EXIT_OK
 

@@ -49,6 +49,9 @@ class StudyConfig(Section):
     max_retry: int = Field(3, ge=0)
     # PostgreSQL restarted or failing over: retry with backoff this long, then exit 1.
     db_outage_deadline_s: float = Field(300.0, gt=0.0)
+    # Where preempted trials leave their state for the retry (a shared volume in k8s);
+    # None: <output folder>/checkpoints.
+    checkpoint_dir: str | None = None
 
 
 class DataConfig(Section):

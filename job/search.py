@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -47,7 +48,7 @@ from job.storage import (
     redact,
     resolve_storage,
 )
-from job.train import EpochRecord, TrainError, TrainResult, train
+from job.train import EpochRecord, Preempted, TrainError, TrainResult, train
 
 __all__ = ["JOURNAL", "Worker", "claim_trial", "open_study", "redact", "resolve_storage"]
 
@@ -126,6 +127,7 @@ _RESULT_ATTRS = (
     "latency_ms_b256",
     "train_images_per_s",
     "device",
+    "resumed_epoch",
 )
 
 
@@ -145,9 +147,11 @@ class Worker:
         metrics: Any = None,
         train_fn: TrainFn = train,
         log: Callable[[str], None] = print,
+        checkpoint_dir: Path | None = None,
     ) -> None:
         self.config, self.storage_url, self.metrics = config, storage_url, metrics
-        self.train_fn, self.log = train_fn, log
+        self.train_fn, self.log, self.checkpoint_dir = train_fn, log, checkpoint_dir
+        self.stop = threading.Event()  # set on SIGTERM: checkpoint, hand back, exit
         self.study = open_study(config, storage_url, study_name, worker_index)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.version = code_version()
@@ -157,7 +161,7 @@ class Worker:
         data = data if data is not None else load_data(self.config.data)
         ran = failures = 0
         budget = self.config.study.budget
-        while True:
+        while not self.stop.is_set():
             claimed = self._persist(
                 lambda: claim_trial(self.study, budget, self.storage_url), "claiming a trial"
             )
@@ -165,7 +169,7 @@ class Worker:
                 return ran
             if claimed == "wait":
                 self._refresh()
-                time.sleep(poll_s)
+                self.stop.wait(poll_s)
                 continue
             assert isinstance(claimed, optuna.Trial)
             state = self.run_trial(claimed, data)
@@ -173,6 +177,7 @@ class Worker:
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise RuntimeError(f"{failures} trials in a row failed; see their fail_reason")
+        return ran
 
     def run_trial(self, trial: optuna.Trial, data: Dataset) -> TrialState:
         """Build and train one candidate; tell the study what came of it, never raise
@@ -185,14 +190,19 @@ class Worker:
         if retry_of is not None:
             base["retry_of"] = retry_of
         self._save(trial, base)
+        checkpoint = self._checkpoint(trial, frozen.user_attrs.get("resume_from"))
         epochs = self.config.train.epochs
         if self.metrics is not None:
             self.metrics.trial_started(trial.number, epochs)
         state, values, summary = TrialState.FAIL, None, ""
         try:
             with Heartbeat(self.study, trial):
-                values, summary = self._train(trial, data)
+                values, summary = self._train(trial, data, checkpoint)
             state = TrialState.COMPLETE
+            if checkpoint is not None:
+                checkpoint.unlink(missing_ok=True)  # the result is in; the state is not needed
+        except Preempted as exc:
+            summary = self._hand_back(trial, exc)
         except TrainError as exc:
             self._fail(trial, exc.reason, str(exc))
             summary = f"FAIL {exc.reason}"
@@ -213,7 +223,28 @@ class Worker:
         self._refresh()
         return state
 
-    def _train(self, trial: optuna.Trial, data: Dataset) -> tuple[list[float], str]:
+    def _checkpoint(self, trial: optuna.Trial, resume_from: object) -> Path | None:
+        """A retry resumes from its original's checkpoint; a fresh trial gets its own."""
+        if isinstance(resume_from, str):
+            return Path(resume_from)
+        if self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir / f"{self.study.study_name}-trial-{trial.number}.pt"
+
+    def _hand_back(self, trial: optuna.Trial, exc: Preempted) -> str:
+        """Preempted: fail this trial, queue a retry with the same params that resumes
+        from the checkpoint; the result is recorded once, by the retry."""
+        where = {"checkpoint_epoch": exc.epoch, "checkpoint_step": exc.step}
+        self._save(trial, {"fail_reason": "preempted", "fail_message": str(exc), **where})
+        resume = {"retry_of": trial.number} | ({"resume_from": str(exc.path)} if exc.path else {})
+        self._persist(
+            lambda: self.study.enqueue_trial(trial.params, user_attrs=resume), "queueing a retry"
+        )
+        return f"PREEMPTED at epoch {exc.epoch} step {exc.step}; queued for retry"
+
+    def _train(
+        self, trial: optuna.Trial, data: Dataset, checkpoint: Path | None
+    ) -> tuple[list[float], str]:
         candidate = sample_candidate(trial, self.config, data.num_classes)
         self._save(
             trial,
@@ -231,7 +262,13 @@ class Worker:
                 self.metrics.epoch_done(record.epoch)
 
         result = self.train_fn(
-            candidate.model, candidate.policy, candidate.recipe, data, on_epoch=on_epoch
+            candidate.model,
+            candidate.policy,
+            candidate.recipe,
+            data,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            stop=self.stop,
         )
         self._save(trial, _result_attrs(result))
         limits = self.config.constraints
@@ -282,11 +319,14 @@ class Worker:
         self.metrics.study_refreshed(counts, best, front, self.config.study.budget)
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (a pod being stopped, `run` shutting down) fails the running trial cleanly."""
+def stop_on_sigterm(stop: threading.Event | None = None) -> None:
+    """SIGTERM (a pod being stopped, `run` shutting down): with `stop`, a worker
+    checkpoints its trial, hands it back and exits 0; without, it is an interruption."""
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        if stop is None:
+            raise KeyboardInterrupt
+        stop.set()
 
     signal.signal(signal.SIGTERM, handler)
 

@@ -34,6 +34,8 @@ from job.config import Config
 # Heartbeats, their retry callback and grouped TPE are marked experimental in Optuna
 # (some since 2.8); the version is pinned, and the warnings say nothing a user can act on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Our workers ask and tell themselves and beat with `Heartbeat` below, not in optimize().
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 JOURNAL = "journal://"
 DEFAULT_JOURNAL = "study.journal"

@@ -14,10 +14,13 @@ runs in bf16 autocast and channels_last.
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,14 @@ from job.model import (
 )
 
 FailReason = Literal["nan_loss", "out_of_memory", "invalid_network"]
+
+
+class Preempted(Exception):  # noqa: N818 — a request honoured, not an error
+    """Stopped on request; the state is in `path` (None: unsaved), resumable at epoch, step."""
+
+    def __init__(self, path: Path | None, epoch: int, step: int) -> None:
+        super().__init__(f"preempted at epoch {epoch}, step {step}")
+        self.path, self.epoch, self.step = path, epoch, step
 
 
 class TrainError(RuntimeError):
@@ -96,6 +107,7 @@ class TrainResult:
     seconds: float
     device: str
     history: tuple[EpochRecord, ...] = field(default=())
+    resumed_epoch: int = 0  # > 0: resumed from a checkpoint at this epoch (1-based)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -180,23 +192,19 @@ def measure_latency(
 ) -> tuple[float, float]:
     """Milliseconds per image at batch 1 and at batch 256, after warm-up."""
     model.eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
     results = []
     for batch, reps in ((1, 20), (256, 3)):
         x = torch.randn(batch, 3, image_size, image_size, device=device)
         with torch.inference_mode(), _autocast(device, amp):
             model(x)  # warm-up: allocator, cuDNN autotune, lazy init
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(reps):
                 model(x)
-            _sync(device)
+            sync(device)
         results.append((time.perf_counter() - start) * 1000.0 / (reps * batch))
     return results[0], results[1]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _val_split(data: Dataset) -> Split:
@@ -220,6 +228,41 @@ def _build(spec: ModelSpec, data: Dataset, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+@dataclass
+class _Position:
+    """Where the loop stands: what a checkpoint holds besides the weights and RNGs."""
+
+    epoch: int = 1
+    step: int = 0
+    order: Tensor | None = None  # this epoch's permutation of the train set
+    loss_sum: Tensor | None = None
+    train_seconds: float = 0.0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def _save(path: Path, parts: dict[str, Any], pos: _Position) -> None:
+    """Everything the loop needs to go on exactly, written atomically (whole or absent)."""
+    state = {name: part.state_dict() for name, part in parts.items() if hasattr(part, "state_dict")}
+    state |= {name: g.get_state() for name, g in parts.items() if isinstance(g, torch.Generator)}
+    state |= {"torch": torch.get_rng_state(), "position": pos}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, parts: dict[str, Any], device: torch.device) -> _Position:
+    state = torch.load(path, map_location=device, weights_only=False)
+    for name, part in parts.items():
+        if isinstance(part, torch.Generator):
+            part.set_state(state[name].cpu())
+        else:
+            part.load_state_dict(state[name])
+    torch.set_rng_state(state["torch"].cpu())
+    pos: _Position = state["position"]
+    return pos
+
+
 def _train_epochs(
     model: nn.Module,
     policy: AugmentPolicy | None,
@@ -227,8 +270,11 @@ def _train_epochs(
     data: Dataset,
     device: torch.device,
     on_epoch: Callable[[EpochRecord], None] | None,
-) -> tuple[list[EpochRecord], float]:
-    """The training loop; returns the epoch records and train images/s."""
+    checkpoint: Path | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[list[EpochRecord], float, int]:
+    """The training loop; returns the epoch records, train images/s and the epoch it
+    resumed at (0: from scratch). With `stop` set it saves `checkpoint` and raises."""
     cuda = device.type == "cuda"
     norm = _Normalize(data, device, recipe.channels_last and cuda)
     model = model.to(memory_format=norm.format)
@@ -248,15 +294,25 @@ def _train_epochs(
     )
     gen = torch.Generator(device).manual_seed(recipe.seed)  # pixel draws, on the device
     choices = torch.Generator().manual_seed(recipe.seed)  # per-image op picks, on the host
-    history: list[EpochRecord] = []
-    train_seconds = 0.0
-    for epoch in range(1, recipe.epochs + 1):
+    parts = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    parts |= {"gen": gen, "choices": choices}
+    resumed = checkpoint is not None and checkpoint.exists()
+    pos = _load(checkpoint, parts, device) if resumed else _Position()  # type: ignore[arg-type]
+    resumed_epoch = pos.epoch if resumed else 0
+    for epoch in range(pos.epoch, recipe.epochs + 1):
         model.train()
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=gen, device=device)  # (n,)
-        for i in range(steps):
-            idx = order[i * batch : (i + 1) * batch]  # (B,)
+        if pos.order is None or pos.loss_sum is None or epoch != pos.epoch:
+            pos.order = torch.randperm(n, generator=gen, device=device)  # (n,)
+            pos.loss_sum, pos.step = torch.zeros((), device=device), 0
+        pos.epoch = epoch
+        for i in range(pos.step, steps):
+            if stop is not None and stop.is_set():  # a Python flag: no device sync
+                pos.step, pos.train_seconds = i, pos.train_seconds + time.perf_counter() - start
+                if checkpoint is not None:
+                    _save(checkpoint, parts, pos)
+                raise Preempted(checkpoint, epoch, i)
+            idx = pos.order[i * batch : (i + 1) * batch]  # (B,)
             x = data.train.x[idx]  # (B, 3, S, S) uint8
             if policy is not None:
                 x = train_augment(x, policy, gen, choices)
@@ -269,9 +325,9 @@ def _train_epochs(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
-            loss_sum += loss.detach()
-        mean_loss = float(loss_sum) / steps  # the epoch's one host sync
-        train_seconds += time.perf_counter() - start
+            pos.loss_sum += loss.detach()
+        mean_loss = float(pos.loss_sum) / steps  # the epoch's one host sync
+        pos.train_seconds += time.perf_counter() - start
         if not math.isfinite(mean_loss):
             raise TrainError("nan_loss", f"training loss became {mean_loss} in epoch {epoch}")
         val = _val_split(data)
@@ -279,10 +335,12 @@ def _train_epochs(
         val_acc, _ = accuracy_and_f1(val_pred, val.y, data.num_classes)
         lr = float(optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch, mean_loss, val_acc, lr, time.perf_counter() - start)
-        history.append(record)
+        pos.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    return history, steps * batch * recipe.epochs / max(train_seconds, 1e-9)
+    # train_seconds spans every run of this training, resumed ones included
+    ips = steps * batch * recipe.epochs / max(pos.train_seconds, 1e-9)
+    return pos.history, ips, resumed_epoch
 
 
 def train(
@@ -291,11 +349,15 @@ def train(
     recipe: Recipe,
     data: Dataset,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    checkpoint: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainResult:
     """Train one network on `data` and measure it; raises `TrainError` on failure.
 
     Validation accuracy (the search's objective) comes from the validation split; when
     the config asks for none (`data.val_ratio: 0`) the test split stands in for it.
+    Preemption: when `stop` is set, the state goes to `checkpoint` and `Preempted` is
+    raised; a later call with the same `checkpoint` resumes at that step, exactly.
     """
     started = time.perf_counter()
     device = resolve_device(recipe.device)
@@ -305,7 +367,9 @@ def train(
     image_size = data.train.x.shape[-1]
     params, macs = count_params(model), count_macs(model, image_size)
     try:
-        history, ips = _train_epochs(model, augment_policy, recipe, data, device, on_epoch)
+        history, ips, resumed_epoch = _train_epochs(
+            model, augment_policy, recipe, data, device, on_epoch, checkpoint, stop
+        )
         amp = recipe.amp and device.type == "cuda"
         norm = _Normalize(data, device, recipe.channels_last and device.type == "cuda")
         scores = {}
@@ -332,4 +396,5 @@ def train(
         seconds=time.perf_counter() - started,
         device=str(device),
         history=tuple(history),
+        resumed_epoch=resumed_epoch,
     )

@@ -107,7 +107,9 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_stays_exact(
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
     assert trials[killed].state == TrialState.FAIL  # went stale, failed by heartbeat
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
-    assert retries and retries[0].params == trials[killed].params  # the same candidate
+    # the same candidate: every param the killed trial had drawn is kept (it may have died
+    # while still sampling; the retry draws the rest)
+    assert retries and retries[0].params.items() >= trials[killed].params.items()
 
 
 def _wait_for_complete(study, n: int, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -102,11 +104,11 @@ def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
     data = load_data(config.data)
     calls = []
 
-    def first_one_diverges(spec, policy, recipe, data, on_epoch=None):  # type: ignore[no-untyped-def]
+    def first_one_diverges(spec, policy, recipe, data, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 1:  # a real divergence through the real training loop
             recipe = replace(recipe, lr=1e30, momentum=0.0)
-        return train(spec, policy, recipe, data, on_epoch=on_epoch)
+        return train(spec, policy, recipe, data, **kwargs)
 
     lines: list[str] = []
     worker = Worker(config, _journal(tmp_path), train_fn=first_one_diverges, log=lines.append)
@@ -199,3 +201,37 @@ def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -
         counted["COMPLETE"] == sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 4
     )
     assert "postgresql" not in text and "password" not in text
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) -> None:
+    config_path = tmp_path / "long.yaml"
+    config_path.write_text(
+        TINY.replace("budget: 4", "budget: 2").replace("epochs: 1,", "epochs: 60,")
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "job", "search", "--config", str(config_path), "--out", str(out)]
+    first = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SMS_TORCH_THREADS": "1"})
+    study = open_study(load_config(config_path), _journal(out))
+    deadline = time.monotonic() + 120
+    while not study.get_trials(states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # some epochs in
+    stopped_at = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    assert time.monotonic() - stopped_at < 30
+    preempted = study.get_trials()[0]
+    assert preempted.state == TrialState.FAIL
+    assert preempted.user_attrs["fail_reason"] == "preempted"
+    epoch = preempted.user_attrs["checkpoint_epoch"]
+    assert [t.state for t in study.get_trials()].count(TrialState.WAITING) == 1
+
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    trials = study.get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2  # recorded once
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == preempted.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == preempted.params
+    assert retry.user_attrs["resumed_epoch"] == epoch >= 1  # resumed, not restarted
+    assert not list((out / "checkpoints").glob("*.pt"))  # cleaned up after the result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from job.augment import AugmentPolicy
 from job.data import Dataset
 from job.model import LayerSpec, ModelSpec, build_model, count_params
-from job.train import Recipe, TrainError, accuracy_and_f1, train
+from job.train import Preempted, Recipe, TrainError, accuracy_and_f1, train
 
 TINY = ModelSpec(
     input_channel=3,
@@ -98,3 +99,30 @@ def test_accuracy_and_macro_f1() -> None:
     assert acc == pytest.approx(4 / 6)
     # per class F1: 0 → 0.8, 1 → 0.5, 2 → 2/3
     assert f1 == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+
+
+class _StopAfter(threading.Event):
+    """A stop flag that turns itself on after `n` looks (one look per training step)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.looks = n
+
+    def is_set(self) -> bool:
+        self.looks -= 1
+        return self.looks < 0
+
+
+@pytest.mark.parametrize("stop_after", [15, 19])  # 15 steps an epoch: a boundary, mid-epoch
+def test_preempt_and_resume_is_exact(digits16: Dataset, tmp_path, stop_after: int) -> None:
+    recipe = replace(FAST, epochs=3, measure_latency=False)
+    policy = AugmentPolicy(level=None)
+    full = train(TINY, policy, recipe, digits16)
+    checkpoint = tmp_path / "trial.pt"
+    with pytest.raises(Preempted) as info:
+        train(TINY, policy, recipe, digits16, checkpoint=checkpoint, stop=_StopAfter(stop_after))
+    assert (info.value.epoch, info.value.step) == (2, stop_after - 15) and checkpoint.exists()
+    resumed = train(TINY, policy, recipe, digits16, checkpoint=checkpoint)
+    assert resumed.resumed_epoch == 2
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in full.history]
+    assert resumed.test_accuracy == full.test_accuracy
