@@ -178,3 +178,55 @@ def test_a_long_outage_exits_1_naming_no_password(
         last.startswith("error: storage postgresql+psycopg2://sms:***@") and "unreachable" in last
     )
     assert PASSWORD not in output and "Traceback" not in output
+
+
+def test_four_workers_one_killed_one_preempted_exact_budget(
+    postgres: Server | External, tmp_path: Path
+) -> None:
+    """The issue's acceptance run: an empty database, 4 workers, SIGKILL one and SIGTERM
+    another mid-trial; exactly the budget COMPLETE, the killed trial retried, the
+    preempted one resumed from its checkpoint, nothing left RUNNING."""
+    url = postgres.new_database()
+    path = tmp_path / "acceptance.yaml"
+    text = TINY.replace("budget: 4", "budget: 8").replace("epochs: 1,", "epochs: 20,")
+    path.write_text(
+        text.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
+    )
+    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"}
+    cmd = [sys.executable, "-m", "job", "search", "--config", str(path), "--out", str(tmp_path)]
+    workers = [
+        subprocess.Popen(cmd, cwd=ROOT, env={**env, "SMS_WORKER_INDEX": str(i)}) for i in range(4)
+    ]
+    study = open_study(load_config(path), url)
+    victims: dict[int, int] = {}  # trial number → signal
+    deadline = time.monotonic() + 300
+    while len(victims) < 2 and time.monotonic() < deadline:
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            pid = int(str(trial.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
+            proc = next((w for w in workers[:2] if w.pid == pid), None)
+            if proc is None or trial.number in victims or proc.poll() is not None:
+                continue
+            sig = signal.SIGKILL if proc is workers[0] else signal.SIGTERM
+            if sig in victims.values() or "params" not in trial.user_attrs:
+                continue
+            time.sleep(0.5)  # some epochs in
+            proc.send_signal(sig)
+            victims[trial.number] = sig
+        time.sleep(0.2)
+    assert len(victims) == 2, "the victims never ran a trial"
+    assert workers[1].wait(timeout=60) == 0  # preempted: checkpoint, hand back, exit 0
+    for worker in workers[2:]:
+        assert worker.wait(timeout=600) == 0
+    workers[0].wait()
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 8 and TrialState.RUNNING not in states
+    for number, sig in victims.items():
+        assert trials[number].state == TrialState.FAIL
+        retry = next(t for t in trials if t.user_attrs.get("retry_of") == number)
+        assert retry.state == TrialState.COMPLETE
+        if sig == signal.SIGTERM:
+            assert trials[number].user_attrs["fail_reason"] == "preempted"
+            assert (
+                retry.user_attrs["resumed_epoch"] == trials[number].user_attrs["checkpoint_epoch"]
+            )
