@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.proc import ROOT, run_job
 
 # Written by hand in the seed's format (quoted names, nulls, trailing args omitted),
 # not produced by job.model: the format is the contract.
@@ -40,22 +38,12 @@ train: {epochs: 2, batch_size: 64, lr: 0.05, device: cpu}
 """
 
 
-def _job(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "job", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_train_verb_on_a_hand_written_seed_yaml(tmp_path: Path) -> None:
     (tmp_path / "model.yaml").write_text(SEED_STYLE_MODEL)
     (tmp_path / "config.yaml").write_text(TINY_CONFIG)
     out = tmp_path / "out"
-    proc = _job(
+    proc = run_job(
         "train",
         "--config",
         str(tmp_path / "config.yaml"),
@@ -84,7 +72,7 @@ def test_train_verb_on_a_hand_written_seed_yaml(tmp_path: Path) -> None:
 def test_bad_model_yaml_exits_2_with_one_line(tmp_path: Path, model: str, expected: str) -> None:
     (tmp_path / "model.yaml").write_text(model)
     (tmp_path / "config.yaml").write_text(TINY_CONFIG)
-    proc = _job(
+    proc = run_job(
         "train", "--config", str(tmp_path / "config.yaml"), "--model", str(tmp_path / "model.yaml")
     )
     assert proc.returncode == 2, proc.stderr
@@ -95,7 +83,7 @@ def test_bad_model_yaml_exits_2_with_one_line(tmp_path: Path, model: str, expect
 @pytest.mark.slow
 def test_augment_preview_writes_the_grid(tmp_path: Path) -> None:
     out = tmp_path / "preview.png"
-    proc = _job(
+    proc = run_job(
         "augment-preview", "--config", "configs/quickstart.yaml", "--out", str(out), "--size", "48"
     )
     assert proc.returncode == 0, proc.stderr
@@ -124,7 +112,7 @@ def test_missing_data_exits_2_naming_the_path(tmp_path: Path) -> None:
         f"data: {{name: cifar10, path: {tmp_path / 'nowhere'}}}\n"
     )
     model = ROOT / "configs" / "models" / "mobilenetv2.yaml"
-    proc = _job("train", "--config", str(tmp_path / "config.yaml"), "--model", str(model))
+    proc = run_job("train", "--config", str(tmp_path / "config.yaml"), "--model", str(model))
     assert proc.returncode == 2, proc.stderr
     assert str(tmp_path / "nowhere") in proc.stderr and "data.download" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

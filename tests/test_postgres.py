@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 from job.config import load_config, parse_config
 from job.search import open_study
 from tests.postgres import PASSWORD, External, Server
-from tests.test_search import ROOT, TINY
+from tests.proc import ROOT
+from tests.test_search import TINY
 
 pytestmark = pytest.mark.slow
 

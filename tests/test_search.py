@@ -22,8 +22,7 @@ from job.config import load_config
 from job.data import load_data
 from job.search import JOURNAL, Worker, claim_trial, open_study, redact, resolve_storage
 from job.train import train
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.proc import ROOT, run_job
 
 # A tiny search: digits at 8x8, two narrow blocks, one epoch per trial (a second or two).
 TINY = """\
@@ -46,17 +45,6 @@ def tiny(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     return path
-
-
-def _job(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "job", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def _journal(out: Path) -> str:
@@ -140,7 +128,7 @@ def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
 @pytest.mark.slow
 def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = _job("run", "--config", str(tiny), "--workers", "2", "--out", str(out))
+    proc = run_job("run", "--config", str(tiny), "--workers", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     study = open_study(load_config(tiny), _journal(out))
     states = [t.state for t in study.get_trials()]
@@ -154,7 +142,7 @@ def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -
     assert (out / "pareto.png").stat().st_size > 1000
     assert "COMPLETE" in proc.stdout and (out / "worker-0.log").exists()
 
-    status = _job("status", "--config", str(tiny), "--out", str(out))
+    status = run_job("status", "--config", str(tiny), "--out", str(out))
     assert status.returncode == 0, status.stderr
     assert "COMPLETE" in status.stdout and "4" in status.stdout
 
