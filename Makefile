@@ -31,6 +31,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/augment.py
+	$(BIN)/python bench/storage.py
 
 preview: $(STAMP)
 	$(BIN)/python -m job augment-preview --config configs/quickstart.yaml --out runs/augment-preview.png
