@@ -115,9 +115,11 @@ def throwaway_server() -> Iterator[Server | None]:
         server.start()
         yield server
     finally:
-        server.stop("immediate")
-        time.sleep(0.2)
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            server.stop("immediate")
+        finally:  # even when initdb failed: the folder may hold the password file
+            time.sleep(0.2)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class External:
