@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from job.config import Config
-from job.search import open_study, python_command, redact
+from job.search import open_study
+from job.storage import redact
 
 STOP_GRACE_S = 30.0  # matches a pod's terminationGracePeriodSeconds
 
@@ -44,7 +46,7 @@ def threads_per_worker(workers: int) -> int:
 
 def worker_command(options: RunOptions, index: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of local worker `index` (as a pod would get)."""
-    cmd = [*python_command(), "search", "--config", str(options.config_path)]
+    cmd = [sys.executable, "-m", "job", "search", "--config", str(options.config_path)]
     cmd += ["--storage", options.storage, "--study", options.study_name]
     env = dict(os.environ)
     env.pop("OPTUNA_STORAGE", None)  # the flag above already carries it

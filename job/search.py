@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -338,7 +337,3 @@ def worker_index() -> int:
         if value.isdigit():
             return int(value)
     return 0
-
-
-def python_command() -> list[str]:
-    return [sys.executable, "-m", "job"]
