@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -26,6 +27,9 @@ from job.storage import StorageDownError, redact
 from job.train import EpochRecord, Recipe, TrainError, TrainResult, train
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+# A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
+# so a Kubernetes Job reruns that pod's index instead of counting it as finished.
+EXIT_STOPPED = 143
 
 
 class UsageError(ValueError):
@@ -127,7 +131,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     worker = Worker(
         config, url, _study_name(args, config), worker_index(), checkpoint_dir=Path(checkpoints)
     )
-    stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 0
+    stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 143
     metrics = None
     if port is not None:
         metrics = WorkerMetrics(
@@ -142,7 +146,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if metrics is not None:
         worker.stop.wait(config.study.metrics_linger_s)  # let Prometheus scrape the last values
         metrics.shutdown()
-    return EXIT_OK
+    return EXIT_STOPPED if worker.stop.is_set() else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -278,10 +282,17 @@ _BAD_INPUT: tuple[type[BaseException], ...] = (
 )
 
 
+def _exit_stopped(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_STOPPED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad arguments
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happened
     func: Callable[[argparse.Namespace], int] = args.func
+    # As PID 1 in a pod, Python ignores a SIGTERM it has no handler for, and the pod would
+    # linger until killed: stop at once (search and run install their own, gentler ones).
+    signal.signal(signal.SIGTERM, _exit_stopped)
     try:
         return func(args)
     except _BAD_INPUT as exc:

@@ -320,7 +320,7 @@ class Worker:
 
 def stop_on_sigterm(stop: threading.Event | None = None) -> None:
     """SIGTERM (a pod being stopped, `run` shutting down): with `stop`, a worker
-    checkpoints its trial, hands it back and exits 0; without, it is an interruption."""
+    checkpoints its trial, hands it back and exits 143; without, it is an interruption."""
 
     def handler(signum: int, frame: object) -> None:
         if stop is None:

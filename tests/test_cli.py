@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +120,17 @@ def test_missing_data_exits_2_naming_the_path(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert str(tmp_path / "nowhere") in proc.stderr and "data.download" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_sigterm_stops_a_waiting_collector_at_once(tmp_path: Path) -> None:
+    """In a pod Python is PID 1, which ignores an unhandled SIGTERM: every verb handles it."""
+    cmd = [sys.executable, "-m", "job", "collect", "--config", "configs/quickstart.yaml"]
+    proc = subprocess.Popen(
+        [*cmd, "--wait", "--out", str(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "study.journal").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the study is open: it is waiting for a budget nobody works on
+    assert proc.poll() is None, proc.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 143

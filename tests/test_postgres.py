@@ -215,7 +215,7 @@ def test_four_workers_one_killed_one_preempted_exact_budget(
             victims[trial.number] = sig
         time.sleep(0.2)
     assert len(victims) == 2, "the victims never ran a trial"
-    assert workers[1].wait(timeout=60) == 0  # preempted: checkpoint, hand back, exit 0
+    assert workers[1].wait(timeout=60) == 143  # preempted: checkpoint, hand back, exit 143
     for worker in workers[2:]:
         assert worker.wait(timeout=600) == 0
     workers[0].wait()
