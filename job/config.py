@@ -197,7 +197,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC: faster convolutions on CUDA and on CPU
     compile: bool = False
     measure_latency: bool = True
     seed: int = 0

@@ -7,8 +7,8 @@ trial to these typed values and the result back to objective values.
 The hot loop keeps the GPU fed without the host: the data set already lives on the
 device as uint8, batches are index gathers, augmentation is batched per image on the
 device, and the loss is accumulated on the device and read back once per epoch (the
-only host sync of an epoch, which is also where a NaN is noticed). On CUDA the model
-runs in bf16 autocast and channels_last.
+only host sync of an epoch, which is also where a NaN is noticed). The model runs
+channels_last (on CPU too: oneDNN steps 1.3-2x faster), on CUDA in bf16 autocast.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def _train_epochs(
     """The training loop; returns the epoch records, train images/s and the epoch it
     resumed at (0: from scratch). With `stop` set it saves `checkpoint` and raises."""
     cuda = device.type == "cuda"
-    norm = _Normalize(data, device, recipe.channels_last and cuda)
+    norm = _Normalize(data, device, recipe.channels_last)
     model = model.to(memory_format=norm.format)
     step_model: nn.Module = torch.compile(model) if recipe.compile else model  # type: ignore[assignment]
     optimizer = torch.optim.SGD(
@@ -371,7 +371,7 @@ def train(
             model, augment_policy, recipe, data, device, on_epoch, checkpoint, stop
         )
         amp = recipe.amp and device.type == "cuda"
-        norm = _Normalize(data, device, recipe.channels_last and device.type == "cuda")
+        norm = _Normalize(data, device, recipe.channels_last)
         scores = {}
         for name, split in (("val", _val_split(data)), ("test", data.test)):
             pred = predict(model, split, norm, recipe.eval_batch_size, amp)

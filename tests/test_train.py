@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import job.train
 from job.augment import AugmentPolicy
 from job.data import Dataset
 from job.model import LayerSpec, ModelSpec, build_model, count_params
@@ -90,6 +91,22 @@ def test_no_host_sync_per_step(digits16: Dataset, monkeypatch: pytest.MonkeyPatc
         monkeypatch.undo()
         counts.append(calls)
     assert counts[0] == counts[1]
+
+
+def test_channels_last_as_configured_on_cpu_too(
+    digits16: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """oneDNN trains these networks 1.3-2x faster channels_last, so CPU honours the flag."""
+    built: list[torch.nn.Module] = []
+    build = job.train._build
+    monkeypatch.setattr(job.train, "_build", lambda *a: built.append(build(*a)) or built[-1])
+    for flag in (True, False):
+        recipe = replace(FAST, epochs=1, channels_last=flag, measure_latency=False)
+        assert train(TINY, AugmentPolicy(), recipe, digits16).device == "cpu"
+        weight = next(built[-1].parameters())  # the first conv's, (16, 3, 3, 3)
+        assert weight.shape == (16, 3, 3, 3)
+        assert weight.is_contiguous(memory_format=torch.channels_last) == flag
+        assert weight.is_contiguous() == (not flag)
 
 
 def test_accuracy_and_macro_f1() -> None:
