@@ -21,6 +21,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check job tests bench
 	$(BIN)/ruff format --check job tests bench
 	$(BIN)/mypy job
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/shellcheck entrypoint.sh bench/*.sh
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix job tests bench
@@ -32,6 +34,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/augment.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/scale.py
 
 preview: $(STAMP)
 	$(BIN)/python -m job augment-preview --config configs/quickstart.yaml --out runs/augment-preview.png

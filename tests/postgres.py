@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from tests.proc import free_port
 
 USER, PASSWORD, DATABASE = "sms", "pg-test-s3cret", "sms"
 
@@ -31,12 +32,6 @@ def _binaries() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -109,7 +104,7 @@ def throwaway_server() -> Iterator[Server | None]:
         yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="sms-pg-"))
-    server = Server(bindir, folder, _free_port())
+    server = Server(bindir, folder, free_port())
     try:
         server.init()
         server.start()

@@ -1,8 +1,9 @@
-"""Run `python -m job …` as a user would: a real process in the repo root."""
+"""Run `python -m job …` as a user would: a real process in the repo root; free ports."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,10 @@ def run_job(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,155 @@
+"""Render the kustomize overlays as `kubectl apply -k` would, and read what they say.
+
+The tests work on a copy of `k8s/` so that they can write the Secret's env file, which is
+never committed (`k8s/base/database.env`), without touching the checkout.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.proc import ROOT
+
+K8S = ROOT / "k8s"
+OVERLAYS = ("local-cpu", "gpu")
+NAMESPACE = "small-model-search"
+DATABASE_ENV = "base/database.env"
+
+Obj = dict[str, Any]
+
+
+def kubectl() -> str:
+    """kubectl with its built-in kustomize; under CI a missing one is a failure, not a skip."""
+    found = shutil.which("kubectl")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("kubectl (with kustomize) is needed to render k8s/ and was not found")
+        pytest.skip("kubectl not installed: the manifests cannot be rendered here")
+    return found
+
+
+def example_env() -> dict[str, str]:
+    """The committed example of the Secret's env file, as a dict."""
+    values: dict[str, str] = {}
+    for line in (K8S / "base" / "database.env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def copy_tree(dest: Path, database: dict[str, str] | None = None) -> Path:
+    """A copy of k8s/ under dest with the Secret's env file written from `database`."""
+    tree = dest / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("database.env"))
+    values = example_env() if database is None else database
+    (tree / DATABASE_ENV).write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return tree
+
+
+def render(tree: Path, overlay: str) -> list[Obj]:
+    """`kubectl kustomize` of one overlay: every object it would apply."""
+    proc = subprocess.run(
+        [kubectl(), "kustomize", str(tree / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [obj for obj in yaml.safe_load_all(proc.stdout) if obj]
+
+
+def find(objs: list[Obj], kind: str, name: str) -> Obj:
+    """The one object of that kind and name (generated names carry a hash suffix)."""
+    hits = [
+        o
+        for o in objs
+        if o["kind"] == kind
+        and (o["metadata"]["name"] == name or o["metadata"]["name"].startswith(name + "-"))
+    ]
+    assert len(hits) == 1, f"{kind}/{name}: {len(hits)} found"
+    return hits[0]
+
+
+def pod_spec(obj: Obj) -> Obj | None:
+    """The pod template's spec of a workload (CronJob: its Job's), else None."""
+    if obj["kind"] == "CronJob":
+        return dict(obj["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return dict(obj["spec"]["template"]["spec"])
+    return None
+
+
+def pod_labels(obj: Obj) -> dict[str, str]:
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return dict(spec["template"]["metadata"]["labels"])
+
+
+def containers(spec: Obj) -> list[Obj]:
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def _data(obj: Obj) -> dict[str, str]:
+    """A ConfigMap's or Secret's values, decoded."""
+    if obj["kind"] == "Secret":
+        encoded = obj.get("data", {})
+        return {k: base64.b64decode(v).decode() for k, v in encoded.items()}
+    return dict(obj.get("data", {}))
+
+
+def _quantity_cores(value: str) -> int:
+    """A CPU quantity as resourceFieldRef reports it with divisor 1: cores, rounded up."""
+    cores = float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    return max(1, math.ceil(cores))
+
+
+def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
+    """The environment Kubernetes would give the container: envFrom, then env."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        for kind, key in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
+            if key in source:
+                env.update(_data(find(objs, kind, source[key]["name"])))
+    for var in container.get("env", []):
+        env[var["name"]] = _env_value(objs, container, var)
+    return env
+
+
+def _env_value(objs: list[Obj], container: Obj, var: Obj) -> str:
+    if "value" in var:
+        return str(var["value"])
+    ref = var["valueFrom"]
+    if "secretKeyRef" in ref:
+        return _data(find(objs, "Secret", ref["secretKeyRef"]["name"]))[ref["secretKeyRef"]["key"]]
+    if "configMapKeyRef" in ref:
+        key = ref["configMapKeyRef"]
+        return _data(find(objs, "ConfigMap", key["name"]))[key["key"]]
+    if "resourceFieldRef" in ref:
+        section, _, resource = ref["resourceFieldRef"]["resource"].partition(".")
+        value = str(container["resources"][section][resource])
+        return str(_quantity_cores(value)) if resource == "cpu" else value
+    raise AssertionError(f"unsupported env source {ref}")
+
+
+def mounted_files(objs: list[Obj], spec: Obj, container: Obj) -> dict[str, dict[str, str]]:
+    """mountPath → the files a ConfigMap or Secret volume puts there (other volumes: none)."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    files: dict[str, dict[str, str]] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            files[mount["mountPath"]] = _data(find(objs, "ConfigMap", volume["configMap"]["name"]))
+        elif "secret" in volume:
+            files[mount["mountPath"]] = _data(find(objs, "Secret", volume["secret"]["secretName"]))
+        else:
+            files[mount["mountPath"]] = {}
+    return files

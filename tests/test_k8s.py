@@ -1,0 +1,284 @@
+"""k8s/: both overlays render, every object validates strictly, every container follows
+the security and resource rules, and the workloads have the shape the docs promise.
+
+No cluster runs here: this is everything up to `kubectl apply`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from job.config import load_config, parse_config
+from tests.kube import (
+    NAMESPACE,
+    OVERLAYS,
+    Obj,
+    container_env,
+    containers,
+    copy_tree,
+    find,
+    pod_labels,
+    pod_spec,
+    render,
+)
+from tests.proc import ROOT
+
+# Oldest Kubernetes we support (Indexed Job features GA by then) and the newest schemas shipped.
+VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
+# Custom resources: no schema ships with kubernetes-validate; checked field by field below.
+CUSTOM = {"PodMonitor"}
+APP_LABELS = ("name", "component", "part-of", "version", "managed-by")
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
+    tree = copy_tree(tmp_path_factory.mktemp("k8s"))
+    return {overlay: render(tree, overlay) for overlay in OVERLAYS}
+
+
+def workloads(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
+    return [(o, spec) for o in objs if (spec := pod_spec(o)) is not None]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_strictly(
+    rendered: dict[str, list[Obj]], overlay: str, version: str
+) -> None:
+    errors = []
+    for obj in rendered[overlay]:
+        if obj["kind"] in CUSTOM:
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {e.message}")
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_locked_down_and_sized(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    walked = 0
+    for obj, spec in workloads(rendered[overlay]):
+        where = f"{overlay}: {obj['kind']}/{obj['metadata']['name']}"
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert isinstance(pod["runAsUser"], int) and pod["runAsUser"] > 0, where
+        assert spec["enableServiceLinks"] is False, where  # env of ours, not docker links
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            here = f"{where} container {c['name']}"
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, here
+            assert sc["readOnlyRootFilesystem"] is True, here
+            assert sc["runAsNonRoot"] is True, here
+            assert sc["capabilities"]["drop"] == ["ALL"], here
+            assert not sc["capabilities"].get("add"), here
+            for section in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][section]), f"{here} {section}"
+            image = c["image"]
+            assert "@sha256:" in image or image.rsplit("/", 1)[-1].count(":") == 1, here
+            assert not image.endswith(":latest"), here
+            tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{here}: no emptyDir /tmp"
+            for mount in c.get("volumeMounts", []):
+                template_names = {
+                    t["metadata"]["name"] for t in obj["spec"].get("volumeClaimTemplates", [])
+                }
+                assert mount["name"] in volumes or mount["name"] in template_names, here
+            walked += 1
+    assert walked >= 5  # postgres, worker, collector, research, dashboard
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_labelled_and_namespaced(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    for obj in rendered[overlay]:
+        where = f"{overlay}: {obj['kind']}/{obj['metadata']['name']}"
+        labels = obj["metadata"]["labels"]
+        assert all(f"app.kubernetes.io/{k}" in labels for k in APP_LABELS), where
+        assert labels["app.kubernetes.io/part-of"] == "small-model-search", where
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"]["namespace"] == NAMESPACE, where
+        if pod_spec(obj) is not None:
+            template = pod_labels(obj)
+            assert all(f"app.kubernetes.io/{k}" in template for k in APP_LABELS), where
+
+
+def test_one_object_per_file_named_for_it() -> None:
+    for path in sorted((ROOT / "k8s").rglob("*.yaml")):
+        if path.name == "kustomization.yaml" or path.name == "search.yaml":
+            continue
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(docs) == 1, path
+        obj = docs[0]
+        assert path.name == f"{obj['metadata']['name']}-{obj['kind'].lower()}.yaml", path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_search_job_survives_preemption_and_scales(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    job = find(rendered[overlay], "Job", "search")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] >= 1
+    assert spec["backoffLimitPerIndex"] >= 1
+    assert spec["ttlSecondsAfterFinished"] > 0
+    rules = spec["podFailurePolicy"]["rules"]
+    disrupted = {"type": "DisruptionTarget", "status": "True"}
+    assert {"action": "Ignore", "onPodConditions": [disrupted]} in rules
+    bad_input = next(r for r in rules if r["action"] == "FailJob")["onExitCodes"]
+    assert bad_input == {"containerName": "worker", "operator": "In", "values": [2]}
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] >= 30
+    (worker,) = pod["containers"]
+    assert worker["args"][0] == "worker"
+    port = {p["name"]: p["containerPort"] for p in worker["ports"]}["metrics"]
+    assert container_env(rendered[overlay], worker)["SMS_METRICS_PORT"] == str(port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_collector_research_and_dashboard(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    collect = find(objs, "Job", "collect")["spec"]["template"]["spec"]["containers"][0]
+    assert collect["args"][:1] == ["collect"] and "--wait" in collect["args"]
+    cron = find(objs, "CronJob", "research")["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    research = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert research["args"][0] == "research"
+    dashboard = find(objs, "Deployment", "dashboard")
+    assert dashboard["spec"]["template"]["spec"]["containers"][0]["args"] == ["dashboard"]
+    service = find(objs, "Service", "dashboard")
+    assert service["spec"]["selector"].items() <= pod_labels(dashboard).items()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_research_may_create_jobs(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    creators = {
+        o["metadata"]["name"]
+        for o in objs
+        if o["kind"] in ("Role", "ClusterRole")
+        for rule in o.get("rules", [])
+        if {"jobs", "*"} & set(rule.get("resources", []))
+        and {"create", "*"} & set(rule.get("verbs", []))
+    }
+    assert creators == {"research"}
+    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    binding = find(objs, "RoleBinding", "research")
+    assert binding["roleRef"]["name"] == "research"
+    assert [s["name"] for s in binding["subjects"]] == ["research"]
+    for obj, spec in workloads(objs):
+        is_research = obj["metadata"]["name"] == "research"
+        assert (spec.get("serviceAccountName") == "research") == is_research, obj["kind"]
+        if not is_research:  # no API token where no API is used
+            assert spec["automountServiceAccountToken"] is False, obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_this_app_reaches_postgres(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    server = find(objs, "StatefulSet", "postgres")
+    policy = find(objs, "NetworkPolicy", "postgres")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels(server).items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    peers = [p["podSelector"]["matchLabels"] for p in rule["from"]]
+    assert peers == [{"app.kubernetes.io/part-of": "small-model-search"}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    for obj, _ in workloads(objs):  # every client of ours carries the label it lets in
+        assert pod_labels(obj)["app.kubernetes.io/part-of"] == "small-model-search"
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+    assert server["spec"]["volumeClaimTemplates"]
+    service = find(objs, "Service", "postgres")
+    assert service["spec"]["selector"].items() <= pod_labels(server).items()
+
+
+def test_gpu_only_in_the_gpu_overlay(rendered: dict[str, list[Obj]]) -> None:
+    gpu = find(rendered["gpu"], "Job", "search")["spec"]["template"]["spec"]
+    worker = gpu["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    assert gpu["nodeSelector"]
+    cpu = find(rendered["local-cpu"], "Job", "search")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in str(cpu)
+    for overlay, mode in (("gpu", "ReadWriteMany"), ("local-cpu", "ReadWriteOnce")):
+        for name in ("data", "artifacts"):
+            claim = find(rendered[overlay], "PersistentVolumeClaim", name)
+            assert claim["spec"]["accessModes"] == [mode]
+
+
+def test_podmonitor_scrapes_the_workers(rendered: dict[str, list[Obj]]) -> None:
+    monitor = find(rendered["gpu"], "PodMonitor", "worker")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    job = find(rendered["gpu"], "Job", "search")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(job).items()
+    ports = {p["name"] for p in job["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    assert not [o for o in rendered["local-cpu"] if o["kind"] in CUSTOM]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_search_configs_load(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    config_map = find(rendered[overlay], "ConfigMap", "search-config")
+    config = parse_config(yaml.safe_load(config_map["data"]["search.yaml"]), "search.yaml")
+    assert config.study.budget >= 1
+    worker = find(rendered[overlay], "Job", "search")["spec"]["template"]["spec"]["containers"][0]
+    assert worker["args"][worker["args"].index("--config") + 1] == "/etc/sms/search.yaml"
+
+
+def test_cluster_config_is_the_seed_scenario() -> None:
+    cluster = load_config(ROOT / "k8s" / "base" / "search.yaml").model_dump()
+    seed = load_config(ROOT / "configs" / "cifar10.yaml").model_dump()
+    for section in ("data", "augment", "space", "train", "objectives", "constraints"):
+        assert cluster[section] == seed[section], section
+
+
+def test_database_secret_is_never_committed(tmp_path: Path) -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "k8s/base/database.env"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, "k8s/base/database.env must be git-ignored"
+    assert (ROOT / "k8s" / "base" / "database.env.example").is_file()
+
+
+def test_managed_postgres_component_drops_the_server(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path)
+    managed = tree / "overlays" / "managed"
+    managed.mkdir()
+    (managed / "kustomization.yaml").write_text(
+        "resources: [../gpu]\ncomponents: [../../components/external-postgres]\n"
+    )
+    objs = render(tree, "managed")
+    assert not [o for o in objs if o["metadata"]["name"] == "postgres"]
+    assert find(objs, "Job", "search") and find(objs, "Secret", "database")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_toolbox_pod_validates_and_is_locked_down(version: str) -> None:
+    pod = yaml.safe_load((ROOT / "k8s" / "tools" / "toolbox-pod.yaml").read_text())
+    kubernetes_validate.validate(pod, version, strict=True)
+    assert pod["metadata"]["namespace"] == NAMESPACE
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"data", "artifacts"} <= {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
