@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import os
 import random
 import sys
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna
 import torch
 
+from bench.pool import Pool
 from job import search
 from job.config import Config, load_config
 from job.data import Dataset, Split
@@ -147,47 +147,6 @@ def serve(index: int, tasks: Any, go: Any, results: Any) -> None:
 # ---- the parent side ------------------------------------------------------------------
 
 
-class Pool:
-    """Worker processes started once ("spawn": fresh interpreters) and reused for every run."""
-
-    def __init__(self, size: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.results = ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(size)]
-        self.gos = [ctx.Queue() for _ in range(size)]
-        self.procs = [
-            ctx.Process(target=serve, args=(i, self.tasks[i], self.gos[i], self.results))
-            for i in range(size)
-        ]
-        for proc in self.procs:
-            proc.start()
-
-    def _get(self, timeout: float = 1800.0) -> Any:
-        kind, payload = self.results.get(timeout=timeout)
-        if kind == "error":
-            raise RuntimeError(payload)
-        return payload
-
-    def run(self, task: dict[str, Any], workers: int) -> tuple[float, list[dict[str, Any]]]:
-        """The go time (time.time()) and each worker's figures."""
-        for i in range(workers):
-            self.tasks[i].put(task)
-        for _ in range(workers):
-            self._get()  # ready: the study is open in every worker
-        start = time.time()
-        for i in range(workers):
-            self.gos[i].put("go")
-        return start, [self._get() for _ in range(workers)]
-
-    def close(self) -> None:
-        for queue in self.tasks:
-            queue.put(None)
-        for proc in self.procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.terminate()
-
-
 def last_complete(url: str, name: str, budget: int) -> float:
     """The last trial's completion (epoch seconds); exactly `budget` COMPLETE, or an error."""
     study = optuna.load_study(study_name=name, storage=open_storage(url))
@@ -267,7 +226,7 @@ def main() -> None:
             server = stack.enter_context(throwaway_server())
             if server is None:
                 sys.exit("no PostgreSQL: set DATABASE_URL or install the server binaries")
-        pool = Pool(max(counts))
+        pool = Pool(max(counts), serve)
         stack.callback(pool.close)
         print(
             f"budget {args.budget} trials of {args.sleep:g} s sleep, config {args.config.name}, "

@@ -40,7 +40,6 @@ ask + suggest.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -55,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import optuna
 
+from bench.pool import Pool
 from job.config import Config, parse_config
 from job.search import JOURNAL, claim_trial, make_sampler, open_study
 from job.space import directions
@@ -140,7 +140,7 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
         sums["tell"] += t4 - t3
         slowest = max(slowest, t4 - t0)
         trials += 1
-    end, cpu = time.monotonic(), time.process_time() - cpu
+    end, cpu = time.time(), time.process_time() - cpu  # end: against Pool.run's go time
     return {"trials": trials, "sums": sums, "waits": waits, "cpu": cpu, "max": slowest, "end": end}
 
 
@@ -158,49 +158,6 @@ def serve(index: int, tasks: Any, go: Any, results: Any) -> None:
 
 
 # ---- the parent side ------------------------------------------------------------------
-
-
-class Pool:
-    """Worker processes started once ("spawn") and reused for every run."""
-
-    def __init__(self, size: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.results = ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(size)]
-        self.gos = [ctx.Queue() for _ in range(size)]
-        self.procs = [
-            ctx.Process(target=serve, args=(i, self.tasks[i], self.gos[i], self.results))
-            for i in range(size)
-        ]
-        for proc in self.procs:
-            proc.start()
-
-    def _get(self, timeout: float = 1800.0) -> tuple[str, Any]:
-        kind, payload = self.results.get(timeout=timeout)
-        if kind == "error":
-            raise RuntimeError(payload)
-        return kind, payload
-
-    def run(self, url: str, config: Config, workers: int) -> tuple[float, list[dict[str, Any]]]:
-        """Wall seconds from go to the last worker done, and each worker's figures."""
-        task = {"url": url, "config": config.model_dump(mode="json")}
-        for i in range(workers):
-            self.tasks[i].put(task)
-        for _ in range(workers):
-            self._get()  # ready: the study is open in every worker
-        start = time.monotonic()
-        for i in range(workers):
-            self.gos[i].put("go")
-        outs = [self._get()[1] for _ in range(workers)]
-        return max(out["end"] for out in outs) - start, outs
-
-    def close(self) -> None:
-        for queue in self.tasks:
-            queue.put(None)
-        for proc in self.procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.terminate()
 
 
 def check_budget(url: str, name: str, trials: int) -> int:
@@ -309,7 +266,7 @@ def main() -> None:
             server: Any = External(args.database_url)
         else:
             server = stack.enter_context(throwaway_server())
-        pool = Pool(max(counts))
+        pool = Pool(max(counts), serve)
         stack.callback(pool.close)
         print(
             f"{args.trials} trials, sampler {args.sampler}, workers {counts}, "
@@ -332,7 +289,9 @@ def main() -> None:
                     url = server.new_database()
                 config = bench_config(name, args.trials, args.sampler)
                 open_study(config, url)  # the parent creates the study (and the schema)
-                wall, outs = pool.run(url, config, workers)
+                task = {"url": url, "config": config.model_dump(mode="json")}
+                start, outs = pool.run(task, workers)
+                wall = max(out["end"] for out in outs) - start
                 check_budget(url, name, args.trials)
                 rows.append(row(kind, workers, args.trials, wall, outs))
                 print(show(rows[-1]), flush=True)
