@@ -1,17 +1,21 @@
-"""Bench helper: worker processes started once and reused for every run of a bench.
+"""Bench helper: worker processes on one PostgreSQL, shared by bench/scale.py and storage.py.
 
 The scaling and storage benches time several runs (1, 2, 4, ... workers) each; starting
 fresh interpreters and importing torch and optuna per run would dwarf what they measure,
 so the processes are spawned once. A worker process runs ``serve(index, tasks, go,
 results)``: for each task it opens the study, puts ``("ready", index)``, blocks on ``go``,
-runs, and puts ``("done", figures)`` or ``("error", traceback)``; None ends it.
+runs, and puts ``("done", figures)`` or ``("error", traceback)``; None ends it. Also here:
+the command-line options both benches take, the server they run on, and phase timing.
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 
@@ -54,3 +58,44 @@ class Pool:
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.terminate()
+
+
+def add_run_args(parser: argparse.ArgumentParser, workers: str) -> None:
+    """--workers (counts, default `workers`) and --database-url."""
+    parser.add_argument("--workers", default=workers, help="worker counts, comma-separated")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="a PostgreSQL server (role with CREATEDB); default DATABASE_URL, else a "
+        "throwaway server",
+    )
+
+
+def worker_counts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
+    """--workers as integers; a usage error (exit 2) unless all are positive."""
+    counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    if not counts or min(counts) < 1:
+        parser.error(f"--workers: positive integers, e.g. {parser.get_default('workers')}")
+    return counts
+
+
+def postgres_server(stack: ExitStack, url: str | None) -> Any:
+    """The server `url` names, else a throwaway one from the local binaries (as the test
+    suite starts), removed when `stack` closes; None without either. Either makes a fresh
+    database per run (`new_database()`)."""
+    from tests.postgres import External, throwaway_server
+
+    return External(url) if url else stack.enter_context(throwaway_server())
+
+
+def timed(sums: dict[str, float], phase: str, call: Any) -> Any:
+    """`call`, adding the seconds each call takes to sums[phase]."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            sums[phase] += time.perf_counter() - start
+
+    return wrapper

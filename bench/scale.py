@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna
 import torch
 
-from bench.pool import Pool
+from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
 from job import search
 from job.config import Config, load_config
 from job.data import Dataset, Split
@@ -93,31 +93,20 @@ PHASES = ("claim", "sample", "record", "train", "tell", "poll")
 SUMS = dict.fromkeys(PHASES, 0.0)
 
 
-def _timed(phase: str, call: Any) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return call(*args, **kwargs)
-        finally:
-            SUMS[phase] += time.perf_counter() - start
-
-    return wrapper
-
-
 def _instrument() -> None:
     """Time the worker loop's phases; once per process (the loop calls these by name)."""
-    search.claim_trial = _timed("claim", search.claim_trial)  # lock wait + stale + count + ask
+    search.claim_trial = timed(SUMS, "claim", search.claim_trial)  # lock wait + stale + count + ask
     sample = search.sample_candidate  # type: ignore[attr-defined]
-    search.sample_candidate = _timed("sample", sample)  # type: ignore[attr-defined]
-    Worker._save = _timed("record", Worker._save)  # type: ignore[method-assign]
-    Worker._tell = _timed("tell", Worker._tell)  # type: ignore[method-assign]
+    search.sample_candidate = timed(SUMS, "sample", sample)  # type: ignore[attr-defined]
+    Worker._save = timed(SUMS, "record", Worker._save)  # type: ignore[method-assign]
+    Worker._tell = timed(SUMS, "tell", Worker._tell)  # type: ignore[method-assign]
 
 
 def run_worker(task: dict[str, Any], index: int, go: Any, results: Any) -> dict[str, Any]:
     config = Config.model_validate(task["config"])
-    train = _timed("train", sleeper(task["sleep"]))
+    train = timed(SUMS, "train", sleeper(task["sleep"]))
     worker = Worker(config, task["url"], worker_index=index, train_fn=train, log=lambda _: None)
-    worker.stop.wait = _timed("poll", worker.stop.wait)  # type: ignore[method-assign]
+    worker.stop.wait = timed(SUMS, "poll", worker.stop.wait)  # type: ignore[method-assign]
     data = tiny_data(config)
     results.put(("ready", index))
     go.get()
@@ -200,32 +189,19 @@ def show(r: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", default="1,2,4,8", help="worker counts, comma-separated")
     parser.add_argument("--budget", type=int, default=48, help="COMPLETE trials per study")
     parser.add_argument("--sleep", type=float, default=2.0, help="seconds per trial's training")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL"),
-        help="a PostgreSQL server (role with CREATEDB); default DATABASE_URL, else a "
-        "throwaway server",
-    )
+    add_run_args(parser, workers="1,2,4,8")
     args = parser.parse_args()
-    counts = [int(w) for w in args.workers.split(",") if w.strip()]
-    if not counts or min(counts) < 1:
-        parser.error("--workers: positive integers, e.g. 1,2,4,8")
-
-    from tests.postgres import External, throwaway_server
+    counts = worker_counts(parser, args)
 
     began = time.monotonic()
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        if args.database_url:
-            server: Any = External(args.database_url)
-        else:
-            server = stack.enter_context(throwaway_server())
-            if server is None:
-                sys.exit("no PostgreSQL: set DATABASE_URL or install the server binaries")
+        server = postgres_server(stack, args.database_url)
+        if server is None:
+            sys.exit("no PostgreSQL: set DATABASE_URL or install the server binaries")
         pool = Pool(max(counts), serve)
         stack.callback(pool.close)
         print(

@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import optuna
 
-from bench.pool import Pool
+from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
 from job.config import Config, parse_config
 from job.search import JOURNAL, claim_trial, make_sampler, open_study
 from job.space import directions
@@ -87,17 +87,6 @@ def objective(trial: optuna.Trial) -> list[float]:
 # ---- the worker side ------------------------------------------------------------------
 
 
-def _timed(sums: dict[str, float], phase: str, call: Any) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return call(*args, **kwargs)
-        finally:
-            sums[phase] += time.perf_counter() - start
-
-    return wrapper
-
-
 def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
     """One worker's share of one run: open the study, say ready, wait for go, loop."""
     config = Config.model_validate(task["config"])
@@ -106,9 +95,9 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
     sums = dict.fromkeys(PHASES, 0.0)
     inner = dict.fromkeys(PHASES, 0.0)  # parts of claim_trial, timed from inside it
     # claim_trial calls these three by attribute; wrapping them splits its time
-    study.ask = _timed(inner, "ask", study.ask)  # type: ignore[method-assign]
-    study.get_trials = _timed(inner, "count", study.get_trials)  # type: ignore[method-assign]
-    optuna.storages.fail_stale_trials = _timed(inner, "stale", task["fail_stale"])
+    study.ask = timed(inner, "ask", study.ask)  # type: ignore[method-assign]
+    study.get_trials = timed(inner, "count", study.get_trials)  # type: ignore[method-assign]
+    optuna.storages.fail_stale_trials = timed(inner, "stale", task["fail_stale"])
     results.put(("ready", task["index"]))
     go.get()
     trials = waits = 0
@@ -240,21 +229,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=1000, help="trials per study (the budget)")
-    parser.add_argument("--workers", default="1,4,16", help="worker counts, comma-separated")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL"),
-        help="a PostgreSQL server (role with CREATEDB); default DATABASE_URL, else a "
-        "throwaway server",
-    )
+    add_run_args(parser, workers="1,4,16")
     parser.add_argument("--sampler", choices=("random", "tpe"), default="random")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args()
-    counts = [int(w) for w in args.workers.split(",") if w.strip()]
-    if not counts or min(counts) < 1:
-        parser.error("--workers: positive integers, e.g. 1,4,16")
-
-    from tests.postgres import External, throwaway_server
+    counts = worker_counts(parser, args)
 
     began = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -262,10 +241,7 @@ def main() -> None:
     with ExitStack() as stack:
         folder = Path(tempfile.mkdtemp(prefix="sms-bench-storage-"))
         stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        if args.database_url:
-            server: Any = External(args.database_url)
-        else:
-            server = stack.enter_context(throwaway_server())
+        server = postgres_server(stack, args.database_url)
         pool = Pool(max(counts), serve)
         stack.callback(pool.close)
         print(
