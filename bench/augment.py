@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from job.augment import AugmentPolicy, rand_augment
+from job.augment import rand_augment
+from job.config import AugmentConfig
 
 
 def _sync(device: torch.device) -> None:
@@ -63,7 +64,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, device=device)
-    policy = AugmentPolicy(n_select=2, level=15, n_level=31)
+    policy = AugmentConfig(n_select=2, level=15, n_level=31)
     generator = torch.Generator(device=device).manual_seed(0)  # pixel draws
     choices = torch.Generator().manual_seed(0)  # per-image op picks, on the host
     theirs = v2.RandAugment(num_ops=2, magnitude=15, num_magnitude_bins=31, fill=policy.fill)

@@ -81,11 +81,11 @@ def worker_counts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def postgres_server(stack: ExitStack, url: str | None) -> Any:
     """The server `url` names, else a throwaway one from the local binaries (as the test
-    suite starts), removed when `stack` closes; None without either. Either makes a fresh
+    suite starts), removed when `stack` closes; missing binaries are an error. Either makes a fresh
     database per run (`new_database()`)."""
-    from tests.postgres import External, throwaway_server
+    from job.pgserver import External, throwaway_server
 
-    return External(url) if url else stack.enter_context(throwaway_server())
+    return External(url) if url else stack.enter_context(throwaway_server(required=True))
 
 
 def timed(sums: dict[str, float], phase: str, call: Any) -> Any:

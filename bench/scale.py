@@ -21,13 +21,13 @@ the 1-worker time over W times the W-worker time. Every run must end with exactl
 
 PostgreSQL: ``--database-url`` or DATABASE_URL names a server whose role may CREATE
 DATABASE; otherwise a throwaway server is started from the local binaries
-(``tests.postgres``, as the test suite does) and removed at the end.
+(``job.pgserver``, as the test suite does) and removed at the end.
 
     .venv/bin/python bench/scale.py [--workers 1,2,4,8] [--budget 48] [--sleep 2]
         [--config configs/quickstart.yaml] [--database-url URL]
 
-The last line is ``RESULT workers=<max W> efficiency=<ideal/measured> …``, then the
-same figure for every W.
+The last line is ``RESULT workers=<max W> efficiency=<ideal/measured> …
+cpu_ms_per_trial=<the workers' CPU per trial>``, then both figures for every W.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ def tiny_data(config: Config) -> Dataset:
 
 
 def sleeper(seconds: float) -> Any:
-    """A stand-in for `job.train.train`: sleeps, then reports made-up figures."""
+    """A stand-in for `job.train.train` (model spec, augment config, train config, data,
+    keyword options): sleeps, then reports made-up figures."""
 
-    def train(spec: Any, policy: Any, recipe: Any, data: Dataset, **_: Any) -> TrainResult:
+    def train(spec: Any, augment: Any, recipe: Any, data: Dataset, **_: Any) -> TrainResult:
         time.sleep(seconds)
         acc = random.random()
         return TrainResult(acc, acc, acc, acc, 1, 1, 0.0, 0.0, 0.0, seconds, "sleep")
@@ -98,6 +99,9 @@ def _instrument() -> None:
     search.claim_trial = timed(SUMS, "claim", search.claim_trial)  # lock wait + stale + count + ask
     sample = search.sample_candidate  # type: ignore[attr-defined]
     search.sample_candidate = timed(SUMS, "sample", sample)  # type: ignore[attr-defined]
+    hold = getattr(search, "ParamHold", None)  # the sampled parameters' one write
+    if hold is not None:
+        hold.write = timed(SUMS, "sample", hold.write)
     Worker._save = timed(SUMS, "record", Worker._save)  # type: ignore[method-assign]
     Worker._tell = timed(SUMS, "tell", Worker._tell)  # type: ignore[method-assign]
 
@@ -164,6 +168,7 @@ def measure(pool: Pool, server: Any, args: argparse.Namespace, workers: int) -> 
         "per_min": args.budget * 60 / wall,
         "ideal_per_min": 60 * workers / args.sleep,
         "efficiency": ideal / wall,
+        "load": os.getloadavg()[0],
         "overhead": (wall * workers / args.budget - args.sleep) * 1000,
         "cpu": sum(out["cpu"] for out in outs) * 1000 / args.budget,
         **{p: sum(out["sums"][p] for out in outs) * 1000 / args.budget for p in PHASES},
@@ -173,7 +178,7 @@ def measure(pool: Pool, server: Any, args: argparse.Namespace, workers: int) -> 
 
 HEADER = (
     f"{'W':>3}{'wall s':>8}{'exit s':>8}{'ideal s':>8}{'trials/min':>11}{'ideal/min':>10}"
-    f"{'efficiency':>11}{'scaling':>9}{'ms/trial':>10}{'cpu ms':>8} |"
+    f"{'efficiency':>11}{'scaling':>9}{'ms/trial':>10}{'cpu ms':>8}{'load':>6} |"
     + "".join(f"{p:>8}" for p in (*PHASES, "rest"))
 )
 
@@ -182,7 +187,7 @@ def show(r: dict[str, Any]) -> str:
     return (
         f"{r['workers']:>3}{r['wall']:>8.1f}{r['exit']:>8.1f}{r['ideal']:>8.1f}"
         f"{r['per_min']:>11.1f}{r['ideal_per_min']:>10.1f}{r['efficiency']:>11.3f}"
-        f"{r['scaling']:>9.3f}{r['overhead']:>10.0f}{r['cpu']:>8.0f} |"
+        f"{r['scaling']:>9.3f}{r['overhead']:>10.0f}{r['cpu']:>8.0f}{r['load']:>6.1f} |"
         + "".join(f"{r[p]:>8.0f}" for p in (*PHASES, "rest"))
     )
 
@@ -217,9 +222,12 @@ def main() -> None:
             print(show(rows[-1]), flush=True)
     print(
         "ms/trial: measured worker-seconds per trial minus the sleep (the loop's own cost); "
-        "cpu ms: the workers' CPU per trial; then where a worker's time goes, ms per trial: "
-        "claim (budget lock, stale check, count, ask; polls included), sample (sampler and "
-        "measuring the network), record (user attrs), train (the sleep), tell, poll (waiting "
+        "cpu ms: the workers' CPU per trial (their process CPU time over the run / budget); "
+        "load: the 1-minute load average at the run's end (the machine is shared); then "
+        "where a worker's time goes, ms per trial: "
+        "claim (budget lock, stale check, count, ask; polls included), sample (sampler, "
+        "measuring the network, writing the parameters), record (user attrs), train (the "
+        "sleep), tell, poll (waiting "
         "while every open slot runs elsewhere), rest (heartbeat, the loop); "
         f"took {time.monotonic() - began:.0f} s in all"
     )
@@ -227,7 +235,10 @@ def main() -> None:
     print(
         f"RESULT workers={last['workers']} efficiency={last['efficiency']:.3f} "
         f"trials_per_min={last['per_min']:.1f} scaling={last['scaling']:.3f} "
+        f"cpu_ms_per_trial={last['cpu']:.0f} "
         + " ".join(f"efficiency_w{r['workers']}={r['efficiency']:.3f}" for r in rows)
+        + " "
+        + " ".join(f"cpu_ms_w{r['workers']}={r['cpu']:.0f}" for r in rows)
     )
 
 

@@ -26,7 +26,7 @@ Workers are separate processes started once with multiprocessing's "spawn" conte
 (fresh interpreters, as real workers are) and reused from run to run; a run uses the
 first W of them. PostgreSQL: ``--database-url`` or DATABASE_URL names a server whose
 role may CREATE DATABASE (its databases are left behind); otherwise a throwaway server
-is started from the local PostgreSQL binaries (``tests.postgres``) and removed at the
+is started from the local PostgreSQL binaries (``job.pgserver``) and removed at the
 end; with neither, the PostgreSQL rows are skipped (``na`` in the RESULT line).
 
     .venv/bin/python bench/storage.py [--trials 1000] [--workers 1,4,16]
@@ -179,7 +179,9 @@ def in_memory(trials: int, sampler: str) -> dict[str, float]:
     return {"ask_suggest": ask_s * 1000 / trials, "tell": tell_s * 1000 / trials}
 
 
-def row(kind: str, workers: int, trials: int, wall: float, outs: list[dict[str, Any]]) -> dict:
+def row(
+    kind: str, workers: int, trials: int, wall: float, outs: list[dict[str, Any]]
+) -> dict[str, Any]:
     done = sum(out["trials"] for out in outs)
     phases = {p: sum(out["sums"][p] for out in outs) * 1000 / done for p in PHASES}
     return {

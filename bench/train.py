@@ -17,10 +17,11 @@ random uint8 images of CIFAR-10's shape (3x32x32, 10 classes) through three pipe
   ``DataLoader`` with ``--workers`` processes (default: one per core, at most 8; pinned
   memory on CUDA), each batch copied to the device.
 
-All three feed one timing loop, one model and one optimizer: job/train.py's step
-(channels_last, bf16 autocast on CUDA, cross-entropy, SGD with the seed's recipe, the
-per-step cosine schedule, the loss summed on the device and read back at the end of a
-round). Timing: ``--warmup`` untimed steps on (a) (allocator, thread pools, compilation),
+All three feed one timing loop, one model and one optimizer: ``job.train.Trainer.step``
+itself (channels_last, bf16 autocast on CUDA, cross-entropy, SGD with the seed's recipe,
+the per-step cosine schedule, the loss summed on the device and read back at the end of
+a round), its stages named for ``--profile`` through its ``stage`` hook.
+Timing: ``--warmup`` untimed steps on (a) (allocator, thread pools, compilation),
 one on each other pipeline (for (c), starting its workers); then ``--rounds`` rounds in
 turn (a, b, c, the order rotating), each one untimed step and then a fixed number of
 timed steps, set once per network so that a round of (b) lasts about ``--round-s`` (a
@@ -57,22 +58,22 @@ from typing import Any, Protocol
 
 import optuna
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job.augment import AugmentPolicy, train_augment
-from job.config import Config, load_config
+from job.augment import train_augment
+from job.config import AugmentConfig, Config, TrainConfig, load_config
 from job.data import CIFAR10_MEAN, CIFAR10_STD, Dataset, Split
 from job.model import ModelError, ModelSpec, build_model, count_macs, count_params
 from job.space import sample_model
-from job.train import Recipe, _autocast, _lr_lambda, _Normalize, _param_groups
+from job.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, CLASSES = 32, 10
 NAMES = ("small", "median", "large")
+AUGMENT_OFF = AugmentConfig(enabled=False)  # the pipelines below make the batches
 Batch = tuple[Tensor, Tensor]  # (B, 3, 32, 32) float in the model's format, (B,) int64
 
 
@@ -122,49 +123,27 @@ def synthetic(n: int, device: torch.device) -> Dataset:
     return Dataset("synthetic", train, empty, empty, classes, CIFAR10_MEAN, CIFAR10_STD, "-")
 
 
-# ---- the step: job/train.py's, op for op ------------------------------------------------
+# ---- the step: job.train.Trainer's own ------------------------------------------------
 
 
-class Trainer:
-    """One model, one optimizer and schedule; `step` is job.train's training step."""
+def make_trainer(spec: ModelSpec, recipe: TrainConfig, data: Dataset) -> Trainer:
+    """The product's Trainer on the bench data; its epochs so many that the cosine
+    schedule stays at the top for the whole bench (as a long run's first epochs do)."""
+    device = data.train.x.device
+    torch.manual_seed(0)
+    recipe = recipe.model_copy(update={"epochs": 10**6})
+    trainer = Trainer(build_model(spec), AUGMENT_OFF, recipe, data, device)
+    trainer.start_epoch(1)  # the loss sum the step adds to
+    return trainer
 
-    def __init__(self, model: nn.Module, recipe: Recipe, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.amp = recipe.amp and self.cuda
-        self.format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-        self.model = model.to(device).to(memory_format=self.format).train()
-        self.forward: nn.Module = torch.compile(model) if recipe.compile else model  # type: ignore[assignment]
-        self.optimizer = torch.optim.SGD(
-            _param_groups(model, recipe.weight_decay),
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            nesterov=recipe.nesterov and recipe.momentum > 0,
-        )
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(10**6, 0))
-        self.loss_sum = torch.zeros((), device=device)
-        self.device = device
 
-    def step(self, x: Tensor, y: Tensor) -> None:
-        """One step; the named ranges are for ``--profile`` (a few microseconds each)."""
-        with record_function("forward"), _autocast(self.device, self.amp):
-            logits = self.forward(x)  # (B, classes)
-        with record_function("loss"):
-            loss = F.cross_entropy(logits.float(), y)
-        with record_function("optimizer"):
-            self.optimizer.zero_grad(set_to_none=True)
-        with record_function("backward"):
-            loss.backward()  # type: ignore[no-untyped-call]
-        with record_function("optimizer"):
-            self.optimizer.step()
-            self.schedule.step()
-            self.loss_sum += loss.detach()
-
-    def sync(self) -> float:
-        """The product's once-per-epoch host read of the summed loss; waits for the device."""
-        value = float(self.loss_sum)
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-        return value
+def sync(trainer: Trainer) -> float:
+    """The product's once-per-epoch host read of the summed loss; waits for the device."""
+    assert trainer.pos.loss_sum is not None
+    value = float(trainer.pos.loss_sum)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
+    return value
 
 
 # ---- the three pipelines: each round gets a fresh batch source --------------------------
@@ -182,13 +161,11 @@ class Ours:
     """(a) and (b): resident uint8 data, index gathers of a per-epoch permutation, batched
     augmentation (or none) and the normalisation, all on the training device."""
 
-    def __init__(
-        self, data: Dataset, policy: AugmentPolicy | None, batch: int, trainer: Trainer
-    ) -> None:
-        self.label = "(a) ours" if policy is not None else "(b) ours, augmentation off"
+    def __init__(self, data: Dataset, policy: AugmentConfig, batch: int, trainer: Trainer) -> None:
+        self.label = "(a) ours" if policy.enabled else "(b) ours, augmentation off"
         self.data, self.policy, self.batch = data, policy, batch
         device = trainer.device
-        self.norm = _Normalize(data, device, trainer.format == torch.channels_last)
+        self.norm = trainer.norm  # job.train.Normalize, in the model's memory format
         self.gen = torch.Generator(device).manual_seed(0)  # pixel draws, on the device
         self.choices = torch.Generator().manual_seed(0)  # per-image op picks, on the host
         self.order, self.at = torch.empty(0, dtype=torch.long), 0
@@ -204,7 +181,7 @@ class Ours:
         def next_batch() -> Batch:
             idx = self._indices()
             x = self.data.train.x[idx]  # (B, 3, S, S) uint8
-            if self.policy is not None:
+            if self.policy.enabled:
                 with record_function("augment"):
                     x = train_augment(x, self.policy, self.gen, self.choices)
             return self.norm(x), self.data.train.y[idx]
@@ -226,7 +203,7 @@ class _PerImage(torch.utils.data.Dataset[tuple[Tensor, int]]):
         return self.transform(self.x[i]), int(self.y[i])
 
 
-def torchvision_transform(policy: AugmentPolicy) -> Callable[[Tensor], Tensor]:
+def torchvision_transform(policy: AugmentConfig) -> Callable[[Tensor], Tensor]:
     """The seed's train pipeline in torchvision v2, applied to one (3, H, W) uint8 image."""
     from torchvision.transforms import v2
 
@@ -254,7 +231,7 @@ class Torchvision:
     """(c): per-image torchvision transforms in DataLoader worker processes."""
 
     def __init__(
-        self, data: Dataset, policy: AugmentPolicy, batch: int, trainer: Trainer, workers: int
+        self, data: Dataset, policy: AugmentConfig, batch: int, trainer: Trainer, workers: int
     ) -> None:
         device = trainer.device
         self.label = f"(c) torchvision per image, DataLoader({workers} workers)"
@@ -270,7 +247,7 @@ class Torchvision:
             drop_last=True,
             persistent_workers=workers > 0,
         )
-        self.device, self.format = device, trainer.format
+        self.device, self.format = device, trainer.norm.format
         self.it: Iterator[Any] | None = None
 
     def begin(self) -> Callable[[], Batch]:
@@ -300,16 +277,16 @@ def timed_round(trainer: Trainer, pipeline: Pipeline, steps: int, untimed: int) 
     def step() -> None:
         with record_function("batch"):
             batch = next_batch()
-        trainer.step(*batch)
+        trainer.step(*batch, stage=record_function)  # the product's step, its stages named
 
     try:
         for _ in range(untimed):
             step()
-        trainer.sync()
+        sync(trainer)
         start = time.perf_counter()
         for _ in range(steps):
             step()
-        trainer.sync()
+        sync(trainer)
         return time.perf_counter() - start
     finally:
         pipeline.end()
@@ -354,15 +331,13 @@ def profile_stages(trainer: Trainer, pipelines: list[Pipeline], steps: int) -> l
 def run(
     picked: Picked, config: Config, batch: int, device: torch.device, args: argparse.Namespace
 ) -> dict[str, Any]:
-    policy = config.augment.policy()
-    assert policy is not None
-    recipe = Recipe.from_config(config.train, compile=args.compile)
+    policy = config.augment
+    recipe = config.train.model_copy(update={"compile": args.compile, "batch_size": batch})
     data = synthetic(max(args.images, 4 * batch), torch.device("cpu")).to(device)
-    torch.manual_seed(0)
-    trainer = Trainer(build_model(picked.spec), recipe, device)
+    trainer = make_trainer(picked.spec, recipe, data)
     pipelines: list[Pipeline] = [
         Ours(data, policy, batch, trainer),
-        Ours(data, None, batch, trainer),
+        Ours(data, AUGMENT_OFF, batch, trainer),
         Torchvision(data, policy, batch, trainer, args.workers),
     ]
     try:
@@ -372,7 +347,7 @@ def run(
             print("\n".join(profile_stages(trainer, pipelines, steps)), flush=True)
     finally:
         pipelines.clear()  # the DataLoader's workers go with it
-    loss = trainer.sync() / max(1, trainer.schedule.last_epoch)
+    loss = sync(trainer) / max(1, trainer.schedule.last_epoch)
     if not math.isfinite(loss):
         print(f"warning: {picked.name}: the loss became {loss}; its figures may not hold")
     row = {"model": picked.name, "batch": batch, "a": a, "b": b, "c": c, "steps": steps}

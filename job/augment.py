@@ -1,27 +1,27 @@
 """Stage 3 of the data path, augment: per-image batched RandAugment, flip, Cutout.
 
-The seed's train augmentation (DESIGN §6) for whole batches on the training device: each
+The seed's train augmentation (docs/ARCHITECTURE.md) for whole batches on the training device: each
 image draws its own ops, levels and signs from the op table (`job.ops`); the work is one
 call per (slot, op) on the images that chose it (one resample for all geometric ops of a
 slot), never a loop over images. The draws are made on the host with a CPU generator, so
 the batch plan (which rows take which op) is known without reading the device back: no
 host sync per batch. Public functions keep shape and dtype (uint8 0..255 or float 0..1).
+The policy is the config's `augment` section itself (`AugmentConfig`), validated at load.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from job.config import AugmentConfig
 from job.ops import (
     DEFAULT_OPS,
-    GREY,
     OPS,
     AffineOp,
     Gen,
@@ -37,44 +37,12 @@ Floats = NDArray[np.float32]
 
 __all__ = [
     "DEFAULT_OPS",
-    "GREY",
     "OPS",
-    "AugmentPolicy",
     "apply_op",
     "rand_augment",
     "sample_choices",
     "train_augment",
 ]
-
-
-@dataclass(frozen=True)
-class AugmentPolicy:
-    """The seed's train augmentation; ``level=None`` draws a level per op and image."""
-
-    ops: tuple[str, ...] = DEFAULT_OPS
-    n_select: int = 2
-    level: int | None = 15
-    n_level: int = 31
-    flip_p: float = 0.5
-    cutout_p: float = 0.8
-    cutout_size: float = 0.45
-    fill: int = GREY
-
-    def __post_init__(self) -> None:
-        unknown = [name for name in self.ops if name not in OPS]
-        _require(not unknown, f"unknown augment op(s) {unknown}; known: {sorted(OPS)}")
-        _require(len(set(self.ops)) == len(self.ops), f"ops {self.ops} name an op twice")
-        _require(0 <= self.n_select <= len(self.ops), f"n_select {self.n_select} > len(ops)")
-        _require(self.n_level >= 1, f"n_level {self.n_level} must be >= 1")
-        _require(0 <= (self.level or 0) <= self.n_level, f"level {self.level} not in 0..n_level")
-        _require(0 <= self.fill <= 255, f"fill {self.fill} not in 0..255")
-        for name in ("flip_p", "cutout_p", "cutout_size"):
-            _require(0 <= getattr(self, name) <= 1, f"{name} {getattr(self, name)} not in [0, 1]")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 _LOCAL = threading.local()
@@ -93,7 +61,7 @@ def _buffers(like: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
 
 
 def sample_choices(
-    batch: int, policy: AugmentPolicy, generator: Gen
+    batch: int, policy: AugmentConfig, generator: Gen
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per image ``n_select`` distinct indices into ``policy.ops`` (int64), levels (int64)
     and signs ±1 (float32), each ``(B, n_select)``, drawn on the host (CPU generator)."""
@@ -110,7 +78,7 @@ def sample_choices(
     return torch.from_numpy(ops), torch.from_numpy(levels), torch.from_numpy(signs)
 
 
-def _magnitudes(policy: AugmentPolicy, ops: Ints, levels: Ints, signs: Floats) -> Floats:
+def _magnitudes(policy: AugmentConfig, ops: Ints, levels: Ints, signs: Floats) -> Floats:
     """``(B, n_select)`` magnitudes from the table's ranges for the drawn ops and levels."""
     low, high, signed = np.array([OPS[name][1:] for name in policy.ops], dtype=np.float32).T
     m = low[ops] + (high - low)[ops] * levels.astype(np.float32) / policy.n_level
@@ -138,7 +106,7 @@ def _apply_runs(
 
 
 def _plan(
-    b: int, policy: AugmentPolicy, names: list[str], host: Gen
+    b: int, policy: AugmentConfig, names: list[str], host: Gen
 ) -> tuple[list[list[int]], Tensor, Tensor]:
     """The whole RandAugment plan of a batch, made on the host so the device is never read:
     run sizes per slot, then row orders (n_select + 1, B) and magnitudes (n_select, B).
@@ -159,7 +127,7 @@ def _plan(
 
 
 def _rand_augment_rows(
-    x: Tensor, policy: AugmentPolicy, generator: Gen, choices: Gen
+    x: Tensor, policy: AugmentConfig, generator: Gen, choices: Gen
 ) -> tuple[Tensor, Tensor]:
     """RandAugment ``x`` (B, C, H, W) as float rows ``y`` holding images ``perm``. Each slot
     sorts rows by op into runs; the caller unsorts once, as uint8."""
@@ -187,14 +155,14 @@ def _unpermute(y: Tensor, perm: Tensor, dtype: torch.dtype) -> Tensor:
     return rows.index_select(0, perm.argsort()).view(y.shape)
 
 
-def rand_augment(x: Tensor, policy: AugmentPolicy, generator: Gen, choices: Gen = None) -> Tensor:
+def rand_augment(x: Tensor, policy: AugmentConfig, generator: Gen, choices: Gen = None) -> Tensor:
     """Per-image RandAugment of a batch ``(B, C, H, W)``; keeps shape and dtype. ``choices``
     (CPU) draws each image's ops, levels and signs; it defaults to ``generator`` on CPU."""
     y, perm = _rand_augment_rows(x, policy, generator, choices)
     return _unpermute(y, perm, x.dtype)
 
 
-def train_augment(x: Tensor, policy: AugmentPolicy, generator: Gen, choices: Gen = None) -> Tensor:
+def train_augment(x: Tensor, policy: AugmentConfig, generator: Gen, choices: Gen = None) -> Tensor:
     """The seed's train pipeline on padded, resized ``x`` (B, C, H, W): RandAugment, flip,
     Cutout. Pixel randomness from ``generator`` (on x's device), per-image op choices from
     ``choices`` (CPU; defaults to ``generator`` on CPU), so nothing is read back per batch."""

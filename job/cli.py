@@ -1,6 +1,6 @@
 """The command line: `python -m job VERB …`, one verb per role.
 
-Exit codes (DESIGN §4): 0 success; 2 bad input (config, data, model YAML, arguments)
+Exit codes (docs/ARCHITECTURE.md): 0 success; 2 bad input (config, data, model YAML, arguments)
 with one line naming the key or file and no traceback; 1 anything else.
 """
 
@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from job import __version__
+from job import __version__, runtime
 from job.config import Config, ConfigError, load_config
 from job.data import DataError, load_data
 from job.model import ModelError, load_model_spec, model_spec_yaml
-from job.storage import StorageDownError, redact
-from job.train import EpochRecord, Recipe, TrainError, TrainResult, train
+from job.runtime import EnvError
+from job.storage import JOURNAL, StorageDownError, StorageURLError, redact
+from job.train import EpochRecord, TrainError, TrainResult, train
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 # A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
@@ -60,11 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train one architecture from a model YAML with the config's data and recipe."""
     config = load_config(args.config)
     spec = load_model_spec(args.model)
-    recipe = Recipe.from_config(config.train)
-    if args.epochs is not None:
-        recipe = replace(recipe, epochs=args.epochs)
-    if args.device is not None:
-        recipe = replace(recipe, device=args.device)
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs: must be >= 1, got {args.epochs}")
+    overrides = {"epochs": args.epochs, "device": args.device}
+    recipe = config.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     data = load_data(config.data)
     print(
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / "
@@ -72,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        result = train(spec, config.augment.policy(), recipe, data, on_epoch=_print_epoch)
+        result = train(spec, config.augment, recipe, data, on_epoch=_print_epoch)
     except TrainError as exc:
         if exc.reason == "invalid_network":
             raise ModelError(f"{args.model}: {exc}") from None
@@ -108,29 +107,39 @@ def _study_name(args: argparse.Namespace, config: Config) -> str:
     return str(getattr(args, "study", None) or config.study.name)
 
 
-def _study(args: argparse.Namespace, config: Config) -> tuple[optuna.Study, str]:
-    from job.search import open_study, resolve_storage
+def _storage_url(args: argparse.Namespace, config: Config) -> str:
+    """The storage URL (flag, environment, config, embedded journal), once the database
+    behind it accepts connections: every verb that opens a storage waits here first, up
+    to SMS_DB_WAIT_S (pods start before PostgreSQL is ready)."""
+    from job.storage import resolve_storage, wait_for_database
 
     url = resolve_storage(args.storage, config, _out_dir(args, config))
+    wait_for_database(url, runtime.db_wait_s())
+    return url
+
+
+def _study(args: argparse.Namespace, config: Config) -> tuple[optuna.Study, str]:
+    from job.search import open_study
+
+    url = _storage_url(args, config)
     return open_study(config, url, _study_name(args, config)), url
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     """One worker: trials until the study's budget is met."""
-    from job.metrics import WorkerMetrics, metrics_port
-    from job.search import Worker, resolve_storage, stop_on_sigterm, worker_index
+    from job.metrics import WorkerMetrics
+    from job.search import Worker, stop_on_sigterm
 
     config = load_config(args.config)
-    threads = os.environ.get("SMS_TORCH_THREADS", "")
-    if threads.isdigit():
-        torch.set_num_threads(int(threads))
+    threads = runtime.torch_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    port = runtime.metrics_port(config.study.metrics_port)
+    index = runtime.worker_index()
+    url = _storage_url(args, config)  # waits for the database first, as pods start with it
     data = load_data(config.data)
-    url = resolve_storage(args.storage, config, _out_dir(args, config))
-    port = metrics_port(config.study.metrics_port)
     checkpoints = config.study.checkpoint_dir or _out_dir(args, config) / "checkpoints"
-    worker = Worker(
-        config, url, _study_name(args, config), worker_index(), checkpoint_dir=Path(checkpoints)
-    )
+    worker = Worker(config, url, _study_name(args, config), index, checkpoint_dir=Path(checkpoints))
     stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 143
     metrics = None
     if port is not None:
@@ -153,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Local: N worker processes on one study, then collect."""
     from job.collect import collect
     from job.local import RunOptions, run_local
-    from job.search import JOURNAL, resolve_storage, stop_on_sigterm
+    from job.search import stop_on_sigterm
 
     stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
     config = load_config(args.config)
@@ -161,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     load_data(config.data)  # bad data fails here, once, not in every worker
     out = _out_dir(args, config)
-    url = resolve_storage(args.storage, config, out)
+    url = _storage_url(args, config)
     if args.fresh and url.startswith(JOURNAL):
         for suffix in ("", ".lock", ".budget-lock"):
             Path(url[len(JOURNAL) :] + suffix).unlink(missing_ok=True)
@@ -211,15 +220,120 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _storage_args(p: argparse.ArgumentParser, out_help: str) -> None:
-    p.add_argument("--config", required=True, help="search config YAML")
-    p.add_argument(
-        "--storage",
-        help="Optuna storage URL (default: $OPTUNA_STORAGE, then study.storage, "
-        "then a journal file in the output folder)",
-    )
-    p.add_argument("--study", help="study name (default: study.name)")
-    p.add_argument("--out", help=out_help)
+def _dashboard_url(args: argparse.Namespace) -> str:
+    """The dashboard's storage: as the other verbs' with --config; without one, --storage,
+    then the environment, then the journal in --out."""
+    from job.storage import DEFAULT_JOURNAL, wait_for_database
+
+    if args.config:
+        url = _storage_url(args, load_config(args.config))
+    else:
+        url = args.storage or runtime.storage_url() or ""
+        if not url and args.out:
+            url = JOURNAL + str((Path(args.out) / DEFAULT_JOURNAL).resolve())
+        if not url:
+            raise UsageError(
+                "dashboard: no storage: give --storage, --config or --out, "
+                "or set OPTUNA_STORAGE or POSTGRES_HOST and its POSTGRES_* companions"
+            )
+        wait_for_database(url, runtime.db_wait_s())
+    if url.startswith(JOURNAL) and not Path(url[len(JOURNAL) :]).is_file():
+        raise UsageError(f"dashboard: no study journal at {url[len(JOURNAL) :]}")
+    return url
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study's storage until SIGTERM (exit 0) or Ctrl-C."""
+    from job.dashboard import serve_dashboard
+
+    port = runtime.dashboard_port() if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port: expected 0-65535, got {port}")
+    serve_dashboard(_dashboard_url(args), args.host, port)
+    return EXIT_OK
+
+
+# The verbs as data: name → (handler, help, its arguments as (flags, add_argument kwargs)).
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+STORAGE_HELP = (
+    "Optuna storage URL (default: $OPTUNA_STORAGE, else one built from $POSTGRES_*, "
+    "then study.storage, then a journal file in the output folder)"
+)
+HOLDS_STUDY = "output folder holding the embedded study (default: runs/<study>)"
+
+
+def _storage_args(out_help: str, config: dict[str, Any] | None = None) -> list[Arg]:
+    return [
+        (("--config",), config or {"required": True, "help": "search config YAML"}),
+        (("--storage",), {"help": STORAGE_HELP}),
+        (("--study",), {"help": "study name (default: study.name)"}),
+        (("--out",), {"help": out_help}),
+    ]
+
+
+VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
+    "search": (
+        cmd_search,
+        "one worker: trials until the study budget is met",
+        _storage_args(HOLDS_STUDY),
+    ),
+    "run": (
+        cmd_run,
+        "local: N worker processes on one study, then collect",
+        [
+            *_storage_args("output folder: study journal, worker logs, results (runs/<study>)"),
+            (("--workers",), {"type": int, "default": 2, "help": "worker processes (default 2)"}),
+            (("--metrics-port",), {"type": int, "help": "serve worker i's metrics on port + i"}),
+            (("--fresh",), {"action": "store_true", "help": "delete the embedded study first"}),
+        ],
+    ),
+    "collect": (
+        cmd_collect,
+        "Pareto front, plot and summary of the study",
+        [
+            *_storage_args("folder for pareto.json, pareto.png, summary.json (runs/<study>)"),
+            (("--wait",), {"action": "store_true", "help": "wait until the budget is met"}),
+            (("--timeout",), {"type": float, "help": "with --wait: give up after this many s"}),
+        ],
+    ),
+    "status": (
+        cmd_status,
+        "trials by state, best values, front size, hypervolume, ETA",
+        _storage_args(HOLDS_STUDY),
+    ),
+    "dashboard": (
+        cmd_dashboard,
+        "optuna-dashboard on the study's storage (http://127.0.0.1:8080/)",
+        [
+            *_storage_args(HOLDS_STUDY, {"help": "search config YAML (storage, study name)"}),
+            (("--host",), {"default": "127.0.0.1", "help": "address (container: 0.0.0.0)"}),
+            (("--port",), {"type": int, "help": "port (default: $DASHBOARD_PORT, else 8080)"}),
+        ],
+    ),
+    "train": (
+        cmd_train,
+        "train one architecture from a model YAML",
+        [
+            (
+                ("--config",),
+                {"required": True, "help": "search config YAML (data, augment, train)"},
+            ),
+            (("--model",), {"required": True, "help": "model YAML in the seed's format"}),
+            (("--out",), {"help": "folder for model.yaml and metrics.json (default: none)"}),
+            (("--epochs",), {"type": int, "help": "override train.epochs"}),
+            (("--device",), {"choices": ["auto", "cpu", "cuda"], "help": "override train.device"}),
+        ],
+    ),
+    "augment-preview": (
+        cmd_augment_preview,
+        "PNG grid: every op at three magnitudes on photos and data",
+        [
+            (("--config",), {"required": True, "help": "search config YAML (data, augment)"}),
+            (("--out",), {"required": True, "help": "PNG file to write"}),
+            (("--size",), {"type": int, "default": 96, "help": "tile side in pixels (default 96)"}),
+        ],
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,47 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    p = verbs.add_parser("search", help="one worker: trials until the study budget is met")
-    _storage_args(p, "output folder holding the embedded study (default: runs/<study>)")
-    p.set_defaults(func=cmd_search)
-
-    p = verbs.add_parser("run", help="local: N worker processes on one study, then collect")
-    _storage_args(p, "output folder: study journal, worker logs, results (default: runs/<study>)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument(
-        "--metrics-port", type=int, help="serve worker i's metrics on this port + i (default: off)"
-    )
-    p.add_argument(
-        "--fresh", action="store_true", help="delete the embedded study in --out and start over"
-    )
-    p.set_defaults(func=cmd_run)
-
-    p = verbs.add_parser("collect", help="Pareto front, plot and summary of the study")
-    _storage_args(p, "folder for pareto.json, pareto.png, summary.json (default: runs/<study>)")
-    p.add_argument("--wait", action="store_true", help="wait until the study budget is met")
-    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
-    p.set_defaults(func=cmd_collect)
-
-    p = verbs.add_parser("status", help="trials by state, best values, front size, ETA")
-    _storage_args(p, "output folder holding the embedded study (default: runs/<study>)")
-    p.set_defaults(func=cmd_status)
-
-    p = verbs.add_parser("train", help="train one architecture from a model YAML")
-    p.add_argument("--config", required=True, help="search config YAML (data, augment, train)")
-    p.add_argument("--model", required=True, help="model YAML in the seed's format")
-    p.add_argument("--out", help="folder for model.yaml and metrics.json (default: none)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
-    p.set_defaults(func=cmd_train)
-
-    p = verbs.add_parser(
-        "augment-preview", help="PNG grid: every op at three magnitudes on photos and data"
-    )
-    p.add_argument("--config", required=True, help="search config YAML (data, augment)")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--size", type=int, default=96, help="side of each tile in pixels (default 96)")
-    p.set_defaults(func=cmd_augment_preview)
+    for name, (func, help_text, arguments) in VERBS.items():
+        p = verbs.add_parser(name, help=help_text, description=help_text)
+        for flags, kwargs in arguments:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(func=func)
     return parser
 
 
@@ -279,6 +357,8 @@ _BAD_INPUT: tuple[type[BaseException], ...] = (
     DataError,
     ModelError,
     UsageError,
+    EnvError,
+    StorageURLError,
 )
 
 

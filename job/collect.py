@@ -9,12 +9,14 @@ Reads an already-opened Optuna study (journal file, SQLite or PostgreSQL: openin
   augmentation policy;
 - `pareto.png`: the seed's figure, validation accuracy against parameter count, every
   COMPLETE trial a point coloured by trial number, the front highlighted and joined;
-- `summary.json`: counts by state, front size, best value per objective, best test
-  accuracy, data fingerprints — what an operator reads and the metrics push sends.
+- `summary.json`: counts by state, feasible count, front size, best value per
+  objective, best validation and test accuracy, the front's normalised hypervolume,
+  trials per hour, data fingerprints — what an operator reads and the metrics push sends.
 
-`status_report` is the text of `python -m job status`; `wait_for_budget` backs
-`collect --wait`. Nothing here ever sees a storage URL, so nothing here can print a
-password.
+Every figure is `job.study`'s (`summarise` of one snapshot), the same view the workers'
+metrics and the `run` progress bar show. `status_report` is the text of
+`python -m job status`; `wait_for_budget` backs `collect --wait`. Nothing here ever sees
+a storage URL, so nothing here can print a password.
 """
 
 from __future__ import annotations
@@ -22,20 +24,30 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from job.config import Config, ConfigError
-from job.space import directions
+from job.config import Config
+from job.study import (
+    StudySummary,
+    complete_trials,
+    counts_by_state,
+    directions,
+    objective_table,
+    snapshot,
+    study_summary,
+    summarise,
+    values_of,
+)
+from job.study import human_duration as human_duration
+from job.study import is_feasible as is_feasible
 
 PARETO_JSON, PARETO_PNG, SUMMARY_JSON = "pareto.json", "pareto.png", "summary.json"
 # User attrs copied into pareto.json when a trial has them; the count of weights is
@@ -49,137 +61,30 @@ _EXTRA_ATTRS = {
 
 
 # --- trials -------------------------------------------------------------------------
-# The public functions take the study; each reads it once (a journal or database read)
-# and hands that one snapshot to the private helpers, so the numbers of one report
-# agree with each other even while workers keep finishing trials.
-
-
-def _check_directions(study: optuna.Study, config: Config) -> None:
-    """Refuse a study made for other objectives: its trials would be ranked wrongly, and
-    `create_study(load_if_exists=True)` does not compare directions."""
-    found = [d.name.lower() for d in study.directions]
-    wanted = directions(config.objectives)
-    if found != wanted:
-        raise ConfigError(
-            f"objectives: study {study.study_name!r} has directions {found}, "
-            f"but {list(config.objectives)} need {wanted}"
-        )
-
-
-def _snapshot(study: optuna.Study, config: Config) -> list[FrozenTrial]:
-    _check_directions(study, config)
-    return study.get_trials(deepcopy=False)
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Optuna 5: each `set_constraint(key, v)` is stored as the system attr
-    `constraints:<key>`, read back merged by `FrozenTrial.constraints`; none is feasible."""
-    return all(value <= 0.0 for value in trial.constraints.values())
-
-
-def _values(trial: FrozenTrial) -> list[float]:
-    return list(trial.values or ())  # a COMPLETE trial always has values
-
-
-def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE]
-
-
-def _ranked(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """COMPLETE, feasible trials: the only ones that may be ranked."""
-    return [t for t in _complete(trials) if is_feasible(t)]
-
-
-def _front(trials: Sequence[FrozenTrial], config: Config) -> list[FrozenTrial]:
-    ranked = _ranked(trials)
-    if not ranked:
-        return []
-    # Every column turned into "smaller is better".
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions(config.objectives)])
-    loss = np.array([_values(t) for t in ranked], dtype=float) * signs
-    front = []
-    for i, trial in enumerate(ranked):
-        # Dominated: another trial is no worse in every objective and better in one.
-        # Equal trials do not dominate each other, so duplicates both stay on the front.
-        no_worse = np.all(loss <= loss[i], axis=1)
-        better = np.any(loss < loss[i], axis=1)
-        if not np.any(no_worse & better):
-            front.append(trial)
-    return sorted(front, key=lambda t: (_values(t)[0], t.number))
-
-
-def _best(trials: Sequence[FrozenTrial], config: Config) -> dict[str, float]:
-    ranked = _ranked(trials)
-    best: dict[str, float] = {}
-    pairs = zip(config.objectives, directions(config.objectives), strict=True)
-    for i, (name, direction) in enumerate(pairs):
-        values = [_values(t)[i] for t in ranked]
-        if values:
-            best[name] = max(values) if direction == "maximize" else min(values)
-    return best
-
-
-def _counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    counts = Counter(t.state for t in trials)
-    return {state.name: counts[state] for state in TrialState if counts[state]}
+# Every figure comes from `job.study`, the one view of the study that the status text,
+# the `run` progress bar and the workers' metrics share. Each public function reads the
+# study once and summarises that one snapshot, so the numbers of one report agree with
+# each other even while workers keep finishing trials.
 
 
 def pareto_front(study: optuna.Study, config: Config) -> list[FrozenTrial]:
     """The COMPLETE feasible trials no other such trial dominates, under the directions
     of `config.objectives`; by ascending first objective value (for accuracy vs params:
     the smallest model first), ties by trial number."""
-    return _front(_snapshot(study, config), config)
+    return list(study_summary(study, config).front)
 
 
 def best_values(study: optuna.Study, config: Config) -> dict[str, float]:
     """Best value per objective name over COMPLETE feasible trials; {} when there are none."""
-    return _best(_snapshot(study, config), config)
+    return dict(study_summary(study, config).best)
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state name, only the states present, in Optuna's state order."""
-    return _counts(study.get_trials(deepcopy=False))
+    return counts_by_state(study.get_trials(deepcopy=False))
 
 
 # --- progress -----------------------------------------------------------------------
-
-
-def _rate(trials: Sequence[FrozenTrial], budget: int, now: datetime | None) -> float | None:
-    """COMPLETE trials per hour since the first trial started; None while unknown.
-
-    Once the budget is met the clock stops at the last completion, so a finished study
-    keeps the rate it ran at instead of decaying while nobody looks.
-    """
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    done = [t.datetime_complete for t in _complete(trials) if t.datetime_complete is not None]
-    if not starts or not done:
-        return None
-    first = min(starts)
-    if len(done) >= budget:
-        end = max(done)
-    else:
-        # Optuna stores naive local times; follow the storage's tzinfo should it have one.
-        end = now if now is not None else datetime.now(first.tzinfo)
-    hours = (end - first).total_seconds() / 3600.0
-    return len(done) / hours if hours > 0 else None
-
-
-def human_duration(seconds: float) -> str:
-    """12 min, 3.5 h, 2.1 d: as precise as an estimate deserves."""
-    if seconds < 60:
-        return "<1 min"
-    if seconds < 2 * 3600:
-        return f"{round(seconds / 60)} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def _eta(complete: int, budget: int, rate: float | None) -> str:
-    """Time left to the budget at the current rate: "done", "—" (unknown) or a duration."""
-    if complete >= budget:
-        return "done"
-    return "—" if rate is None else human_duration((budget - complete) / rate * 3600.0)
 
 
 def _fmt(value: float) -> str:
@@ -190,25 +95,28 @@ def _fmt(value: float) -> str:
 
 
 def status_report(study: optuna.Study, config: Config, now: datetime | None = None) -> str:
-    """Readable progress: counts by state, best values, front size, rate and ETA.
-
-    `now` is for tests; by default the wall clock.
+    """Readable progress: counts by state, best values, front size and its hypervolume,
+    rate and ETA. `now` is for tests; by default the wall clock.
     """
-    trials = _snapshot(study, config)
-    counts, budget = _counts(trials), config.study.budget
-    complete = counts.get("COMPLETE", 0)
-    best = _best(trials, config)
-    pairs = zip(config.objectives, directions(config.objectives), strict=True)
+    summary = study_summary(study, config, now)
+    complete, budget, best, rate = (
+        summary.complete,
+        summary.budget,
+        summary.best,
+        summary.trials_per_hour,
+    )
+    pairs = zip(summary.objectives, summary.directions, strict=True)
     shown_best = ", ".join(f"{n} {_fmt(best[n])} ({d[:3]})" for n, d in pairs if n in best)
-    rate = _rate(trials, budget, now)
+    hv = f"{summary.hypervolume:.4f} (normalised, reference 1 per objective)"
     lines = [
-        f"study    {study.study_name}",
-        f"budget   {complete}/{budget} COMPLETE ({min(100, 100 * complete // budget)}%)",
-        "trials   " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none yet"),
-        f"best     {shown_best or '—'}",
-        f"front    {len(_front(trials, config))} trials",
-        f"rate     {'—' if rate is None else f'{rate:.1f}'} COMPLETE trials/h",
-        f"eta      {_eta(complete, budget, rate)}",
+        f"study       {study.study_name}",
+        f"budget      {complete}/{budget} COMPLETE ({min(100, 100 * complete // budget)}%)",
+        "trials      " + (", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "none yet"),
+        f"best        {shown_best or '—'}",
+        f"front       {len(summary.front)} trials",
+        f"hypervolume {hv if summary.front else '—'}",
+        f"rate        {'—' if rate is None else f'{rate:.1f}'} COMPLETE trials/h",
+        f"eta         {summary.eta}",
     ]
     return "\n".join(lines)
 
@@ -252,7 +160,7 @@ def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "number": trial.number,
         "params": dict(trial.params),
-        "values": dict(zip(config.objectives, _values(trial), strict=True)),
+        "values": dict(zip(config.objectives, values_of(trial), strict=True)),
         "model_yaml": trial.user_attrs.get("model_yaml"),
         "augment": trial.user_attrs.get("augment"),
     }
@@ -273,10 +181,10 @@ Point = tuple[FrozenTrial, float, float]
 _FRONT_STYLE: dict[str, Any] = dict(s=90, facecolors="none", edgecolors="crimson", linewidths=2)
 
 
-def _axes(config: Config) -> tuple[Axis, Axis]:
+def _axes(objectives: Sequence[str]) -> tuple[Axis, Axis]:
     """x: the parameter count; y: validation accuracy, else the first maximised objective."""
-    names: list[str] = list(config.objectives)
-    maximised = [i for i, d in enumerate(directions(config.objectives)) if d == "maximize"]
+    names: list[str] = list(objectives)
+    maximised = [i for i, d in enumerate(directions(objectives)) if d == "maximize"]
     x = names.index("params") if "params" in names else None
     y = names.index("accuracy") if "accuracy" in names else next(iter(maximised), None)
     y_label = f"validation {'accuracy' if y is None else names[y]}"
@@ -286,14 +194,14 @@ def _axes(config: Config) -> tuple[Axis, Axis]:
 def _value(trial: FrozenTrial, axis: Axis) -> float | None:
     index, attr, _ = axis
     if index is not None:
-        return _values(trial)[index]
+        return values_of(trial)[index]
     found = trial.user_attrs.get(attr)
     return float(found) if isinstance(found, int | float) else None
 
 
-def _points(trials: Sequence[FrozenTrial], config: Config) -> list[Point]:
+def _points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Point]:
     """(trial, x, y) for the trials that have both values; a log axis needs x > 0."""
-    x_axis, y_axis = _axes(config)
+    x_axis, y_axis = _axes(objectives)
     found = ((t, _value(t, x_axis), _value(t, y_axis)) for t in trials)
     return [(t, x, y) for t, x, y in found if x is not None and y is not None and x > 0]
 
@@ -323,31 +231,31 @@ def _draw_front(ax: Axes, front: Sequence[Point]) -> None:
     ax.scatter(xs, ys, zorder=4, label=f"Pareto front ({len(front)})", **_FRONT_STYLE)
 
 
-def _plot(trials: Sequence[FrozenTrial], name: str, config: Config, path: Path) -> None:
+def _plot(trials: Sequence[FrozenTrial], summary: StudySummary, name: str, path: Path) -> None:
     # A bare Figure renders through Agg without pyplot: no display needed, and no global
     # backend state shared with whatever else runs in the process.
     fig = Figure(figsize=(8, 5.5))
     ax = fig.add_subplot()
-    (_, _, x_label), (_, _, y_label) = _axes(config)
-    front = _front(trials, config)
-    points = _points(_complete(trials), config)  # FAIL trials have nothing to plot
+    (_, _, x_label), (_, _, y_label) = _axes(summary.objectives)
+    complete = complete_trials(trials)  # FAIL trials have nothing to plot
+    points = _points(complete, summary.objectives)
     if points:
         _draw_trials(fig, ax, points)
-        _draw_front(ax, _points(front, config))
+        _draw_front(ax, _points(summary.front, summary.objectives))
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="best")
         x_label += " (log scale)"
     else:  # say why the axes are empty rather than draw a blank that looks broken
-        note = "no complete trials" if not _complete(trials) else "no trial has both values"
+        note = "no complete trials" if not complete else "no trial has both values"
         ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
         ax.set(xticks=[], yticks=[])
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    counts = _counts(trials)
+    hv = f", hypervolume {summary.hypervolume:.3f}" if summary.front else ""
     ax.set_title(
-        f"{name}: {counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed, "
-        f"front of {len(front)}"
+        f"{name}: {summary.complete} complete, {summary.counts.get('FAIL', 0)} failed, "
+        f"front of {len(summary.front)}{hv}"
     )
     fig.tight_layout()
     fig.savefig(Path(path), dpi=120)
@@ -355,30 +263,28 @@ def _plot(trials: Sequence[FrozenTrial], name: str, config: Config, path: Path) 
 
 def plot_pareto(study: optuna.Study, config: Config, path: Path) -> None:
     """The seed's figure: accuracy vs parameters, coloured by trial number, front joined."""
-    _plot(_snapshot(study, config), study.study_name, config, path)
+    trials = snapshot(study, config)
+    _plot(trials, summarise(trials, config), study.study_name, path)
 
 
-def _summary(
-    trials: Sequence[FrozenTrial], name: str, config: Config, front: Sequence[FrozenTrial]
-) -> dict[str, Any]:
-    complete = _complete(trials)
-    tests = [
-        float(t.user_attrs["test_accuracy"])
-        for t in complete  # a model over a hard limit is no answer, however accurate
-        if is_feasible(t) and isinstance(t.user_attrs.get("test_accuracy"), int | float)
-    ]
+def _summary(trials: Sequence[FrozenTrial], name: str, summary: StudySummary) -> dict[str, Any]:
+    """summary.json; a model over a hard limit is no answer however accurate, so every
+    best, the front and its hypervolume count feasible COMPLETE trials only."""
     fingerprints = {t.user_attrs.get("data_fingerprint") for t in trials}
-    pairs = zip(config.objectives, directions(config.objectives), strict=True)
     return {
         "study": name,
-        "budget": config.study.budget,
-        "trials": _counts(trials),
-        "complete": len(complete),
-        "front_size": len(front),
-        "front": [t.number for t in front],
-        "best": _best(trials, config),
-        "best_test_accuracy": max(tests) if tests else None,
-        "objectives": [{"name": n, "direction": d} for n, d in pairs],
+        "budget": summary.budget,
+        "trials": dict(summary.counts),
+        "complete": summary.complete,
+        "feasible": summary.feasible,
+        "front_size": len(summary.front),
+        "front": summary.front_numbers,
+        "best": dict(summary.best),
+        "best_accuracy": summary.best_accuracy,
+        "best_test_accuracy": summary.best_test_accuracy,
+        "hypervolume": summary.hypervolume,
+        "trials_per_hour": summary.trials_per_hour,
+        "objectives": objective_table(summary.objectives),
         "data_fingerprints": sorted(str(f) for f in fingerprints if f is not None),
         "files": [PARETO_JSON, PARETO_PNG, SUMMARY_JSON],
     }
@@ -391,10 +297,10 @@ def collect(study: optuna.Study, config: Config, out_dir: Path) -> dict[str, Any
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trials = _snapshot(study, config)
-    front = _front(trials, config)
-    write_pareto_json(front, config, out / PARETO_JSON)
-    _plot(trials, study.study_name, config, out / PARETO_PNG)
-    summary = _summary(trials, study.study_name, config, front)
-    _write_json(out / SUMMARY_JSON, summary)
-    return summary
+    trials = snapshot(study, config)
+    summary = summarise(trials, config)
+    write_pareto_json(summary.front, config, out / PARETO_JSON)
+    _plot(trials, summary, study.study_name, out / PARETO_PNG)
+    data = _summary(trials, study.study_name, summary)
+    _write_json(out / SUMMARY_JSON, data)
+    return data

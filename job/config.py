@@ -1,24 +1,33 @@
 """Stage 1 of the data path: config.
 
-One YAML file holds everything a search needs. It is loaded into typed, frozen
-pydantic models; unknown keys, wrong types and out-of-range values are errors that
-name the key's full path (``train.epochs: must be >= 1, got 0``), so a typo in a
-config costs seconds, not a cluster run. The CLI turns a `ConfigError` into exit 2.
+One YAML file holds everything a search needs, loaded into typed, frozen pydantic
+models. Unknown keys, wrong types (`epochs: true` is not a number) and out-of-range
+values are errors naming the key's full path (``train.epochs: must be >= 1, got 0``), so
+a typo costs seconds, not a cluster run; the CLI turns a `ConfigError` into exit 2.
 
-Sections (DESIGN §4): study, data, augment, space, train, objectives, constraints,
-select, export. The search space (`space`) is data, not code: the seed's seven-block
-space is its default and users narrow or widen it in YAML.
+Each stage's inputs are declared once, here: the augmentation policy *is* the `augment`
+section (`AugmentConfig`), the training recipe *is* the `train` section (`TrainConfig`).
+The search layer derives a trial's values with `model_copy(update=…)` from values checked
+here against the `space` section, so nothing can turn invalid between load and trial.
+Sections: study, data, augment, space (the seed's seven blocks by default: data, not
+code), train, objectives, constraints (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from job.augment import DEFAULT_OPS, OPS, AugmentPolicy
+from job.modules import ACTIVATIONS
+from job.ops import DEFAULT_OPS, GREY, OPS
+
+# YAML's `true` is not 1 and `2.0` is not an int: numbers and flags are taken as written.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
 
 
 class ConfigError(ValueError):
@@ -31,109 +40,152 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _require(ok: bool, message: str) -> None:
+    """A validator's check; the message starts with the failing key ("ops: …")."""
+    if not ok:
+        raise ValueError(message)
+
+
 class StudyConfig(Section):
-    name: str = Field("sms", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field("sms", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=120)
     # An Optuna storage URL; None → the embedded default under the run's output folder.
     storage: str | None = None
-    budget: int = Field(20, ge=1)
+    budget: Int = Field(20, ge=1)
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
-    seed: int = 0
+    seed: Int = 0
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
-    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_port: Int | None = Field(None, ge=0, le=65535)
     # Keep serving this long after the last trial, so the final values get scraped.
-    metrics_linger_s: float = Field(0.0, ge=0.0)
+    metrics_linger_s: Float = Field(0.0, ge=0.0)
     # PostgreSQL only: a worker that stops beating this long (killed, node lost) has its
     # trial failed and retried by a live worker, at most `max_retry` times.
-    heartbeat_interval_s: int = Field(10, ge=1)
-    grace_period_s: int = Field(60, ge=2)
-    max_retry: int = Field(3, ge=0)
+    heartbeat_interval_s: Int = Field(10, ge=1)
+    grace_period_s: Int = Field(60, ge=2)
+    max_retry: Int = Field(3, ge=0)
     # PostgreSQL restarted or failing over: retry with backoff this long, then exit 1.
-    db_outage_deadline_s: float = Field(300.0, gt=0.0)
+    db_outage_deadline_s: Float = Field(300.0, gt=0.0)
     # Where preempted trials leave their state for the retry (a shared volume in k8s);
     # None: <output folder>/checkpoints.
     checkpoint_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _beats(self) -> StudyConfig:
+        _require(
+            self.grace_period_s > self.heartbeat_interval_s,
+            f"grace_period_s: must be > heartbeat_interval_s ({self.heartbeat_interval_s}), "
+            f"or a live worker's trial is failed between two beats",
+        )
+        return self
 
 
 class DataConfig(Section):
     name: Literal["digits", "cifar10", "imagefolder"] = "digits"
     path: Path | None = None
-    image_size: int = Field(32, ge=8, le=512)
+    image_size: Int = Field(32, ge=8, le=512)
     # Train images kept after a seeded, stratified cut (the seed used 10k of CIFAR's 50k).
-    subset: int | None = Field(None, ge=10)
-    val_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    subset: Int | None = Field(None, ge=10)
+    val_ratio: Float = Field(0.1, ge=0.0, lt=1.0)
     # Share held out for test when the source has no test split (digits, ImageFolder).
-    test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
-    download: bool = False
-    seed: int = 0
+    test_ratio: Float = Field(0.2, gt=0.0, lt=1.0)
+    download: Bool = False
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.name != "digits" and self.path is None:
-            raise ValueError(f"path: required for data set {self.name!r}")
+        _require(
+            self.name == "digits" or self.path is not None,
+            f"path: required for data set {self.name!r}",
+        )
         return self
 
 
 class AugmentConfig(Section):
-    """The fixed augmentation policy; `space.augment` can search n_select and level."""
+    """The train augmentation policy (the seed's: RandAugment, flip, Cutout), consumed as
+    it is by `job.augment`; `space.augment` can search n_select and level over it.
+    ``level: null`` draws a level per op and image (random magnitude)."""
 
-    enabled: bool = True
+    enabled: Bool = True
     ops: tuple[str, ...] = DEFAULT_OPS
-    n_select: int = Field(2, ge=0)
-    # None (null) → random magnitude: each op of each image draws its level from 0..n_level.
-    level: int | None = Field(15, ge=0)
-    n_level: int = Field(31, ge=1)
-    flip_p: float = Field(0.5, ge=0.0, le=1.0)
-    cutout_p: float = Field(0.8, ge=0.0, le=1.0)
-    cutout_size: float = Field(0.45, ge=0.0, le=1.0)
-    fill: int = Field(128, ge=0, le=255)
+    n_select: Int = Field(2, ge=0)
+    level: Int | None = Field(15, ge=0)
+    n_level: Int = Field(31, ge=1)
+    flip_p: Float = Field(0.5, ge=0.0, le=1.0)
+    cutout_p: Float = Field(0.8, ge=0.0, le=1.0)
+    cutout_size: Float = Field(0.45, ge=0.0, le=1.0)
+    fill: Int = Field(GREY, ge=0, le=255)
 
     @model_validator(mode="after")
     def _consistent(self) -> AugmentConfig:
         unknown = [op for op in self.ops if op not in OPS]
         if unknown:
             raise ValueError(f"ops: unknown op {unknown[0]!r} (known: {', '.join(OPS)})")
-        if self.n_select > len(self.ops):
-            raise ValueError(f"n_select: must be <= len(ops) = {len(self.ops)}")
-        if self.level is not None and self.level > self.n_level:
-            raise ValueError(f"level: must be <= n_level = {self.n_level}")
+        twice = sorted({op for op in self.ops if self.ops.count(op) > 1})
+        _require(
+            not twice, f"ops: {', '.join(twice)} listed twice (RandAugment picks distinct ops)"
+        )
+        if self.enabled:  # a policy that is off may keep whatever it had
+            _require(bool(self.ops), "ops: must name at least one op (or set enabled: false)")
+            _require(
+                self.n_select <= len(self.ops),
+                f"n_select: must be <= len(ops) = {len(self.ops)}, got {self.n_select}",
+            )
+        if self.level is not None:
+            _require(
+                self.level <= self.n_level,
+                f"level: must be <= n_level = {self.n_level}, got {self.level}",
+            )
         return self
 
-    def policy(self) -> AugmentPolicy | None:
-        """The frozen policy `train` consumes; None when augmentation is off."""
-        if not self.enabled:
-            return None
-        return AugmentPolicy(**self.model_dump(exclude={"enabled"}))
 
-
-IntRange = tuple[int, int, int]  # (low, high, step), inclusive
-FloatRange = tuple[float, float, float]
+IntRange = tuple[Int, Int, Int]  # (low, high, step), inclusive
+FloatRange = tuple[Float, Float, Float]
 Module = Literal["Conv", "DWConv", "InvertedResidualv2", "InvertedResidualv3", "Pass"]
+
+
+def _check_range(key: str, r: tuple[float, ...], zero_ok: bool = False) -> None:
+    """(low, high[, step]): 0 < low (0 <= low with `zero_ok`), low <= high, step > 0."""
+    floor = "0 <=" if zero_ok else "0 <"
+    ok = (r[0] >= 0 if zero_ok else r[0] > 0) and r[0] <= r[1] and (len(r) < 3 or r[2] > 0)
+    what = "low <= high and step > 0" if len(r) == 3 else "low <= high"
+    _require(ok, f"{key}: need {floor} {what}, got {list(r)}")
+
+
+def _check_choices(key: str, options: tuple[Any, ...], ok: Any, want: str) -> None:
+    """A non-empty list of distinct choices, each passing `ok`."""
+    _require(bool(options), f"{key}: needs at least one choice")
+    bad = [o for o in options if not ok(o)]
+    if bad:
+        raise ValueError(f"{key}: {bad[0]!r} is not {want}")
+    _require(
+        len(set(options)) == len(options), f"{key}: a choice is listed twice in {list(options)}"
+    )
 
 
 class BlockSpace(Section):
     """The choices of one backbone block; ranges are (low, high, step), inclusive."""
 
     modules: tuple[Module, ...]
-    repeat: tuple[int, int] = (1, 5)
+    repeat: tuple[Int, Int] = (1, 5)
     channels: IntRange = (16, 128, 16)  # Conv / DWConv out
-    kernel: tuple[int, ...] = (1, 3, 5)  # Conv / DWConv
-    stride: tuple[int, ...] = (1, 2)
+    kernel: tuple[Int, ...] = (1, 3, 5)  # Conv / DWConv
+    stride: tuple[Int, ...] = (1, 2)
     activation: tuple[str, ...] = ("ReLU", "Hardswish")
     ir_channels: IntRange = (16, 40, 8)  # InvertedResidualv2/v3 c
-    v2_expansion: tuple[int, int] = (1, 4)
+    v2_expansion: tuple[Int, Int] = (1, 4)
     v3_expansion: FloatRange = (1.0, 6.0, 0.1)
-    v3_kernel: tuple[int, ...] = (3, 5)
+    v3_kernel: tuple[Int, ...] = (3, 5)
 
     @model_validator(mode="after")
     def _ranges(self) -> BlockSpace:
-        for key in ("channels", "ir_channels", "v3_expansion"):
-            low, high, step = getattr(self, key)
-            if not 0 < low <= high or step <= 0:
-                raise ValueError(f"{key}: need 0 < low <= high and step > 0, got {low, high, step}")
-        if not 1 <= self.repeat[0] <= self.repeat[1]:
-            raise ValueError(f"repeat: need 1 <= low <= high, got {self.repeat}")
-        if not self.modules or set(self.stride) - {1, 2}:
-            raise ValueError("modules must be non-empty and stride a subset of (1, 2)")
+        for key in ("channels", "ir_channels", "v2_expansion", "v3_expansion"):
+            _check_range(key, getattr(self, key))
+        _check_range("repeat", self.repeat)
+        _check_choices("modules", self.modules, lambda m: True, "a module")
+        _check_choices("stride", self.stride, lambda s: s in (1, 2), "1 or 2")
+        _check_choices("kernel", self.kernel, lambda k: k >= 1, "a kernel size >= 1")
+        _check_choices("v3_kernel", self.v3_kernel, lambda k: k >= 1, "a kernel size >= 1")
+        known = f"one of {', '.join(sorted(ACTIVATIONS))} (any case)"
+        _check_choices("activation", self.activation, lambda a: a.lower() in ACTIVATIONS, known)
         return self
 
 
@@ -158,49 +210,74 @@ def _seed_blocks() -> tuple[BlockSpace, ...]:
 
 
 class AugmentSpace(Section):
-    """Searched RandAugment knobs; the rest of the policy comes from `augment`."""
+    """Searched RandAugment knobs over the `augment` policy (n_select and level within
+    its ops and n_level: checked against `augment` when the whole config loads)."""
 
-    n_select: tuple[int, int] = (0, 3)
-    level: tuple[int, int] = (0, 31)
-    random_magnitude: tuple[bool, ...] = (False, True)
+    n_select: tuple[Int, Int] = (0, 3)
+    level: tuple[Int, Int] = (0, 31)
+    random_magnitude: tuple[Bool, ...] = (False, True)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentSpace:
+        _check_range("n_select", self.n_select, zero_ok=True)
+        _check_range("level", self.level, zero_ok=True)
+        _check_choices("random_magnitude", self.random_magnitude, lambda v: True, "a flag")
+        return self
 
 
 class TrainSpace(Section):
     """Optional searched training knobs (log-uniform lr and weight decay)."""
 
-    lr: tuple[float, float] | None = None
-    weight_decay: tuple[float, float] | None = None
-    label_smoothing: tuple[float, ...] | None = None
+    lr: tuple[Float, Float] | None = None
+    weight_decay: tuple[Float, Float] | None = None
+    label_smoothing: tuple[Float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TrainSpace:
+        for key in ("lr", "weight_decay"):  # log-uniform: both bounds > 0
+            if getattr(self, key) is not None:
+                _check_range(key, getattr(self, key))
+        if self.label_smoothing is not None:
+            ok = lambda v: 0.0 <= v < 1.0  # noqa: E731
+            _check_choices("label_smoothing", self.label_smoothing, ok, "in [0, 1)")
+        return self
 
 
 class SpaceConfig(Section):
     blocks: tuple[BlockSpace, ...] = Field(default_factory=_seed_blocks, min_length=1)
     head_channels: IntRange = (128, 1024, 128)  # the 1x1 conv before pooling
     # The seed forces the first downsampling by block 2 and allows at most 5.
-    force_stride_by: int = Field(2, ge=1)
-    max_stride2: int = Field(5, ge=0)
+    force_stride_by: Int = Field(2, ge=1)
+    max_stride2: Int = Field(5, ge=0)
     augment: AugmentSpace | None = AugmentSpace()
     train: TrainSpace = TrainSpace()
 
+    @model_validator(mode="after")
+    def _head(self) -> SpaceConfig:
+        _check_range("head_channels", self.head_channels)
+        return self
+
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    optimizer: Literal["sgd"] = "sgd"
-    lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
-    schedule: Literal["cosine"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """The training recipe (SGD with Nesterov momentum, linear warm-up then cosine
+    annealing per step), consumed as it is by `job.train`; a trial's copy differs in its
+    seed and in whatever `space.train` searches."""
+
+    epochs: Int = Field(10, ge=1)
+    batch_size: Int = Field(128, ge=2)  # a batch of one breaks BatchNorm
+    eval_batch_size: Int = Field(1024, ge=1)
+    lr: Float = Field(0.1, gt=0.0)
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: Bool = True
+    weight_decay: Float = Field(5e-4, ge=0.0)
+    warmup_epochs: Float = Field(0.0, ge=0.0)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # NHWC: faster convolutions on CUDA and on CPU
-    compile: bool = False
-    measure_latency: bool = True
-    seed: int = 0
+    amp: Bool = True  # bf16 autocast, CUDA only
+    channels_last: Bool = True  # NHWC: faster convolutions on CUDA and on CPU
+    compile: Bool = False
+    measure_latency: Bool = True
+    seed: Int = 0
 
 
 Objective = Literal["accuracy", "f1", "params", "macs", "latency"]
@@ -209,23 +286,9 @@ Objective = Literal["accuracy", "f1", "params", "macs", "latency"]
 class ConstraintsConfig(Section):
     """Hard limits; a trial over one is infeasible (Optuna constraints, > 0)."""
 
-    max_params: int | None = Field(None, ge=1)
-    max_macs: int | None = Field(None, ge=1)
-    max_latency_ms: float | None = Field(None, gt=0.0)
-
-
-class SelectConfig(Section):
-    """Which front models the collector keeps."""
-
-    policies: tuple[Literal["best", "smallest", "knee"], ...] = ("best", "smallest", "knee")
-    # "smallest": the smallest model within this accuracy of the best.
-    tolerance: float = Field(0.01, ge=0.0, le=1.0)
-
-
-class ExportConfig(Section):
-    onnx: bool = True
-    opset: int = Field(17, ge=7)
-    retrain_epochs: int = Field(0, ge=0)  # 0: export the searched weights as they are
+    max_params: Int | None = Field(None, ge=1)
+    max_macs: Int | None = Field(None, ge=1)
+    max_latency_ms: Float | None = Field(None, gt=0.0)
 
 
 class Config(Section):
@@ -236,13 +299,25 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     objectives: tuple[Objective, ...] = Field(("accuracy", "params"), min_length=1)
     constraints: ConstraintsConfig = ConstraintsConfig()
-    select: SelectConfig = SelectConfig()
-    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
-    def _objectives(self) -> Config:
-        if len(set(self.objectives)) != len(self.objectives):
-            raise ValueError(f"objectives: listed twice in {list(self.objectives)}")
+    def _consistent(self) -> Config:
+        _require(
+            len(set(self.objectives)) == len(self.objectives),
+            f"objectives: listed twice in {list(self.objectives)}",
+        )
+        searched, policy = self.space.augment, self.augment
+        if searched is not None and policy.enabled:  # a trial's policy must stay valid
+            _require(
+                searched.n_select[1] <= len(policy.ops),
+                f"space.augment.n_select: at most len(augment.ops) = {len(policy.ops)}, "
+                f"got {list(searched.n_select)}",
+            )
+            _require(
+                searched.level[1] <= policy.n_level,
+                f"space.augment.level: at most augment.n_level = {policy.n_level}, "
+                f"got {list(searched.level)}",
+            )
         return self
 
 
@@ -257,12 +332,8 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-_BOUNDS = {
-    "greater_than_equal": ">= {ge}",
-    "greater_than": "> {gt}",
-    "less_than_equal": "<= {le}",
-    "less_than": "< {lt}",
-}
+_BOUNDS = {"greater_than_equal": ">= {ge}", "greater_than": "> {gt}"}
+_BOUNDS |= {"less_than_equal": "<= {le}", "less_than": "< {lt}"}
 
 
 def _describe(err: Any) -> str:
@@ -272,12 +343,25 @@ def _describe(err: Any) -> str:
         return f"{key}: unknown key"
     if kind in _BOUNDS:
         return f"{key}: must be {_BOUNDS[kind].format(**ctx)}, got {err['input']!r}"
-    if kind == "value_error":  # our validators: "subkey: message"
+    if kind == "value_error":  # our validators say "subkey: message"
         msg = str(ctx.get("error", err["msg"]))
-        return f"{key}.{msg}" if key and ":" in msg.split(" ")[0] else f"{key or 'config'}: {msg}"
+        if ":" in msg.split(" ")[0]:
+            return f"{key}.{msg}" if key else msg
+        return f"{key or 'config'}: {msg}"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f", got {got!r}"
     return f"{key or 'config'}: {err['msg'][:1].lower()}{err['msg'][1:]}{shown}"
+
+
+def _root_causes(errors: list[Any]) -> list[Any]:
+    """Drop an error on a container that only echoes one inside it (a tuple of blocks
+    "too short" because its one block failed)."""
+    locs = [tuple(e["loc"]) for e in errors]
+    return [
+        e
+        for e, loc in zip(errors, locs, strict=True)
+        if not any(len(o) > len(loc) and o[: len(loc)] == loc for o in locs)
+    ] or errors
 
 
 def parse_config(data: Any, source: str = "config") -> Config:
@@ -289,9 +373,9 @@ def parse_config(data: Any, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        first = _describe(exc.errors()[0])
-        more = len(exc.errors()) - 1
-        raise ConfigError(f"{first}" + (f" (and {more} more)" if more else "")) from None
+        errors = _root_causes(exc.errors())
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0]) + more) from None
 
 
 def read_yaml(path: str | Path, error: type[ValueError]) -> Any:
@@ -301,6 +385,8 @@ def read_yaml(path: str | Path, error: type[ValueError]) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a YAML file (not UTF-8 text)") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

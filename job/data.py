@@ -28,7 +28,7 @@ from torch import Tensor
 
 from job.config import DataConfig
 
-FILL = 128  # grey of the square padding (DESIGN §6)
+FILL = 128  # grey of the square padding (the seed's, docs/ARCHITECTURE.md)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -384,7 +384,7 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
         raise DataError(f"{cfg.path or cfg.name}: too few images for data.test_ratio/val_ratio")
     # Prepared only now: resizing is the slow part, and cuts keep e.g. 10k of CIFAR's 50k.
     train, val, test = (Split(prepare_images(s.x, cfg.image_size), s.y) for s in (train, val, test))
-    cifar = cfg.name == "cifar10"  # DESIGN §6's constants, as the seed used
+    cifar = cfg.name == "cifar10"  # the seed's CIFAR-10 constants (docs/ARCHITECTURE.md)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if cifar else _channel_stats(train.x)
     dataset = Dataset(cfg.name, train, val, test, source.classes, mean, std, source.fingerprint)
     return dataset.to(device)

@@ -21,9 +21,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from job import runtime
 from job.config import Config
 from job.search import open_study
 from job.storage import redact
+from job.study import is_feasible, progress_text, snapshot, summarise
 
 STOP_GRACE_S = 30.0  # matches a pod's terminationGracePeriodSeconds
 
@@ -45,15 +47,24 @@ def threads_per_worker(workers: int) -> int:
 
 
 def worker_command(options: RunOptions, index: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of local worker `index` (as a pod would get)."""
+    """The command line and environment of local worker `index` (as a pod would get).
+
+    The storage URL travels in the environment (OPTUNA_STORAGE), not on the command
+    line, which every process on the machine can read (`ps`): it may hold a password."""
     cmd = [sys.executable, "-m", "job", "search", "--config", str(options.config_path)]
-    cmd += ["--storage", options.storage, "--study", options.study_name]
-    env = dict(os.environ)
-    env.pop("OPTUNA_STORAGE", None)  # the flag above already carries it
+    # --out: the worker's checkpoints go under the run's folder, not runs/<study>
+    cmd += ["--study", options.study_name, "--out", str(options.out_dir)]
     threads = str(threads_per_worker(options.workers))
-    env.update(SMS_WORKER_INDEX=str(index), OMP_NUM_THREADS=threads, SMS_TORCH_THREADS=threads)
-    env["SMS_METRICS_PORT"] = (
-        str(options.metrics_port + index) if options.metrics_port is not None else "off"
+    port = str(options.metrics_port + index) if options.metrics_port is not None else "off"
+    env = runtime.child_env(
+        {
+            runtime.OPTUNA_STORAGE: options.storage,
+            runtime.SMS_WORKER_INDEX: str(index),
+            runtime.OMP_NUM_THREADS: threads,
+            runtime.SMS_TORCH_THREADS: threads,
+            runtime.SMS_METRICS_PORT: port,
+        },
+        drop=(runtime.JOB_COMPLETION_INDEX,),  # it would win over SMS_WORKER_INDEX
     )
     return cmd, env
 
@@ -78,6 +89,7 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
         )
         acc = trial.user_attrs.get("test_accuracy")
         extra = f"  test acc {acc:.4f}" if isinstance(acc, float) else ""
+        extra += "" if is_feasible(trial) else "  infeasible"
         return f"trial {trial.number:>4}  COMPLETE  {values}{extra}"
     reason = trial.user_attrs.get("fail_reason", "")
     return f"trial {trial.number:>4}  {trial.state.name:<8}  {reason}"
@@ -100,19 +112,24 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 def watch(
     study: optuna.Study, config: Config, procs: list[subprocess.Popen[bytes]], poll_s: float
 ) -> None:
-    """Progress bar over COMPLETE trials and a line per finished trial, until workers exit."""
+    """Progress bar over COMPLETE trials and a line per finished trial, until workers exit.
+
+    The bar's figures (best accuracy, front size, hypervolume) are `job.study`'s summary
+    of the same read of the study: what `status`, summary.json and the metrics show."""
     seen: set[int] = set()
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     with tqdm(total=config.study.budget, unit="trial", dynamic_ncols=True) as bar:
         while True:
             running = any(proc.poll() is None for proc in procs)
-            trials = study.get_trials(deepcopy=False, states=finished)
+            trials = snapshot(study, config)
             for trial in sorted(trials, key=lambda t: t.number):
-                if trial.number not in seen:
+                if trial.state in finished and trial.number not in seen:
                     seen.add(trial.number)
                     bar.write(describe(trial, config.objectives))
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
-            bar.update(min(complete, config.study.budget) - bar.n)
+            summary = summarise(trials, config)
+            bar.set_postfix_str(progress_text(summary), refresh=False)
+            bar.update(min(summary.complete, config.study.budget) - bar.n)
+            bar.refresh()
             if not running:
                 return
             time.sleep(poll_s)

@@ -19,11 +19,17 @@ Per trial (this worker):
 - `sms_train_images_per_second` (gauge): training throughput of the last epoch or
   trial that reported one (NaN until then).
 
-Study-wide (as this worker saw it at its last refresh, after each of its trials):
+Study-wide (as this worker saw it at its last refresh, after each of its trials). Every
+figure is `job.study`'s summary of the study, the same one summary.json and `status`
+show, so they always agree: only feasible COMPLETE trials are ranked.
 
-- `sms_study_best_accuracy` (gauge): best validation accuracy of any COMPLETE trial
-  in the study, in [0, 1]; NaN until one is known.
+- `sms_study_best_accuracy` (gauge): best validation accuracy of any feasible COMPLETE
+  trial in the study, in [0, 1] (summary.json's `best_accuracy`); NaN until one is known.
 - `sms_study_pareto_front_size` (gauge): trials on the study's Pareto front.
+- `sms_study_hypervolume` (gauge): the front's hypervolume, normalised: each objective
+  mapped to a loss in [0, 1] (accuracy/f1: 1 - value; params: log10(p)/8; MACs:
+  log10(m)/11; latency: (log10(ms) + 3)/7; clipped), reference point 1 per objective,
+  so it is the dominated fraction of the unit box, in [0, 1]; NaN until a front exists.
 - `sms_study_trials{state}` (gauge): the study's trials by state (every Optuna state
   is present, 0 when none).
 - `sms_study_budget` (gauge): the study's trial budget (0 until the first refresh).
@@ -47,8 +53,8 @@ collector (Python build, OS details) never reaches the endpoint.
 from __future__ import annotations
 
 import math
-import os
 import threading
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -63,10 +69,14 @@ from prometheus_client import (
 )
 
 from job import __version__
+from job.runtime import SMS_METRICS_PORT, metrics_port
+
+if TYPE_CHECKING:
+    from job.study import StudySummary
 
 __all__ = ["ENV_PORT", "FINAL_STATES", "STUDY_STATES", "WorkerMetrics", "metrics_port"]
 
-ENV_PORT = "SMS_METRICS_PORT"
+ENV_PORT = SMS_METRICS_PORT  # parsed by job.runtime.metrics_port, re-exported here
 
 # The states a trial can end in; anything else passed to `trial_finished` is a caller
 # bug, and rejecting it keeps the `state` label's cardinality bounded.
@@ -81,29 +91,6 @@ DURATION_BUCKETS = (
     1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1200.0, 1800.0, 3600.0, 7200.0, 14400.0, math.inf,
 )  # fmt: skip
-
-
-def metrics_port(config_port: int | None) -> int | None:
-    """The port to serve metrics on, or None for off.
-
-    `SMS_METRICS_PORT` overrides the config (pods set it; `run` sets it per worker):
-    unset or empty → `config_port`; "off" → None; otherwise an integer in 0..65535
-    (0 = any free port). Anything else is a `ValueError` naming the variable.
-    """
-    raw = os.environ.get(ENV_PORT, "").strip()
-    if not raw:
-        return config_port
-    if raw.lower() == "off":
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"{ENV_PORT}: expected a port number (0-65535) or 'off', got {raw!r}"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{ENV_PORT}: port must be in 0-65535, got {port}")
-    return port
 
 
 def _usable(value: float | None) -> bool:
@@ -124,6 +111,32 @@ class WorkerMetrics:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # serve/shutdown may race (signal handler, main)
 
+        self._declare_trial_metrics(reg)
+        self._declare_study_metrics(reg)
+        self.info = Info("sms_worker", "Which study, data and code this worker runs.", registry=reg)
+        ProcessCollector(namespace="sms", registry=reg)
+
+        # Starting values: "nothing running", "nothing known yet".
+        self.trial_number.set(-1)
+        self.images_per_second.set(math.nan)
+        self.best_accuracy.set(math.nan)
+        self.hypervolume.set(math.nan)
+        for state in STUDY_STATES:
+            self.study_trials.labels(state=state).set(0)
+        # Only identifiers go here: the storage URL (which may hold a password) has no
+        # parameter at all, so it cannot leak through this class.
+        self.info.info(
+            {
+                "study": study,
+                "data_fingerprint": data_fingerprint,
+                "worker": worker,
+                "version": __version__,
+                "objectives": ",".join(objectives),
+            }
+        )
+
+    def _declare_trial_metrics(self, reg: CollectorRegistry) -> None:
+        """This worker's own: its trials, the running one, its throughput."""
         self.trials = Counter(
             "sms_trials",
             "Trials this worker finished, by final state.",
@@ -157,14 +170,25 @@ class WorkerMetrics:
             "Training throughput of the last epoch or trial that reported one.",
             registry=reg,
         )
+
+    def _declare_study_metrics(self, reg: CollectorRegistry) -> None:
+        """The study as this worker last read it (job.study's summary)."""
         self.best_accuracy = Gauge(
             "sms_study_best_accuracy",
-            "Best validation accuracy of any COMPLETE trial in the study (NaN until known).",
+            "Best validation accuracy of any feasible COMPLETE trial in the study "
+            "(NaN until known).",
             registry=reg,
         )
         self.front_size = Gauge(
             "sms_study_pareto_front_size",
             "Trials on the study's Pareto front at this worker's last refresh.",
+            registry=reg,
+        )
+        self.hypervolume = Gauge(
+            "sms_study_hypervolume",
+            "Hypervolume of the study's Pareto front in [0, 1]: objectives normalised to "
+            "losses in [0, 1] (1 - accuracy or f1; log10(params)/8; log10(MACs)/11; "
+            "(log10(latency ms) + 3)/7), reference point 1 each; NaN until a front exists.",
             registry=reg,
         )
         self.study_trials = Gauge(
@@ -174,26 +198,6 @@ class WorkerMetrics:
             registry=reg,
         )
         self.budget = Gauge("sms_study_budget", "The study's trial budget.", registry=reg)
-        self.info = Info("sms_worker", "Which study, data and code this worker runs.", registry=reg)
-        ProcessCollector(namespace="sms", registry=reg)
-
-        # Starting values: "nothing running", "nothing known yet".
-        self.trial_number.set(-1)
-        self.images_per_second.set(math.nan)
-        self.best_accuracy.set(math.nan)
-        for state in STUDY_STATES:
-            self.study_trials.labels(state=state).set(0)
-        # Only identifiers go here: the storage URL (which may hold a password) has no
-        # parameter at all, so it cannot leak through this class.
-        self.info.info(
-            {
-                "study": study,
-                "data_fingerprint": data_fingerprint,
-                "worker": worker,
-                "version": __version__,
-                "objectives": ",".join(objectives),
-            }
-        )
 
     # -- the trial loop ------------------------------------------------------------
 
@@ -226,23 +230,20 @@ class WorkerMetrics:
         self.trial_number.set(-1)
         self.trial_epoch.set(0)
 
-    def study_refreshed(
-        self,
-        counts: dict[str, int],
-        best_accuracy: float | None,
-        front_size: int,
-        budget: int,
-    ) -> None:
-        """The study as this worker just read it: trials by state name, best validation
-        accuracy (None when no trial completed), Pareto front size, budget."""
+    def study_refreshed(self, summary: StudySummary) -> None:
+        """The study as this worker just read it (`job.study.study_summary`): trials by
+        state, best validation accuracy, Pareto front size and hypervolume, budget."""
+        counts = summary.counts
         for state in STUDY_STATES:
             self.study_trials.labels(state=state).set(counts.get(state, 0))
         for state, count in counts.items():
             if state not in STUDY_STATES:  # a future Optuna state; still worth showing
                 self.study_trials.labels(state=state).set(count)
-        self.best_accuracy.set(math.nan if best_accuracy is None else best_accuracy)
-        self.front_size.set(front_size)
-        self.budget.set(budget)
+        best = summary.best_accuracy
+        self.best_accuracy.set(math.nan if best is None else best)
+        self.front_size.set(len(summary.front))
+        self.hypervolume.set(summary.hypervolume if summary.front else math.nan)
+        self.budget.set(summary.budget)
 
     # -- serving -------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,6 +311,11 @@ def count_macs(model: nn.Module, image_size: int, in_channels: int | None = None
     published MAC counts. ``in_channels`` defaults to the spec's input_channel for a built
     ``Model``, else 3. Runs in eval mode under no_grad; the model's mode is restored.
     """
+    return _macs_and_output(model, image_size, _channels(model, in_channels))[0]
+
+
+def _macs_and_output(model: nn.Module, image_size: int, in_channels: int) -> tuple[int, Tensor]:
+    """One dry run that counts MACs with forward hooks and returns the output too."""
     total = 0
 
     def conv_hook(m: nn.Module, _: tuple[Tensor, ...], out: Tensor) -> None:
@@ -329,8 +335,48 @@ def count_macs(model: nn.Module, image_size: int, in_channels: int | None = None
         if isinstance(m, nn.Conv2d | nn.Linear)
     ]
     try:
-        _dry_run(model, image_size, _channels(model, in_channels))
+        out = _dry_run(model, image_size, in_channels)
     finally:
         for h in hooks:
             h.remove()
-    return total
+    return total, out
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a spec costs at one input size, found without allocating a weight."""
+
+    params: int
+    macs: int
+    outputs: int  # logits per image: must equal the data's class count
+
+
+def measure(spec: ModelSpec, image_size: int) -> Measure:
+    """Params, MACs and output width of ``spec`` at ``image_size``, on the meta device: the
+    network is built and dry-run with shapes only (no weights, no arithmetic), so even a
+    huge candidate is measured in milliseconds. ``ModelError`` when it does not fit."""
+    with torch.device("meta"):
+        model = build_model(spec)
+        macs, out = _macs_and_output(model, image_size, spec.input_channel)  # one dry run
+    return Measure(count_params(model), macs, int(out.shape[-1]))
+
+
+def measure_latency(
+    model: nn.Module, shape: Sequence[int], device: torch.device, amp: bool
+) -> tuple[float, float]:
+    """Milliseconds per image of ``shape`` (C, S, S) at batch 1 and at batch 256, after a
+    warm-up; ``amp``: in bf16 autocast (CUDA)."""
+    model.eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    results = []
+    for batch, reps in ((1, 20), (256, 3)):
+        x = torch.randn(batch, *shape, device=device)
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            model(x)  # warm-up: allocator, cuDNN autotune, lazy init
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                model(x)
+            sync(device)
+        results.append((time.perf_counter() - start) * 1000.0 / (reps * batch))
+    return results[0], results[1]

@@ -322,7 +322,7 @@ def _act(default: str | None) -> ArgDef:
     return ArgDef("activation", "act", default)
 
 
-# The seed strides Conv/DWConv on the last copy of a repeat (DESIGN §6); the inverted
+# The seed strides Conv/DWConv on the last copy of a repeat (docs/ARCHITECTURE.md); the inverted
 # residuals stride on the first, as the MobileNet papers do. Linear and FixedConv are the
 # classifier (their width is the class count), so they have no channel args to scale.
 # Pools have no stride arg: every copy of a repeated pool pools.

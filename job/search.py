@@ -24,15 +24,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from job import __version__
+from job import __version__, runtime
 from job.config import Config
 from job.data import Dataset, load_data
 from job.model import model_spec_yaml
@@ -40,13 +40,17 @@ from job.space import constraint_values, directions, objective_values, sample_ca
 from job.storage import (
     JOURNAL,
     Heartbeat,
+    ParamHold,
     budget_lock,
     database_lock,
+    frozen_trial,
     open_storage,
     persist,
     redact,
     resolve_storage,
+    save_user_attrs,
 )
+from job.study import study_summary
 from job.train import EpochRecord, Preempted, TrainError, TrainResult, train
 
 __all__ = ["JOURNAL", "Worker", "claim_trial", "open_study", "redact", "resolve_storage"]
@@ -100,9 +104,10 @@ def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Tr
 
 
 def code_version() -> str:
-    """The git commit of the code when there is one, else the package version."""
-    if os.environ.get("SMS_CODE_VERSION"):
-        return os.environ["SMS_CODE_VERSION"]
+    """SMS_CODE_VERSION when set, else the git commit of the code when there is one, else
+    the package version."""
+    if version := runtime.code_version():
+        return version
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -154,6 +159,7 @@ class Worker:
         self.study = open_study(config, storage_url, study_name, worker_index)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.version = code_version()
+        self._unsaved: dict[str, Any] = {}  # a trial's user attrs not yet written
 
     def run(self, data: Dataset | None = None, poll_s: float = 2.0) -> int:
         """Trials until the study's budget is met; returns how many this worker ran."""
@@ -184,11 +190,12 @@ class Worker:
         start = time.perf_counter()
         base: dict[str, Any] = {"worker": self.worker, "code_version": self.version}
         base["data_fingerprint"] = data.fingerprint
-        frozen = self._persist(lambda: self.study._storage.get_trial(trial._trial_id), "reading")
-        retry_of = frozen.system_attrs.get("failed_trial")  # set by the retry callback
-        if retry_of is not None:
+        frozen = self._persist(lambda: frozen_trial(trial), "reading the trial")
+        retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        if retry_of is not None:  # a copy of a trial whose worker stopped beating
             base["retry_of"] = retry_of
-        self._save(trial, base)
+        self._unsaved = {}
+        self._save(trial, base, write=False)  # written with the candidate's, one transaction
         checkpoint = self._checkpoint(trial, frozen.user_attrs.get("resume_from"))
         epochs = self.config.train.epochs
         if self.metrics is not None:
@@ -207,13 +214,14 @@ class Worker:
             summary = f"FAIL {exc.reason}"
         except KeyboardInterrupt:
             self._fail(trial, "interrupted", "the worker was stopped")
+            self._save(trial, {})  # the reason (and anything else unwritten), then tell
             self._tell(trial, None, TrialState.FAIL)
             raise
         except Exception as exc:  # a failed trial never kills the worker
             self._fail(trial, "error", f"{type(exc).__name__}: {redact(str(exc))}")
             summary = f"FAIL error {type(exc).__name__}"
         seconds = time.perf_counter() - start
-        self._save(trial, {"seconds": seconds})
+        self._save(trial, {"seconds": seconds})  # with the result or the failure: one write
         self._tell(trial, values, state)
         self.log(f"trial {trial.number:>4} {summary} ({seconds:.1f}s)")
         if self.metrics is not None:
@@ -244,15 +252,23 @@ class Worker:
     def _train(
         self, trial: optuna.Trial, data: Dataset, checkpoint: Path | None
     ) -> tuple[list[float], str]:
-        candidate = sample_candidate(trial, self.config, data.num_classes)
+        hold = ParamHold(trial)  # ~25 suggest_* calls: one write, not one each
+        try:
+            candidate = sample_candidate(trial, data, self.config)
+        finally:
+            self._persist(hold.write, "saving the parameters")
+        augment = candidate.augment
+        measured = candidate.measured
         self._save(
             trial,
             {
                 "model_yaml": model_spec_yaml(candidate.model),
-                "augment": asdict(candidate.policy) if candidate.policy else None,
-                "recipe": asdict(candidate.recipe),
-                "params": candidate.params,
-                "macs": candidate.macs,
+                "augment": augment.model_dump(mode="json", exclude={"enabled"})
+                if augment.enabled
+                else None,
+                "recipe": candidate.recipe.model_dump(mode="json"),
+                "params": measured.params,
+                "macs": measured.macs,
             },
         )
 
@@ -262,32 +278,42 @@ class Worker:
 
         result = self.train_fn(
             candidate.model,
-            candidate.policy,
+            augment,
             candidate.recipe,
             data,
             on_epoch=on_epoch,
             checkpoint=checkpoint,
             stop=self.stop,
+            measured=measured,
         )
-        self._save(trial, _result_attrs(result))
+        self._save(trial, _result_attrs(result), write=False)  # written with `seconds`
         limits = self.config.constraints
-        latency = constraint_values(limits, candidate.params, candidate.macs, result.latency_ms_b1)
+        latency = constraint_values(limits, measured.params, measured.macs, result.latency_ms_b1)
         if "latency" in latency:  # known only now; params and MACs were set before training
             trial.set_constraint("latency", latency["latency"])
         values = objective_values(result, self.config.objectives)
-        summary = f"acc {result.val_accuracy:.4f} params {candidate.params:,}"
+        summary = f"acc {result.val_accuracy:.4f} params {measured.params:,}"
         return values, summary
 
     def _fail(self, trial: optuna.Trial, reason: str, message: str) -> None:
-        self._save(trial, {"fail_reason": reason, "fail_message": message[:1000]})
+        """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""
+        attrs = {"fail_reason": reason, "fail_message": message[:1000]}
+        self._save(trial, attrs, write=False)
 
     def _persist(self, call: Callable[[], T], what: str) -> T:
         deadline = self.config.study.db_outage_deadline_s
         return persist(call, deadline, what, self.storage_url)
 
-    def _save(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-        for key, value in attrs.items():
-            self._persist(lambda: trial.set_user_attr(key, value), f"saving {key}")  # noqa: B023
+    def _save(self, trial: optuna.Trial, attrs: dict[str, Any], write: bool = True) -> None:
+        """Record user attrs: with `write`, these and all held back so far in one write
+        (one transaction on PostgreSQL, retried whole through an outage); else hold them
+        back. A trial writes twice: base + candidate attrs before training, the result's
+        or the failure's + `seconds` before tell."""
+        self._unsaved.update(attrs)
+        if not write or not self._unsaved:
+            return
+        unsaved, self._unsaved = self._unsaved, {}
+        self._persist(lambda: save_user_attrs(self.study, trial, unsaved), "saving user attrs")
 
     def _tell(self, trial: optuna.Trial, values: list[float] | None, state: TrialState) -> None:
         def tell() -> None:
@@ -298,24 +324,15 @@ class Worker:
         self._persist(tell, "telling the result")
 
     def _refresh(self) -> None:
-        """Study-wide figures for the metrics endpoint (best accuracy, front size, counts)."""
+        """Study-wide figures for the metrics endpoint, from `job.study`'s one view of the
+        study (so they equal summary.json's: feasible COMPLETE trials only)."""
         if self.metrics is None:
             return
         try:
-            trials = self.study.get_trials(deepcopy=False)
+            summary = study_summary(self.study, self.config)
         except Exception:  # figures for a dashboard are not worth failing over
             return
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        accs = [
-            float(t.user_attrs["val_accuracy"])
-            for t in trials
-            if t.state == TrialState.COMPLETE and "val_accuracy" in t.user_attrs
-        ]
-        front = len(self.study.best_trials) if counts.get("COMPLETE") else 0
-        best = max(accs) if accs else None
-        self.metrics.study_refreshed(counts, best, front, self.config.study.budget)
+        self.metrics.study_refreshed(summary)
 
 
 def stop_on_sigterm(stop: threading.Event | None = None) -> None:
@@ -328,12 +345,3 @@ def stop_on_sigterm(stop: threading.Event | None = None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
-
-
-def worker_index() -> int:
-    """The pod's index in an Indexed Job, or the local worker's, else 0."""
-    for name in ("JOB_COMPLETION_INDEX", "SMS_WORKER_INDEX"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0

@@ -13,31 +13,25 @@ Parameter names follow the seed: `m1`, `m1/repeat`, `m1/channels`, … , `head/c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from job.augment import AugmentPolicy
-from job.config import BlockSpace, Config, ConstraintsConfig, IntRange, Objective
-from job.model import (
-    LayerSpec,
-    ModelError,
-    ModelSpec,
-    build_model,
-    count_macs,
-    count_params,
+from job.config import (
+    AugmentConfig,
+    BlockSpace,
+    Config,
+    ConstraintsConfig,
+    IntRange,
+    Objective,
+    TrainConfig,
 )
-from job.train import Recipe, TrainError, TrainResult
-
-# Objective name → (direction, how to read it from a TrainResult).
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("maximize", "val_accuracy"),
-    "f1": ("maximize", "val_f1"),
-    "params": ("minimize", "params"),
-    "macs": ("minimize", "macs"),
-    "latency": ("minimize", "latency_ms_b1"),
-}
+from job.data import Dataset
+from job.model import LayerSpec, Measure, ModelSpec
+from job.study import OBJECTIVES as OBJECTIVES
+from job.study import directions as directions
+from job.train import TrainResult, check_fit
 
 
 @dataclass(frozen=True)
@@ -45,10 +39,9 @@ class Candidate:
     """What one trial trains: the network, its augmentation and its recipe."""
 
     model: ModelSpec
-    policy: AugmentPolicy | None
-    recipe: Recipe
-    params: int
-    macs: int
+    augment: AugmentConfig
+    recipe: TrainConfig
+    measured: Measure  # params and MACs, measured once on the meta device
 
 
 def _int(trial: optuna.Trial, name: str, r: IntRange) -> int:
@@ -115,41 +108,32 @@ def sample_model(trial: optuna.Trial, config: Config, num_classes: int) -> Model
     )
 
 
-def sample_policy(trial: optuna.Trial, config: Config) -> AugmentPolicy | None:
-    """The augmentation policy: `augment` as configured, with searched knobs over it."""
-    policy = config.augment.policy()
-    searched = config.space.augment
-    if policy is None or searched is None:
+def sample_augment(trial: optuna.Trial, config: Config) -> AugmentConfig:
+    """The augmentation policy: `augment` as configured, with searched knobs over it.
+    The config checked at load that every searched value keeps the policy valid."""
+    policy, searched = config.augment, config.space.augment
+    if not policy.enabled or searched is None:
         return policy
-    n_select = min(trial.suggest_int("aug/n_select", *searched.n_select), len(policy.ops))
+    n_select = trial.suggest_int("aug/n_select", *searched.n_select)
     level = None  # random magnitude
     if not _choice(trial, "aug/random_magnitude", searched.random_magnitude):
-        level = min(trial.suggest_int("aug/level", *searched.level), policy.n_level)
-    return replace(policy, n_select=n_select, level=level)
+        level = trial.suggest_int("aug/level", *searched.level)
+    return policy.model_copy(update={"n_select": n_select, "level": level})
 
 
-def sample_recipe(trial: optuna.Trial, config: Config) -> Recipe:
+def sample_recipe(trial: optuna.Trial, config: Config) -> TrainConfig:
     """The training recipe; each trial gets its own reproducible seed."""
-    recipe = Recipe.from_config(config.train, seed=config.train.seed + trial.number)
     knobs = config.space.train
+    update: dict[str, float | int] = {"seed": config.train.seed + trial.number}
     if knobs.lr is not None:
-        recipe = replace(recipe, lr=trial.suggest_float("train/lr", *knobs.lr, log=True))
+        update["lr"] = trial.suggest_float("train/lr", *knobs.lr, log=True)
     if knobs.weight_decay is not None:
-        wd = trial.suggest_float("train/weight_decay", *knobs.weight_decay, log=True)
-        recipe = replace(recipe, weight_decay=wd)
+        update["weight_decay"] = trial.suggest_float(
+            "train/weight_decay", *knobs.weight_decay, log=True
+        )
     if knobs.label_smoothing is not None:
-        ls = _choice(trial, "train/label_smoothing", knobs.label_smoothing)
-        recipe = replace(recipe, label_smoothing=ls)
-    return recipe
-
-
-def measure_spec(spec: ModelSpec, image_size: int) -> tuple[int, int]:
-    """Params and MACs of a spec; `TrainError('invalid_network')` if it cannot run."""
-    try:
-        model = build_model(spec, image_size=image_size)
-        return count_params(model), count_macs(model, image_size)
-    except ModelError as exc:
-        raise TrainError("invalid_network", str(exc)) from None
+        update["label_smoothing"] = _choice(trial, "train/label_smoothing", knobs.label_smoothing)
+    return config.train.model_copy(update=update)
 
 
 def constraint_values(
@@ -166,21 +150,18 @@ def constraint_values(
     return values
 
 
-def sample_candidate(trial: optuna.Trial, config: Config, num_classes: int) -> Candidate:
-    """Everything one trial trains; raises `TrainError` for a network that cannot run."""
-    model = sample_model(trial, config, num_classes)
-    policy = sample_policy(trial, config)
+def sample_candidate(trial: optuna.Trial, data: Dataset, config: Config) -> Candidate:
+    """Everything one trial trains; raises `TrainError` for a network that cannot run on
+    `data` (measured on the meta device: nothing allocated, however large)."""
+    model = sample_model(trial, config, data.num_classes)
+    augment = sample_augment(trial, config)
     recipe = sample_recipe(trial, config)
-    params, macs = measure_spec(model, config.data.image_size)
-    for key, value in constraint_values(config.constraints, params, macs).items():
+    measured = check_fit(model, data)
+    for key, value in constraint_values(config.constraints, measured.params, measured.macs).items():
         trial.set_constraint(key, value)
-    return Candidate(model, policy, recipe, params, macs)
-
-
-def directions(objectives: tuple[Objective, ...]) -> list[str]:
-    return [OBJECTIVES[name][0] for name in objectives]
+    return Candidate(model, augment, recipe, measured)
 
 
 def objective_values(result: TrainResult, objectives: tuple[Objective, ...]) -> list[float]:
     """A TrainResult → the study's objective values, in the configured order."""
-    return [float(getattr(result, OBJECTIVES[name][1])) for name in objectives]
+    return [float(getattr(result, OBJECTIVES[name].field)) for name in objectives]

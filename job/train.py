@@ -1,8 +1,10 @@
 """Stage 5 of the data path: train.
 
-`train(model_spec, augment_policy, recipe, data) -> TrainResult` trains one network
-and measures it. It knows nothing of Optuna: the search layer (`job.space`) maps a
-trial to these typed values and the result back to objective values.
+`train(model_spec, augment, recipe, data) -> TrainResult` trains one network and
+measures it. It knows nothing of Optuna: the search layer (`job.space`) maps a trial to
+these typed values (the config's own `AugmentConfig` and `TrainConfig`) and the result
+back to objective values. `Trainer` is the training step and loop that `train` runs and
+`bench/train.py` times: `step()`, `run_epoch()`, `save()` / `load()`.
 
 The hot loop keeps the GPU fed without the host: the data set already lives on the
 device as uint8, batches are index gathers, augmentation is batched per image on the
@@ -18,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,19 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from job.augment import AugmentPolicy, train_augment
-from job.config import TrainConfig
+from job.augment import train_augment
+from job.config import AugmentConfig, TrainConfig
 from job.data import Dataset, Split
-from job.model import (
-    ModelError,
-    ModelSpec,
-    build_model,
-    count_macs,
-    count_params,
-    output_shape,
-)
+from job.model import Measure, ModelError, ModelSpec, build_model, measure, measure_latency
 
 FailReason = Literal["nan_loss", "out_of_memory", "invalid_network"]
+# A stage of the step by name ("forward", "loss", "backward", "optimizer") → a context to
+# run it in: none in the product, torch.profiler's named ranges in bench/train.py.
+Stage = Callable[[str], AbstractContextManager[Any]]
+_no_stage: Stage = lambda name: nullcontext()  # noqa: E731
 
 
 class Preempted(Exception):  # noqa: N818 — a request honoured, not an error
@@ -55,33 +55,6 @@ class TrainError(RuntimeError):
     def __init__(self, reason: FailReason, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason: FailReason = reason
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything about how to train, none of it about what to train."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    measure_latency: bool = True
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, **overrides: object) -> Recipe:
-        fields = cfg.model_dump(exclude={"optimizer", "schedule"})
-        fields.update(overrides)
-        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -111,6 +84,7 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """train.device → a torch device; "auto" takes CUDA when there is one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -143,7 +117,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-class _Normalize:
+class Normalize:
     """uint8 (B, C, H, W) → float, normalised, in the model's memory format."""
 
     def __init__(self, data: Dataset, device: torch.device, channels_last: bool) -> None:
@@ -156,18 +130,19 @@ class _Normalize:
         return x.contiguous(memory_format=self.format)
 
 
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast where asked and on CUDA; a no-op context elsewhere."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: Split, norm: _Normalize, batch: int, amp: bool) -> Tensor:
+def predict(model: nn.Module, split: Split, norm: Normalize, batch: int, amp: bool) -> Tensor:
     """Class predictions for a whole split, batched large; stays on the device."""
     model.eval()
     device = split.x.device
     out = torch.empty(len(split), dtype=torch.long, device=device)
     for start in range(0, len(split), batch):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(norm(split.x[start : start + batch]))  # (b, classes)
         out[start : start + batch] = logits.argmax(dim=1)
     return out
@@ -187,49 +162,28 @@ def accuracy_and_f1(pred: Tensor, target: Tensor, num_classes: int) -> tuple[flo
     return float(tp.sum() / cm.sum()), float(f1[present].mean())
 
 
-def measure_latency(
-    model: nn.Module, image_size: int, device: torch.device, amp: bool
-) -> tuple[float, float]:
-    """Milliseconds per image at batch 1 and at batch 256, after warm-up."""
-    model.eval()
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
-    results = []
-    for batch, reps in ((1, 20), (256, 3)):
-        x = torch.randn(batch, 3, image_size, image_size, device=device)
-        with torch.inference_mode(), _autocast(device, amp):
-            model(x)  # warm-up: allocator, cuDNN autotune, lazy init
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                model(x)
-            sync(device)
-        results.append((time.perf_counter() - start) * 1000.0 / (reps * batch))
-    return results[0], results[1]
-
-
-def _val_split(data: Dataset) -> Split:
+def val_split(data: Dataset) -> Split:
     """The split the search selects on; the test split stands in when there is none."""
     return data.val if len(data.val) else data.test
 
 
-def _build(spec: ModelSpec, data: Dataset, device: torch.device) -> nn.Module:
-    """Build on the CPU with a dry run at the data's size, then check the class count."""
-    image_size = data.train.x.shape[-1]
+def check_fit(spec: ModelSpec, data: Dataset) -> Measure:
+    """The spec measured on the meta device (nothing allocated); `TrainError` when it
+    cannot run on the data's images or does not output one logit per class."""
     try:
-        model = build_model(spec, image_size=image_size)
-        classes = output_shape(model, image_size)[-1]
+        found = measure(spec, data.train.x.shape[-1])
     except ModelError as exc:
         raise TrainError("invalid_network", str(exc)) from None
-    if classes != data.num_classes:
+    if found.outputs != data.num_classes:
         raise TrainError(
             "invalid_network",
-            f"the network outputs {classes} classes, the data has {data.num_classes}",
+            f"the network outputs {found.outputs} classes, the data has {data.num_classes}",
         )
-    return model.to(device)
+    return found
 
 
 @dataclass
-class _Position:
+class Position:
     """Where the loop stands: what a checkpoint holds besides the weights and RNGs."""
 
     epoch: int = 1
@@ -240,161 +194,207 @@ class _Position:
     history: list[EpochRecord] = field(default_factory=list)
 
 
-def _save(path: Path, parts: dict[str, Any], pos: _Position) -> None:
-    """Everything the loop needs to go on exactly, written atomically (whole or absent)."""
-    state = {name: part.state_dict() for name, part in parts.items() if hasattr(part, "state_dict")}
-    state |= {name: g.get_state() for name, g in parts.items() if isinstance(g, torch.Generator)}
-    state |= {"torch": torch.get_rng_state(), "position": pos}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+class Trainer:
+    """One network's training: the step, the epoch loop, and the state a checkpoint holds.
 
+    ``step(x, y)`` trains on one normalised batch; ``batch(i)`` makes batch ``i`` of the
+    epoch from the resident uint8 data (gather, augment, normalise); ``run_epoch`` does a
+    whole epoch and validates; ``save``/``load`` write and read everything needed to go
+    on exactly (weights, optimizer, schedule, generators, position).
+    """
 
-def _load(path: Path, parts: dict[str, Any], device: torch.device) -> _Position:
-    state = torch.load(path, map_location=device, weights_only=False)
-    for name, part in parts.items():
-        if isinstance(part, torch.Generator):
-            part.set_state(state[name].cpu())
-        else:
-            part.load_state_dict(state[name])
-    torch.set_rng_state(state["torch"].cpu())
-    pos: _Position = state["position"]
-    return pos
+    def __init__(
+        self,
+        model: nn.Module,
+        augment: AugmentConfig,
+        recipe: TrainConfig,
+        data: Dataset,
+        device: torch.device,
+    ) -> None:
+        self.augment, self.recipe, self.data, self.device = augment, recipe, data, device
+        self.amp = recipe.amp and device.type == "cuda"
+        self.norm = Normalize(data, device, recipe.channels_last)
+        self.model = model.to(device).to(memory_format=self.norm.format)
+        self.forward: Callable[[Tensor], Tensor] = (
+            torch.compile(self.model) if recipe.compile else self.model
+        )
+        self.optimizer = torch.optim.SGD(
+            _param_groups(self.model, recipe.weight_decay),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov and recipe.momentum > 0,
+        )
+        n = len(data.train)
+        self.batch_size = min(recipe.batch_size, n)
+        self.steps = n // self.batch_size  # drop the ragged last batch: BatchNorm needs 2+
+        total, warmup = recipe.epochs * self.steps, round(recipe.warmup_epochs * self.steps)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(total, warmup))
+        self.gen = torch.Generator(device).manual_seed(recipe.seed)  # pixel draws, on device
+        self.choices = torch.Generator().manual_seed(recipe.seed)  # op picks, on the host
+        self.pos = Position()
 
-
-def _train_epochs(
-    model: nn.Module,
-    policy: AugmentPolicy | None,
-    recipe: Recipe,
-    data: Dataset,
-    device: torch.device,
-    on_epoch: Callable[[EpochRecord], None] | None,
-    checkpoint: Path | None = None,
-    stop: threading.Event | None = None,
-) -> tuple[list[EpochRecord], float, int]:
-    """The training loop; returns the epoch records, train images/s and the epoch it
-    resumed at (0: from scratch). With `stop` set it saves `checkpoint` and raises."""
-    cuda = device.type == "cuda"
-    norm = _Normalize(data, device, recipe.channels_last)
-    model = model.to(memory_format=norm.format)
-    step_model: nn.Module = torch.compile(model) if recipe.compile else model  # type: ignore[assignment]
-    optimizer = torch.optim.SGD(
-        _param_groups(model, recipe.weight_decay),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov and recipe.momentum > 0,
-    )
-    n = len(data.train)
-    batch = min(recipe.batch_size, n)
-    steps = n // batch  # drop the ragged last batch: a batch of 1 breaks BatchNorm
-    warmup = round(recipe.warmup_epochs * steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(recipe.epochs * steps, warmup)
-    )
-    gen = torch.Generator(device).manual_seed(recipe.seed)  # pixel draws, on the device
-    choices = torch.Generator().manual_seed(recipe.seed)  # per-image op picks, on the host
-    parts = {"model": model, "optimizer": optimizer, "schedule": schedule}
-    parts |= {"gen": gen, "choices": choices}
-    resumed = checkpoint is not None and checkpoint.exists()
-    pos = _load(checkpoint, parts, device) if resumed else _Position()  # type: ignore[arg-type]
-    resumed_epoch = pos.epoch if resumed else 0
-    for epoch in range(pos.epoch, recipe.epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        if pos.order is None or pos.loss_sum is None or epoch != pos.epoch:
-            pos.order = torch.randperm(n, generator=gen, device=device)  # (n,)
-            pos.loss_sum, pos.step = torch.zeros((), device=device), 0
-        pos.epoch = epoch
-        for i in range(pos.step, steps):
-            if stop is not None and stop.is_set():  # a Python flag: no device sync
-                pos.step, pos.train_seconds = i, pos.train_seconds + time.perf_counter() - start
-                if checkpoint is not None:
-                    _save(checkpoint, parts, pos)
-                raise Preempted(checkpoint, epoch, i)
-            idx = pos.order[i * batch : (i + 1) * batch]  # (B,)
-            x = data.train.x[idx]  # (B, 3, S, S) uint8
-            if policy is not None:
-                x = train_augment(x, policy, gen, choices)
-            with _autocast(device, recipe.amp and cuda):
-                logits = step_model(norm(x))  # (B, classes)
-            loss = F.cross_entropy(
-                logits.float(), data.train.y[idx], label_smoothing=recipe.label_smoothing
-            )
-            optimizer.zero_grad(set_to_none=True)
+    def step(self, x: Tensor, y: Tensor, stage: Stage = _no_stage) -> None:
+        """One optimizer step on ``x`` (B, C, H, W) normalised, ``y`` (B,); the loss is
+        added up on the device, never read here."""
+        with stage("forward"), autocast(self.device, self.amp):
+            logits = self.forward(x)  # (B, classes)
+        with stage("loss"):
+            smoothing = self.recipe.label_smoothing
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        with stage("optimizer"):
+            self.optimizer.zero_grad(set_to_none=True)
+        with stage("backward"):
             loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            schedule.step()
-            pos.loss_sum += loss.detach()
-        mean_loss = float(pos.loss_sum) / steps  # the epoch's one host sync
-        pos.train_seconds += time.perf_counter() - start
+        with stage("optimizer"):
+            self.optimizer.step()
+            self.schedule.step()
+            if self.pos.loss_sum is not None:
+                self.pos.loss_sum += loss.detach()
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        """Batch ``i`` of this epoch: gathered, augmented (if enabled), normalised."""
+        assert self.pos.order is not None, "start_epoch() first"
+        idx = self.pos.order[i * self.batch_size : (i + 1) * self.batch_size]  # (B,)
+        x = self.data.train.x[idx]  # (B, C, S, S) uint8
+        if self.augment.enabled:
+            x = train_augment(x, self.augment, self.gen, self.choices)
+        return self.norm(x), self.data.train.y[idx]
+
+    def start_epoch(self, epoch: int) -> None:
+        """A new permutation and loss sum, unless a checkpoint left this epoch half done."""
+        pos = self.pos
+        if pos.order is None or pos.loss_sum is None or epoch != pos.epoch:
+            pos.order = torch.randperm(len(self.data.train), generator=self.gen, device=self.device)
+            pos.loss_sum, pos.step = torch.zeros((), device=self.device), 0
+        pos.epoch = epoch
+
+    def run_epoch(
+        self, epoch: int, stop: threading.Event | None = None, checkpoint: Path | None = None
+    ) -> EpochRecord:
+        """Train epoch ``epoch`` (1-based) from where it stands, then validate. With ``stop``
+        set between steps: save ``checkpoint`` (when given) and raise `Preempted`."""
+        self.model.train()
+        start = time.perf_counter()
+        self.start_epoch(epoch)
+        for i in range(self.pos.step, self.steps):
+            if stop is not None and stop.is_set():  # a Python flag: no device sync
+                self.pos.step = i
+                self.pos.train_seconds += time.perf_counter() - start
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                raise Preempted(checkpoint, epoch, i)
+            self.step(*self.batch(i))
+        assert self.pos.loss_sum is not None
+        mean_loss = float(self.pos.loss_sum) / self.steps  # the epoch's one host sync
+        self.pos.train_seconds += time.perf_counter() - start
         if not math.isfinite(mean_loss):
             raise TrainError("nan_loss", f"training loss became {mean_loss} in epoch {epoch}")
-        val = _val_split(data)
-        val_pred = predict(model, val, norm, recipe.eval_batch_size, recipe.amp and cuda)
-        val_acc, _ = accuracy_and_f1(val_pred, val.y, data.num_classes)
-        lr = float(optimizer.param_groups[0]["lr"])
+        val_acc, _ = self.evaluate(val_split(self.data))
+        lr = float(self.optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch, mean_loss, val_acc, lr, time.perf_counter() - start)
-        pos.history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-    # train_seconds spans every run of this training, resumed ones included
-    ips = steps * batch * recipe.epochs / max(pos.train_seconds, 1e-9)
-    return pos.history, ips, resumed_epoch
+        self.pos.history.append(record)
+        return record
+
+    def fit(
+        self,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+        stop: threading.Event | None = None,
+        checkpoint: Path | None = None,
+    ) -> list[EpochRecord]:
+        """Every epoch left of the recipe; the records of all of them (resumed ones too)."""
+        for epoch in range(self.pos.epoch, self.recipe.epochs + 1):
+            record = self.run_epoch(epoch, stop, checkpoint)
+            if on_epoch is not None:
+                on_epoch(record)
+        return self.pos.history
+
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """Accuracy and macro-F1 on ``split``."""
+        pred = predict(self.model, split, self.norm, self.recipe.eval_batch_size, self.amp)
+        return accuracy_and_f1(pred, split.y, self.data.num_classes)
+
+    @property
+    def images_per_s(self) -> float:
+        """Train images/s over every run of this training, resumed ones included."""
+        images = self.steps * self.batch_size * self.recipe.epochs
+        return images / max(self.pos.train_seconds, 1e-9)
+
+    def _parts(self) -> dict[str, Any]:
+        names = ("model", "optimizer", "schedule", "gen", "choices")
+        return {name: getattr(self, name) for name in names}
+
+    def save(self, path: Path) -> None:
+        """Everything the loop needs to go on exactly, written atomically (whole or absent)."""
+        state: dict[str, Any] = {}
+        for name, part in self._parts().items():
+            state[name] = (
+                part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
+            )
+        state |= {"torch": torch.get_rng_state(), "position": self.pos}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> int:
+        """Resume from ``path``; returns the epoch it resumes at (1-based)."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        for name, part in self._parts().items():
+            if isinstance(part, torch.Generator):
+                part.set_state(state[name].cpu())
+            else:
+                part.load_state_dict(state[name])
+        torch.set_rng_state(state["torch"].cpu())
+        self.pos = state["position"]
+        return self.pos.epoch
 
 
 def train(
     model_spec: ModelSpec,
-    augment_policy: AugmentPolicy | None,
-    recipe: Recipe,
+    augment: AugmentConfig,
+    recipe: TrainConfig,
     data: Dataset,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     checkpoint: Path | None = None,
     stop: threading.Event | None = None,
+    measured: Measure | None = None,
 ) -> TrainResult:
     """Train one network on `data` and measure it; raises `TrainError` on failure.
 
     Validation accuracy (the search's objective) comes from the validation split; when
     the config asks for none (`data.val_ratio: 0`) the test split stands in for it.
+    `measured`: the spec's `check_fit` when the caller has it (the search measured the
+    candidate already); the network is then built once, with no dry run.
     Preemption: when `stop` is set, the state goes to `checkpoint` and `Preempted` is
     raised; a later call with the same `checkpoint` resumes at that step, exactly.
     """
     started = time.perf_counter()
     device = resolve_device(recipe.device)
+    measured = measured or check_fit(model_spec, data)
     torch.manual_seed(recipe.seed)
     data = data.to(device)
-    model = _build(model_spec, data, device)
-    image_size = data.train.x.shape[-1]
-    params, macs = count_params(model), count_macs(model, image_size)
     try:
-        history, ips, resumed_epoch = _train_epochs(
-            model, augment_policy, recipe, data, device, on_epoch, checkpoint, stop
-        )
-        amp = recipe.amp and device.type == "cuda"
-        norm = _Normalize(data, device, recipe.channels_last)
-        scores = {}
-        for name, split in (("val", _val_split(data)), ("test", data.test)):
-            pred = predict(model, split, norm, recipe.eval_batch_size, amp)
-            scores[name] = accuracy_and_f1(pred, split.y, data.num_classes)
-        latency = (
-            measure_latency(model, image_size, device, amp)
-            if recipe.measure_latency
-            else (float("nan"), float("nan"))
-        )
+        trainer = Trainer(build_model(model_spec), augment, recipe, data, device)
+        resumed = trainer.load(checkpoint) if checkpoint and checkpoint.exists() else 0
+        history = trainer.fit(on_epoch, stop, checkpoint)
+        (val_acc, val_f1), (test_acc, test_f1) = map(trainer.evaluate, (val_split(data), data.test))
+        latency = (math.nan, math.nan)
+        if recipe.measure_latency:
+            latency = measure_latency(trainer.model, data.train.x.shape[1:], device, trainer.amp)
     except torch.OutOfMemoryError as exc:
         raise TrainError("out_of_memory", str(exc).splitlines()[0]) from None
     return TrainResult(
-        val_accuracy=scores["val"][0],
-        test_accuracy=scores["test"][0],
-        val_f1=scores["val"][1],
-        test_f1=scores["test"][1],
-        params=params,
-        macs=macs,
+        val_accuracy=val_acc,
+        test_accuracy=test_acc,
+        val_f1=val_f1,
+        test_f1=test_f1,
+        params=measured.params,
+        macs=measured.macs,
         latency_ms_b1=latency[0],
         latency_ms_b256=latency[1],
-        train_images_per_s=ips,
+        train_images_per_s=trainer.images_per_s,
         seconds=time.perf_counter() - started,
         device=str(device),
         history=tuple(history),
-        resumed_epoch=resumed_epoch,
+        resumed_epoch=resumed,
     )

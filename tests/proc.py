@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from job.pgserver import free_port
+
+__all__ = ["ROOT", "free_port", "run_job"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +25,3 @@ def run_job(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

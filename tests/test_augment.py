@@ -10,41 +10,41 @@ import torch
 from job.augment import (
     DEFAULT_OPS,
     OPS,
-    AugmentPolicy,
     apply_op,
     rand_augment,
     sample_choices,
     train_augment,
 )
+from job.config import AugmentConfig
 from tests.test_ops import DEVICES, images
 
 N_LEVEL = 31
 
 
 def test_policy_validates():
-    assert AugmentPolicy().ops == DEFAULT_OPS and len(DEFAULT_OPS) == 14
+    assert AugmentConfig().ops == DEFAULT_OPS and len(DEFAULT_OPS) == 14
     with pytest.raises(ValueError, match="Blur"):
-        AugmentPolicy(ops=("Identity", "Blur"))
+        AugmentConfig(ops=("Identity", "Blur"))
     with pytest.raises(ValueError, match="n_select"):
-        AugmentPolicy(n_select=15)
+        AugmentConfig(n_select=15)
     with pytest.raises(ValueError, match="level"):
-        AugmentPolicy(level=32)
+        AugmentConfig(level=32)
     with pytest.raises(ValueError, match="twice"):
-        AugmentPolicy(ops=("Rotate", "Rotate"))
+        AugmentConfig(ops=("Rotate", "Rotate"))
 
 
 def test_train_augment_flips_per_image_and_cuts_clipped_grey_boxes():
     x = torch.randint(0, 100, (64, 3, 16, 16), dtype=torch.uint8)
-    off = AugmentPolicy(n_select=0, flip_p=0.0, cutout_p=0.0)
+    off = AugmentConfig(n_select=0, flip_p=0.0, cutout_p=0.0)
     assert torch.equal(train_augment(x, off, torch.Generator().manual_seed(0)), x)
-    flip = AugmentPolicy(n_select=0, flip_p=1.0, cutout_p=0.0)
+    flip = AugmentConfig(n_select=0, flip_p=1.0, cutout_p=0.0)
     assert torch.equal(train_augment(x, flip, torch.Generator().manual_seed(0)), x.flip(-1))
-    half = AugmentPolicy(n_select=0, flip_p=0.5, cutout_p=0.0)
+    half = AugmentConfig(n_select=0, flip_p=0.5, cutout_p=0.0)
     y = train_augment(x, half, torch.Generator().manual_seed(0))
     flipped = (y == x.flip(-1)).flatten(1).all(1)
     assert torch.equal(flipped | (y == x).flatten(1).all(1), torch.ones(64, dtype=torch.bool))
     assert 10 < int(flipped.sum()) < 54
-    cut = AugmentPolicy(n_select=0, flip_p=0.0, cutout_p=1.0, cutout_size=0.25)  # 4 px
+    cut = AugmentConfig(n_select=0, flip_p=0.0, cutout_p=1.0, cutout_size=0.25)  # 4 px
     y = train_augment(x, cut, torch.Generator().manual_seed(0))
     box = (y == 128).all(1)  # (B, H, W)
     rows, cols = box.any(2).sum(1), box.any(1).sum(1)
@@ -54,7 +54,7 @@ def test_train_augment_flips_per_image_and_cuts_clipped_grey_boxes():
 
 
 def test_choices_are_distinct_per_image_and_uniform_over_ops():
-    policy, batch, draws = AugmentPolicy(), 512, 20
+    policy, batch, draws = AugmentConfig(), 512, 20
     g = torch.Generator().manual_seed(0)
     ops = torch.cat([sample_choices(batch, policy, g)[0] for _ in range(draws)])
     assert ops.shape == (batch * draws, 2) and (ops[:, 0] != ops[:, 1]).all()
@@ -68,18 +68,18 @@ def test_choices_are_distinct_per_image_and_uniform_over_ops():
 
 def test_levels_and_signs():
     g = torch.Generator().manual_seed(0)
-    _, levels, signs = sample_choices(512, AugmentPolicy(), g)
+    _, levels, signs = sample_choices(512, AugmentConfig(), g)
     assert (levels == 15).all()
     assert set(signs.unique().tolist()) == {-1.0, 1.0}
     assert abs(float(signs.mean())) < 5 / math.sqrt(signs.numel())
-    _, levels, _ = sample_choices(512, AugmentPolicy(level=None), g)
+    _, levels, _ = sample_choices(512, AugmentConfig(level=None), g)
     assert torch.equal(levels.unique(), torch.arange(N_LEVEL + 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_same_seed_same_output_other_seed_other_output(device):
     x = images(torch.uint8, device, b=32)
-    policy = AugmentPolicy(level=None)
+    policy = AugmentConfig(level=None)
 
     def run(seed: int) -> torch.Tensor:
         pixels, choices = torch.Generator(device=device), torch.Generator()
@@ -91,14 +91,14 @@ def test_same_seed_same_output_other_seed_other_output(device):
 
 def test_every_image_gets_its_own_draws():
     x = images(torch.uint8, b=1, size=16).expand(256, 3, 16, 16).contiguous()
-    y = rand_augment(x, AugmentPolicy(), torch.Generator().manual_seed(0))
+    y = rand_augment(x, AugmentConfig(), torch.Generator().manual_seed(0))
     assert len({bytes(img.numpy()) for img in y}) > 100
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_rand_augment_applies_what_sample_choices_drew(dtype):
     x = images(dtype, b=64, size=16)
-    policy = AugmentPolicy(level=None)
+    policy = AugmentConfig(level=None)
     y = rand_augment(x, policy, torch.Generator().manual_seed(5))
     ops, levels, signs = sample_choices(64, policy, torch.Generator().manual_seed(5))
     for i in range(0, 64, 7):
@@ -113,7 +113,7 @@ def test_rand_augment_applies_what_sample_choices_drew(dtype):
 
 
 def test_empty_and_channels_last_batches():
-    policy = AugmentPolicy()
+    policy = AugmentConfig()
     empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
     assert train_augment(empty, policy, torch.Generator().manual_seed(0)).shape == empty.shape
     x = images(torch.uint8, b=8)
@@ -124,7 +124,7 @@ def test_empty_and_channels_last_batches():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_op_in_one_policy_runs_batched_on_each_image(device):
-    policy = AugmentPolicy(ops=tuple(OPS), n_select=len(OPS), level=None)  # all 16, each image
+    policy = AugmentConfig(ops=tuple(OPS), n_select=len(OPS), level=None)  # all 16, each image
     for x in (images(torch.uint8, device, b=16), images(torch.float64, device)[..., :11]):
         g = torch.Generator(device=device).manual_seed(0)
         y = train_augment(x, policy, g, torch.Generator().manual_seed(0))
@@ -133,7 +133,7 @@ def test_every_op_in_one_policy_runs_batched_on_each_image(device):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_outputs_do_not_alias_reused_buffers(dtype):
-    x, policy = images(dtype, b=8), AugmentPolicy()
+    x, policy = images(dtype, b=8), AugmentConfig()
     first = rand_augment(x, policy, torch.Generator().manual_seed(0))
     kept, before = first.clone(), x.clone()
     second = train_augment(x, policy, torch.Generator().manual_seed(1))
@@ -144,7 +144,7 @@ def test_outputs_do_not_alias_reused_buffers(dtype):
 def test_choices_come_from_the_host_generator():
     x = images(torch.uint8, b=32)
     pixels = torch.Generator().manual_seed(0)
-    a = train_augment(x, AugmentPolicy(), pixels, torch.Generator().manual_seed(1))
+    a = train_augment(x, AugmentConfig(), pixels, torch.Generator().manual_seed(1))
     pixels.manual_seed(0)
-    b = train_augment(x, AugmentPolicy(), pixels, torch.Generator().manual_seed(2))
+    b = train_augment(x, AugmentConfig(), pixels, torch.Generator().manual_seed(2))
     assert not torch.equal(a, b)  # same pixel draws, other op choices

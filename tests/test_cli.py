@@ -102,8 +102,9 @@ def test_every_verb_documents_its_options() -> None:
 
     parser = build_parser()
     help_text = parser.format_help()
-    assert all(v in help_text for v in ("search", "run", "status", "collect", "train"))
-    for verb in ("search", "run", "status", "collect", "train", "augment-preview"):
+    verbs = ("search", "run", "status", "collect", "train", "augment-preview", "dashboard")
+    assert all(v in help_text for v in verbs)
+    for verb in verbs:
         sub = parser._subparsers._group_actions[0].choices[verb]  # type: ignore[union-attr]
         for action in sub._actions:
             if action.dest != "help":
@@ -120,6 +121,45 @@ def test_missing_data_exits_2_naming_the_path(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert str(tmp_path / "nowhere") in proc.stderr and "data.download" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_dashboard_without_a_storage_exits_2(tmp_path: Path) -> None:
+    env = {"OPTUNA_STORAGE": "", "POSTGRES_HOST": ""}
+    proc = run_job("dashboard", env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: dashboard: no storage")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_job("dashboard", "--out", str(tmp_path), env=env)  # no study there yet
+    assert proc.returncode == 2 and str(tmp_path / "study.journal") in proc.stderr
+    proc = run_job("dashboard", "--out", str(tmp_path), env={**env, "DASHBOARD_PORT": "web"})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: DASHBOARD_PORT: ")
+
+
+@pytest.mark.slow
+def test_dashboard_serves_a_local_journal_study(tmp_path: Path) -> None:
+    """Locally: `dashboard --out runs/<study>` on the embedded journal, on 127.0.0.1."""
+    import urllib.request
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from job.pgserver import free_port
+
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    optuna.create_study(storage=journal, study_name="local-dash")
+    port = free_port()
+    cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(tmp_path), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith(f"optuna-dashboard on http://127.0.0.1:{port}/"), line
+        url = f"http://127.0.0.1:{port}/api/studies"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert "local-dash" in response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # a clean stop
+    finally:
+        proc.kill()
 
 
 def test_sigterm_stops_a_waiting_collector_at_once(tmp_path: Path) -> None:

@@ -174,9 +174,15 @@ def test_collect_writes_the_three_files(
     assert summary["best"] == {"accuracy": 0.97, "params": 150.0}
     # Over the feasible COMPLETE trials: trial 3 (0.98) breaks a hard limit.
     assert summary["best_test_accuracy"] == 0.96
+    assert summary["best_accuracy"] == 0.97 == summary["best"]["accuracy"]
+    assert summary["feasible"] == 8  # 9 COMPLETE, trial 3 infeasible
+    # The front in losses (1 - acc, log10(params) / 8), swept by hand, in the unit box.
+    assert summary["hypervolume"] == pytest.approx(0.6787632368785259, abs=1e-12)
+    # Budget not met: the clock runs to now, long after T0 (the rate itself: test_study).
+    assert 0 < summary["trials_per_hour"] < 6.0
     assert summary["objectives"] == [
-        {"name": "accuracy", "direction": "maximize"},
-        {"name": "params", "direction": "minimize"},
+        {"name": "accuracy", "direction": "maximize", "loss": "1 - accuracy"},
+        {"name": "params", "direction": "minimize", "loss": "log10(max(params, 1)) / 8"},
     ]
     assert summary["data_fingerprints"] == ["fp-new", "fp-old"]
     assert summary["files"] == ["pareto.json", "pareto.png", "summary.json"]
@@ -220,13 +226,14 @@ def test_plot_without_params_objective_reads_the_user_attr(tmp_path: Path) -> No
 def test_status_report(study: optuna.Study, config: Config) -> None:
     # 9 COMPLETE between T0 and T0 + 90 min: 6 per hour; 11 to go: 110 minutes.
     text = status_report(study, config, now=T0 + timedelta(minutes=90))
-    assert "study    coll" in text
+    assert "study       coll" in text
     assert "9/20 COMPLETE" in text
     assert "RUNNING 1, COMPLETE 9, FAIL 1" in text
     assert "accuracy 0.97 (max), params 150 (min)" in text
-    assert f"front    {len(FRONT)} trials" in text
+    assert f"front       {len(FRONT)} trials" in text
+    assert "hypervolume 0.6788 (normalised" in text
     assert "6.0 COMPLETE trials/h" in text
-    assert "eta      110 min" in text
+    assert "eta         110 min" in text
     assert "journal" not in text and "j.log" not in text
 
 
@@ -236,7 +243,7 @@ def test_status_when_the_budget_is_met(tmp_path: Path) -> None:
     for number, row in enumerate(ROWS):
         add(study, number, row)
     text = status_report(study, config, now=T0 + timedelta(days=3))
-    assert "5/5 COMPLETE (100%)" in text and "eta      done" in text
+    assert "5/5 COMPLETE (100%)" in text and "eta         done" in text
     # The clock stopped at the last completion (T0 + 50 min), not three days later.
     assert "6.0 COMPLETE trials/h" in text
 
@@ -244,12 +251,15 @@ def test_status_when_the_budget_is_met(tmp_path: Path) -> None:
 def test_empty_study(tmp_path: Path, config: Config) -> None:
     study = make_study(tmp_path / "j.log", config)
     text = status_report(study, config)
-    assert "none yet" in text and "eta      —" in text and "front    0 trials" in text
+    assert "none yet" in text and "eta         —" in text and "front       0 trials" in text
+    assert "hypervolume —" in text
     study.add_trial(create_trial(state=TrialState.FAIL))
     summary = collect(study, config, tmp_path / "out")
     assert summary["trials"] == {"FAIL": 1} and summary["complete"] == 0
     assert summary["front_size"] == 0 and summary["best"] == {}
     assert summary["best_test_accuracy"] is None and summary["data_fingerprints"] == []
+    assert summary["best_accuracy"] is None and summary["hypervolume"] == 0.0
+    assert summary["trials_per_hour"] is None
     assert json.loads((tmp_path / "out" / "pareto.json").read_text()) == []
     with Image.open(tmp_path / "out" / "pareto.png") as image:
         assert image.format == "PNG"

@@ -25,8 +25,8 @@ def test_shipped_configs_load(name: str, blocks: int) -> None:
 def test_cifar10_is_the_seed_scenario() -> None:
     c = load_config(ROOT / "configs" / "cifar10.yaml")
     assert (c.data.name, c.data.subset, c.data.image_size) == ("cifar10", 10000, 32)
-    assert (c.train.batch_size, c.train.epochs, c.train.optimizer) == (128, 200, "sgd")
-    assert c.train.momentum > 0 and c.train.schedule == "cosine"
+    assert (c.train.batch_size, c.train.epochs, c.train.lr) == (128, 200, 0.1)
+    assert c.train.momentum > 0 and c.train.warmup_epochs == 0  # SGD, cosine: job/train.py
     assert (c.augment.n_select, c.augment.level, c.augment.n_level) == (2, 15, 31)
     assert c.space.augment is None  # RandAugment fixed, as in the seed
 
@@ -72,6 +72,32 @@ def test_round_trip_through_yaml() -> None:
         ({"objectives": ["accuracy", "accuracy"]}, "objectives: listed twice"),
         ({"objectives": ["speed"]}, "objectives[0]: "),
         ({"study": {"budget": -1}}, "study.budget: must be >= 1, got -1"),
+        # each of these used to load and then fail every trial, or pass silently
+        ({"augment": {"ops": ["Rotate", "Rotate"]}}, "augment.ops: Rotate listed twice"),
+        ({"augment": {"ops": [], "n_select": 0}}, "augment.ops: must name at least one op"),
+        ({"augment": {"n_select": 15}}, "augment.n_select: must be <= len(ops) = 14"),
+        ({"space": {"head_channels": [256, 64, 64]}}, "space.head_channels: need 0 < low"),
+        ({"space": {"augment": {"n_select": [3, 1]}}}, "space.augment.n_select: need 0 <="),
+        ({"space": {"augment": {"n_select": [0, 20]}}}, "space.augment.n_select: at most"),
+        ({"space": {"augment": {"level": [-5, -1]}}}, "space.augment.level: need 0 <="),
+        ({"space": {"augment": {"level": [0, 40]}}}, "space.augment.level: at most"),
+        ({"space": {"train": {"lr": [-1, 0.1]}}}, "space.train.lr: need 0 < low"),
+        ({"space": {"train": {"label_smoothing": [2.0]}}}, "space.train.label_smoothing: 2.0"),
+        ({"space": {"blocks": [{"modules": ["Conv"], "kernel": []}]}}, "blocks[0].kernel: needs"),
+        ({"space": {"blocks": [{"modules": ["Conv"], "kernel": [-3]}]}}, "blocks[0].kernel: -3"),
+        ({"space": {"blocks": [{"modules": ["Conv"], "activation": ["Gelu"]}]}}, "'Gelu' is not"),
+        ({"space": {"blocks": [{"modules": ["Conv"], "v2_expansion": [0, 0]}]}}, "v2_expansion"),
+        ({"space": {"blocks": [{"modules": ["Conv"], "stride": [3]}]}}, "blocks[0].stride: 3"),
+        ({"train": {"batch_size": 1}}, "train.batch_size: must be >= 2, got 1"),
+        ({"train": {"epochs": True}}, "train.epochs: input should be a valid integer, got True"),
+        ({"train": {"epochs": 2.5}}, "train.epochs: input should be a valid integer"),
+        ({"augment": {"enabled": "yes"}}, "augment.enabled: "),
+        ({"study": {"heartbeat_interval_s": 60}}, "study.grace_period_s: must be >"),
+        # keys that did nothing are gone until they do something
+        ({"train": {"optimizer": "sgd"}}, "train.optimizer: unknown key"),
+        ({"train": {"schedule": "cosine"}}, "train.schedule: unknown key"),
+        ({"select": {"policies": ["best"]}}, "select: unknown key"),
+        ({"export": {"onnx": True}}, "export: unknown key"),
         ([1, 2], "expected a mapping"),
     ],
 )
@@ -92,6 +118,13 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_no_error_is_counted_twice() -> None:
+    """A failed block is reported once, not again as the list it sits in."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"space": {"blocks": [{"modules": ["Conv"], "kernel": []}]}})
+    assert str(info.value) == "space.blocks[0].kernel: needs at least one choice"
+
+
 @pytest.mark.slow
 def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
@@ -107,3 +140,23 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: train.epochs: must be >= 1, got 0"
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_duplicate_ops_exit_2_at_load_before_any_training(tmp_path: Path) -> None:
+    """`augment.ops: [Rotate, Rotate]` used to pass the config and crash `train` (exit 1)."""
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("augment:\n  ops: [Rotate, Rotate]\n  n_select: 1\n")
+    model = ROOT / "configs" / "models" / "mobilenetv2.yaml"
+    for verb in (["train", "--model", str(model)], ["search", "--out", str(tmp_path)]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "job", verb[0], "--config", str(bad), *verb[1:]],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (
+            "error: augment.ops: Rotate listed twice (RandAugment picks distinct ops)"
+        )

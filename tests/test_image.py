@@ -1,6 +1,7 @@
 """The container image without a Docker engine: the Dockerfile's contract and lint, and
-entrypoint.sh run for real (role dispatch, the storage URL, waiting for PostgreSQL, the
-dashboard), from the repository root with the venv first on PATH, as in the image."""
+entrypoint.sh run for real (role dispatch and exec; through it the Python it starts:
+the storage URL from POSTGRES_*, waiting for PostgreSQL, the dashboard), from the
+repository root with the venv first on PATH, as in the image."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import optuna
 import pytest
 import torch
 
-from tests.postgres import External, Server
-from tests.proc import ROOT, free_port
+from job.pgserver import External, Server, free_port
+from tests.proc import ROOT
 
 BIN = Path(sys.executable).parent
 ENTRYPOINT = ROOT / "entrypoint.sh"
@@ -98,6 +99,13 @@ def test_hadolint_and_shellcheck_pass() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_entrypoint_embeds_no_program() -> None:
+    """The script maps a role to a verb and execs; the logic is Python's, tested as such."""
+    script = ENTRYPOINT.read_text()
+    assert not re.search(r"python3? -c|<<", script)
+    assert script.count("exec ") == 1 and 'exec python -m job "$verb" "$@"' in script
+
+
 def test_dockerfile_contract() -> None:
     (_, preamble), *rest = stages()
     assert len(rest) >= 2, "a build stage and a runtime stage"
@@ -144,17 +152,32 @@ def test_roles_help_and_pass_through(tmp_path: Path) -> None:
         assert done.stderr == f"entrypoint: unknown role '{role}' {UNKNOWN}\n"
     done = entry("--help")
     assert done.returncode == 0 and "worker" in done.stdout and "dashboard" in done.stdout
+    for role, verb in (("worker", "search"), ("collect", "collect"), ("dashboard", "dashboard")):
+        done = entry(role, "--help")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"usage: python -m job {verb} "), done.stdout
     journal = f"journal://{tmp_path / 'study.journal'}"
     done = entry("status", "--config", "configs/quickstart.yaml", "--storage", journal)
     assert done.returncode == 0, done.stderr
-    assert f"storage {journal}" in done.stdout and "study    quickstart" in done.stdout
+    assert f"storage {journal}" in done.stdout
+    assert re.search(r"^study +quickstart$", done.stdout, re.M), done.stdout
 
 
-def test_missing_postgres_variable_is_named() -> None:
-    done = entry("worker", POSTGRES_HOST="db", POSTGRES_USER="u", POSTGRES_DB="d")
-    assert done.returncode == 2
-    assert done.stderr.startswith("entrypoint: POSTGRES_PASSWORD is not set")
-    assert done.stderr.count("\n") == 1
+def test_bad_environment_is_named_in_one_line() -> None:
+    config = ("--config", "configs/quickstart.yaml")
+    no_password = {"POSTGRES_HOST": "db", "POSTGRES_USER": "u", "POSTGRES_DB": "d"}
+    cases = [
+        (no_password, "POSTGRES_PASSWORD is not set"),
+        (unreachable(1) | {"POSTGRES_PORT": "tcp://10.0.0.1:x"}, "POSTGRES_PORT: "),
+        (unreachable(1) | {"SMS_DB_WAIT_S": "soon"}, "SMS_DB_WAIT_S: "),
+        ({"OPTUNA_STORAGE": "postgresql://u:hunter2@[::1"}, "the storage is not a valid"),
+        ({"SMS_METRICS_PORT": "nine"}, "SMS_METRICS_PORT: "),
+    ]
+    for variables, message in cases:
+        done = entry("worker", *config, **variables)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: {message}"), done.stderr
+        assert done.stderr.count("\n") == 1 and "hunter2" not in done.stderr
 
 
 def test_unreachable_database_fails_in_time_without_the_password() -> None:
@@ -164,22 +187,60 @@ def test_unreachable_database_fails_in_time_without_the_password() -> None:
     assert done.returncode == 1 and time.monotonic() - start < 15
     shown = f"postgresql+psycopg2://sms:***@127.0.0.1:{variables['POSTGRES_PORT']}/sms"
     lines = done.stderr.splitlines()
-    assert lines[0] == f"entrypoint: waiting for database {shown}"
-    assert lines[-1].startswith(f"entrypoint: database {shown} not reachable after 3 s: ")
+    assert lines[0] == f"waiting for database {shown}"
+    assert lines[-1].startswith(f"error: database {shown} not reachable after 3 s: ")
     assert len(lines) == 2 and "Connection refused" in lines[-1]
     assert "hunter2" not in done.stdout + done.stderr
 
 
-def test_sigterm_ends_the_wait_at_once() -> None:
-    """Until its exec the script is PID 1 in a pod: it must act on SIGTERM, not ignore it."""
+@pytest.mark.parametrize("role", ["worker", "dashboard"])
+def test_sigterm_ends_the_wait_at_once(role: str) -> None:
+    """Python is PID 1 in a pod, which ignores a SIGTERM it has no handler for: waiting
+    for the database, it must stop at once."""
+    args = ["--config", "configs/quickstart.yaml"]
     proc = subprocess.Popen(
-        [str(ENTRYPOINT), "worker"], cwd=ROOT, env=env(**unreachable(wait_s=60)),
+        [str(ENTRYPOINT), role, *args], cwd=ROOT, env=env(**unreachable(wait_s=60)),
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
-    assert proc.stderr.readline().startswith("entrypoint: waiting for database")
+    assert proc.stderr.readline().startswith("waiting for database")
+    start = time.monotonic()
     proc.terminate()
     assert proc.wait(timeout=10) == 143
+    assert time.monotonic() - start < 3
+    assert "hunter2" not in proc.stderr.read()
+
+
+def test_sigterm_ends_a_hanging_connection_attempt_at_once() -> None:
+    """A host that never answers (a SYN into the void) holds a connection attempt for
+    seconds: the wait still ends at once."""
+    import socket
+
+    with socket.socket() as listener:  # a backlog that fills: connects hang, unanswered
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for sock in fillers:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        variables = unreachable(wait_s=60) | {"POSTGRES_PORT": str(port)}
+        proc = subprocess.Popen(
+            [str(ENTRYPOINT), "status", "--config", "configs/quickstart.yaml"], cwd=ROOT,
+            env=env(**variables), stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None  # the first attempt timed out (after 5 s) ...
+            assert proc.stderr.readline().startswith("waiting for database")
+            time.sleep(3)  # ... and 2 s later the next began: it is inside that one now
+            start = time.monotonic()
+            proc.terminate()
+            assert proc.wait(timeout=10) == 143
+            assert time.monotonic() - start < 2
+        finally:
+            proc.kill()
+            for sock in fillers:
+                sock.close()
 
 
 @pytest.fixture
@@ -221,7 +282,8 @@ def test_built_url_reaches_postgres(
     assert done.returncode == 0, done.stderr
     shown = f"{v['POSTGRES_USER']}:***@{v['POSTGRES_HOST']}:{v['POSTGRES_PORT']}/{v['POSTGRES_DB']}"
     assert f"storage postgresql+psycopg2://{shown}" in done.stdout
-    assert "budget   0/40" in done.stdout and "waiting" not in done.stderr
+    assert re.search(r"^budget +0/40\b", done.stdout, re.M), done.stdout
+    assert "waiting" not in done.stderr
     assert v["POSTGRES_PASSWORD"] not in done.stdout + done.stderr
 
 
@@ -269,8 +331,9 @@ def test_dashboard_serves_the_study(postgres: Server | External, tmp_path: Path)
             except OSError:
                 pass
         assert "on-the-dashboard" in page, log.read_text()
-        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
-        assert "python" in argv and variables["POSTGRES_PASSWORD"] not in argv
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode().split("\0")
+        assert argv[1:6] == ["-m", "job", "dashboard", "--host", "0.0.0.0"], argv
+        assert "python" in argv[0] and variables["POSTGRES_PASSWORD"] not in " ".join(argv)
     finally:
         proc.terminate()
         try:

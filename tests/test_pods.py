@@ -24,9 +24,9 @@ import yaml
 from optuna.trial import TrialState
 
 from job.config import parse_config
+from job.pgserver import External, Server, free_port
 from tests.kube import Obj, container_env, copy_tree, find, mounted_files, pod_spec, render
-from tests.postgres import External, Server
-from tests.proc import ROOT, free_port
+from tests.proc import ROOT
 
 APP = "/app"  # the image's WORKDIR: the code, which here is the checkout
 

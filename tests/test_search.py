@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -94,7 +93,7 @@ def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
     def first_one_diverges(spec, policy, recipe, data, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 1:  # a real divergence through the real training loop
-            recipe = replace(recipe, lr=1e30, momentum=0.0)
+            recipe = recipe.model_copy(update={"lr": 1e30, "momentum": 0.0})
         return train(spec, policy, recipe, data, **kwargs)
 
     lines: list[str] = []

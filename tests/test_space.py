@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from job.config import Config, ConstraintsConfig, parse_config
+from job.data import Dataset, Split
 from job.model import build_model
 from job.space import (
     constraint_values,
     directions,
     objective_values,
+    sample_augment,
     sample_candidate,
     sample_model,
-    sample_policy,
     sample_recipe,
 )
 from job.train import TrainError, TrainResult
@@ -27,6 +28,14 @@ def _study(seed: int = 0, n_objectives: int = 2) -> optuna.Study:
         directions=["maximize", "minimize"][:n_objectives],
         sampler=optuna.samplers.RandomSampler(seed=seed),
     )
+
+
+def _data(size: int = 32, classes: int = 10) -> Dataset:
+    """Images of the given size and a class count: all sample_candidate reads of data."""
+    x = torch.zeros(classes, 3, size, size, dtype=torch.uint8)
+    split = Split(x, torch.arange(classes))
+    names = tuple(str(i) for i in range(classes))
+    return Dataset("t", split, split, split, names, (0.5,) * 3, (0.25,) * 3, "-")
 
 
 def _strides(spec) -> list[int]:  # type: ignore[no-untyped-def]
@@ -45,7 +54,7 @@ def test_500_networks_run_on_32x32_or_are_rejected_up_front() -> None:
     for _ in range(500):
         trial = study.ask()
         try:
-            candidate = sample_candidate(trial, config, num_classes=10)
+            candidate = sample_candidate(trial, _data(), config)
         except TrainError as exc:
             assert exc.reason == "invalid_network"
             rejected += 1
@@ -55,7 +64,7 @@ def test_500_networks_run_on_32x32_or_are_rejected_up_front() -> None:
             logits = build_model(candidate.model).eval()(x)
         assert logits.shape == (1, 10)
         ran += 1
-        study.tell(trial, [0.5, float(candidate.params)])
+        study.tell(trial, [0.5, float(candidate.measured.params)])
     assert ran + rejected == 500
     assert ran > 400  # the seed's rules make almost every network fit 32x32
 
@@ -96,14 +105,15 @@ def test_narrowed_space_is_respected() -> None:
 
 def test_policy_fixed_or_searched() -> None:
     fixed = parse_config({"space": {"augment": None}})
-    policy = sample_policy(_study().ask(), fixed)
-    assert policy is not None and (policy.n_select, policy.level) == (2, 15)
-    assert sample_policy(_study().ask(), parse_config({"augment": {"enabled": False}})) is None
+    policy = sample_augment(_study().ask(), fixed)
+    assert policy is fixed.augment and (policy.n_select, policy.level) == (2, 15)
+    off = parse_config({"augment": {"enabled": False}})
+    assert sample_augment(_study().ask(), off) is off.augment
     searched = Config()
     seen_random = seen_fixed = False
     for seed in range(20):
-        p = sample_policy(_study(seed).ask(), searched)
-        assert p is not None and 0 <= p.n_select <= 3
+        p = sample_augment(_study(seed).ask(), searched)
+        assert p.enabled and 0 <= p.n_select <= 3 and p.ops == searched.augment.ops
         seen_random |= p.level is None
         seen_fixed |= p.level is not None
     assert seen_random and seen_fixed
@@ -115,15 +125,17 @@ def test_recipe_knobs_and_per_trial_seed() -> None:
     a, b = study.ask(), study.ask()
     ra, rb = sample_recipe(a, config), sample_recipe(b, config)
     assert 0.01 <= ra.lr <= 0.2 and ra.label_smoothing in (0.0, 0.1)
-    assert ra.seed != rb.seed
+    assert ra.seed != rb.seed and ra.epochs == config.train.epochs
+    assert type(ra) is type(config.train)  # the config section itself, per trial
 
 
 def test_constraints_are_recorded_on_the_trial() -> None:
     config = parse_config({"constraints": {"max_params": 1000}})
     trial = _study().ask()
-    candidate = sample_candidate(trial, config, num_classes=10)
-    assert candidate.params > 1000
-    assert trial.constraints == {"params": pytest.approx(candidate.params / 1000 - 1.0)}
+    candidate = sample_candidate(trial, _data(), config)
+    params = candidate.measured.params
+    assert params > 1000
+    assert trial.constraints == {"params": pytest.approx(params / 1000 - 1.0)}
     values = constraint_values(ConstraintsConfig(max_macs=100, max_latency_ms=2.0), 5, 50, 3.0)
     assert values == {"macs": -0.5, "latency": 0.5}
 

@@ -8,11 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+import job.model
 import job.train
-from job.augment import AugmentPolicy
+from job.config import AugmentConfig, TrainConfig
 from job.data import Dataset
 from job.model import LayerSpec, ModelSpec, build_model, count_params
-from job.train import Preempted, Recipe, TrainError, accuracy_and_f1, train
+from job.train import Preempted, Trainer, TrainError, accuracy_and_f1, train
 
 TINY = ModelSpec(
     input_channel=3,
@@ -26,14 +27,15 @@ TINY = ModelSpec(
         LayerSpec(1, "FixedConv", (10, 1, 1, None, 1, None)),
     ),
 )
-FAST = Recipe(epochs=3, batch_size=32, lr=0.05, device="cpu", measure_latency=True, seed=0)
+OFF = AugmentConfig(enabled=False)
+FAST = TrainConfig(epochs=3, batch_size=32, lr=0.05, device="cpu", measure_latency=True, seed=0)
 
 
 @pytest.mark.slow
 def test_train_improves_over_chance_and_measures(digits16: Dataset) -> None:
     seen = []
-    policy = AugmentPolicy(n_select=1, level=3, flip_p=0.0)
-    result = train(TINY, policy, replace(FAST, epochs=6), digits16, seen.append)
+    policy = AugmentConfig(n_select=1, level=3, flip_p=0.0)
+    result = train(TINY, policy, FAST.model_copy(update=dict(epochs=6)), digits16, seen.append)
     assert result.test_accuracy > 0.5  # chance is 0.1
     assert result.val_accuracy > 0.5 and 0.0 < result.test_f1 <= 1.0
     assert [r.epoch for r in seen] == [1, 2, 3, 4, 5, 6] and result.history == tuple(seen)
@@ -45,17 +47,17 @@ def test_train_improves_over_chance_and_measures(digits16: Dataset) -> None:
 
 
 def test_same_seed_same_result(digits16: Dataset) -> None:
-    recipe = replace(FAST, epochs=1, measure_latency=False)
-    a = train(TINY, AugmentPolicy(), recipe, digits16)
-    b = train(TINY, AugmentPolicy(), recipe, digits16)
+    recipe = FAST.model_copy(update=dict(epochs=1, measure_latency=False))
+    a = train(TINY, AugmentConfig(), recipe, digits16)
+    b = train(TINY, AugmentConfig(), recipe, digits16)
     assert a.history[0].train_loss == b.history[0].train_loss
     assert a.test_accuracy == b.test_accuracy
 
 
 def test_nan_loss_is_a_typed_error(digits16: Dataset) -> None:
-    recipe = replace(FAST, epochs=2, lr=1e30, momentum=0.0, measure_latency=False)
+    recipe = FAST.model_copy(update=dict(epochs=2, lr=1e30, momentum=0.0, measure_latency=False))
     with pytest.raises(TrainError) as info:
-        train(TINY, None, recipe, digits16)
+        train(TINY, AugmentConfig(enabled=False), recipe, digits16)
     assert info.value.reason == "nan_loss"
 
 
@@ -63,7 +65,7 @@ def test_wrong_class_count_is_invalid_network(digits16: Dataset) -> None:
     head = LayerSpec(1, "FixedConv", (7, 1, 1, None, 1, None))
     spec = replace(TINY, backbone=(*TINY.backbone[:-1], head))
     with pytest.raises(TrainError) as info:
-        train(spec, None, FAST, digits16)
+        train(spec, OFF, FAST, digits16)
     assert info.value.reason == "invalid_network" and "7 classes" in str(info.value)
 
 
@@ -86,8 +88,8 @@ def test_no_host_sync_per_step(digits16: Dataset, monkeypatch: pytest.MonkeyPatc
 
         for name in originals:
             monkeypatch.setattr(torch.Tensor, name, counting(originals[name]))
-        recipe = replace(FAST, epochs=2, batch_size=batch, measure_latency=False)
-        train(TINY, AugmentPolicy(), recipe, digits16)
+        recipe = FAST.model_copy(update=dict(epochs=2, batch_size=batch, measure_latency=False))
+        train(TINY, AugmentConfig(), recipe, digits16)
         monkeypatch.undo()
         counts.append(calls)
     assert counts[0] == counts[1]
@@ -98,11 +100,11 @@ def test_channels_last_as_configured_on_cpu_too(
 ) -> None:
     """oneDNN trains these networks 1.3-2x faster channels_last, so CPU honours the flag."""
     built: list[torch.nn.Module] = []
-    build = job.train._build
-    monkeypatch.setattr(job.train, "_build", lambda *a: built.append(build(*a)) or built[-1])
+    build = job.train.build_model
+    monkeypatch.setattr(job.train, "build_model", lambda *a: built.append(build(*a)) or built[-1])
     for flag in (True, False):
-        recipe = replace(FAST, epochs=1, channels_last=flag, measure_latency=False)
-        assert train(TINY, AugmentPolicy(), recipe, digits16).device == "cpu"
+        recipe = FAST.model_copy(update=dict(epochs=1, channels_last=flag, measure_latency=False))
+        assert train(TINY, AugmentConfig(), recipe, digits16).device == "cpu"
         weight = next(built[-1].parameters())  # the first conv's, (16, 3, 3, 3)
         assert weight.shape == (16, 3, 3, 3)
         assert weight.is_contiguous(memory_format=torch.channels_last) == flag
@@ -132,8 +134,8 @@ class _StopAfter(threading.Event):
 
 @pytest.mark.parametrize("stop_after", [15, 19])  # 15 steps an epoch: a boundary, mid-epoch
 def test_preempt_and_resume_is_exact(digits16: Dataset, tmp_path, stop_after: int) -> None:
-    recipe = replace(FAST, epochs=3, measure_latency=False)
-    policy = AugmentPolicy(level=None)
+    recipe = FAST.model_copy(update=dict(epochs=3, measure_latency=False))
+    policy = AugmentConfig(level=None)
     full = train(TINY, policy, recipe, digits16)
     checkpoint = tmp_path / "trial.pt"
     with pytest.raises(Preempted) as info:
@@ -143,3 +145,48 @@ def test_preempt_and_resume_is_exact(digits16: Dataset, tmp_path, stop_after: in
     assert resumed.resumed_epoch == 2
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in full.history]
     assert resumed.test_accuracy == full.test_accuracy
+
+
+def test_a_network_is_measured_once_on_meta_and_built_once(
+    digits16: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One dry run per trial, on the meta device (nothing allocated), and one real build;
+    none at all when the caller (the search) passes the measure it already has."""
+    dry_devices: list[str] = []
+    builds: list[int] = []
+    dry_run, build = job.model._dry_run, job.train.build_model
+
+    def counting_dry_run(model, size, channels):  # type: ignore[no-untyped-def]
+        dry_devices.append(next(model.parameters()).device.type)
+        return dry_run(model, size, channels)
+
+    monkeypatch.setattr(job.model, "_dry_run", counting_dry_run)
+    monkeypatch.setattr(job.train, "build_model", lambda *a: builds.append(1) or build(*a))
+    recipe = FAST.model_copy(update=dict(epochs=1, measure_latency=False))
+    result = train(TINY, OFF, recipe, digits16)
+    assert dry_devices == ["meta"] and builds == [1]
+    measured = job.train.check_fit(TINY, digits16)
+    assert (measured.params, measured.macs) == (result.params, result.macs)
+    assert measured.params == count_params(build_model(TINY))
+    dry_devices.clear()
+    train(TINY, OFF, recipe, digits16, measured=measured)
+    assert dry_devices == []
+
+
+def test_trainer_step_by_step_equals_train(digits16: Dataset) -> None:
+    """The public step and epoch are what train() runs: the same losses, bit for bit."""
+    recipe = FAST.model_copy(update=dict(epochs=2, measure_latency=False))
+    policy = AugmentConfig(level=None)
+    full = train(TINY, policy, recipe, digits16)
+    torch.manual_seed(recipe.seed)
+    trainer = Trainer(build_model(TINY), policy, recipe, digits16, torch.device("cpu"))
+    losses = []
+    for epoch in (1, 2):
+        trainer.model.train()
+        trainer.start_epoch(epoch)
+        for i in range(trainer.steps):
+            trainer.step(*trainer.batch(i))
+        assert trainer.pos.loss_sum is not None
+        losses.append(float(trainer.pos.loss_sum) / trainer.steps)
+        trainer.evaluate(digits16.val)  # as run_epoch does: eval mode, no RNG drawn
+    assert losses == [r.train_loss for r in full.history]

@@ -1,10 +1,12 @@
-"""A throwaway PostgreSQL server for the tests: a real one, never a mock.
+"""A throwaway PostgreSQL server from the local binaries: a real one, never a mock.
 
-`DATABASE_URL` set → use that server. Otherwise the suite starts its own from the
-PostgreSQL server binaries (`initdb`, `pg_ctl`) in a temporary folder, on a free
-loopback port, with a password-protected role (scram-sha-256), and stops it at the end.
-`initdb` refuses to run as root, so as root the server runs as the `postgres` user.
-Under CI=true a missing server is a failure, not a skip.
+For the test suite, the benches and trying the PostgreSQL storage on one machine.
+`throwaway_server()` starts a cluster from the PostgreSQL server binaries (`initdb`,
+`pg_ctl`) in a temporary folder, on a free loopback port, with a password-protected
+role (scram-sha-256), and stops and removes it at the end. `initdb` refuses to run as
+root, so as root the server runs as the `postgres` user. `External` stands for a server
+named by a URL (`DATABASE_URL`) instead. Either makes fresh, empty databases
+(`new_database()`). Under CI=true missing binaries are an error, not a None.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,9 +24,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.proc import free_port
+__all__ = ["DATABASE", "PASSWORD", "USER", "External", "Server", "free_port", "throwaway_server"]
 
 USER, PASSWORD, DATABASE = "sms", "pg-test-s3cret", "sms"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _binaries() -> Path | None:
@@ -80,26 +90,19 @@ class Server:
 
     def new_database(self) -> str:
         """A fresh, empty database (no Optuna schema yet) and its URL."""
-        import psycopg2
-
         self._databases += 1
         name = f"t{os.getpid()}_{self._databases}"
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres"
-        )
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
+        _create_database(name, host="127.0.0.1", port=self.port, user=USER, password=PASSWORD)
         return self.url(name)
 
 
 @contextmanager
-def throwaway_server() -> Iterator[Server | None]:
-    """Start a server for the session; None when there are no binaries (and not CI)."""
+def throwaway_server(required: bool = False) -> Iterator[Server | None]:
+    """Start a server for the session; None when there are no binaries, unless
+    `required` (the suite under CI=true), where that is an error."""
     bindir = _binaries()
     if bindir is None:
-        if os.environ.get("CI") == "true":
+        if required:
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are missing")
         yield None
         return
@@ -128,16 +131,23 @@ class External:
         return urlunsplit(self.parts._replace(path=path))
 
     def new_database(self) -> str:
-        import psycopg2
-
         name = f"t{os.getpid()}_{time.monotonic_ns()}"
         p = self.parts
-        conn = psycopg2.connect(
-            host=p.hostname, port=p.port or 5432, user=p.username, password=p.password,
+        _create_database(
+            name, host=p.hostname, port=p.port or 5432, user=p.username, password=p.password,
             dbname=p.path.lstrip("/") or "postgres",
         )  # fmt: skip
-        conn.autocommit = True
+        return self.url(name)
+
+
+def _create_database(name: str, dbname: str = "postgres", **connect: object) -> None:
+    """CREATE DATABASE `name`, connected to `dbname` with psycopg2's `connect` arguments."""
+    import psycopg2  # type: ignore[import-untyped]  # no stubs installed
+
+    conn = psycopg2.connect(dbname=dbname, **connect)
+    conn.autocommit = True
+    try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
         conn.close()
-        return self.url(name)

@@ -1,0 +1,43 @@
+"""The dashboard role (`dashboard`): optuna-dashboard on the study's storage.
+
+optuna-dashboard's own WSGI app on the standard library's server, as its `run_server`
+does, with two differences that matter in a pod: the storage is opened by
+`job.storage.open_storage` (so a dashboard starting with the workers on an empty
+PostgreSQL database takes the same schema lock and cannot collide with them creating
+Optuna's tables; and a journal file opens, which optuna-dashboard given a URL cannot
+do), and SIGTERM stops the server cleanly (exit 0) after the request in flight.
+
+Its API is writable and unauthenticated (a DELETE removes a study): it listens on
+127.0.0.1 unless told otherwise; the container passes 0.0.0.0 behind its Service.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from wsgiref.simple_server import make_server
+
+import optuna_dashboard  # type: ignore[import-untyped]  # no stubs
+
+from job.runtime import redact
+from job.storage import open_storage
+
+
+def serve_dashboard(url: str, host: str, port: int) -> None:
+    """Serve until SIGTERM or Ctrl-C; prints where, with the storage URL redacted."""
+    app = optuna_dashboard.wsgi(open_storage(url))
+    with make_server(host, port, app) as server:
+        # shutdown() from another thread: raising from the handler instead would be
+        # swallowed by wsgiref mid-request, and shutdown() in this one would deadlock.
+        def stop(signum: int, frame: object) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            f"optuna-dashboard on http://{shown}:{server.server_port}/ for {redact(url)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        server.serve_forever()

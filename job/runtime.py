@@ -1,0 +1,222 @@
+"""The runtime contract: every environment variable the product reads, parsed here.
+
+No other module of `job` reads the environment; `job.local` writes its children's with
+the names below. Each value is parsed when it is needed (a bad SMS_METRICS_PORT does not
+stop `status`), and a bad one is an `EnvError`: one line naming the variable, exit 2.
+An empty value counts as unset.
+
+    variable              default          meaning
+    OPTUNA_STORAGE        unset            the study's storage URL (below --storage, above
+                                           study.storage in the config)
+    POSTGRES_HOST         unset            with OPTUNA_STORAGE unset: build the URL from
+                                           POSTGRES_*; an IPv6 address is bracketed
+    POSTGRES_PORT         5432             the server's port; Kubernetes' service-link form
+                                           tcp://IP:PORT is accepted
+    POSTGRES_USER         (required)       login role, with POSTGRES_HOST
+    POSTGRES_PASSWORD     (required)       its password, any characters; never printed
+    POSTGRES_DB           (required)       database name, with POSTGRES_HOST
+    SMS_DB_WAIT_S         120              seconds a verb waits for a PostgreSQL storage to
+                                           accept connections; 0: no wait
+    SMS_METRICS_PORT      the config's     a worker's metrics port (0: any free one) or
+                                           `off`; overrides study.metrics_port
+    SMS_TORCH_THREADS     torch's default  torch CPU threads of a worker (`run` sets it)
+    JOB_COMPLETION_INDEX  unset            the worker's index in an Indexed Job (pods)
+    SMS_WORKER_INDEX      0                the worker's index without one (`run` sets it)
+    SMS_CODE_VERSION      version+git sha  the code version recorded on every trial
+    DASHBOARD_PORT        8080             the `dashboard` verb's port (0: any free one)
+
+Passwords: `postgres_url` is the one place that puts a password into a URL, and `redact`
+the one that masks it again, in URLs and in error messages alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import quote, unquote, urlsplit
+
+OPTUNA_STORAGE = "OPTUNA_STORAGE"
+POSTGRES_HOST = "POSTGRES_HOST"
+POSTGRES_PORT = "POSTGRES_PORT"
+POSTGRES_USER = "POSTGRES_USER"
+POSTGRES_PASSWORD = "POSTGRES_PASSWORD"
+POSTGRES_DB = "POSTGRES_DB"
+SMS_DB_WAIT_S = "SMS_DB_WAIT_S"
+SMS_METRICS_PORT = "SMS_METRICS_PORT"
+SMS_TORCH_THREADS = "SMS_TORCH_THREADS"
+JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+SMS_WORKER_INDEX = "SMS_WORKER_INDEX"
+SMS_CODE_VERSION = "SMS_CODE_VERSION"
+DASHBOARD_PORT = "DASHBOARD_PORT"
+OMP_NUM_THREADS = "OMP_NUM_THREADS"  # not read here: written for `run`'s workers' OpenMP
+
+DEFAULT_POSTGRES_PORT = 5432
+DEFAULT_DB_WAIT_S = 120.0
+DEFAULT_DASHBOARD_PORT = 8080
+
+VARIABLES: tuple[str, ...] = (
+    OPTUNA_STORAGE,
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    POSTGRES_PASSWORD,
+    POSTGRES_DB,
+    SMS_DB_WAIT_S,
+    SMS_METRICS_PORT,
+    SMS_TORCH_THREADS,
+    JOB_COMPLETION_INDEX,
+    SMS_WORKER_INDEX,
+    SMS_CODE_VERSION,
+    DASHBOARD_PORT,
+)
+
+Env = Mapping[str, str]
+
+
+class EnvError(ValueError):
+    """A bad or missing environment variable; the message names it; exit 2."""
+
+
+def _get(env: Env | None, name: str) -> str:
+    """The variable's value, stripped; "" when unset."""
+    return (os.environ if env is None else env).get(name, "").strip()
+
+
+def _port(name: str, raw: str, low: int = 0) -> int:
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= 65535:
+        raise EnvError(f"{name}: expected a port number ({low}-65535), got {raw!r}")
+    return int(raw)
+
+
+def _index(name: str, raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit():
+        raise EnvError(f"{name}: expected a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+# --- the storage URL and its password ------------------------------------------------
+
+
+def postgres_url(host: str, port: int, user: str, password: str, db: str) -> str:
+    """The one function that puts a password into a URL: user, password and database
+    percent-encoded, so any characters work (SQLAlchemy decodes them), an IPv6 host
+    bracketed."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    user, password, db = (quote(s, safe="") for s in (user, password, db))
+    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{db}"
+
+
+def storage_url(env: Env | None = None) -> str | None:
+    """OPTUNA_STORAGE; else, when POSTGRES_HOST is set, the URL built from POSTGRES_*
+    (POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB then required); else None. The
+    values are taken as they are, spaces included: they are the server's."""
+    raw = dict(os.environ if env is None else env)
+    if url := raw.get(OPTUNA_STORAGE):
+        return url
+    host = raw.get(POSTGRES_HOST)
+    if not host:
+        return None
+    for name in (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB):
+        if not raw.get(name):
+            raise EnvError(f"{name} is not set (needed with {POSTGRES_HOST} to build the URL)")
+    port = raw.get(POSTGRES_PORT) or str(DEFAULT_POSTGRES_PORT)
+    # Kubernetes' service links set POSTGRES_PORT=tcp://IP:PORT for a Service named
+    # "postgres" (unless enableServiceLinks is false): the port is after the last colon.
+    number = port.rpartition(":")[2] if port.startswith("tcp://") else port
+    if not number.isascii() or not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise EnvError(f"{POSTGRES_PORT}: expected a port number or tcp://IP:PORT, got {port!r}")
+    return postgres_url(
+        host, int(number), raw[POSTGRES_USER], raw[POSTGRES_PASSWORD], raw[POSTGRES_DB]
+    )
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """`text` with passwords masked as ***: a URL's own (`postgresql://u:***@h/db`) and,
+    given `url`, that URL's password anywhere in `text` (an error message), raw or
+    percent-encoded. For logs, reports and errors; the one masking function."""
+    secrets: set[str] = set()
+    if url is not None:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            secrets |= {password, unquote(password), quote(unquote(password), safe="")}
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        password = None
+    if password is not None:
+        netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+        text = parts._replace(netloc=netloc).geturl()
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+# --- the other variables ---------------------------------------------------------------
+
+
+def db_wait_s(env: Env | None = None) -> float:
+    """SMS_DB_WAIT_S: seconds to wait for a PostgreSQL storage; 0 means do not wait."""
+    raw = _get(env, SMS_DB_WAIT_S)
+    if not raw:
+        return DEFAULT_DB_WAIT_S
+    head, dot, tail = raw.partition(".")
+    if not (head.isascii() and head.isdigit() and (not dot or (tail.isascii() and tail.isdigit()))):
+        raise EnvError(f"{SMS_DB_WAIT_S}: expected a number of seconds (>= 0), got {raw!r}")
+    return float(raw)
+
+
+def metrics_port(config_port: int | None, env: Env | None = None) -> int | None:
+    """The port to serve a worker's metrics on, or None for off: SMS_METRICS_PORT
+    overrides the config (pods set it; `run` sets it per worker): unset → `config_port`;
+    "off" → None; else 0-65535 (0 = any free port)."""
+    raw = _get(env, SMS_METRICS_PORT)
+    if not raw:
+        return config_port
+    if raw.lower() == "off":
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) > 65535:
+        raise EnvError(
+            f"{SMS_METRICS_PORT}: expected a port number (0-65535) or 'off', got {raw!r}"
+        )
+    return int(raw)
+
+
+def torch_threads(env: Env | None = None) -> int | None:
+    """SMS_TORCH_THREADS: torch's CPU threads, >= 1; None: torch's default."""
+    raw = _get(env, SMS_TORCH_THREADS)
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise EnvError(f"{SMS_TORCH_THREADS}: expected a number of threads (>= 1), got {raw!r}")
+    return int(raw)
+
+
+def worker_index(env: Env | None = None) -> int:
+    """The pod's index in an Indexed Job (JOB_COMPLETION_INDEX), else the local worker's
+    (SMS_WORKER_INDEX), else 0."""
+    for name in (JOB_COMPLETION_INDEX, SMS_WORKER_INDEX):
+        if raw := _get(env, name):
+            return _index(name, raw)
+    return 0
+
+
+def code_version(env: Env | None = None) -> str | None:
+    """SMS_CODE_VERSION, or None: the caller then asks git."""
+    return _get(env, SMS_CODE_VERSION) or None
+
+
+def dashboard_port(env: Env | None = None) -> int:
+    """DASHBOARD_PORT: the dashboard's port (0 = any free one)."""
+    raw = _get(env, DASHBOARD_PORT)
+    return _port(DASHBOARD_PORT, raw) if raw else DEFAULT_DASHBOARD_PORT
+
+
+def child_env(updates: Mapping[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a child process: `drop` removed, `updates` set."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return env | dict(updates)

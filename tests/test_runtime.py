@@ -1,0 +1,201 @@
+"""job/runtime.py: every environment variable the product reads, parsed in one place."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from job import runtime
+from job.local import RunOptions, worker_command
+from job.pgserver import External, Server, free_port
+from job.runtime import EnvError
+from job.storage import StorageDownError, StorageURLError, wait_for_database
+from tests.proc import ROOT
+
+ODD_PASSWORD = "p@ss:w/rd%40 #?&='\"é"  # needs percent-encoding in a URL, every char of it
+POSTGRES = {
+    "POSTGRES_HOST": "db.example",
+    "POSTGRES_USER": "sms user",
+    "POSTGRES_PASSWORD": ODD_PASSWORD,
+    "POSTGRES_DB": "sms/db",
+}
+
+
+def test_every_variable_is_in_the_table_and_only_runtime_reads_the_environment() -> None:
+    doc = runtime.__doc__ or ""
+    for name in runtime.VARIABLES:
+        assert re.search(rf"^    {name} ", doc, re.M), name
+    for path in sorted((ROOT / "job").glob("*.py")):
+        if path.name != "runtime.py":
+            text = path.read_text()
+            assert not re.search(r"\bos\.environ|\bgetenv\b|from os import", text), path.name
+
+
+def test_storage_url_precedence() -> None:
+    assert runtime.storage_url({}) is None
+    assert runtime.storage_url({"POSTGRES_HOST": ""}) is None
+    assert runtime.storage_url({"OPTUNA_STORAGE": "sqlite:///x.db", **POSTGRES}) == "sqlite:///x.db"
+    built = runtime.storage_url(POSTGRES)
+    assert built is not None and built.startswith("postgresql+psycopg2://")
+
+
+def test_built_url_round_trips_an_odd_password() -> None:
+    url = runtime.storage_url(POSTGRES)
+    assert url is not None
+    assert ODD_PASSWORD not in url  # percent-encoded, every special character of it
+    parsed = make_url(url)  # as SQLAlchemy (and Optuna) will read it
+    assert parsed.password == ODD_PASSWORD
+    assert (parsed.username, parsed.database) == ("sms user", "sms/db")
+    assert (parsed.host, parsed.port) == ("db.example", 5432)
+    parts = urlsplit(url)
+    assert unquote(parts.password or "") == ODD_PASSWORD
+
+
+def test_ipv6_host_is_bracketed() -> None:
+    url = runtime.storage_url({**POSTGRES, "POSTGRES_HOST": "fd00::1", "POSTGRES_PORT": "6432"})
+    assert url is not None and "@[fd00::1]:6432/" in url
+    assert (make_url(url).host, make_url(url).port) == ("fd00::1", 6432)
+    already = runtime.storage_url({**POSTGRES, "POSTGRES_HOST": "[fd00::1]"})
+    assert already is not None and "@[fd00::1]:5432/" in already
+
+
+@pytest.mark.parametrize(
+    ("raw", "port"),
+    [("", 5432), ("6543", 6543), ("tcp://10.96.0.12:5433", 5433), ("tcp://[fd00::9]:5434", 5434)],
+)
+def test_postgres_port_forms(raw: str, port: int) -> None:
+    url = runtime.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
+    assert url is not None and make_url(url).port == port
+
+
+@pytest.mark.parametrize("raw", ["five", "tcp://10.0.0.1:", "0", "70000", "-1", "5432x"])
+def test_bad_postgres_port_names_the_variable(raw: str) -> None:
+    with pytest.raises(EnvError, match=r"^POSTGRES_PORT: .*" + re.escape(repr(raw))):
+        runtime.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
+
+
+@pytest.mark.parametrize("missing", ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"])
+def test_missing_postgres_variable_is_named(missing: str) -> None:
+    env = {k: v for k, v in POSTGRES.items() if k != missing}
+    with pytest.raises(EnvError, match=rf"^{missing} is not set \(needed with POSTGRES_HOST"):
+        runtime.storage_url(env)
+    with pytest.raises(EnvError, match=missing):
+        runtime.storage_url({**env, missing: ""})
+
+
+def test_redact_masks_the_password_in_urls_and_messages() -> None:
+    url = runtime.storage_url(POSTGRES)
+    assert url is not None
+    shown = runtime.redact(url)
+    assert shown == "postgresql+psycopg2://sms%20user:***@db.example:5432/sms%2Fdb"
+    assert runtime.redact("postgresql://u:s3cret@[fd00::1]:5432/d") == (
+        "postgresql://u:***@[fd00::1]:5432/d"
+    )
+    for url_ in ("sqlite:///x.db", "journal:///tmp/a b/study.journal", "postgresql://u@h/d"):
+        assert runtime.redact(url_) == url_
+    # in an error message: the raw password and its encoded form, wherever they are
+    encoded = urlsplit(url).password or ""
+    message = f"FATAL: password {ODD_PASSWORD} rejected ({encoded})"
+    masked = runtime.redact(message, url)
+    assert ODD_PASSWORD not in masked and encoded not in masked and "***" in masked
+    assert runtime.redact("no secret here", url) == "no secret here"
+
+
+def test_db_wait_s() -> None:
+    assert runtime.db_wait_s({}) == 120.0
+    assert runtime.db_wait_s({"SMS_DB_WAIT_S": "0"}) == 0.0
+    assert runtime.db_wait_s({"SMS_DB_WAIT_S": " 2.5 "}) == 2.5
+    for raw in ("soon", "-1", "inf", "nan", "1e3", "1."):
+        with pytest.raises(EnvError, match=r"^SMS_DB_WAIT_S: .*number of seconds"):
+            runtime.db_wait_s({"SMS_DB_WAIT_S": raw})
+
+
+def test_metrics_port() -> None:
+    assert runtime.metrics_port(9100, {}) == 9100
+    assert runtime.metrics_port(None, {"SMS_METRICS_PORT": ""}) is None
+    assert runtime.metrics_port(9100, {"SMS_METRICS_PORT": " 9200 "}) == 9200
+    assert runtime.metrics_port(9100, {"SMS_METRICS_PORT": "0"}) == 0
+    assert runtime.metrics_port(9100, {"SMS_METRICS_PORT": "Off"}) is None
+    for raw in ("nine", "9100.5", "-1", "70000"):
+        with pytest.raises(EnvError, match=r"^SMS_METRICS_PORT: "):
+            runtime.metrics_port(9100, {"SMS_METRICS_PORT": raw})
+
+
+def test_torch_threads() -> None:
+    assert runtime.torch_threads({}) is None
+    assert runtime.torch_threads({"SMS_TORCH_THREADS": "3"}) == 3
+    for raw in ("0", "two", "-2", "1.5"):
+        with pytest.raises(EnvError, match=r"^SMS_TORCH_THREADS: "):
+            runtime.torch_threads({"SMS_TORCH_THREADS": raw})
+
+
+def test_worker_index() -> None:
+    assert runtime.worker_index({}) == 0
+    assert runtime.worker_index({"SMS_WORKER_INDEX": "3"}) == 3
+    both = {"JOB_COMPLETION_INDEX": "5", "SMS_WORKER_INDEX": "3"}
+    assert runtime.worker_index(both) == 5  # the Indexed Job's index wins
+    assert runtime.worker_index({"JOB_COMPLETION_INDEX": "", "SMS_WORKER_INDEX": "2"}) == 2
+    for name in ("JOB_COMPLETION_INDEX", "SMS_WORKER_INDEX"):
+        with pytest.raises(EnvError, match=rf"^{name}: .*'x'"):
+            runtime.worker_index({name: "x"})
+
+
+def test_code_version_and_dashboard_port() -> None:
+    assert runtime.code_version({}) is None
+    assert runtime.code_version({"SMS_CODE_VERSION": "1.2.3+abc"}) == "1.2.3+abc"
+    assert runtime.dashboard_port({}) == 8080
+    assert runtime.dashboard_port({"DASHBOARD_PORT": "9000"}) == 9000
+    with pytest.raises(EnvError, match=r"^DASHBOARD_PORT: .*'http'"):
+        runtime.dashboard_port({"DASHBOARD_PORT": "http"})
+
+
+def test_errors_are_value_errors_of_one_line() -> None:
+    assert issubclass(EnvError, ValueError)
+    with pytest.raises(EnvError) as info:
+        runtime.storage_url({**POSTGRES, "POSTGRES_PORT": "x\ny"})
+    assert "\n" not in str(info.value).replace("\\n", "")
+
+
+def test_run_passes_a_password_url_in_the_environment_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """argv is visible to every process on the machine (`ps`): no password there."""
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "7")  # `run` inside a pod: not inherited
+    url = runtime.postgres_url("db", 5432, "sms", ODD_PASSWORD, "sms")
+    options = RunOptions(tmp_path / "c.yaml", 3, tmp_path, url, "s", metrics_port=9100)
+    for index in range(3):
+        cmd, env = worker_command(options, index)
+        argv = " ".join(cmd)
+        assert "postgresql" not in argv and "--storage" not in cmd
+        assert ODD_PASSWORD not in argv and (urlsplit(url).password or "") not in argv
+        assert env["OPTUNA_STORAGE"] == url
+        assert runtime.storage_url(env) == url and runtime.worker_index(env) == index
+        assert runtime.metrics_port(None, env) == 9100 + index
+        assert runtime.torch_threads(env) is not None
+
+
+def test_database_wait(postgres: Server | External, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reachable server: no wait, no line; another storage or 0 s: no attempt at all;
+    an unreachable one: one waiting line, then a redacted error past the deadline."""
+    url = postgres.new_database()
+    wait_for_database(url, 5)
+    wait_for_database("journal:///nowhere/study.journal", 5)
+    closed = runtime.postgres_url("127.0.0.1", free_port(), "sms", ODD_PASSWORD, "sms")
+    wait_for_database(closed, 0)
+    assert capsys.readouterr().err == ""
+    start = time.monotonic()
+    with pytest.raises(StorageDownError) as info:
+        wait_for_database(closed, 1.5, poll_s=0.2)
+    assert 1.5 <= time.monotonic() - start < 10
+    message, err = str(info.value), capsys.readouterr().err
+    assert err == f"waiting for database {runtime.redact(closed)}\n"
+    assert message.startswith(f"database {runtime.redact(closed)} not reachable after 1.5 s: ")
+    assert "127.0.0.1" in message and "\n" not in message
+    assert ODD_PASSWORD not in message + err and (urlsplit(closed).password or "") not in message
+    with pytest.raises(StorageURLError):
+        wait_for_database("postgresql://u:p@[::1", 5)
