@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import optuna
 
 from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
+from job import search
 from job.config import Config, parse_config
 from job.search import JOURNAL, claim_trial, make_sampler, open_study
 from job.space import directions
@@ -94,10 +95,11 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
     study = open_study(config, url, worker_index=task["index"])
     sums = dict.fromkeys(PHASES, 0.0)
     inner = dict.fromkeys(PHASES, 0.0)  # parts of claim_trial, timed from inside it
-    # claim_trial calls these three by attribute; wrapping them splits its time
+    # claim_trial calls these three by attribute (fail_stale_trials: job.search's); wrapping
+    # them splits its time
     study.ask = timed(inner, "ask", study.ask)  # type: ignore[method-assign]
     study.get_trials = timed(inner, "count", study.get_trials)  # type: ignore[method-assign]
-    optuna.storages.fail_stale_trials = timed(inner, "stale", task["fail_stale"])
+    search.fail_stale_trials = timed(inner, "stale", task["fail_stale"])
     results.put(("ready", task["index"]))
     go.get()
     trials = waits = 0
@@ -135,7 +137,7 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
 
 def serve(index: int, tasks: Any, go: Any, results: Any) -> None:
     """A pooled worker process: one task per run, until it gets None."""
-    fail_stale = optuna.storages.fail_stale_trials
+    fail_stale = search.fail_stale_trials
     while (task := tasks.get()) is not None:
         try:
             task = {**task, "index": index, "fail_stale": fail_stale}
@@ -143,7 +145,7 @@ def serve(index: int, tasks: Any, go: Any, results: Any) -> None:
         except BaseException:
             results.put(("error", f"worker {index}:\n{traceback.format_exc()}"))
         finally:
-            optuna.storages.fail_stale_trials = fail_stale
+            search.fail_stale_trials = fail_stale
 
 
 # ---- the parent side ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The command line: `python -m job VERB …`, one verb per role.
+"""The command line: `python -m job VERB …`, one verb per role (declared as a table;
+what each does is in `job.verbs`).
 
 Exit codes (docs/ARCHITECTURE.md): 0 success; 2 bad input (config, data, model YAML, arguments)
 with one line naming the key or file and no traceback; 1 anything else.
@@ -7,250 +8,75 @@ with one line naming the key or file and no traceback; 1 anything else.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import torch
 
-from job import __version__, runtime
-from job.config import Config, ConfigError, load_config
-from job.data import DataError, load_data
-from job.model import ModelError, load_model_spec, model_spec_yaml
+from job import __version__
+from job.config import ConfigError, study_name_problem
+from job.data import DataError
+from job.model import ModelError
 from job.runtime import EnvError
-from job.storage import JOURNAL, StorageDownError, StorageURLError, redact
-from job.train import EpochRecord, TrainError, TrainResult, train
+from job.search import TrialsKeepFailing
+from job.storage import StorageDownError, StorageError, StorageURLError
+from job.train import (
+    TrainError,
+)
+from job.verbs import (
+    EXIT_BAD_INPUT,
+    EXIT_ERROR,
+    EXIT_STOPPED,
+    UsageError,
+    cmd_augment_preview,
+    cmd_collect,
+    cmd_dashboard,
+    cmd_run,
+    cmd_search,
+    cmd_status,
+    cmd_train,
+)
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
-# A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
-# so a Kubernetes Job reruns that pod's index instead of counting it as finished.
-EXIT_STOPPED = 143
-
-
-class UsageError(ValueError):
-    """Bad command-line input; exit 2."""
-
-
-def _print_epoch(record: EpochRecord) -> None:
-    print(
-        f"epoch {record.epoch:>3}  loss {record.train_loss:.4f}  "
-        f"val acc {record.val_accuracy:.4f}  lr {record.lr:.4f}  {record.seconds:.1f}s",
-        flush=True,
-    )
-
-
-def _summary(result: TrainResult) -> str:
-    return (
-        f"test accuracy {result.test_accuracy:.4f}  macro-F1 {result.test_f1:.4f}  "
-        f"val accuracy {result.val_accuracy:.4f}\n"
-        f"params {result.params:,}  MACs {result.macs:,}  "
-        f"latency {result.latency_ms_b1:.3f} ms/img (b1), "
-        f"{result.latency_ms_b256:.4f} ms/img (b256)\n"
-        f"{result.train_images_per_s:,.0f} train images/s on {result.device}, "
-        f"{result.seconds:.1f}s in all"
-    )
+# --- argument types: a number out of range is argparse's one-line error, exit 2 ----------
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train one architecture from a model YAML with the config's data and recipe."""
-    config = load_config(args.config)
-    spec = load_model_spec(args.model)
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs: must be >= 1, got {args.epochs}")
-    overrides = {"epochs": args.epochs, "device": args.device}
-    recipe = config.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    data = load_data(config.data)
-    print(
-        f"data {data.name}: {len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test, {data.num_classes} classes, fingerprint {data.fingerprint[:12]}",
-        flush=True,
-    )
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An int in low..high (high None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0."""
     try:
-        result = train(spec, config.augment, recipe, data, on_epoch=_print_epoch)
-    except TrainError as exc:
-        if exc.reason == "invalid_network":
-            raise ModelError(f"{args.model}: {exc}") from None
-        raise
-    print(_summary(result))
-    if args.out is not None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.yaml").write_text(model_spec_yaml(spec), encoding="utf-8")
-        metrics = asdict(result) | {"data_fingerprint": data.fingerprint, "version": __version__}
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        print(f"wrote {out / 'model.yaml'} and {out / 'metrics.json'}")
-    return EXIT_OK
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
 
 
-def cmd_augment_preview(args: argparse.Namespace) -> int:
-    """Every op of the policy list at three magnitudes, on real photos and data images."""
-    from job.preview import write_preview
-
-    config = load_config(args.config)
-    path = write_preview(config, Path(args.out), size=args.size)
-    print(f"wrote {path}")
-    return EXIT_OK
-
-
-def _out_dir(args: argparse.Namespace, config: Config) -> Path:
-    return (
-        Path(args.out) if getattr(args, "out", None) else Path("runs") / _study_name(args, config)
-    )
-
-
-def _study_name(args: argparse.Namespace, config: Config) -> str:
-    return str(getattr(args, "study", None) or config.study.name)
-
-
-def _storage_url(args: argparse.Namespace, config: Config) -> str:
-    """The storage URL (flag, environment, config, embedded journal), once the database
-    behind it accepts connections: every verb that opens a storage waits here first, up
-    to SMS_DB_WAIT_S (pods start before PostgreSQL is ready)."""
-    from job.storage import resolve_storage, wait_for_database
-
-    url = resolve_storage(args.storage, config, _out_dir(args, config))
-    wait_for_database(url, runtime.db_wait_s())
-    return url
-
-
-def _study(args: argparse.Namespace, config: Config) -> tuple[optuna.Study, str]:
-    from job.search import open_study
-
-    url = _storage_url(args, config)
-    return open_study(config, url, _study_name(args, config)), url
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    """One worker: trials until the study's budget is met."""
-    from job.metrics import WorkerMetrics
-    from job.search import Worker, stop_on_sigterm
-
-    config = load_config(args.config)
-    threads = runtime.torch_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    port = runtime.metrics_port(config.study.metrics_port)
-    index = runtime.worker_index()
-    url = _storage_url(args, config)  # waits for the database first, as pods start with it
-    data = load_data(config.data)
-    checkpoints = config.study.checkpoint_dir or _out_dir(args, config) / "checkpoints"
-    worker = Worker(config, url, _study_name(args, config), index, checkpoint_dir=Path(checkpoints))
-    stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 143
-    metrics = None
-    if port is not None:
-        metrics = WorkerMetrics(
-            worker.study.study_name, data.fingerprint, worker.worker, config.objectives
-        )
-        print(f"metrics on :{metrics.serve(port)}/metrics", flush=True)
-        worker.metrics = metrics
-    print(f"worker {worker.worker} on study {worker.study.study_name}", flush=True)
-    ran = worker.run(data)
-    done = "stopped" if worker.stop.is_set() else "done"
-    print(f"worker {worker.worker} {done}: {ran} trials", flush=True)
-    if metrics is not None:
-        worker.stop.wait(config.study.metrics_linger_s)  # let Prometheus scrape the last values
-        metrics.shutdown()
-    return EXIT_STOPPED if worker.stop.is_set() else EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Local: N worker processes on one study, then collect."""
-    from job.collect import collect
-    from job.local import RunOptions, run_local
-    from job.search import stop_on_sigterm
-
-    stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
-    config = load_config(args.config)
-    if args.workers < 1:
-        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
-    load_data(config.data)  # bad data fails here, once, not in every worker
-    out = _out_dir(args, config)
-    url = _storage_url(args, config)
-    if args.fresh and url.startswith(JOURNAL):
-        for suffix in ("", ".lock", ".budget-lock"):
-            Path(url[len(JOURNAL) :] + suffix).unlink(missing_ok=True)
-    options = RunOptions(
-        Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port
-    )
-    code = run_local(config, options)
-    study, _ = _study(args, config)
-    summary = collect(study, config, out)
-    print(_collect_line(summary, out))
-    return EXIT_OK if code == 0 else EXIT_ERROR
-
-
-def _collect_line(summary: dict[str, Any], out: Path) -> str:
-    best = summary.get("best_test_accuracy")
-    shown = f"{best:.4f}" if isinstance(best, float) else "—"
-    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
-    files = ", ".join(str(out / name) for name in summary["files"])
-    return (
-        f"trials: {counts or 'none'}; Pareto front of {summary['front_size']}; "
-        f"best test accuracy {shown}\nwrote {files}"
-    )
-
-
-def cmd_collect(args: argparse.Namespace) -> int:
-    """Pareto front, plot and summary of the study."""
-    from job.collect import collect, wait_for_budget
-
-    config = load_config(args.config)
-    study, _ = _study(args, config)
-    if args.wait and not wait_for_budget(study, config, timeout_s=args.timeout):
-        print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
-        return EXIT_ERROR
-    out = _out_dir(args, config)
-    print(_collect_line(collect(study, config, out), out))
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Trials by state, best values, front size, rate and ETA."""
-    from job.collect import status_report
-
-    config = load_config(args.config)
-    study, url = _study(args, config)
-    print(f"storage {redact(url)}")
-    print(status_report(study, config))
-    return EXIT_OK
-
-
-def _dashboard_url(args: argparse.Namespace) -> str:
-    """The dashboard's storage: as the other verbs' with --config; without one, --storage,
-    then the environment, then the journal in --out."""
-    from job.storage import DEFAULT_JOURNAL, wait_for_database
-
-    if args.config:
-        url = _storage_url(args, load_config(args.config))
-    else:
-        url = args.storage or runtime.storage_url() or ""
-        if not url and args.out:
-            url = JOURNAL + str((Path(args.out) / DEFAULT_JOURNAL).resolve())
-        if not url:
-            raise UsageError(
-                "dashboard: no storage: give --storage, --config or --out, "
-                "or set OPTUNA_STORAGE or POSTGRES_HOST and its POSTGRES_* companions"
-            )
-        wait_for_database(url, runtime.db_wait_s())
-    if url.startswith(JOURNAL) and not Path(url[len(JOURNAL) :]).is_file():
-        raise UsageError(f"dashboard: no study journal at {url[len(JOURNAL) :]}")
-    return url
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    """optuna-dashboard on the study's storage until SIGTERM (exit 0) or Ctrl-C."""
-    from job.dashboard import serve_dashboard
-
-    port = runtime.dashboard_port() if args.port is None else args.port
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port: expected 0-65535, got {port}")
-    serve_dashboard(_dashboard_url(args), args.host, port)
-    return EXIT_OK
+def _study_arg(text: str) -> str:
+    """`--study`: the same rule as study.name (job.config.STUDY_NAME_PATTERN)."""
+    problem = study_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 # The verbs as data: name → (handler, help, its arguments as (flags, add_argument kwargs)).
@@ -266,7 +92,7 @@ def _storage_args(out_help: str, config: dict[str, Any] | None = None) -> list[A
     return [
         (("--config",), config or {"required": True, "help": "search config YAML"}),
         (("--storage",), {"help": STORAGE_HELP}),
-        (("--study",), {"help": "study name (default: study.name)"}),
+        (("--study",), {"type": _study_arg, "help": "study name (default: study.name)"}),
         (("--out",), {"help": out_help}),
     ]
 
@@ -282,8 +108,14 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
         "local: N worker processes on one study, then collect",
         [
             *_storage_args("output folder: study journal, worker logs, results (runs/<study>)"),
-            (("--workers",), {"type": int, "default": 2, "help": "worker processes (default 2)"}),
-            (("--metrics-port",), {"type": int, "help": "serve worker i's metrics on port + i"}),
+            (
+                ("--workers",),
+                {"type": _int_in(1), "default": 2, "help": "worker processes (default 2)"},
+            ),
+            (
+                ("--metrics-port",),
+                {"type": _int_in(1, 65535), "help": "serve worker i's metrics on port + i"},
+            ),
             (("--fresh",), {"action": "store_true", "help": "delete the embedded study first"}),
         ],
     ),
@@ -293,7 +125,10 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
         [
             *_storage_args("folder for pareto.json, pareto.png, summary.json (runs/<study>)"),
             (("--wait",), {"action": "store_true", "help": "wait until the budget is met"}),
-            (("--timeout",), {"type": float, "help": "with --wait: give up after this many s"}),
+            (
+                ("--timeout",),
+                {"type": _seconds, "help": "with --wait: give up after this many s"},
+            ),
         ],
     ),
     "status": (
@@ -307,7 +142,10 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
         [
             *_storage_args(HOLDS_STUDY, {"help": "search config YAML (storage, study name)"}),
             (("--host",), {"default": "127.0.0.1", "help": "address (container: 0.0.0.0)"}),
-            (("--port",), {"type": int, "help": "port (default: $DASHBOARD_PORT, else 8080)"}),
+            (
+                ("--port",),
+                {"type": _int_in(0, 65535), "help": "port (default: $DASHBOARD_PORT, else 8080)"},
+            ),
         ],
     ),
     "train": (
@@ -320,7 +158,7 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
             ),
             (("--model",), {"required": True, "help": "model YAML in the seed's format"}),
             (("--out",), {"help": "folder for model.yaml and metrics.json (default: none)"}),
-            (("--epochs",), {"type": int, "help": "override train.epochs"}),
+            (("--epochs",), {"type": _int_in(1), "help": "override train.epochs"}),
             (("--device",), {"choices": ["auto", "cpu", "cuda"], "help": "override train.device"}),
         ],
     ),
@@ -330,14 +168,25 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
         [
             (("--config",), {"required": True, "help": "search config YAML (data, augment)"}),
             (("--out",), {"required": True, "help": "PNG file to write"}),
-            (("--size",), {"type": int, "default": 96, "help": "tile side in pixels (default 96)"}),
+            (
+                ("--size",),
+                {"type": _int_in(8, 512), "default": 96, "help": "tile side, px (default 96)"},
+            ),
         ],
     ),
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other bad input's (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {line} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m job",
         description="Search small, accurate image classifiers: architectures and "
         "RandAugment policies as one multi-objective study.",
@@ -359,6 +208,8 @@ _BAD_INPUT: tuple[type[BaseException], ...] = (
     UsageError,
     EnvError,
     StorageURLError,
+    StorageError,  # a bad storage URL, a refused login, a missing or busy study
+    TrialsKeepFailing,
 )
 
 

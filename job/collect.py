@@ -13,6 +13,8 @@ Reads an already-opened Optuna study (journal file, SQLite or PostgreSQL: openin
   objective, best validation and test accuracy, the front's normalised hypervolume,
   trials per hour, data fingerprints — what an operator reads and the metrics push sends.
 
+Each file is written atomically (a temporary file beside it, then renamed over it).
+
 Every figure is `job.study`'s (`summarise` of one snapshot), the same view the workers'
 metrics and the `run` progress bar show. `status_report` is the text of
 `python -m job status`; `wait_for_budget` backs `collect --wait`. Nothing here ever sees
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,11 +97,23 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _count(state: str, n: int, summary: StudySummary) -> str:
+    """`RUNNING 2 (1 stale: trial 7, no heartbeat for 95 s)`: a stale trial's worker is
+    gone; the next claim of a live worker fails it and queues its retry."""
+    if state != TrialState.RUNNING.name or not summary.stale:
+        return f"{state} {n}"
+    numbers = ", ".join(str(number) for number in summary.stale)
+    silent = max(summary.stale.values())
+    trials = "trial" if len(summary.stale) == 1 else "trials"
+    stale = f"{len(summary.stale)} stale: {trials} {numbers}, no heartbeat for {silent:.0f} s"
+    return f"{state} {n} ({stale})"
+
+
 def status_report(study: optuna.Study, config: Config, now: datetime | None = None) -> str:
     """Readable progress: counts by state, best values, front size and its hypervolume,
     rate and ETA. `now` is for tests; by default the wall clock.
     """
-    summary = study_summary(study, config, now)
+    summary = study_summary(study, config, now, heartbeats=True)
     complete, budget, best, rate = (
         summary.complete,
         summary.budget,
@@ -111,7 +126,8 @@ def status_report(study: optuna.Study, config: Config, now: datetime | None = No
     lines = [
         f"study       {study.study_name}",
         f"budget      {complete}/{budget} COMPLETE ({min(100, 100 * complete // budget)}%)",
-        "trials      " + (", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "none yet"),
+        "trials      "
+        + (", ".join(_count(k, v, summary) for k, v in summary.counts.items()) or "none yet"),
         f"best        {shown_best or '—'}",
         f"front       {len(summary.front)} trials",
         f"hypervolume {hv if summary.front else '—'}",
@@ -150,9 +166,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a
+    reader (or a crash) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _write_json(path: Path, data: Any) -> None:
     text = json.dumps(_plain(data), indent=2, allow_nan=False, default=str)
-    path.write_text(text + "\n", encoding="utf-8")
+    _atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
@@ -258,7 +286,7 @@ def _plot(trials: Sequence[FrozenTrial], summary: StudySummary, name: str, path:
         f"front of {len(summary.front)}{hv}"
     )
     fig.tight_layout()
-    fig.savefig(Path(path), dpi=120)
+    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_pareto(study: optuna.Study, config: Config, path: Path) -> None:

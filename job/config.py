@@ -15,13 +15,14 @@ code), train, objectives, constraints (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from job.modules import ACTIVATIONS
+from job.modules import ACTIVATIONS, MAX_CHANNELS, MAX_REPEAT
 from job.ops import DEFAULT_OPS, GREY, OPS
 
 # YAML's `true` is not 1 and `2.0` is not an int: numbers and flags are taken as written.
@@ -46,8 +47,22 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# A study name (study.name, and `--study` on the command line): it names folders too.
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+STUDY_NAME_MAX = 120
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a study's name, or None when it can."""
+    if len(name) > STUDY_NAME_MAX:
+        return f"must be at most {STUDY_NAME_MAX} characters, got {len(name)}"
+    if not re.match(STUDY_NAME_PATTERN, name):
+        return f"must be letters, digits, '_', '.' or '-' (not first), got {name!r}"
+    return None
+
+
 class StudyConfig(Section):
-    name: str = Field("sms", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=120)
+    name: str = "sms"  # study_name_problem: the rule `--study` follows too
     # An Optuna storage URL; None → the embedded default under the run's output folder.
     storage: str | None = None
     budget: Int = Field(20, ge=1)
@@ -70,6 +85,8 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _beats(self) -> StudyConfig:
+        problem = study_name_problem(self.name)
+        _require(problem is None, f"name: {problem}")
         _require(
             self.grace_period_s > self.heartbeat_interval_s,
             f"grace_period_s: must be > heartbeat_interval_s ({self.heartbeat_interval_s}), "
@@ -150,6 +167,11 @@ def _check_range(key: str, r: tuple[float, ...], zero_ok: bool = False) -> None:
     _require(ok, f"{key}: need {floor} {what}, got {list(r)}")
 
 
+def _check_cap(key: str, values: tuple[int, ...], high: int, cap: int) -> None:
+    """`high` (a range's high end, or a choice list's largest) at most `cap`."""
+    _require(high <= cap, f"{key}: at most {cap} (a model's cap), got {list(values)}")
+
+
 def _check_choices(key: str, options: tuple[Any, ...], ok: Any, want: str) -> None:
     """A non-empty list of distinct choices, each passing `ok`."""
     _require(bool(options), f"{key}: needs at least one choice")
@@ -180,12 +202,22 @@ class BlockSpace(Section):
         for key in ("channels", "ir_channels", "v2_expansion", "v3_expansion"):
             _check_range(key, getattr(self, key))
         _check_range("repeat", self.repeat)
+        _require(  # a trial rounds the expansion to one decimal: 0.04 would become 0
+            self.v3_expansion[0] >= 0.1,
+            f"v3_expansion: need low >= 0.1 (one decimal), got {list(self.v3_expansion)}",
+        )
         _check_choices("modules", self.modules, lambda m: True, "a module")
         _check_choices("stride", self.stride, lambda s: s in (1, 2), "1 or 2")
         _check_choices("kernel", self.kernel, lambda k: k >= 1, "a kernel size >= 1")
         _check_choices("v3_kernel", self.v3_kernel, lambda k: k >= 1, "a kernel size >= 1")
         known = f"one of {', '.join(sorted(ACTIVATIONS))} (any case)"
         _check_choices("activation", self.activation, lambda a: a.lower() in ACTIVATIONS, known)
+        # The model's per-layer caps (job.modules), so no sampled row can exceed them.
+        _check_cap("repeat", self.repeat, self.repeat[1], MAX_REPEAT)
+        for key in ("channels", "ir_channels"):
+            _check_cap(key, getattr(self, key), getattr(self, key)[1], MAX_CHANNELS)
+        for key in ("kernel", "v3_kernel"):
+            _check_cap(key, getattr(self, key), max(getattr(self, key)), MAX_CHANNELS)
         return self
 
 
@@ -255,6 +287,7 @@ class SpaceConfig(Section):
     @model_validator(mode="after")
     def _head(self) -> SpaceConfig:
         _check_range("head_channels", self.head_channels)
+        _check_cap("head_channels", self.head_channels, self.head_channels[1], MAX_CHANNELS)
         return self
 
 

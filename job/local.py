@@ -3,8 +3,11 @@
 On a laptop this is the whole product: it opens the study (the embedded journal file
 under `--out` unless a storage is given), starts N separate worker processes — just as
 N pods would be — shows one progress bar for the whole study and a line per finished
-trial, and when the workers are done runs the collector. Ctrl-C (or SIGTERM) stops every
-worker cleanly: each fails its running trial with the reason `interrupted`.
+trial (with its failure's reason), and when the workers are done runs the collector.
+A worker that dies (killed, or a non-zero exit) is reported at once with its log's last
+lines; the others go on, retry its trial once it has gone stale and meet the budget, and
+`run` exits 1 after collecting. Ctrl-C (or SIGTERM) stops every worker cleanly: each
+fails its running trial with the reason `interrupted`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,30 +73,88 @@ def worker_command(options: RunOptions, index: int) -> tuple[list[str], dict[str
     return cmd, env
 
 
+def worker_log(options: RunOptions, index: int) -> Path:
+    return options.out_dir / f"worker-{index}.log"
+
+
 def start_workers(options: RunOptions) -> list[subprocess.Popen[bytes]]:
     """Each worker logs to out_dir/worker-<i>.log; the console keeps the progress bar."""
     procs = []
     for index in range(options.workers):
         cmd, env = worker_command(options, index)
-        log = open(options.out_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 — the child owns it
+        log = open(worker_log(options, index), "ab")  # noqa: SIM115 — the child owns it
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         log.close()  # the child holds its own descriptor
     return procs
+
+
+COUNTS = ("params", "macs")  # objectives that count things: shown as whole numbers
 
 
 def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
     """One line per finished trial for the console."""
     if trial.state == TrialState.COMPLETE and trial.values is not None:
         values = "  ".join(
-            f"{name} {value:,.4f}" if abs(value) < 1000 else f"{name} {value:,.0f}"
+            f"{name} {value:,.0f}"
+            if name in COUNTS or abs(value) >= 1000
+            else f"{name} {value:,.4f}"
             for name, value in zip(objectives, trial.values, strict=True)
         )
         acc = trial.user_attrs.get("test_accuracy")
         extra = f"  test acc {acc:.4f}" if isinstance(acc, float) else ""
         extra += "" if is_feasible(trial) else "  infeasible"
+        extra += _retry_of(trial)
         return f"trial {trial.number:>4}  COMPLETE  {values}{extra}"
-    reason = trial.user_attrs.get("fail_reason", "")
-    return f"trial {trial.number:>4}  {trial.state.name:<8}  {reason}"
+    reason = str(trial.user_attrs.get("fail_reason", ""))
+    message = short(str(trial.user_attrs.get("fail_message", "")))
+    why = f"{reason}: {message}" if reason and message else reason or message
+    return f"trial {trial.number:>4}  {trial.state.name:<8}  {why}".rstrip() + _retry_of(trial)
+
+
+def _retry_of(trial: FrozenTrial) -> str:
+    retry_of = trial.user_attrs.get("retry_of")
+    return f"  (retry of trial {retry_of})" if isinstance(retry_of, int) else ""
+
+
+def short(text: str, width: int = 160) -> str:
+    """One line of at most `width` characters: a fail_message may hold a long error."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+LOG_TAIL_LINES = 5
+
+
+def lost_worker(index: int, proc: subprocess.Popen[bytes], log: Path | None) -> str:
+    """What `run` prints once for a worker that ended badly: one line saying how, then the
+    last lines of its log (the reason is usually there), indented."""
+    code = proc.returncode
+    if code is not None and code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    else:
+        how = f"exited {code}"
+    line = f"worker {index} (pid {proc.pid}) lost: {how}; the others go on"
+    tail = log_tail(log) if log is not None else []
+    if not tail:
+        return line
+    lines = "".join(f"\n    {redact(text)}" for text in tail)
+    return f"{line}; last lines of {log}:{lines}"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last non-empty lines of a worker's log (its last 8 KiB); [] when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 8192))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    # a line redrawn with \r (a progress bar) counts as what it shows last
+    found = [short(line.split("\r")[-1]) for line in text.split("\n")]
+    return [line for line in found if line][-lines:]
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -110,17 +172,32 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def watch(
-    study: optuna.Study, config: Config, procs: list[subprocess.Popen[bytes]], poll_s: float
-) -> None:
-    """Progress bar over COMPLETE trials and a line per finished trial, until workers exit.
+    study: optuna.Study,
+    config: Config,
+    procs: list[subprocess.Popen[bytes]],
+    poll_s: float,
+    logs: Sequence[Path] = (),
+) -> list[int]:
+    """Progress bar over COMPLETE trials and a line per finished trial, until workers exit;
+    returns the indexes of the workers that ended badly (killed, or a non-zero exit).
 
+    A worker that ends badly is reported at once (`lost_worker`, with the end of its log
+    `logs[i]`) and the others go on: its trial stops beating, and one of them fails it
+    after `study.grace_period_s` and runs its retry, so the budget is still met.
     The bar's figures (best accuracy, front size, hypervolume) are `job.study`'s summary
     of the same read of the study: what `status`, summary.json and the metrics show."""
     seen: set[int] = set()
+    lost: list[int] = []
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     with tqdm(total=config.study.budget, unit="trial", dynamic_ncols=True) as bar:
         while True:
-            running = any(proc.poll() is None for proc in procs)
+            codes = [proc.poll() for proc in procs]  # every one: any() would stop early
+            running = None in codes
+            for index, (proc, code) in enumerate(zip(procs, codes, strict=True)):
+                if code not in (None, 0) and index not in lost:
+                    lost.append(index)
+                    log = logs[index] if index < len(logs) else None
+                    bar.write(lost_worker(index, proc, log))
             trials = snapshot(study, config)
             for trial in sorted(trials, key=lambda t: t.number):
                 if trial.state in finished and trial.number not in seen:
@@ -131,26 +208,32 @@ def watch(
             bar.update(min(summary.complete, config.study.budget) - bar.n)
             bar.refresh()
             if not running:
-                return
+                return lost
             time.sleep(poll_s)
 
 
 def run_local(config: Config, options: RunOptions) -> int:
-    """Start the workers, watch them, stop them on Ctrl-C; returns the worst exit code."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    # Create the study once before the workers start: a bad storage fails here, once.
+    """Start the workers, watch them, stop them on Ctrl-C; returns the worst exit code.
+
+    Opening the study holds it (on a journal, `<journal>.run-lock`, as each worker does):
+    `run --fresh` elsewhere refuses to delete it while this run lives."""
+    # Create the study once before the workers start: a bad storage fails here, once,
+    # before anything is written (an unwritable journal path: exit 2 naming it).
     study = open_study(config, options.storage, options.study_name)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"study {study.study_name} on {redact(options.storage)}: budget "
         f"{config.study.budget}, {options.workers} workers, "
         f"{threads_per_worker(options.workers)} thread(s) each; logs in {options.out_dir}"
     )
     procs = start_workers(options)
+    logs = [worker_log(options, index) for index in range(options.workers)]
     try:
-        watch(study, config, procs, options.poll_s)
+        watch(study, config, procs, options.poll_s, logs)
     except KeyboardInterrupt:
         print("stopping workers…")
         stop_workers(procs)
         raise
     codes = [proc.wait() for proc in procs]
-    return max(codes, default=0)
+    # a killed worker's code is negative (-9): it is a failure all the same
+    return max((1 if code < 0 else code for code in codes), default=0)

@@ -37,7 +37,23 @@ import yaml
 from torch import Tensor, nn
 
 from job.config import read_yaml
-from job.modules import MODULES, REQUIRED, arg_problem, build_layer, fill_defaults
+from job.modules import (
+    MAX_CHANNELS,
+    MAX_REPEAT,
+    MODULES,
+    REQUIRED,
+    arg_problem,
+    build_layer,
+    fill_defaults,
+)
+
+# A network over either cap is rejected from its meta-device count (`measure`), before a
+# weight is allocated: `job.train.check_fit` (a trial fails as invalid_network; `train
+# --model` exits 2). Generous for a small-model search (ResNet-50 at 224 px: 26M params,
+# 4.1G MACs); `constraints` sets the limits a search actually wants. Per-layer caps
+# (channels, repeats) are job.modules.MAX_CHANNELS and MAX_REPEAT.
+MAX_PARAMS = 200_000_000
+MAX_MACS = 50_000_000_000  # multiply-accumulates for one image
 
 
 class ModelError(ValueError):
@@ -73,9 +89,16 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+MAX_MULTIPLE = 100  # depth_multiple, width_multiple: beyond it every row is over a cap
+
+
 def _number(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ModelError(f"{key} must be a number > 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_MULTIPLE
+    ):
+        raise ModelError(f"{key} must be a number in (0, {MAX_MULTIPLE:g}], got {value!r}")
     return float(value)
 
 
@@ -102,8 +125,8 @@ def _parse_layer(index: int, entry: object) -> LayerSpec:
         also = f" (did you mean {hint[0]}?)" if hint else f"; known: {', '.join(MODULES)}"
         raise ModelError(f"backbone[{index}] ({module}): unknown module{also}")
     where = f"backbone[{index}] ({module})"
-    if not _is_int(repeat) or repeat < 1:
-        raise ModelError(f"{where}: repeat must be an int >= 1, got {repeat!r}")
+    if not _is_int(repeat) or not 1 <= repeat <= MAX_REPEAT:
+        raise ModelError(f"{where}: repeat must be an int in 1..{MAX_REPEAT}, got {repeat!r}")
     if not isinstance(args, list | tuple):
         raise ModelError(f"{where}: args must be a list, got {args!r}")
     # An unquoted None in YAML is the string "None"; people mean null.
@@ -126,12 +149,36 @@ def parse_model_spec(d: Mapping[str, Any]) -> ModelSpec:
     backbone = d.get("backbone")
     if not isinstance(backbone, list | tuple) or not backbone:
         raise ModelError(f"backbone must be a non-empty list of layers, got {backbone!r}")
-    return ModelSpec(
+    spec = ModelSpec(
         input_channel=channels,
         depth_multiple=_number("depth_multiple", values["depth_multiple"]),
         width_multiple=_number("width_multiple", values["width_multiple"]),
         backbone=tuple(_parse_layer(i, entry) for i, entry in enumerate(backbone)),
     )
+    _check_scaled(spec)
+    return spec
+
+
+def _check_scaled(spec: ModelSpec) -> None:
+    """Each row within the per-layer caps once depth and width multiples are applied (so
+    a huge multiple is refused before anything is built, even on the meta device)."""
+    if spec.input_channel > MAX_CHANNELS:
+        raise ModelError(f"input_channel must be at most {MAX_CHANNELS}, got {spec.input_channel}")
+    for i, layer in enumerate(spec.backbone):
+        where = f"backbone[{i}] ({layer.module})"
+        repeat = scale_depth(layer.repeat, spec.depth_multiple)
+        if repeat > MAX_REPEAT:
+            raise ModelError(
+                f"{where}: repeat {layer.repeat} x depth_multiple {spec.depth_multiple:g} "
+                f"= {repeat:,} copies (cap {MAX_REPEAT})"
+            )
+        for a in MODULES[layer.module].channel_args:
+            value = fill_defaults(layer.module, layer.args)[a]
+            if (scaled := scale_width(value, spec.width_multiple)) > MAX_CHANNELS:
+                raise ModelError(
+                    f"{where}: {value} channels x width_multiple {spec.width_multiple:g} "
+                    f"= {scaled:,} (cap {MAX_CHANNELS:,})"
+                )
 
 
 def load_model_spec(path: str | Path) -> ModelSpec:

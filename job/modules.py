@@ -48,10 +48,21 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+# Size caps of one layer, checked before anything is built (docs: README "Models"): no
+# channel count (after width_multiple, an expansion's hidden width included) and no other
+# int arg is larger than MAX_CHANNELS, and no row repeats more than MAX_REPEAT times
+# (after depth_multiple). The network as a whole has its caps in job.model (MAX_PARAMS,
+# MAX_MACS), counted on the meta device; these keep that count itself cheap.
+MAX_CHANNELS = 8192
+MAX_REPEAT = 100
+
+
 def _check_hidden(hidden: int) -> None:
     # torch builds a zero-width conv with only a warning; it would fail at the first forward.
     if hidden < 1:
         raise ValueError(f"the expansion leaves {hidden} hidden channels")
+    if hidden > MAX_CHANNELS:
+        raise ValueError(f"the expansion makes {hidden:,} hidden channels (cap {MAX_CHANNELS:,})")
 
 
 class Conv(nn.Module):
@@ -236,15 +247,15 @@ def _is_int(v: object) -> bool:
 
 
 def _is_pos_int(v: object) -> bool:
-    return isinstance(v, int) and _is_int(v) and v >= 1
+    return isinstance(v, int) and _is_int(v) and 1 <= v <= MAX_CHANNELS
 
 
 def _is_pad(v: object) -> bool:
-    return v is None or (isinstance(v, int) and _is_int(v) and v >= 0)
+    return v is None or (isinstance(v, int) and _is_int(v) and 0 <= v <= MAX_CHANNELS)
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= MAX_CHANNELS
 
 
 def _is_flag(v: object) -> bool:
@@ -257,10 +268,10 @@ def _is_act(v: object) -> bool:
 
 # kind → (check, what the check wants, for the error message)
 ARG_KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "int": (_is_pos_int, "an int >= 1"),
-    "pad": (_is_pad, "null or an int >= 0"),
-    "opt_int": (lambda v: v is None or _is_pos_int(v), "null or an int >= 1"),
-    "number": (_is_number, "a number > 0"),
+    "int": (_is_pos_int, f"an int in 1..{MAX_CHANNELS}"),
+    "pad": (_is_pad, f"null or an int in 0..{MAX_CHANNELS}"),
+    "opt_int": (lambda v: v is None or _is_pos_int(v), f"null or an int in 1..{MAX_CHANNELS}"),
+    "number": (_is_number, f"a number in (0, {MAX_CHANNELS}]"),
     "flag": (_is_flag, "0, 1, true or false"),
     "act": (_is_act, f"null or one of {', '.join(sorted(ACTIVATIONS))}"),
 }

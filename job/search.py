@@ -11,7 +11,9 @@ slot taken but the budget not met (trials still running elsewhere) waits: if one
 those fails, it takes the freed slot.
 
 A failed trial (NaN loss, out of memory, a network that cannot run, any other error
-inside the trial) is told FAIL with its reason in the user attrs; the worker goes on.
+inside the trial) is told FAIL with its reason in the user attrs; the worker goes on,
+unless its trials keep failing (`MAX_ERRORS_IN_A_ROW`, `MAX_FAILURES_IN_A_ROW`): then it
+stops with `TrialsKeepFailing` (the CLI: exit 2, one line quoting the first failure).
 """
 
 from __future__ import annotations
@@ -41,21 +43,45 @@ from job.storage import (
     JOURNAL,
     Heartbeat,
     ParamHold,
+    StudyNotFoundError,
     budget_lock,
     database_lock,
+    fail_stale_trials,
     frozen_trial,
+    hold_study,
     open_storage,
     persist,
     redact,
     resolve_storage,
     save_user_attrs,
+    study_exists,
 )
 from job.study import study_summary
 from job.train import EpochRecord, Preempted, TrainError, TrainResult, train
 
-__all__ = ["JOURNAL", "Worker", "claim_trial", "open_study", "redact", "resolve_storage"]
+__all__ = [
+    "JOURNAL",
+    "Worker",
+    "claim_trial",
+    "fail_stale_trials",  # claim_trial calls it by this name (bench/storage.py times it)
+    "open_study",
+    "redact",
+    "resolve_storage",
+]
 
-MAX_FAILURES_IN_A_ROW = 25  # a config that can only fail should stop, not spin
+# A worker whose trials keep failing stops (exit 2, one line quoting the first failure
+# of the streak) instead of spinning: after MAX_ERRORS_IN_A_ROW failing with `error` (an
+# exception no sampled network explains: a bug, a device gone, a recipe that cannot run),
+# or MAX_FAILURES_IN_A_ROW failing for any reason (a space whose networks never fit,
+# a recipe whose loss is always NaN). A COMPLETE trial starts the count again.
+MAX_ERRORS_IN_A_ROW = 3
+MAX_FAILURES_IN_A_ROW = 25
+
+
+class TrialsKeepFailing(Exception):  # noqa: N818 — a verdict on the config, not a crash
+    """Every trial of a streak failed; the message quotes the first one's reason."""
+
+
 TrainFn = Callable[..., TrainResult]
 T = TypeVar("T")
 
@@ -75,14 +101,31 @@ def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseS
 
 
 def open_study(
-    config: Config, storage_url: str, name: str | None = None, worker_index: int = 0
+    config: Config,
+    storage_url: str,
+    name: str | None = None,
+    worker_index: int = 0,
+    create: bool = True,
 ) -> optuna.Study:
+    """The study `name` (default `study.name`) in the storage, created when missing; with
+    `create` False (`status`, `collect`) a missing study is a `StudyNotFoundError` and
+    nothing is created. A process that may create the study holds it (`hold_study`:
+    `run --fresh` elsewhere then refuses to delete it)."""
+    name = name or config.study.name
+    sampler = make_sampler(config, worker_index)
+    if not create:
+        if not study_exists(storage_url, name):
+            raise StudyNotFoundError(f"study {name!r} not found in {redact(storage_url)}")
+        return optuna.load_study(
+            study_name=name, storage=open_storage(storage_url, config), sampler=sampler
+        )
     storage = open_storage(storage_url, config)
+    hold_study(storage_url)
     with database_lock(storage_url, "studies"):  # N workers creating one study at once
         return optuna.create_study(
             storage=storage,
-            sampler=make_sampler(config, worker_index),
-            study_name=name or config.study.name,
+            sampler=sampler,
+            study_name=name,
             directions=[StudyDirection[d.upper()] for d in directions(config.objectives)],
             load_if_exists=True,
         )
@@ -91,9 +134,10 @@ def open_study(
 def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:
     """A new trial, or "done" (budget met) or "wait" (every open slot is running)."""
     with budget_lock(storage_url, study.study_name):
-        # Trials whose worker stopped beating fail here; the retry callback queues a
-        # WAITING copy with the same params, which the next ask() takes.
-        optuna.storages.fail_stale_trials(study)
+        # Trials whose worker stopped beating fail here (PostgreSQL: Optuna's heartbeat
+        # table; the journal: beat files, job.storage.BeatingJournalStorage); the retry
+        # callback queues a WAITING copy with the same params, which the next ask() takes.
+        fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         if complete >= budget:
@@ -139,8 +183,32 @@ def _result_attrs(result: TrainResult) -> dict[str, Any]:
     return {key: getattr(result, key) for key in _RESULT_ATTRS}
 
 
+def _stop_if_failing(streak: list[tuple[int, str, str]]) -> None:
+    """`TrialsKeepFailing` when the failures in a row say the config cannot work."""
+    errors = 0
+    for _, reason, _ in reversed(streak):
+        if reason != "error":
+            break
+        errors += 1
+    if errors >= MAX_ERRORS_IN_A_ROW:
+        first = streak[-errors]
+    elif len(streak) >= MAX_FAILURES_IN_A_ROW:
+        first = streak[0]
+    else:
+        return
+    number, reason, message = first
+    count = errors if errors >= MAX_ERRORS_IN_A_ROW else len(streak)
+    shown = message if message.startswith(f"{reason}:") else f"{reason}: {message}"
+    shown = (shown.splitlines() or [reason])[0]  # one line, as the CLI prints it
+    raise TrialsKeepFailing(
+        f"{count} trials in a row failed, stopping; the first (trial {number}) failed with {shown}"
+    )
+
+
 class Worker:
     """One worker's loop over the shared study; `metrics` is optional (job.metrics)."""
+
+    last_failure: tuple[str, str] | None = None  # (reason, message) of the last trial run
 
     def __init__(
         self,
@@ -164,7 +232,8 @@ class Worker:
     def run(self, data: Dataset | None = None, poll_s: float = 2.0) -> int:
         """Trials until the study's budget is met; returns how many this worker ran."""
         data = data if data is not None else load_data(self.config.data)
-        ran = failures = 0
+        ran = 0
+        streak: list[tuple[int, str, str]] = []  # failed in a row: (trial, reason, message)
         budget = self.config.study.budget
         while not self.stop.is_set():
             claimed = self._persist(
@@ -177,11 +246,14 @@ class Worker:
                 self.stop.wait(poll_s)
                 continue
             assert isinstance(claimed, optuna.Trial)
+            self.last_failure = None
             state = self.run_trial(claimed, data)
             ran += 1
-            failures = failures + 1 if state == TrialState.FAIL else 0
-            if failures >= MAX_FAILURES_IN_A_ROW:
-                raise RuntimeError(f"{failures} trials in a row failed; see their fail_reason")
+            if state == TrialState.COMPLETE:
+                streak = []
+            elif self.last_failure is not None:  # not preempted, not failed by another worker
+                streak.append((claimed.number, *self.last_failure))
+                _stop_if_failing(streak)
         return ran
 
     def run_trial(self, trial: optuna.Trial, data: Dataset) -> TrialState:
@@ -221,8 +293,13 @@ class Worker:
             self._fail(trial, "error", f"{type(exc).__name__}: {redact(str(exc))}")
             summary = f"FAIL error {type(exc).__name__}"
         seconds = time.perf_counter() - start
-        self._save(trial, {"seconds": seconds})  # with the result or the failure: one write
-        self._tell(trial, values, state)
+        try:
+            self._save(trial, {"seconds": seconds})  # with the result or the failure: one write
+            self._tell(trial, values, state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # silent past the grace period (a stalled or suspended machine): another worker
+            # failed it as stale and queued its retry, which will record the result
+            state, summary = TrialState.FAIL, "FAIL stale: failed by another worker, retried"
         self.log(f"trial {trial.number:>4} {summary} ({seconds:.1f}s)")
         if self.metrics is not None:
             ips = trial.user_attrs.get("train_images_per_s")
@@ -240,14 +317,23 @@ class Worker:
 
     def _hand_back(self, trial: optuna.Trial, exc: Preempted) -> str:
         """Preempted: fail this trial, queue a retry with the same params that resumes
-        from the checkpoint; the result is recorded once, by the retry."""
+        from the checkpoint; the result is recorded once, by the retry. A checkpoint that
+        could not be written (`exc.path` None, the OSError as its cause) is said so, on
+        the trial and in the log: the retry starts over, with no `resume_from`."""
         where = {"checkpoint_epoch": exc.epoch, "checkpoint_step": exc.step}
-        self._save(trial, {"fail_reason": "preempted", "fail_message": str(exc), **where})
+        message, saved = str(exc), ""
+        if exc.path is None:
+            cause = exc.__cause__
+            why = f": {cause.strerror or cause}" if isinstance(cause, OSError) else ""
+            message += f"; checkpoint not saved{why}"
+            saved = f"; checkpoint NOT saved{why}; the retry starts over"
+            where = {"checkpoint_saved": False}  # no checkpoint_epoch: there is none
+        self._save(trial, {"fail_reason": "preempted", "fail_message": message, **where})
         resume = {"retry_of": trial.number} | ({"resume_from": str(exc.path)} if exc.path else {})
         self._persist(
             lambda: self.study.enqueue_trial(trial.params, user_attrs=resume), "queueing a retry"
         )
-        return f"PREEMPTED at epoch {exc.epoch} step {exc.step}; queued for retry"
+        return f"PREEMPTED at epoch {exc.epoch} step {exc.step}{saved}; queued for retry"
 
     def _train(
         self, trial: optuna.Trial, data: Dataset, checkpoint: Path | None
@@ -297,6 +383,7 @@ class Worker:
 
     def _fail(self, trial: optuna.Trial, reason: str, message: str) -> None:
         """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""
+        self.last_failure = (reason, message)
         attrs = {"fail_reason": reason, "fail_message": message[:1000]}
         self._save(trial, attrs, write=False)
 

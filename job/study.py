@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, ConfigError
+from job.storage import silent_trials
 
 Point = tuple[float, ...]
 
@@ -309,6 +310,9 @@ class StudySummary:
     trials_per_hour: float | None
     eta: str
     hypervolume: float  # normalised, in [0, 1]; 0.0 without a front
+    # RUNNING trials silent past study.grace_period_s: number -> seconds since the last
+    # heartbeat (the next claim fails and retries them); only when asked for (`status`)
+    stale: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def front_numbers(self) -> list[int]:
@@ -316,9 +320,13 @@ class StudySummary:
 
 
 def summarise(
-    trials: Sequence[FrozenTrial], config: Config, now: datetime | None = None
+    trials: Sequence[FrozenTrial],
+    config: Config,
+    now: datetime | None = None,
+    silent: Mapping[int, float] | None = None,
 ) -> StudySummary:
-    """The summary of one snapshot of trials (`now`, for tests, stands for the clock)."""
+    """The summary of one snapshot of trials (`now`, for tests, stands for the clock);
+    `silent`: RUNNING trial number -> seconds since its last heartbeat (see `stale`)."""
     objectives = tuple(config.objectives)
     budget = config.study.budget
     complete, ranked = complete_trials(trials), ranked_trials(trials)
@@ -338,12 +346,26 @@ def summarise(
         trials_per_hour=rate,
         eta=eta_text(len(complete), budget, rate),
         hypervolume=front_hypervolume(front, objectives),
+        stale=stale_trials(trials, silent or {}, config.study.grace_period_s),
     )
 
 
-def study_summary(study: optuna.Study, config: Config, now: datetime | None = None) -> StudySummary:
-    """Read the study once (refusing one made for other objectives) and summarise it."""
-    return summarise(snapshot(study, config), config, now)
+def stale_trials(
+    trials: Sequence[FrozenTrial], silent: Mapping[int, float], grace_s: float
+) -> dict[int, float]:
+    """RUNNING trials silent for longer than `grace_s`: number -> seconds silent."""
+    running = {t.number for t in trials if t.state == TrialState.RUNNING}
+    return {n: s for n, s in sorted(silent.items()) if n in running and s > grace_s}
+
+
+def study_summary(
+    study: optuna.Study, config: Config, now: datetime | None = None, heartbeats: bool = False
+) -> StudySummary:
+    """Read the study once (refusing one made for other objectives) and summarise it;
+    with `heartbeats` also its running trials' heartbeats, to tell the stale ones."""
+    trials = snapshot(study, config)
+    silent = silent_trials(study) if heartbeats else None  # after: no trial started since
+    return summarise(trials, config, now, silent)
 
 
 def progress_text(summary: StudySummary) -> str:

@@ -30,9 +30,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from job.augment import train_augment
-from job.config import AugmentConfig, TrainConfig
+from job.config import AugmentConfig, ConfigError, TrainConfig
 from job.data import Dataset, Split
-from job.model import Measure, ModelError, ModelSpec, build_model, measure, measure_latency
+from job.model import (
+    MAX_MACS,
+    MAX_PARAMS,
+    Measure,
+    ModelError,
+    ModelSpec,
+    build_model,
+    measure,
+    measure_latency,
+)
 
 FailReason = Literal["nan_loss", "out_of_memory", "invalid_network"]
 # A stage of the step by name ("forward", "loss", "backward", "optimizer") → a context to
@@ -83,13 +92,39 @@ class TrainResult:
     resumed_epoch: int = 0  # > 0: resumed from a checkpoint at this epoch (1-based)
 
 
-def resolve_device(name: str) -> torch.device:
-    """train.device → a torch device; "auto" takes CUDA when there is one."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """train.device → a torch device; "auto" takes CUDA when there is one. `ConfigError`
+    naming `key` (the config key or the flag it came from) when CUDA is asked for and
+    there is none: the CLI checks this at start-up, before the first trial."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("invalid_network", "train.device is 'cuda' but no CUDA device is visible")
+        raise ConfigError(
+            f"{key}: 'cuda' asked for, but no CUDA device is visible (use cpu or auto)"
+        )
     return torch.device(name)
+
+
+def check_batch(recipe: TrainConfig, data: Dataset) -> None:
+    """`ConfigError` unless a train batch fits the train split: no batch is ever smaller
+    than train.batch_size (the ragged last one is dropped; BatchNorm needs 2+), so one
+    larger than the split could never train. The CLI checks it once the data is loaded."""
+    n = len(data.train)
+    if recipe.batch_size > n:
+        raise ConfigError(
+            f"train.batch_size: {recipe.batch_size} is more than the {n} images of the "
+            f"train split (lower it, or raise data.subset or the data)"
+        )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA OOM, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text
+    )
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
@@ -169,11 +204,22 @@ def val_split(data: Dataset) -> Split:
 
 def check_fit(spec: ModelSpec, data: Dataset) -> Measure:
     """The spec measured on the meta device (nothing allocated); `TrainError` when it
-    cannot run on the data's images or does not output one logit per class."""
+    cannot run on the data's images, is over a size cap (job.model.MAX_PARAMS, MAX_MACS)
+    or does not output one logit per class."""
+    channels = int(data.train.x.shape[1])
+    if spec.input_channel != channels:
+        raise TrainError(
+            "invalid_network",
+            f"input_channel is {spec.input_channel}, the data has {channels} channels "
+            f"(images are prepared as RGB)",
+        )
     try:
         found = measure(spec, data.train.x.shape[-1])
     except ModelError as exc:
         raise TrainError("invalid_network", str(exc)) from None
+    for what, value, cap in (("params", found.params, MAX_PARAMS), ("MACs", found.macs, MAX_MACS)):
+        if value > cap:
+            raise TrainError("invalid_network", f"{value:,} {what}, over the cap of {cap:,}")
     if found.outputs != data.num_classes:
         raise TrainError(
             "invalid_network",
@@ -225,7 +271,8 @@ class Trainer:
             nesterov=recipe.nesterov and recipe.momentum > 0,
         )
         n = len(data.train)
-        self.batch_size = min(recipe.batch_size, n)
+        check_batch(recipe, data)
+        self.batch_size = recipe.batch_size
         self.steps = n // self.batch_size  # drop the ragged last batch: BatchNorm needs 2+
         total, warmup = recipe.epochs * self.steps, round(recipe.warmup_epochs * self.steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(total, warmup))
@@ -281,7 +328,10 @@ class Trainer:
                 self.pos.step = i
                 self.pos.train_seconds += time.perf_counter() - start
                 if checkpoint is not None:
-                    self.save(checkpoint)
+                    try:
+                        self.save(checkpoint)
+                    except OSError as exc:  # unsaved: handed back to start over (search)
+                        raise Preempted(None, epoch, i) from exc
                 raise Preempted(checkpoint, epoch, i)
             self.step(*self.batch(i))
         assert self.pos.loss_sum is not None
@@ -381,8 +431,10 @@ def train(
         latency = (math.nan, math.nan)
         if recipe.measure_latency:
             latency = measure_latency(trainer.model, data.train.x.shape[1:], device, trainer.amp)
-    except torch.OutOfMemoryError as exc:
-        raise TrainError("out_of_memory", str(exc).splitlines()[0]) from None
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        raise TrainError("out_of_memory", (str(exc).splitlines() or [""])[0]) from None
     return TrainResult(
         val_accuracy=val_acc,
         test_accuracy=test_acc,

@@ -10,12 +10,17 @@ before any training. `{tmp}` in arguments, files and environment is that folder;
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from PIL import Image
 
 from job.cli import main
 
@@ -32,6 +37,7 @@ space:
 train: {epochs: 1, batch_size: 32, device: cpu, measure_latency: false}
 """
 MODEL = "configs/models/mobilenetv3_small.yaml"
+STATUS = ("status", "--config", "{cfg}")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +52,7 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)  # name → content
     env: dict[str, str] = field(default_factory=dict)
     code: int = 2
+    lines: int = 1  # 2: a "waiting for database" line first, then the error
 
 
 def _edit(**sections: str) -> str:
@@ -56,6 +63,32 @@ def _edit(**sections: str) -> str:
         keep = QUICK.split("space:")[0] + QUICK.split("augment: null\n")[1]
         keep = "\n".join(line for line in keep.splitlines() if line.split(":")[0] not in sections)
     return keep + "\n" + "\n".join(f"{k}: {v}" for k, v in sections.items()) + "\n"
+
+
+def _png() -> bytes:
+    """A tiny real PNG (8x8 grey), for image folders."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png()
+NO_GPU = not torch.cuda.is_available()
+TRAIN_M = ("train", "--config", "{cfg}", "--model", "{tmp}/m.yaml")
+
+
+def _model(*rows: str, head: str = "input_channel: 3") -> dict[str, str | bytes]:
+    """m.yaml: the rows, then a pool and a 10-class head (digits' classes)."""
+    tail = "[1, GlobalAvgPool, []], [1, FixedConv, [10, 1, 1]]"
+    return {"m.yaml": f"{head}\nbackbone: [{', '.join([*rows, tail])}]\n"}
+
+
+def _space(**block: str) -> str:
+    """QUICK with its one block's keys replaced (YAML flow values)."""
+    keys = {"modules": "[Conv]", "repeat": "[1, 1]", "channels": "[8, 16, 8]", "kernel": "[3]"}
+    keys |= block
+    text = ", ".join(f"{k}: {v}" for k, v in keys.items())
+    return _edit(space=f"{{blocks: [{{{text}}}], head_channels: [16, 32, 16], augment: null}}")
 
 
 CASES: list[Case] = [
@@ -79,7 +112,176 @@ CASES: list[Case] = [
     Case("train-epochs-zero", ("train", "--config", "{cfg}", "--model", MODEL, "--epochs", "0"),
          "--epochs"),
     # (helpers: add the cases of your part below, in your own section)
+    # --- validation before the first trial (CLI, config, data, model) ------------------
+    # space: every range, checked at load
+    Case("head-channels-inverted", ("search", "--config", "{cfg}"), "space.head_channels",
+         config=_edit(space="{head_channels: [256, 64, 64]}")),
+    Case("space-n-select-inverted", ("search", "--config", "{cfg}"), "space.augment.n_select",
+         config=_edit(space="{augment: {n_select: [3, 1]}}")),
+    Case("space-level-negative", ("search", "--config", "{cfg}"), "space.augment.level",
+         config=_edit(space="{augment: {level: [-5, -1]}}")),
+    Case("space-lr-negative", ("search", "--config", "{cfg}"), "space.train.lr",
+         config=_edit(space="{train: {lr: [-1, 0.1]}}")),
+    Case("space-label-smoothing", ("search", "--config", "{cfg}"), "space.train.label_smoothing",
+         config=_edit(space="{train: {label_smoothing: [2.0]}}")),
+    Case("kernel-empty", ("search", "--config", "{cfg}"), "space.blocks[0].kernel",
+         config=_space(kernel="[]")),
+    Case("kernel-negative", ("search", "--config", "{cfg}"), "space.blocks[0].kernel",
+         config=_space(kernel="[-3]")),
+    Case("activation-unknown", ("search", "--config", "{cfg}"), "space.blocks[0].activation",
+         config=_space(activation="[Relu7]")),
+    Case("v2-expansion-zero", ("search", "--config", "{cfg}"), "space.blocks[0].v2_expansion",
+         config=_space(v2_expansion="[0, 0]")),
+    Case("v3-expansion-rounds-to-0", ("search", "--config", "{cfg}"), "blocks[0].v3_expansion",
+         config=_space(v3_expansion="[0.01, 0.04, 0.01]")),
+    Case("space-repeat-huge", ("search", "--config", "{cfg}"), "space.blocks[0].repeat",
+         config=_space(repeat="[1, 1000000000]")),
+    Case("space-channels-huge", ("search", "--config", "{cfg}"), "space.blocks[0].channels",
+         config=_space(channels="[8, 100000, 8]")),
+    Case("study-name-bad", ("search", "--config", "{cfg}"), "study.name",
+         config=_edit(study="{name: 'a b/c'}")),
+    # the device, at start-up (a config that names a GPU may still be collected without one)
+    *([
+        Case("device-cuda-search", ("search", "--config", "{cfg}"), "train.device",
+             config=_edit(train="{device: cuda}")),
+        Case("device-cuda-run", ("run", "--config", "{cfg}"), "train.device",
+             config=_edit(train="{device: cuda}")),
+        Case("device-cuda-train", (*TRAIN_M, "--device", "cuda"), "--device",
+             files=_model("[1, Conv, [8, 3]]")),
+    ] if NO_GPU else []),
+    # the data: class count, batch size vs the train split
+    Case("imagefolder-one-class", ("search", "--config", "{cfg}"), "imgs: one class ('cat')",
+         config=_edit(data="{name: imagefolder, path: imgs, image_size: 16}"),
+         files={f"imgs/cat/{i}.png": PNG for i in range(6)}),
+    Case("batch-over-train-split", ("search", "--config", "{cfg}"),
+         "train.batch_size: 512 is more than the 160 images",
+         config=_edit(train="{batch_size: 512, device: cpu}")),
+    Case("batch-over-train-split-run", ("run", "--config", "{cfg}"), "train.batch_size",
+         config=_edit(train="{batch_size: 512, device: cpu}")),
+    Case("batch-over-train-split-train", TRAIN_M, "train.batch_size",
+         config=_edit(train="{batch_size: 512, device: cpu}"), files=_model("[1, Conv, [8, 3]]")),
+    # output and checkpoint folders: checked before anything is trained or opened
+    Case("train-out-a-file", (*TRAIN_M, "--out", "/etc/passwd"), "--out: /etc/passwd",
+         files=_model("[1, Conv, [8, 3]]")),
+    Case("train-out-under-a-file", (*TRAIN_M, "--out", "{cfg}/run"), "--out",
+         files=_model("[1, Conv, [8, 3]]")),
+    Case("checkpoint-dir-search", ("search", "--config", "{cfg}"), "study.checkpoint_dir",
+         config=QUICK.replace("seed: 0}", "seed: 0, checkpoint_dir: c.yaml/ck}", 1)),
+    Case("checkpoint-dir-run", ("run", "--config", "{cfg}"), "study.checkpoint_dir",
+         config=QUICK.replace("seed: 0}", "seed: 0, checkpoint_dir: c.yaml/ck}", 1)),
+    Case("preview-out-a-folder", ("augment-preview", "--config", "{cfg}", "--out", "{tmp}"),
+         "--out"),
+    # the model YAML (train --model): exit 2 naming the file
+    Case("model-input-channel-1", TRAIN_M, "m.yaml: input_channel is 1",
+         files=_model("[1, Conv, [8, 3]]", head="input_channel: 1")),
+    Case("model-binary", TRAIN_M, "m.yaml", files={"m.yaml": b"\xff\xfe\x00binary"}),
+    Case("model-nul-bytes", TRAIN_M, "m.yaml", files={"m.yaml": "backbone: \x00\x01"}),
+    Case("model-100k-channels", TRAIN_M, "m.yaml: backbone[0] (Conv)",
+         files=_model("[1, Conv, [100000, 3]]")),
+    Case("model-repeat-1e9", TRAIN_M, "m.yaml: backbone[0] (Conv): repeat",
+         files=_model("[1000000000, Conv, [8, 3]]")),
+    Case("model-width-multiple", TRAIN_M, "m.yaml: backbone[0] (Conv)",
+         files=_model("[1, Conv, [1024, 3]]", head="width_multiple: 50")),
+    Case("model-depth-multiple", TRAIN_M, "m.yaml: backbone[0] (Conv)",
+         files=_model("[5, Conv, [8, 3]]", head="depth_multiple: 100")),
+    Case("model-expansion-huge", TRAIN_M, "m.yaml: backbone[1] (InvertedResidualv2)",
+         files=_model("[1, Conv, [64, 3]]", "[1, InvertedResidualv2, [16, 1000, 1]]")),
+    Case("model-over-params-cap", TRAIN_M, "m.yaml: 604,",
+         files=_model("[1, Conv, [8192, 3]]", "[1, Conv, [8192, 3]]")),
+    Case("model-misfit", TRAIN_M, "m.yaml: backbone[1] (MaxPool)",
+         files=_model("[1, Conv, [8, 3]]", "[6, MaxPool, [2]]")),
+    # command-line numbers and names: argparse's own error, on one line
+    Case("run-metrics-port-70000", ("run", "--config", "{cfg}", "--metrics-port", "70000"),
+         "--metrics-port"),
+    Case("run-metrics-port-negative", ("run", "--config", "{cfg}", "--metrics-port", "-1"),
+         "--metrics-port"),
+    Case("run-metrics-ports-past-65535",
+         ("run", "--config", "{cfg}", "--metrics-port", "65535", "--workers", "2"),
+         "--metrics-port: 2 workers need ports up to 65536"),
+    Case("run-workers-zero", ("run", "--config", "{cfg}", "--workers", "0"), "--workers"),
+    Case("preview-size-zero",
+         ("augment-preview", "--config", "{cfg}", "--out", "{tmp}/p.png", "--size", "0"),
+         "--size"),
+    Case("collect-timeout-negative",
+         ("collect", "--config", "{cfg}", "--wait", "--timeout", "-1"), "--timeout"),
+    Case("collect-timeout-nan", ("collect", "--config", "{cfg}", "--wait", "--timeout", "nan"),
+         "--timeout"),
+    Case("search-study-name", ("search", "--config", "{cfg}", "--study", "a b/c"), "--study"),
+    Case("status-study-name", ("status", "--config", "{cfg}", "--study", "../x"), "--study"),
+    Case("dashboard-port-70000", ("dashboard", "--out", "{tmp}", "--port", "70000"), "--port"),
+    Case("train-epochs-text", (*TRAIN_M, "--epochs", "ten"), "--epochs"),
+    Case("train-device-gpu", (*TRAIN_M, "--device", "gpu"), "--device"),
+    Case("train-no-model", ("train", "--config", "{cfg}"), "--model"),
+    Case("unknown-verb", ("frobnicate",), "invalid choice: 'frobnicate'"),
+    # --- storage, destructive operations --------------------------------------------
+    # (a wrong password and --fresh against a live holder: tests/test_storage.py)
+    Case("storage-scheme-foo", (*STATUS, "--storage", "foo://bar"),
+         "storage foo://bar: 'foo' is not supported"),
+    Case("storage-mysql", (*STATUS, "--storage", "mysql://u:pw@localhost/db"),
+         "storage mysql://u:***@localhost/db: 'mysql' is not supported"),
+    Case("storage-driver-missing", (*STATUS, "--storage", "postgresql+asyncpg://u:pw@h/db"),
+         "no driver 'postgresql+asyncpg' installed"),
+    Case("storage-unparsable", (*STATUS, "--storage", "postgresql://u:pw@[::1"),
+         "the storage is not a valid database URL (postgresql://…)"),
+    Case("storage-sqlite-memory", (*STATUS, "--storage", "sqlite://"),
+         "an in-memory SQLite database is no shared storage"),
+    Case("storage-journal-empty", (*STATUS, "--storage", "journal://"), "no journal file named"),
+    Case("storage-port-99999",
+         (*STATUS, "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:99999/db"),
+         "storage postgresql+psycopg2://u:***@127.0.0.1:99999/db: port 99999 is not in 1-65535"),
+    Case("storage-port-99999-env", STATUS, "POSTGRES_PORT: ", env={
+        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "99999", "POSTGRES_USER": "u",
+        "POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "db"}),
+    # an outage past the start-up wait (SMS_DB_WAIT_S=0: no wait): exit 1, one line
+    Case("storage-refused", (*STATUS, "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/db"),
+         "database postgresql+psycopg2://u:***@127.0.0.1:1/db not reachable: ",
+         env={"SMS_DB_WAIT_S": "0"}, code=1),
+    Case("storage-refused-search",
+         ("search", "--config", "{cfg}", "--storage", "postgresql+psycopg2://u:pw@[::1]:1/db"),
+         "not reachable: ", env={"SMS_DB_WAIT_S": "0"}, code=1),
+    Case("storage-postgresql-psycopg3", (*STATUS, "--storage", "postgresql://u:pw@h/db"),
+         "no driver 'postgresql' installed (write postgresql+psycopg2://)"),
+    Case("storage-unknown-host",
+         (*STATUS, "--storage", "postgresql+psycopg2://u:pw@no-such-host.invalid/db"),
+         "no-such-host.invalid", env={"SMS_DB_WAIT_S": "0"}, code=1),
+    Case("storage-refused-after-wait",
+         (*STATUS, "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/db"),
+         "not reachable after 0.3 s", env={"SMS_DB_WAIT_S": "0.3"}, code=1, lines=2),
+    Case("journal-under-proc", ("search", "--config", "{cfg}", "--out", "/proc/x"), "/proc/x"),
+    Case("journal-run-under-proc", ("run", "--config", "{cfg}", "--out", "/proc/x"), "/proc/x"),
+    Case("journal-is-a-folder", ("search", "--config", "{cfg}", "--storage", "journal://{tmp}"),
+         "Is a directory"),
+    Case("journal-under-a-file",
+         ("search", "--config", "{cfg}", "--storage", "journal://{cfg}/study.journal"),
+         "c.yaml"),
+    # status and collect never create a study: a mistyped folder or name says so
+    Case("status-no-study", (*STATUS, "--out", "{tmp}/typo"),
+         "study 'bad' not found in journal://"),
+    Case("status-no-study-default", STATUS, "study 'bad' not found in journal://"),
+    Case("status-other-study", (*STATUS, "--study", "other", "--out", "{tmp}/r"),
+         "study 'other' not found", files={"r/study.journal": ""}),
+    Case("status-no-sqlite-file", (*STATUS, "--storage", "sqlite:///{tmp}/none.db"),
+         "study 'bad' not found in sqlite:///"),
+    Case("collect-no-study", ("collect", "--config", "{cfg}", "--out", "{tmp}/typo"),
+         "study 'bad' not found"),
+    # --wait: collect starts beside the workers, so it waits for the study (making none)
+    Case("collect-no-study-wait", ("collect", "--config", "{cfg}", "--wait", "--timeout", "0"),
+         "study 'bad' did not appear within 0.0s", code=1),
 ]  # fmt: skip
+
+
+def _config_cases() -> list[Case]:
+    """Every bad config of tests/test_config.py, through `search` as a user runs it."""
+    from tests.test_config import BAD_CONFIGS
+
+    cases = []
+    for i, (doc, expected) in enumerate(BAD_CONFIGS):
+        text = yaml.safe_dump(doc, sort_keys=False)
+        cases.append(Case(f"config-{i}", ("search", "--config", "{cfg}"), expected, config=text))
+    return cases
+
+
+CASES += _config_cases()
 
 
 def _tree(root: Path) -> set[str]:
@@ -124,8 +326,45 @@ def test_bad_input_fails_at_once_with_one_line(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == case.code, err
-    assert len(lines) == 1, err
-    assert case.says in lines[0], err
+    assert len(lines) == case.lines, err
+    assert case.says in lines[-1], err
+    assert "pw@" not in err  # every URL's password masked
     assert "Traceback" not in err
     assert _tree(in_tmp) == before, "a bad input created or deleted files"
     assert os.getcwd() == str(in_tmp)
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "env", "says"),
+    [
+        (("search",), "study: {{name: bad, budget: 2, metrics_port: {port}}}", {},
+         "study.metrics_port: port {port} is not free"),
+        (("search",), "", {"SMS_METRICS_PORT": "{port}"}, "SMS_METRICS_PORT: port {port}"),
+        (("run", "--metrics-port", "{port}"), "", {}, "--metrics-port: port {port} is not free"),
+    ],
+    ids=["search-config", "search-env", "run"],
+)  # fmt: skip
+def test_a_metrics_port_in_use_fails_at_start_with_one_line(
+    argv: tuple[str, ...],
+    config: str,
+    env: dict[str, str],
+    says: str,
+    in_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:  # listening on every address, as a server would
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        study = config.format(port=port) or "study: {name: bad, budget: 2}"
+        text = QUICK.replace("study: {name: bad, budget: 2, seed: 0}", study)
+        (in_tmp / "c.yaml").write_text(text)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value.format(port=port))
+        before = _tree(in_tmp)
+        code = main([a.format(port=port) for a in (argv[0], "--config", "c.yaml", *argv[1:])])
+        err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and says.format(port=port) in err, err
+    assert _tree(in_tmp) == before

@@ -284,3 +284,28 @@ def test_wait_for_budget(study: optuna.Study, tmp_path: Path) -> None:
         assert wait_for_budget(study, make_config(budget=10), poll_s=0.05, timeout_s=30)
     finally:
         timer.join()
+
+
+def test_collect_writes_each_file_atomically(
+    study: optuna.Study, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure mid-write leaves the previous file whole and no temporary file behind;
+    a rerun replaces the files; nothing but the three files is ever left."""
+    out = tmp_path / "out"
+    collect(study, config, out)
+    before = {name: (out / name).read_bytes() for name in ("summary.json", "pareto.png")}
+
+    def broken_savefig(self: object, path: object, **kwargs: object) -> None:
+        Path(str(path)).write_bytes(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", broken_savefig)
+    with pytest.raises(OSError, match="No space left"):
+        collect(study, config, out)
+    assert (out / "pareto.png").read_bytes() == before["pareto.png"]  # still the old one
+    assert sorted(p.name for p in out.iterdir()) == ["pareto.json", "pareto.png", "summary.json"]
+    monkeypatch.undo()
+    add(study, 11, (0.99, 120, 0.98, 0.0))
+    collect(study, config, out)
+    assert (out / "summary.json").read_bytes() != before["summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["pareto.json", "pareto.png", "summary.json"]

@@ -52,55 +52,68 @@ def test_round_trip_through_yaml() -> None:
     assert parse_config(yaml.safe_load(dump_config(c))) == c
 
 
-@pytest.mark.parametrize(
-    ("doc", "expected"),
-    [
-        ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
-        ({"train": {"epoch": 3}}, "train.epoch: unknown key"),
-        ({"trian": {}}, "trian: unknown key"),
-        ({"train": {"lr": "fast"}}, "train.lr: "),
-        ({"data": {"val_ratio": 1.5}}, "data.val_ratio: must be < 1.0, got 1.5"),
-        ({"data": {"name": "mnist"}}, "data.name: "),
-        ({"data": {"name": "cifar10"}}, "data.path: required"),
-        ({"augment": {"ops": ["Rotate", "Spin"]}}, "augment.ops: unknown op 'Spin'"),
-        ({"augment": {"level": 40}}, "augment.level: must be <= n_level"),
-        (
-            {"space": {"blocks": [{"modules": ["Conv"], "channels": [64, 16, 8]}]}},
-            "space.blocks[0].channels",
-        ),
-        ({"space": {"blocks": [{"modules": ["Transformer"]}]}}, "space.blocks[0].modules[0]"),
-        ({"objectives": ["accuracy", "accuracy"]}, "objectives: listed twice"),
-        ({"objectives": ["speed"]}, "objectives[0]: "),
-        ({"study": {"budget": -1}}, "study.budget: must be >= 1, got -1"),
-        # each of these used to load and then fail every trial, or pass silently
-        ({"augment": {"ops": ["Rotate", "Rotate"]}}, "augment.ops: Rotate listed twice"),
-        ({"augment": {"ops": [], "n_select": 0}}, "augment.ops: must name at least one op"),
-        ({"augment": {"n_select": 15}}, "augment.n_select: must be <= len(ops) = 14"),
-        ({"space": {"head_channels": [256, 64, 64]}}, "space.head_channels: need 0 < low"),
-        ({"space": {"augment": {"n_select": [3, 1]}}}, "space.augment.n_select: need 0 <="),
-        ({"space": {"augment": {"n_select": [0, 20]}}}, "space.augment.n_select: at most"),
-        ({"space": {"augment": {"level": [-5, -1]}}}, "space.augment.level: need 0 <="),
-        ({"space": {"augment": {"level": [0, 40]}}}, "space.augment.level: at most"),
-        ({"space": {"train": {"lr": [-1, 0.1]}}}, "space.train.lr: need 0 < low"),
-        ({"space": {"train": {"label_smoothing": [2.0]}}}, "space.train.label_smoothing: 2.0"),
-        ({"space": {"blocks": [{"modules": ["Conv"], "kernel": []}]}}, "blocks[0].kernel: needs"),
-        ({"space": {"blocks": [{"modules": ["Conv"], "kernel": [-3]}]}}, "blocks[0].kernel: -3"),
-        ({"space": {"blocks": [{"modules": ["Conv"], "activation": ["Gelu"]}]}}, "'Gelu' is not"),
-        ({"space": {"blocks": [{"modules": ["Conv"], "v2_expansion": [0, 0]}]}}, "v2_expansion"),
-        ({"space": {"blocks": [{"modules": ["Conv"], "stride": [3]}]}}, "blocks[0].stride: 3"),
-        ({"train": {"batch_size": 1}}, "train.batch_size: must be >= 2, got 1"),
-        ({"train": {"epochs": True}}, "train.epochs: input should be a valid integer, got True"),
-        ({"train": {"epochs": 2.5}}, "train.epochs: input should be a valid integer"),
-        ({"augment": {"enabled": "yes"}}, "augment.enabled: "),
-        ({"study": {"heartbeat_interval_s": 60}}, "study.grace_period_s: must be >"),
-        # keys that did nothing are gone until they do something
-        ({"train": {"optimizer": "sgd"}}, "train.optimizer: unknown key"),
-        ({"train": {"schedule": "cosine"}}, "train.schedule: unknown key"),
-        ({"select": {"policies": ["best"]}}, "select: unknown key"),
-        ({"export": {"onnx": True}}, "export: unknown key"),
-        ([1, 2], "expected a mapping"),
-    ],
-)
+# Bad configs and the start of the one line each must give (also run through the CLI by
+# tests/test_bad_inputs.py).
+BAD_CONFIGS: list[tuple[object, str]] = [
+    ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+    ({"train": {"epoch": 3}}, "train.epoch: unknown key"),
+    ({"trian": {}}, "trian: unknown key"),
+    ({"train": {"lr": "fast"}}, "train.lr: "),
+    ({"data": {"val_ratio": 1.5}}, "data.val_ratio: must be < 1.0, got 1.5"),
+    ({"data": {"name": "mnist"}}, "data.name: "),
+    ({"data": {"name": "cifar10"}}, "data.path: required"),
+    ({"augment": {"ops": ["Rotate", "Spin"]}}, "augment.ops: unknown op 'Spin'"),
+    ({"augment": {"level": 40}}, "augment.level: must be <= n_level"),
+    (
+        {"space": {"blocks": [{"modules": ["Conv"], "channels": [64, 16, 8]}]}},
+        "space.blocks[0].channels",
+    ),
+    ({"space": {"blocks": [{"modules": ["Transformer"]}]}}, "space.blocks[0].modules[0]"),
+    ({"objectives": ["accuracy", "accuracy"]}, "objectives: listed twice"),
+    ({"objectives": ["speed"]}, "objectives[0]: "),
+    ({"study": {"budget": -1}}, "study.budget: must be >= 1, got -1"),
+    # each of these used to load and then fail every trial, or pass silently
+    ({"augment": {"ops": ["Rotate", "Rotate"]}}, "augment.ops: Rotate listed twice"),
+    ({"augment": {"ops": [], "n_select": 0}}, "augment.ops: must name at least one op"),
+    ({"augment": {"n_select": 15}}, "augment.n_select: must be <= len(ops) = 14"),
+    ({"space": {"head_channels": [256, 64, 64]}}, "space.head_channels: need 0 < low"),
+    ({"space": {"augment": {"n_select": [3, 1]}}}, "space.augment.n_select: need 0 <="),
+    ({"space": {"augment": {"n_select": [0, 20]}}}, "space.augment.n_select: at most"),
+    ({"space": {"augment": {"level": [-5, -1]}}}, "space.augment.level: need 0 <="),
+    ({"space": {"augment": {"level": [0, 40]}}}, "space.augment.level: at most"),
+    ({"space": {"train": {"lr": [-1, 0.1]}}}, "space.train.lr: need 0 < low"),
+    ({"space": {"train": {"label_smoothing": [2.0]}}}, "space.train.label_smoothing: 2.0"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "kernel": []}]}}, "blocks[0].kernel: needs"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "kernel": [-3]}]}}, "blocks[0].kernel: -3"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "activation": ["Gelu"]}]}}, "'Gelu' is not"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "v2_expansion": [0, 0]}]}}, "v2_expansion"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "stride": [3]}]}}, "blocks[0].stride: 3"),
+    ({"train": {"batch_size": 1}}, "train.batch_size: must be >= 2, got 1"),
+    ({"train": {"epochs": True}}, "train.epochs: input should be a valid integer, got True"),
+    ({"train": {"epochs": 2.5}}, "train.epochs: input should be a valid integer"),
+    ({"augment": {"enabled": "yes"}}, "augment.enabled: "),
+    ({"study": {"heartbeat_interval_s": 60}}, "study.grace_period_s: must be >"),
+    # within the model's caps (job.modules), and the study name's one rule
+    ({"space": {"blocks": [{"modules": ["Conv"], "repeat": [1, 10**9]}]}}, "repeat: at most"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "channels": [8, 10**5, 8]}]}}, "channels:"),
+    ({"space": {"blocks": [{"modules": ["Conv"], "kernel": [3, 10**5]}]}}, "kernel: at most"),
+    ({"space": {"head_channels": [16, 10**5, 16]}}, "space.head_channels: at most 8192"),
+    (
+        {"space": {"blocks": [{"modules": ["Conv"], "v3_expansion": [0.01, 0.04, 0.01]}]}},
+        "v3_expansion: need low >= 0.1",
+    ),
+    ({"study": {"name": "a b/c"}}, "study.name: must be letters, digits"),
+    ({"study": {"name": "x" * 121}}, "study.name: must be at most 120 characters"),
+    # keys that did nothing are gone until they do something
+    ({"train": {"optimizer": "sgd"}}, "train.optimizer: unknown key"),
+    ({"train": {"schedule": "cosine"}}, "train.schedule: unknown key"),
+    ({"select": {"policies": ["best"]}}, "select: unknown key"),
+    ({"export": {"onnx": True}}, "export: unknown key"),
+    ([1, 2], "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), BAD_CONFIGS)
 def test_bad_config_names_the_key(doc: object, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(doc)

@@ -298,6 +298,18 @@ def test_imagefolder_errors_name_the_path(tmp_path: Path) -> None:
         folder(tmp_path / "classless")
 
 
+def test_one_class_or_a_train_split_under_two_images_cannot_train(tmp_path: Path) -> None:
+    write_folder(tmp_path / "one", {"cat": 6})
+    with pytest.raises(DataError, match=r"one: one class \('cat'\); a classifier needs"):
+        folder(tmp_path / "one")
+    write_folder(tmp_path / "one_each_split", {"train/cat": 4, "test/cat": 2})
+    with pytest.raises(DataError, match="one class"):
+        folder(tmp_path / "one_each_split")
+    write_folder(tmp_path / "tiny", {"a": 2, "b": 1})  # 1 train image after test and val
+    with pytest.raises(DataError, match=r"tiny: too few images .*\(1 train, 1 test"):
+        folder(tmp_path / "tiny", test_ratio=0.3, val_ratio=0.3, image_size=8)
+
+
 def test_imagefolder_corrupt_image_names_the_file(tmp_path: Path) -> None:
     write_folder(tmp_path, {"a": 5, "b": 5})
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

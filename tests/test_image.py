@@ -158,6 +158,14 @@ def test_roles_help_and_pass_through(tmp_path: Path) -> None:
         assert done.stdout.startswith(f"usage: python -m job {verb} "), done.stdout
     journal = f"journal://{tmp_path / 'study.journal'}"
     done = entry("status", "--config", "configs/quickstart.yaml", "--storage", journal)
+    assert done.returncode == 2 and "study 'quickstart' not found" in done.stderr  # nothing made
+    assert not (tmp_path / "study.journal").exists()
+    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+    storage = optuna.storages.JournalStorage(backend)
+    optuna.create_study(
+        storage=storage, study_name="quickstart", directions=["maximize", "minimize"]
+    )
+    done = entry("status", "--config", "configs/quickstart.yaml", "--storage", journal)
     assert done.returncode == 0, done.stderr
     assert f"storage {journal}" in done.stdout
     assert re.search(r"^study +quickstart$", done.stdout, re.M), done.stdout
@@ -279,12 +287,15 @@ def test_built_url_reaches_postgres(
 ) -> None:
     v: dict[str, str] = request.getfixturevalue(database)
     done = entry("status", "--config", "configs/quickstart.yaml", "--out", str(tmp_path), **v)
-    assert done.returncode == 0, done.stderr
+    # reached and logged in: the database answers that it holds no such study (status
+    # creates nothing), which it could not say unreachable or with a wrong password
     shown = f"{v['POSTGRES_USER']}:***@{v['POSTGRES_HOST']}:{v['POSTGRES_PORT']}/{v['POSTGRES_DB']}"
-    assert f"storage postgresql+psycopg2://{shown}" in done.stdout
-    assert re.search(r"^budget +0/40\b", done.stdout, re.M), done.stdout
-    assert "waiting" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: study 'quickstart' not found in postgresql+psycopg2://{shown}\n"
+    )
     assert v["POSTGRES_PASSWORD"] not in done.stdout + done.stderr
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow

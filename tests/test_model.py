@@ -1,5 +1,6 @@
 """job.model: the seed's model YAML parsed, scaled, built, measured and dumped back."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from job.model import (
     count_params,
     dump_model_spec,
     load_model_spec,
+    measure,
     model_spec_yaml,
     output_shape,
     parse_model_spec,
@@ -150,7 +152,7 @@ DEEP_POOLS: list[tuple[int, str, Any]] = [
             [(1, "Conv", [8]), (1, "Conv", [8]), (1, "Conv", [8]), (3, "DWConv", [96] * 7)],
             "backbone[3] (DWConv): expected at most 5 args, got 7",
         ),
-        ([(0, "Conv", [8])], "backbone[0] (Conv): repeat must be an int >= 1"),
+        ([(0, "Conv", [8])], "backbone[0] (Conv): repeat must be an int in 1..100, got 0"),
         ([(1, "Conv", [8, 3, 1, None, 1, "Relu7"])], "backbone[0] (Conv): arg 5 activation"),
         ([(1, "InvertedResidualv2", [16, 6])], "backbone[0] (InvertedResidualv2): expected at"),
         ([(1, "Conv", [8, 3, 1, None, 3])], "backbone[0] (Conv): out_channels must be divisible"),
@@ -164,6 +166,30 @@ def test_errors_name_the_layer(rows: list[tuple[int, str, Any]], message: str) -
     assert message in str(caught.value)
     error = caught.value  # raised "from None": no torch traceback chained to it
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (_spec((10**9, "Conv", [8, 3])), "repeat must be an int in 1..100, got 1000000000"),
+        (_spec((1, "Conv", [100_000, 3])), "arg 0 out must be an int in 1..8192, got 100000"),
+        (_spec((1, "Conv", [8, 10**9])), "arg 1 k must be an int in 1..8192"),
+        (_spec((5, "Conv", [8, 3]), depth=100), "repeat 5 x depth_multiple 100 = 500 copies"),
+        (_spec((1, "Conv", [1024, 3]), width=50), "1024 channels x width_multiple 50 = 51,200"),
+        (_spec((1, "Conv", [8]), width=1e300), "width_multiple must be a number in (0, 100]"),
+        (_spec((1, "Conv", [8]), channels=10**6), "input_channel must be at most 8192"),
+        (_spec((1, "InvertedResidualv2", [16, 10**9, 1])), "arg 1 t must be a number in (0, 8192]"),
+        (_spec((1, "Conv", [64]), (1, "InvertedResidualv2", [16, 1000, 1])), "64,000 hidden"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_anything_is_built(spec: ModelSpec, message: str) -> None:
+    """Per-layer caps (job.modules.MAX_CHANNELS, MAX_REPEAT), checked on the spec: even
+    the meta-device count never loops a billion times or shapes a 1e18-element weight."""
+    start = time.perf_counter()
+    with pytest.raises(ModelError) as caught:
+        measure(spec, 16)
+    assert message in str(caught.value)
+    assert time.perf_counter() - start < 1.0
 
 
 def test_specs_built_in_code_are_validated_too() -> None:

@@ -107,6 +107,7 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_stays_exact(
     states = [t.state for t in trials]
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
     assert trials[killed].state == TrialState.FAIL  # went stale, failed by heartbeat
+    assert trials[killed].user_attrs["fail_reason"] == "stale"
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
     # the same candidate: every param the killed trial had drawn is kept (it may have died
     # while still sampling; the retry draws the rest)
@@ -231,3 +232,45 @@ def test_four_workers_one_killed_one_preempted_exact_budget(
             assert (
                 retry.user_attrs["resumed_epoch"] == trials[number].user_attrs["checkpoint_epoch"]
             )
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live child processes of `pid` and their command lines, from /proc (Linux)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)"
+            if int(fields[1]) == pid:  # ppid
+                cmdline = (stat.parent / "cmdline").read_bytes()
+                found[int(stat.parent.name)] = cmdline.replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+def test_run_hands_the_storage_url_to_workers_outside_argv(
+    postgres: Server | External, tmp_path: Path
+) -> None:
+    """`run --storage URL-with-password`: no worker's command line (what `ps` shows every
+    user) holds the password; the URL reaches the workers through their environment."""
+    url = postgres.new_database()
+    config_path = _config(tmp_path, budget=50)  # long enough to look at its workers
+    run = subprocess.Popen(
+        [sys.executable, "-m", "job", "run", "--config", str(config_path), "--workers", "2",
+         "--storage", url, "--out", str(tmp_path / "out")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(seen) < 2 and time.monotonic() < deadline and run.poll() is None:
+            seen |= {pid: cmd for pid, cmd in _children(run.pid).items() if " search " in cmd}
+            time.sleep(0.1)
+    finally:
+        run.send_signal(signal.SIGINT)  # Ctrl-C: the workers stop, run exits
+        output = run.communicate(timeout=120)[0]
+    assert len(seen) == 2, output
+    for cmdline in seen.values():
+        assert PASSWORD not in cmdline and "postgresql" not in cmdline, cmdline
+        assert "--storage" not in cmdline, cmdline
+    assert PASSWORD not in output

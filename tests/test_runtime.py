@@ -30,7 +30,7 @@ def test_every_variable_is_in_the_table_and_only_runtime_reads_the_environment()
     doc = runtime.__doc__ or ""
     for name in runtime.VARIABLES:
         assert re.search(rf"^    {name} ", doc, re.M), name
-    for path in sorted((ROOT / "job").glob("*.py")):
+    for path in sorted((ROOT / "job").rglob("*.py")):
         if path.name != "runtime.py":
             text = path.read_text()
             assert not re.search(r"\bos\.environ|\bgetenv\b|from os import", text), path.name

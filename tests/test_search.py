@@ -18,8 +18,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from job.config import load_config
 from job.data import load_data
-from job.search import JOURNAL, Worker, claim_trial, open_study, redact, resolve_storage
-from job.train import train
+from job.search import (
+    JOURNAL,
+    MAX_ERRORS_IN_A_ROW,
+    TrialsKeepFailing,
+    Worker,
+    claim_trial,
+    open_study,
+    redact,
+    resolve_storage,
+)
+from job.train import TrainError, train
 from tests.proc import ROOT, free_port, run_job
 
 # A tiny search: digits at 8x8, two narrow blocks, one epoch per trial (a second or two).
@@ -215,3 +224,73 @@ def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) ->
     assert retry.state == TrialState.COMPLETE and retry.params == preempted.params
     assert retry.user_attrs["resumed_epoch"] == epoch >= 1  # resumed, not restarted
     assert not list((out / "checkpoints").glob("*.pt"))  # cleaned up after the result
+
+
+# --- a worker whose trials keep failing stops, with the first failure's reason ------------
+
+
+def test_a_worker_whose_trials_all_error_stops_after_three_with_the_first_reason(
+    tiny: Path, tmp_path: Path
+) -> None:
+    config = load_config(tiny)
+    data = load_data(config.data)
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom, not the network's fault")
+
+    lines: list[str] = []
+    worker = Worker(config, _journal(tmp_path), train_fn=broken, log=lines.append)
+    with pytest.raises(TrialsKeepFailing) as caught:
+        worker.run(data)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{MAX_ERRORS_IN_A_ROW} trials in a row failed" in message
+    assert "(trial 0) failed with error: RuntimeError: boom" in message
+    states = [t.state for t in worker.study.get_trials()]
+    assert states == [TrialState.FAIL] * MAX_ERRORS_IN_A_ROW  # each told FAIL, none left open
+
+
+def test_misfit_networks_are_search_outcomes_until_too_many_in_a_row(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(tiny)
+    data = load_data(config.data)
+    calls: list[int] = []
+
+    def misfits_then_one_trains(spec, policy, recipe, data, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) % 5:  # four misfits, then a real (quick) training
+            raise TrainError("invalid_network", "does not fit")
+        return train(spec, policy, recipe, data, **kwargs)
+
+    worker = Worker(config, _journal(tmp_path), train_fn=misfits_then_one_trains, log=print)
+    assert worker.run(data) == 20  # 16 misfits never stop it: a COMPLETE resets the count
+
+    monkeypatch.setattr("job.search.MAX_FAILURES_IN_A_ROW", 6)
+    config = config.model_copy(update={"study": config.study.model_copy(update={"name": "b"})})
+
+    def never_fits(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise TrainError("invalid_network", "over the cap")
+
+    worker = Worker(config, _journal(tmp_path), train_fn=never_fits, log=print)
+    with pytest.raises(TrialsKeepFailing, match=r"^6 trials .*\(trial 0\).* invalid_network: over"):
+        worker.run(data)
+
+
+def test_search_exits_2_with_one_line_when_every_trial_errors(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from job.cli import main
+    from job.train import Trainer
+
+    def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("a recipe that cannot run")
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    monkeypatch.delenv("SMS_METRICS_PORT", raising=False)
+    code = main(["search", "--config", str(tiny), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "failed with error: ValueError: a recipe that cannot run" in err

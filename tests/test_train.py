@@ -190,3 +190,69 @@ def test_trainer_step_by_step_equals_train(digits16: Dataset) -> None:
         losses.append(float(trainer.pos.loss_sum) / trainer.steps)
         trainer.evaluate(digits16.val)  # as run_epoch does: eval mode, no RNG drawn
     assert losses == [r.train_loss for r in full.history]
+
+
+# --- what fails before training, and what fails during it ---------------------------------
+
+
+def _with(*rows: LayerSpec, channels: int = 3) -> ModelSpec:
+    head = (LayerSpec(1, "GlobalAvgPool", ()), LayerSpec(1, "FixedConv", (10, 1, 1)))
+    return ModelSpec(channels, 1.0, 1.0, (*rows, *head))
+
+
+def test_networks_over_the_size_caps_are_rejected_from_a_meta_count(digits16: Dataset) -> None:
+    import time
+
+    wide = _with(LayerSpec(1, "Conv", (8192, 3)), LayerSpec(1, "Conv", (8192, 3)))
+    start = time.perf_counter()
+    with pytest.raises(TrainError, match=r"invalid_network: 604,315,668 params, over the cap"):
+        job.train.check_fit(wide, digits16)  # 2.4 GB of float32 weights, were they allocated
+    assert time.perf_counter() - start < 2.0
+    assert job.model.MAX_PARAMS < 604_315_668
+
+
+def test_the_macs_cap_and_the_input_channels_are_checked(
+    digits16: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job.train, "MAX_MACS", 1000)
+    with pytest.raises(TrainError, match=r"MACs, over the cap of 1,000"):
+        job.train.check_fit(TINY, digits16)
+    with pytest.raises(TrainError, match="input_channel is 1, the data has 3 channels"):
+        job.train.check_fit(replace(TINY, input_channel=1), digits16)
+
+
+def test_a_cpu_allocator_failure_is_out_of_memory(
+    digits16: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 52428800000 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    recipe = FAST.model_copy(update=dict(epochs=1, measure_latency=False))
+    with pytest.raises(TrainError) as info:
+        train(TINY, OFF, recipe, digits16)
+    assert info.value.reason == "out_of_memory" and "can't allocate" in str(info.value)
+
+    def other(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(Trainer, "fit", other)
+    with pytest.raises(RuntimeError, match="some other failure"):  # not a TrainError
+        train(TINY, OFF, recipe, digits16)
+
+
+def test_device_and_batch_size_errors_name_the_key(digits16: Dataset) -> None:
+    from job.config import ConfigError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^train\.device: 'cuda'"):
+            job.train.resolve_device("cuda")
+        with pytest.raises(ConfigError, match=r"^--device: 'cuda'"):
+            job.train.resolve_device("cuda", "--device")
+    n = len(digits16.train)
+    with pytest.raises(ConfigError, match=rf"train\.batch_size: {n + 1} is more than the {n}"):
+        job.train.check_batch(FAST.model_copy(update={"batch_size": n + 1}), digits16)
+    job.train.check_batch(FAST.model_copy(update={"batch_size": n}), digits16)

@@ -1,0 +1,82 @@
+"""Where the study lives: storage URLs, locks, heartbeats, and riding out a database outage.
+
+The storage is named by URL, by precedence: the `--storage` flag, the `OPTUNA_STORAGE`
+environment variable, `study.storage` in the config, and the embedded default, a
+journal file under the run's output folder (`journal:///abs/path/study.journal`, no
+server). PostgreSQL is the cluster's storage: advisory locks make schema creation and
+the budget claim race-free across pods, heartbeats let a live worker retry the trial of
+a dead one (on the embedded journal too: `BeatingJournalStorage`, beat files), and
+`persist` retries a storage call through a database restart, up to a deadline.
+`wait_for_database` holds a verb until a PostgreSQL storage accepts
+connections. Passwords are masked by `job.runtime.redact` in every message.
+
+One package, so that Optuna's internals stay inside it: `base` (URL forms, errors,
+`persist`), `heartbeat` (heartbeats and stale trials on every storage), `locks` (run,
+advisory and budget locks), `writes` (a trial's batched writes), `store` (resolving,
+checking and opening a storage, waiting for it). Import from `job.storage`.
+"""
+
+from __future__ import annotations
+
+from job.runtime import redact
+from job.storage.base import (
+    DEFAULT_JOURNAL,
+    JOURNAL,
+    SUPPORTED,
+    StorageDownError,
+    StorageError,
+    StorageURLError,
+    StudyInUseError,
+    StudyNotFoundError,
+    persist,
+)
+from job.storage.heartbeat import (
+    BEATS,
+    BeatingJournalStorage,
+    Heartbeat,
+    fail_stale_trials,
+    silent_trials,
+)
+from job.storage.locks import budget_lock, database_lock, fresh_study, hold_study
+from job.storage.store import (
+    check_storage_url,
+    open_storage,
+    refused,
+    resolve_storage,
+    study_exists,
+    wait_for_database,
+    wait_for_study,
+)
+from job.storage.writes import ParamHold, frozen_trial, save_user_attrs
+
+__all__ = [
+    "BEATS",
+    "DEFAULT_JOURNAL",
+    "JOURNAL",
+    "SUPPORTED",
+    "BeatingJournalStorage",
+    "Heartbeat",
+    "ParamHold",
+    "StorageDownError",
+    "StorageError",
+    "StorageURLError",
+    "StudyInUseError",
+    "StudyNotFoundError",
+    "budget_lock",
+    "check_storage_url",
+    "database_lock",
+    "fail_stale_trials",
+    "fresh_study",
+    "frozen_trial",
+    "hold_study",
+    "open_storage",
+    "persist",
+    "redact",
+    "refused",
+    "resolve_storage",
+    "save_user_attrs",
+    "silent_trials",
+    "study_exists",
+    "wait_for_database",
+    "wait_for_study",
+]

@@ -1,0 +1,344 @@
+"""What each verb does: `cmd_<verb>(args) -> exit code`, and the checks they share.
+
+`job.cli` declares the verbs (their arguments, as a table) and maps errors to exit
+codes; these functions load the config, check everything that can be checked before
+the first trial (folders, ports, device, data), then run the role's module. Exit codes:
+0 success; 2 bad input, one line naming the key, flag, file or URL; 1 anything else;
+143 a worker stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from job import __version__, runtime
+from job.config import Config, load_config
+from job.data import load_data
+from job.model import ModelError, load_model_spec, model_spec_yaml
+from job.storage import JOURNAL, redact
+from job.train import (
+    EpochRecord,
+    TrainError,
+    TrainResult,
+    check_batch,
+    check_fit,
+    resolve_device,
+    train,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+# A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
+# so a Kubernetes Job reruns that pod's index instead of counting it as finished.
+EXIT_STOPPED = 143
+
+
+class UsageError(ValueError):
+    """Bad command-line input; exit 2."""
+
+
+def _print_epoch(record: EpochRecord) -> None:
+    print(
+        f"epoch {record.epoch:>3}  loss {record.train_loss:.4f}  "
+        f"val acc {record.val_accuracy:.4f}  lr {record.lr:.4f}  {record.seconds:.1f}s",
+        flush=True,
+    )
+
+
+def _summary(result: TrainResult) -> str:
+    return (
+        f"test accuracy {result.test_accuracy:.4f}  macro-F1 {result.test_f1:.4f}  "
+        f"val accuracy {result.val_accuracy:.4f}\n"
+        f"params {result.params:,}  MACs {result.macs:,}  "
+        f"latency {result.latency_ms_b1:.3f} ms/img (b1), "
+        f"{result.latency_ms_b256:.4f} ms/img (b256)\n"
+        f"{result.train_images_per_s:,.0f} train images/s on {result.device}, "
+        f"{result.seconds:.1f}s in all"
+    )
+
+
+def check_folder(path: Path, key: str) -> None:
+    """`UsageError` naming `key` unless `path` is a folder this process may write into, or
+    could be created as one (its nearest existing ancestor is a writable folder). Nothing
+    is created: a verb checks its output folders before its first trial or epoch."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    within = "" if probe == path else f" (making {path})"
+    if not probe.is_dir():
+        raise UsageError(f"{key}: {probe} is not a folder{within}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{key}: {probe} is not writable{within}")
+
+
+def check_port_free(port: int, key: str) -> None:
+    """`UsageError` naming `key` when nothing could serve on `port` (0: any free one)
+    now: the metrics server binds all addresses, with SO_REUSEADDR as it does."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise UsageError(f"{key}: port {port} is not free ({exc.strerror})") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Whole or absent: a crash mid-write never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one architecture from a model YAML with the config's data and recipe. Every
+    input is checked before the first epoch: config, output folder, model YAML, device,
+    data, batch size and the network's fit to the data."""
+    config = load_config(args.config)
+    if args.out is not None:
+        check_folder(Path(args.out), "--out")
+    spec = load_model_spec(args.model)
+    overrides = {"epochs": args.epochs, "device": args.device}
+    recipe = config.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    resolve_device(recipe.device, "--device" if args.device else "train.device")
+    data = load_data(config.data)
+    check_batch(recipe, data)
+    try:
+        measured = check_fit(spec, data)
+    except TrainError as exc:
+        raise ModelError(f"{args.model}: {str(exc).removeprefix(exc.reason + ': ')}") from None
+    print(
+        f"data {data.name}: {len(data.train)} train / {len(data.val)} val / "
+        f"{len(data.test)} test, {data.num_classes} classes, fingerprint {data.fingerprint[:12]}",
+        flush=True,
+    )
+    result = train(spec, config.augment, recipe, data, on_epoch=_print_epoch, measured=measured)
+    print(_summary(result))
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / "model.yaml", model_spec_yaml(spec))
+        metrics = asdict(result) | {"data_fingerprint": data.fingerprint, "version": __version__}
+        _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+        print(f"wrote {out / 'model.yaml'} and {out / 'metrics.json'}")
+    return EXIT_OK
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    """Every op of the policy list at three magnitudes, on real photos and data images."""
+    from job.preview import write_preview
+
+    config = load_config(args.config)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out: {out} is a folder; give the PNG file to write")
+    check_folder(out.parent, "--out")
+    path = write_preview(config, out, size=args.size)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _out_dir(args: argparse.Namespace, config: Config) -> Path:
+    return (
+        Path(args.out) if getattr(args, "out", None) else Path("runs") / _study_name(args, config)
+    )
+
+
+def _study_name(args: argparse.Namespace, config: Config) -> str:
+    return str(getattr(args, "study", None) or config.study.name)
+
+
+def _storage_url(args: argparse.Namespace, config: Config) -> str:
+    """The storage URL (flag, environment, config, embedded journal), once the database
+    behind it accepts connections: every verb that opens a storage waits here first, up
+    to SMS_DB_WAIT_S (pods start before PostgreSQL is ready)."""
+    from job.storage import resolve_storage, wait_for_database
+
+    url = resolve_storage(args.storage, config, _out_dir(args, config))
+    wait_for_database(url, runtime.db_wait_s())
+    return url
+
+
+def _study(
+    args: argparse.Namespace, config: Config, create: bool = True
+) -> tuple[optuna.Study, str]:
+    """The study and its storage URL; with `create` False (status, collect) a study that
+    is not there is an error (exit 2) and nothing is created."""
+    from job.search import open_study
+
+    url = _storage_url(args, config)
+    return open_study(config, url, _study_name(args, config), create=create), url
+
+
+def _checkpoint_dir(args: argparse.Namespace, config: Config) -> Path:
+    """Where a worker checkpoints a preempted trial, once what search and run check before
+    any storage is opened passes: that folder writable, the training device there."""
+    path = Path(config.study.checkpoint_dir or _out_dir(args, config) / "checkpoints")
+    check_folder(path, "study.checkpoint_dir" if config.study.checkpoint_dir else "--out")
+    resolve_device(config.train.device)
+    return path
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """One worker: trials until the study's budget is met."""
+    from job.metrics import WorkerMetrics
+    from job.search import Worker, stop_on_sigterm
+
+    config = load_config(args.config)
+    checkpoints = _checkpoint_dir(args, config)
+    threads = runtime.torch_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    port = runtime.metrics_port(config.study.metrics_port)
+    if port is not None:
+        from_env = runtime.metrics_port(None) == port
+        check_port_free(port, runtime.SMS_METRICS_PORT if from_env else "study.metrics_port")
+    index = runtime.worker_index()
+    url = _storage_url(args, config)  # waits for the database first, as pods start with it
+    data = load_data(config.data)
+    check_batch(config.train, data)
+    worker = Worker(config, url, _study_name(args, config), index, checkpoint_dir=checkpoints)
+    stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 143
+    metrics = None
+    if port is not None:
+        metrics = WorkerMetrics(
+            worker.study.study_name, data.fingerprint, worker.worker, config.objectives
+        )
+        try:
+            served = metrics.serve(port)
+        except OSError as exc:  # taken since the check above
+            raise UsageError(f"metrics port {port}: not free ({exc.strerror})") from None
+        print(f"metrics on :{served}/metrics", flush=True)
+        worker.metrics = metrics
+    print(f"worker {worker.worker} on study {worker.study.study_name}", flush=True)
+    ran = worker.run(data)
+    done = "stopped" if worker.stop.is_set() else "done"
+    print(f"worker {worker.worker} {done}: {ran} trials", flush=True)
+    if metrics is not None:
+        worker.stop.wait(config.study.metrics_linger_s)  # let Prometheus scrape the last values
+        metrics.shutdown()
+    return EXIT_STOPPED if worker.stop.is_set() else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Local: N worker processes on one study, then collect."""
+    from job.collect import collect
+    from job.local import RunOptions, run_local
+    from job.search import stop_on_sigterm
+    from job.storage import fresh_study
+
+    stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
+    config = load_config(args.config)
+    _checkpoint_dir(args, config)
+    if args.metrics_port is not None:  # worker i serves on --metrics-port + i
+        last = args.metrics_port + args.workers - 1
+        if last > 65535:
+            raise UsageError(f"--metrics-port: {args.workers} workers need ports up to {last}")
+        for port in range(args.metrics_port, last + 1):
+            check_port_free(port, "--metrics-port")
+    check_batch(config.train, load_data(config.data))  # bad data fails here, once
+    out = _out_dir(args, config)
+    url = _storage_url(args, config)
+    if args.fresh and url.startswith(JOURNAL):  # refused while another process holds it
+        fresh_study(url)
+    elif args.fresh:
+        print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
+    options = RunOptions(
+        Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port
+    )
+    code = run_local(config, options)
+    study, _ = _study(args, config)
+    summary = collect(study, config, out)
+    print(_collect_line(summary, out))
+    # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
+    return code if code in (EXIT_OK, EXIT_BAD_INPUT) else EXIT_ERROR
+
+
+def _collect_line(summary: dict[str, Any], out: Path) -> str:
+    best = summary.get("best_test_accuracy")
+    shown = f"{best:.4f}" if isinstance(best, float) else "—"
+    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
+    files = ", ".join(str(out / name) for name in summary["files"])
+    return (
+        f"trials: {counts or 'none'}; Pareto front of {summary['front_size']}; "
+        f"best test accuracy {shown}\nwrote {files}"
+    )
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Pareto front, plot and summary of the study."""
+    from job.collect import collect, wait_for_budget
+    from job.search import open_study
+    from job.storage import wait_for_study
+
+    config = load_config(args.config)
+    out = _out_dir(args, config)
+    check_folder(out, "--out")
+    url, name = _storage_url(args, config), _study_name(args, config)
+    start = time.monotonic()
+    # --wait: the workers may not have created the study yet; it is waited for, not made
+    if args.wait and not wait_for_study(url, name, args.timeout):
+        print(f"error: study {name!r} did not appear within {args.timeout}s", file=sys.stderr)
+        return EXIT_ERROR
+    study = open_study(config, url, name, create=False)  # a missing study: exit 2
+    left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
+    if args.wait and not wait_for_budget(study, config, timeout_s=left):
+        print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
+        return EXIT_ERROR
+    print(_collect_line(collect(study, config, out), out))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Trials by state, best values, front size, rate and ETA."""
+    from job.collect import status_report
+
+    config = load_config(args.config)
+    study, url = _study(args, config, create=False)  # a missing study: exit 2, nothing made
+    print(f"storage {redact(url)}")
+    print(status_report(study, config))
+    return EXIT_OK
+
+
+def _dashboard_url(args: argparse.Namespace) -> str:
+    """The dashboard's storage: as the other verbs' with --config; without one, --storage,
+    then the environment, then the journal in --out."""
+    from job.storage import DEFAULT_JOURNAL, wait_for_database
+
+    if args.config:
+        url = _storage_url(args, load_config(args.config))
+    else:
+        url = args.storage or runtime.storage_url() or ""
+        if not url and args.out:
+            url = JOURNAL + str((Path(args.out) / DEFAULT_JOURNAL).resolve())
+        if not url:
+            raise UsageError(
+                "dashboard: no storage: give --storage, --config or --out, "
+                "or set OPTUNA_STORAGE or POSTGRES_HOST and its POSTGRES_* companions"
+            )
+        wait_for_database(url, runtime.db_wait_s())
+    if url.startswith(JOURNAL) and not Path(url[len(JOURNAL) :]).is_file():
+        raise UsageError(f"dashboard: no study journal at {url[len(JOURNAL) :]}")
+    return url
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study's storage until SIGTERM (exit 0) or Ctrl-C."""
+    from job.dashboard import serve_dashboard
+
+    port = runtime.dashboard_port() if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port: expected 0-65535, got {port}")
+    serve_dashboard(_dashboard_url(args), args.host, port)
+    return EXIT_OK
