@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from job.config import Config
+from job.config import Config, write_atomic
 from job.study import (
     StudySummary,
     complete_trials,
@@ -166,21 +165,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a
-    reader (or a crash) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, data: Any) -> None:
     text = json.dumps(_plain(data), indent=2, allow_nan=False, default=str)
-    _atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
@@ -286,7 +273,7 @@ def _plot(trials: Sequence[FrozenTrial], summary: StudySummary, name: str, path:
         f"front of {len(summary.front)}{hv}"
     )
     fig.tight_layout()
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_pareto(study: optuna.Study, config: Config, path: Path) -> None:

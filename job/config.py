@@ -15,7 +15,9 @@ code), train, objectives, constraints (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -409,6 +411,18 @@ def parse_config(data: Any, source: str = "config") -> Config:
         errors = _root_causes(exc.errors())
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(_describe(errors[0]) + more) from None
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a
+    reader (or a crash) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_yaml(path: str | Path, error: type[ValueError]) -> Any:

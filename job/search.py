@@ -19,6 +19,7 @@ stops with `TrialsKeepFailing` (the CLI: exit 2, one line quoting the first fail
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -185,19 +186,14 @@ def _result_attrs(result: TrainResult) -> dict[str, Any]:
 
 def _stop_if_failing(streak: list[tuple[int, str, str]]) -> None:
     """`TrialsKeepFailing` when the failures in a row say the config cannot work."""
-    errors = 0
-    for _, reason, _ in reversed(streak):
-        if reason != "error":
-            break
-        errors += 1
+    errors = len(list(itertools.takewhile(lambda f: f[1] == "error", reversed(streak))))
     if errors >= MAX_ERRORS_IN_A_ROW:
-        first = streak[-errors]
+        count = errors
     elif len(streak) >= MAX_FAILURES_IN_A_ROW:
-        first = streak[0]
+        count = len(streak)
     else:
         return
-    number, reason, message = first
-    count = errors if errors >= MAX_ERRORS_IN_A_ROW else len(streak)
+    number, reason, message = streak[-count]  # the first of the run that stops it
     shown = message if message.startswith(f"{reason}:") else f"{reason}: {message}"
     shown = (shown.splitlines() or [reason])[0]  # one line, as the CLI prints it
     raise TrialsKeepFailing(

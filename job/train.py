@@ -16,7 +16,6 @@ channels_last (on CPU too: oneDNN steps 1.3-2x faster), on CUDA in bf16 autocast
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from job.augment import train_augment
-from job.config import AugmentConfig, ConfigError, TrainConfig
+from job.config import AugmentConfig, ConfigError, TrainConfig, write_atomic
 from job.data import Dataset, Split
 from job.model import (
     MAX_MACS,
@@ -382,9 +381,7 @@ class Trainer:
             )
         state |= {"torch": torch.get_rng_state(), "position": self.pos}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path) -> int:
         """Resume from ``path``; returns the epoch it resumes at (1-based)."""
@@ -431,7 +428,7 @@ def train(
         latency = (math.nan, math.nan)
         if recipe.measure_latency:
             latency = measure_latency(trainer.model, data.train.x.shape[1:], device, trainer.amp)
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
+    except RuntimeError as exc:  # torch.OutOfMemoryError among them
         if not _is_out_of_memory(exc):
             raise
         raise TrainError("out_of_memory", (str(exc).splitlines() or [""])[0]) from None

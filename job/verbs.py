@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from job import __version__, runtime
-from job.config import Config, load_config
+from job.config import Config, load_config, write_atomic
 from job.data import load_data
 from job.model import ModelError, load_model_spec, model_spec_yaml
 from job.storage import JOURNAL, redact
@@ -94,13 +94,6 @@ def check_port_free(port: int, key: str) -> None:
             raise UsageError(f"{key}: port {port} is not free ({exc.strerror})") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Whole or absent: a crash mid-write never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one architecture from a model YAML with the config's data and recipe. Every
     input is checked before the first epoch: config, output folder, model YAML, device,
@@ -128,9 +121,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "model.yaml", model_spec_yaml(spec))
+        yaml_text = model_spec_yaml(spec)
+        write_atomic(out / "model.yaml", lambda tmp: tmp.write_text(yaml_text, encoding="utf-8"))
         metrics = asdict(result) | {"data_fingerprint": data.fingerprint, "version": __version__}
-        _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+        text = json.dumps(metrics, indent=2)
+        write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
         print(f"wrote {out / 'model.yaml'} and {out / 'metrics.json'}")
     return EXIT_OK
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from job.pgserver import free_port
 
-__all__ = ["ROOT", "free_port", "run_job"]
+__all__ = ["ROOT", "free_port", "journal_url", "run_job"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +25,10 @@ def run_job(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def journal_url(out: Path) -> str:
+    """The embedded default storage of an output folder, as `run` and `search` name it."""
+    from job.storage import JOURNAL
+
+    return JOURNAL + str((out / "study.journal").resolve())

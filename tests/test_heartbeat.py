@@ -25,7 +25,7 @@ from job.pgserver import External, Server
 from job.search import JOURNAL, Worker, claim_trial, open_study
 from job.space import sample_candidate
 from job.storage import Heartbeat, budget_lock, fail_stale_trials, silent_trials
-from tests.proc import ROOT
+from tests.proc import ROOT, journal_url
 from tests.test_search import TINY
 
 BEATING = TINY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
@@ -38,15 +38,11 @@ def _config(tmp_path: Path, text: str = BEATING) -> Path:
     return path
 
 
-def _journal(out: Path) -> str:
-    return JOURNAL + str((out / "study.journal").resolve())
-
-
 def test_a_silent_journal_trial_is_failed_and_retried_a_beating_one_never(
     tmp_path: Path,
 ) -> None:
     config = load_config(_config(tmp_path, BEATING.replace("budget: 4", "budget: 2")))
-    url = _journal(tmp_path)
+    url = journal_url(tmp_path)
     study = open_study(config, url)
     data = load_data(config.data)
     dead = claim_trial(study, 2, url)
@@ -90,7 +86,7 @@ def test_a_silent_journal_trial_is_failed_and_retried_a_beating_one_never(
 def test_a_trial_that_never_beat_goes_stale_after_the_grace_period(tmp_path: Path) -> None:
     """A worker killed between `ask` and its first beat: its start stands for the beat."""
     config = load_config(_config(tmp_path))
-    url = _journal(tmp_path)
+    url = journal_url(tmp_path)
     study = open_study(config, url)
     trial = claim_trial(study, 4, url)
     assert isinstance(trial, optuna.Trial)
@@ -107,7 +103,7 @@ def test_status_tells_a_stale_trial_from_a_running_one(
 ) -> None:
     config = load_config(_config(tmp_path))
     if storage == "journal":
-        url = _journal(tmp_path)
+        url = journal_url(tmp_path)
     else:
         postgres: Server | External = request.getfixturevalue("postgres")
         url = postgres.new_database()
@@ -181,7 +177,7 @@ def test_run_survives_a_sigkilled_worker_with_the_exact_budget(tmp_path: Path) -
             if study is None:
                 if not (out / "study.journal").exists():
                     continue
-                study = open_study(load_config(config_path), _journal(out))
+                study = open_study(load_config(config_path), journal_url(out))
             if pid is None:  # the second worker's: any() in `watch` would not poll it
                 log = out / "worker-1.log"
                 text = log.read_text() if log.exists() else ""

@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from job.config import load_config
 from job.data import load_data
 from job.search import (
-    JOURNAL,
     MAX_ERRORS_IN_A_ROW,
     TrialsKeepFailing,
     Worker,
@@ -29,7 +28,7 @@ from job.search import (
     resolve_storage,
 )
 from job.train import TrainError, train
-from tests.proc import ROOT, free_port, run_job
+from tests.proc import ROOT, free_port, journal_url, run_job
 
 # A tiny search: digits at 8x8, two narrow blocks, one epoch per trial (a second or two).
 TINY = """\
@@ -54,16 +53,12 @@ def tiny(tmp_path: Path) -> Path:
     return path
 
 
-def _journal(out: Path) -> str:
-    return JOURNAL + str((out / "study.journal").resolve())
-
-
 def test_storage_precedence_and_redaction(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = load_config(tiny)
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
-    assert resolve_storage(None, config, tmp_path) == _journal(tmp_path)
+    assert resolve_storage(None, config, tmp_path) == journal_url(tmp_path)
     config = config.model_copy(
         update={"study": config.study.model_copy(update={"storage": "sqlite:///c.db"})}
     )
@@ -78,7 +73,7 @@ def test_storage_precedence_and_redaction(
 
 def test_claims_stop_at_the_budget_counting_running_trials(tiny: Path, tmp_path: Path) -> None:
     config = load_config(tiny)
-    url = _journal(tmp_path)
+    url = journal_url(tmp_path)
     study = open_study(config, url)
     claimed = [claim_trial(study, 2, url) for _ in range(3)]
     assert isinstance(claimed[0], optuna.Trial) and isinstance(claimed[1], optuna.Trial)
@@ -106,7 +101,7 @@ def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
         return train(spec, policy, recipe, data, **kwargs)
 
     lines: list[str] = []
-    worker = Worker(config, _journal(tmp_path), train_fn=first_one_diverges, log=lines.append)
+    worker = Worker(config, journal_url(tmp_path), train_fn=first_one_diverges, log=lines.append)
     assert worker.run(data) == 5
     trials = worker.study.get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 4
@@ -137,7 +132,7 @@ def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -
     out = tmp_path / "out"
     proc = run_job("run", "--config", str(tiny), "--workers", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    study = open_study(load_config(tiny), _journal(out))
+    study = open_study(load_config(tiny), journal_url(out))
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
     workers = {t.user_attrs["worker"] for t in study.get_trials()}
@@ -185,7 +180,7 @@ def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -
         for s in families["sms_trials"].samples
         if s.name == "sms_trials_total"
     }
-    study = open_study(load_config(config_path), _journal(out))
+    study = open_study(load_config(config_path), journal_url(out))
     assert (
         counted["COMPLETE"] == sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 4
     )
@@ -201,7 +196,7 @@ def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) ->
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "job", "search", "--config", str(config_path), "--out", str(out)]
     first = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SMS_TORCH_THREADS": "1"})
-    study = open_study(load_config(config_path), _journal(out))
+    study = open_study(load_config(config_path), journal_url(out))
     deadline = time.monotonic() + 120
     while not study.get_trials(states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -239,7 +234,7 @@ def test_a_worker_whose_trials_all_error_stops_after_three_with_the_first_reason
         raise RuntimeError("boom, not the network's fault")
 
     lines: list[str] = []
-    worker = Worker(config, _journal(tmp_path), train_fn=broken, log=lines.append)
+    worker = Worker(config, journal_url(tmp_path), train_fn=broken, log=lines.append)
     with pytest.raises(TrialsKeepFailing) as caught:
         worker.run(data)
     message = str(caught.value)
@@ -263,7 +258,7 @@ def test_misfit_networks_are_search_outcomes_until_too_many_in_a_row(
             raise TrainError("invalid_network", "does not fit")
         return train(spec, policy, recipe, data, **kwargs)
 
-    worker = Worker(config, _journal(tmp_path), train_fn=misfits_then_one_trains, log=print)
+    worker = Worker(config, journal_url(tmp_path), train_fn=misfits_then_one_trains, log=print)
     assert worker.run(data) == 20  # 16 misfits never stop it: a COMPLETE resets the count
 
     monkeypatch.setattr("job.search.MAX_FAILURES_IN_A_ROW", 6)
@@ -272,7 +267,7 @@ def test_misfit_networks_are_search_outcomes_until_too_many_in_a_row(
     def never_fits(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise TrainError("invalid_network", "over the cap")
 
-    worker = Worker(config, _journal(tmp_path), train_fn=never_fits, log=print)
+    worker = Worker(config, journal_url(tmp_path), train_fn=never_fits, log=print)
     with pytest.raises(TrialsKeepFailing, match=r"^6 trials .*\(trial 0\).* invalid_network: over"):
         worker.run(data)
 

@@ -16,7 +16,7 @@ import optuna
 import sqlalchemy
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config
 from job.storage.base import _rdb
@@ -61,11 +61,16 @@ class BeatingJournalStorage(JournalStorage, BaseHeartbeat):
             self.beats.mkdir(parents=True, exist_ok=True)
             beat.touch()
 
-    def silences(self, study_id: int) -> dict[int, tuple[int, float]]:
-        """Trial id → (number, seconds since its last beat or start) of RUNNING trials."""
+    def silences(
+        self, study_id: int, trials: list[FrozenTrial] | None = None
+    ) -> dict[int, tuple[int, float]]:
+        """Trial id → (number, seconds since its last beat or start) of RUNNING trials
+        (of `trials` when the caller has read them already)."""
         now = time.time()
         found = {}
-        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if trials is None:
+            trials = self.get_all_trials(study_id, deepcopy=False)
+        for trial in (t for t in trials if t.state == TrialState.RUNNING):
             # Optuna's journal keeps naive local times: timestamp() reads them as such
             last = trial.datetime_start.timestamp() if trial.datetime_start else now
             with contextlib.suppress(FileNotFoundError):
@@ -74,18 +79,19 @@ class BeatingJournalStorage(JournalStorage, BaseHeartbeat):
         return found
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        self._sweep(study_id)
-        silent = self.silences(study_id)
+        trials = self.get_all_trials(study_id, deepcopy=False)  # one read for both
+        self._sweep(trials)
+        silent = self.silences(study_id, trials)
         return [trial_id for trial_id, (_, s) in silent.items() if s > self.grace]
 
-    def _sweep(self, study_id: int) -> None:
-        """Remove the beat files of this study's finished trials (a trial's last act is
+    def _sweep(self, trials: list[FrozenTrial]) -> None:
+        """Remove the beat files of the study's finished trials (a trial's last act is
         its tell, after its heartbeat stopped; the next claim clears its file)."""
         if not self.beats.is_dir():
             return
-        trials = {t._trial_id: t for t in self.get_all_trials(study_id, deepcopy=False)}
+        by_id = {t._trial_id: t for t in trials}
         for beat in self.beats.iterdir():
-            trial = trials.get(int(beat.name)) if beat.name.isdigit() else None
+            trial = by_id.get(int(beat.name)) if beat.name.isdigit() else None
             if trial is not None and trial.state.is_finished():
                 beat.unlink(missing_ok=True)
 
