@@ -121,7 +121,7 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
     ),
     "collect": (
         cmd_collect,
-        "Pareto front, plot and summary of the study",
+        "Pareto front, selection, verification against baselines: the study's results",
         [
             *_storage_args("folder for pareto.json, pareto.png, summary.json (runs/<study>)"),
             (("--wait",), {"action": "store_true", "help": "wait until the budget is met"}),
@@ -150,13 +150,17 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
     ),
     "train": (
         cmd_train,
-        "train one architecture from a model YAML",
+        "train one architecture from a model YAML, or a selected model from its card",
         [
             (
                 ("--config",),
                 {"required": True, "help": "search config YAML (data, augment, train)"},
             ),
-            (("--model",), {"required": True, "help": "model YAML in the seed's format"}),
+            (("--model",), {"help": "model YAML in the seed's format"}),
+            (
+                ("--card",),
+                {"help": "a selected model's card.json: retrain it as verification did"},
+            ),
             (("--out",), {"help": "folder for model.yaml and metrics.json (default: none)"}),
             (("--epochs",), {"type": _int_in(1), "help": "override train.epochs"}),
             (("--device",), {"choices": ["auto", "cpu", "cuda"], "help": "override train.device"}),

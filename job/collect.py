@@ -165,7 +165,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     text = json.dumps(_plain(data), indent=2, allow_nan=False, default=str)
     write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
@@ -187,7 +187,7 @@ def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
 
 def write_pareto_json(front: Sequence[FrozenTrial], config: Config, path: Path) -> None:
     """pareto.json: a list with one `front_entry` per front trial, in the front's order."""
-    _write_json(Path(path), [front_entry(t, config) for t in front])
+    write_json(Path(path), [front_entry(t, config) for t in front])
 
 
 # An axis of the plot: (objective index, or None to read the user attr), user attr, label.
@@ -317,5 +317,5 @@ def collect(study: optuna.Study, config: Config, out_dir: Path) -> dict[str, Any
     write_pareto_json(summary.front, config, out / PARETO_JSON)
     _plot(trials, summary, study.study_name, out / PARETO_PNG)
     data = _summary(trials, study.study_name, summary)
-    _write_json(out / SUMMARY_JSON, data)
+    write_json(out / SUMMARY_JSON, data)
     return data

@@ -10,7 +10,7 @@ section (`AugmentConfig`), the training recipe *is* the `train` section (`TrainC
 The search layer derives a trial's values with `model_copy(update=…)` from values checked
 here against the `space` section, so nothing can turn invalid between load and trial.
 Sections: study, data, augment, space (the seed's seven blocks by default: data, not
-code), train, objectives, constraints (docs/ARCHITECTURE.md).
+code), train, objectives, constraints, select (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -326,6 +326,113 @@ class ConstraintsConfig(Section):
     max_latency_ms: Float | None = Field(None, gt=0.0)
 
 
+class WithinDrop(Section):
+    accuracy_drop: Float = Field(ge=0.0, lt=1.0)  # proxy accuracy, absolute (0.01 = 1 point)
+
+
+class Limits(Section):
+    """A deployment budget: any subset of the keys, at least one."""
+
+    params: Int | None = Field(None, ge=1)
+    macs: Int | None = Field(None, ge=1)
+    latency_ms: Float | None = Field(None, gt=0.0)  # the search's PyTorch latency, batch 1
+
+    @model_validator(mode="after")
+    def _some(self) -> Limits:
+        _require(
+            any(v is not None for v in (self.params, self.macs, self.latency_ms)),
+            "give at least one of params, macs, latency_ms",
+        )
+        return self
+
+
+POLICY_KINDS = ("best", "smallest_within", "knee", "budget", "reference")
+_FLAG_KINDS = ("best", "knee")  # policies with no settings: written as a bare word
+
+
+class Policy(Section):
+    """One selection policy (job.select). In YAML a bare word (`best`, `knee`) or a
+    mapping with one policy key and an optional `name` (its folder under selected/,
+    by default the policy's kind): `{budget: {params: 50000}, name: tiny}`."""
+
+    name: str
+    best: Bool = False
+    knee: Bool = False
+    smallest_within: WithinDrop | None = None
+    budget: Limits | None = None
+    reference: str | None = None  # a model YAML (seed format), trained alike
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        known = ", ".join(POLICY_KINDS)
+        if isinstance(data, str):
+            if data in _FLAG_KINDS:
+                return {"name": data, data: True}
+            what = "needs settings" if data in POLICY_KINDS else "is not a policy"
+            raise ValueError(f"{data!r} {what} (known: {known}; see docs/ARCHITECTURE.md)")
+        if isinstance(data, dict):
+            kinds = [k for k in POLICY_KINDS if data.get(k) not in (None, False)]
+            _require(
+                len(kinds) == 1,
+                f"a policy has exactly one of {known}, got {', '.join(kinds) or 'none'}",
+            )
+            return {"name": kinds[0], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _name(self) -> Policy:
+        problem = study_name_problem(self.name)  # a folder name, like a study's
+        _require(problem is None, f"name: {problem}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in POLICY_KINDS if getattr(self, k) not in (None, False))
+
+
+def _default_policies() -> tuple[Policy, ...]:
+    raw: list[Any] = ["best", {"smallest_within": {"accuracy_drop": 0.01}}, "knee"]
+    return tuple(Policy.model_validate(p) for p in raw)
+
+
+class RetrainConfig(Section):
+    """Verification: each selected model retrained from scratch on train + validation,
+    once per seed (train.seed, train.seed + 1, …), and tested on the test split."""
+
+    epochs: Int | None = Field(None, ge=1)  # None: train.epochs
+    seeds: Int = Field(2, ge=1, le=50)
+
+
+class SelectConfig(Section):
+    """What `collect` keeps (job.select): named policies over the finished study; the
+    picks and the top `verify_top_k` front members retrained on the workers (a second
+    study, `<study>-verify`), beside `baselines` (model YAMLs) trained alike."""
+
+    policies: tuple[Policy, ...] = Field(default_factory=_default_policies)
+    verify: Bool = True  # false: select on proxy accuracy only, retrain nothing
+    retrain: RetrainConfig = RetrainConfig()
+    verify_top_k: Int = Field(5, ge=0)
+    baselines: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SelectConfig:
+        names = [p.name for p in self.policies]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"policies: name {twice[0]!r} used twice (give each a `name`)")
+        _require(
+            len(set(self.baselines)) == len(self.baselines),
+            f"baselines: a file is listed twice in {list(self.baselines)}",
+        )
+        return self
+
+    def model_files(self) -> list[str]:
+        """Every model YAML the selection trains: the baselines, then references."""
+        refs = [p.reference for p in self.policies if p.reference is not None]
+        return list(dict.fromkeys([*self.baselines, *refs]))
+
+
 class Config(Section):
     study: StudyConfig = StudyConfig()
     data: DataConfig = DataConfig()
@@ -334,6 +441,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     objectives: tuple[Objective, ...] = Field(("accuracy", "params"), min_length=1)
     constraints: ConstraintsConfig = ConstraintsConfig()
+    select: SelectConfig = SelectConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

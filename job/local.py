@@ -3,7 +3,8 @@
 On a laptop this is the whole product: it opens the study (the embedded journal file
 under `--out` unless a storage is given), starts N separate worker processes — just as
 N pods would be — shows one progress bar for the whole study and a line per finished
-trial (with its failure's reason), and when the workers are done runs the collector.
+trial (with its failure's reason), then a line per verification retrain (job.verify: the
+workers run them once the budget is met), and when the workers are done, the collector.
 A worker that dies (killed, or a non-zero exit) is reported at once with its log's last
 lines; the others go on, retry its trial once it has gone stale and meet the budget, and
 `run` exits 1 after collecting. Ctrl-C (or SIGTERM) stops every worker cleanly: each
@@ -30,6 +31,7 @@ from job.config import Config
 from job.search import open_study
 from job.storage import redact
 from job.study import is_feasible, progress_text, snapshot, summarise
+from job.verify import Retrain, verify_study_name
 
 STOP_GRACE_S = 30.0  # matches a pod's terminationGracePeriodSeconds
 
@@ -111,6 +113,19 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
     return f"trial {trial.number:>4}  {trial.state.name:<8}  {why}".rstrip() + _retry_of(trial)
 
 
+def describe_retrain(trial: FrozenTrial) -> str:
+    """One line per finished verification retrain (job.verify) for the console."""
+    spec = Retrain.of(trial)
+    what = f"{spec.name} seed {spec.seed}" if spec is not None else "?"
+    if trial.state == TrialState.COMPLETE and trial.values is not None:
+        result = f"test acc {trial.values[0]:.4f}"
+    else:
+        reason = str(trial.user_attrs.get("fail_reason", ""))
+        message = short(str(trial.user_attrs.get("fail_message", "")))
+        result = f"{trial.state.name} {reason}: {message}".rstrip(": ")
+    return f"verify {trial.number:>3}  {what}: {result}{_retry_of(trial)}"
+
+
 def _retry_of(trial: FrozenTrial) -> str:
     retry_of = trial.user_attrs.get("retry_of")
     return f"  (retry of trial {retry_of})" if isinstance(retry_of, int) else ""
@@ -177,6 +192,7 @@ def watch(
     procs: list[subprocess.Popen[bytes]],
     poll_s: float,
     logs: Sequence[Path] = (),
+    verify: optuna.Study | None = None,
 ) -> list[int]:
     """Progress bar over COMPLETE trials and a line per finished trial, until workers exit;
     returns the indexes of the workers that ended badly (killed, or a non-zero exit).
@@ -185,8 +201,11 @@ def watch(
     `logs[i]`) and the others go on: its trial stops beating, and one of them fails it
     after `study.grace_period_s` and runs its retry, so the budget is still met.
     The bar's figures (best accuracy, front size, hypervolume) are `job.study`'s summary
-    of the same read of the study: what `status`, summary.json and the metrics show."""
+    of the same read of the study: what `status`, summary.json and the metrics show.
+    `verify`: the verification study, whose retrains (run once the budget is met) get a
+    line each too."""
     seen: set[int] = set()
+    seen_retrains: set[int] = set()
     lost: list[int] = []
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     with tqdm(total=config.study.budget, unit="trial", dynamic_ncols=True) as bar:
@@ -203,6 +222,10 @@ def watch(
                 if trial.state in finished and trial.number not in seen:
                     seen.add(trial.number)
                     bar.write(describe(trial, config.objectives))
+            for trial in verify.get_trials(deepcopy=False) if verify is not None else []:
+                if trial.state in finished and trial.number not in seen_retrains:
+                    seen_retrains.add(trial.number)
+                    bar.write(describe_retrain(trial))
             summary = summarise(trials, config)
             bar.set_postfix_str(progress_text(summary), refresh=False)
             bar.update(min(summary.complete, config.study.budget) - bar.n)
@@ -220,6 +243,10 @@ def run_local(config: Config, options: RunOptions) -> int:
     # Create the study once before the workers start: a bad storage fails here, once,
     # before anything is written (an unwritable journal path: exit 2 naming it).
     study = open_study(config, options.storage, options.study_name)
+    verify = None
+    if config.select.verify:  # its retrains start once the budget is met (job.verify)
+        name = verify_study_name(options.study_name)
+        verify = open_study(config, options.storage, name, verify=True)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"study {study.study_name} on {redact(options.storage)}: budget "
@@ -229,7 +256,7 @@ def run_local(config: Config, options: RunOptions) -> int:
     procs = start_workers(options)
     logs = [worker_log(options, index) for index in range(options.workers)]
     try:
-        watch(study, config, procs, options.poll_s, logs)
+        watch(study, config, procs, options.poll_s, logs, verify)
     except KeyboardInterrupt:
         print("stopping workers…")
         stop_workers(procs)

@@ -135,6 +135,37 @@ class Bottleneck(nn.Module):
         return x + y if self.add else y
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): 3x3 conv (stride s) → 3x3 conv, plus a shortcut.
+
+    The shortcut is the identity when the shapes agree, else a 1x1 projection (conv with
+    stride s + BN, the paper's option B); the activation comes after the add.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        activation: str | None = "ReLU",
+    ) -> None:
+        super().__init__()
+        self.cv1 = Conv(in_channels, out_channels, 3, stride, activation=activation)
+        # No activation here: it is applied to the sum, so the residual stays linear.
+        self.cv2 = Conv(out_channels, out_channels, 3, 1, activation=None)
+        self.shortcut: nn.Module = (
+            nn.Identity()
+            if stride == 1 and in_channels == out_channels
+            # 1x1 with padding 0 at stride s gives the same H/s as the padded 3x3 above.
+            else Conv(in_channels, out_channels, 1, stride, activation=None)
+        )
+        self.act = make_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, Cin, H, W) → (B, Cout, H/s, W/s)
+        out: Tensor = self.act(self.cv2(self.cv1(x)) + self.shortcut(x))
+        return out
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention: pool → 1x1 reduce → act → 1x1 expand → gate → scale."""
 
@@ -327,6 +358,7 @@ _IRV3 = (_A("k", "int"), _A("t", "number"), _A("c", "int"),
 _MB = (_A("t", "number"), _A("c", "int"), _A("s", "int"), _A("k", "int"))
 _FIRE = (_A("squeeze", "int"), _A("expand1x1", "int"), _A("expand3x3", "int"))
 _BOTTLENECK = (_A("out", "int"), _A("shortcut", "flag", True), _A("groups", "int", 1))
+_BASIC = (_A("out", "int"), _A("s", "int", 1))
 
 
 def _act(default: str | None) -> ArgDef:
@@ -334,8 +366,9 @@ def _act(default: str | None) -> ArgDef:
 
 
 # The seed strides Conv/DWConv on the last copy of a repeat (docs/ARCHITECTURE.md); the inverted
-# residuals stride on the first, as the MobileNet papers do. Linear and FixedConv are the
-# classifier (their width is the class count), so they have no channel args to scale.
+# residuals and BasicBlock stride on the first, as the MobileNet and ResNet papers do. Linear and
+# FixedConv are the classifier (their width is the class count), so they have no channel args
+# to scale.
 # Pools have no stride arg: every copy of a repeated pool pools.
 # fmt: off
 MODULES: dict[str, ModuleDef] = {
@@ -352,6 +385,8 @@ MODULES: dict[str, ModuleDef] = {
     "InvertedResidualv3": ModuleDef(
         lambda c, a: InvertedResidualv3(c, *a), lambda _, a: int(a[2]), _IRV3, (2,), 5, True),
     "MBConv": ModuleDef(lambda c, a: MBConv(c, *a), lambda _, a: int(a[1]), _MB, (1,), 2, True),
+    "BasicBlock": ModuleDef(
+        lambda c, a: BasicBlock(c, *a), _first, (*_BASIC, _act("ReLU")), (0,), 1, True),
     "Fire": ModuleDef(lambda c, a: Fire(c, *a), lambda _, a: int(a[1] + a[2]), _FIRE, (0, 1, 2)),
     "Linear": ModuleDef(lambda c, a: Linear(c, *a), _first, (_A("out", "int"), _act(None))),
     "MaxPool": ModuleDef(lambda c, a: nn.MaxPool2d(a[0], a[1], a[2]), _same, _POOL),

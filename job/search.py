@@ -14,6 +14,10 @@ A failed trial (NaN loss, out of memory, a network that cannot run, any other er
 inside the trial) is told FAIL with its reason in the user attrs; the worker goes on,
 unless its trials keep failing (`MAX_ERRORS_IN_A_ROW`, `MAX_FAILURES_IN_A_ROW`): then it
 stops with `TrialsKeepFailing` (the CLI: exit 2, one line quoting the first failure).
+
+Verification (`job.verify`): once the budget is met, the same loop runs on the study
+`<study>-verify` (`Worker(…, retrain=True)`), taking queued retrains of the models
+worth keeping until none is left, with the same heartbeats, retries and preemption.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ from job.storage import (
     study_exists,
 )
 from job.study import study_summary
-from job.train import EpochRecord, Preempted, TrainError, TrainResult, train
+from job.train import EpochRecord, Preempted, TrainError, TrainResult, check_fit, train
+from job.verify import SPEC_ATTR, Retrain, claim_retrain
 
 __all__ = [
     "JOURNAL",
@@ -107,13 +112,18 @@ def open_study(
     name: str | None = None,
     worker_index: int = 0,
     create: bool = True,
+    verify: bool = False,
 ) -> optuna.Study:
     """The study `name` (default `study.name`) in the storage, created when missing; with
     `create` False (`status`, `collect`) a missing study is a `StudyNotFoundError` and
     nothing is created. A process that may create the study holds it (`hold_study`:
-    `run --fresh` elsewhere then refuses to delete it)."""
+    `run --fresh` elsewhere then refuses to delete it). `verify`: a verification study
+    (`job.verify`): one objective, the retrained test accuracy, and no sampling."""
     name = name or config.study.name
     sampler = make_sampler(config, worker_index)
+    wanted = directions(config.objectives)
+    if verify:  # its trials are all queued with fixed settings: nothing to sample
+        sampler, wanted = optuna.samplers.RandomSampler(seed=worker_index), ["maximize"]
     if not create:
         if not study_exists(storage_url, name):
             raise StudyNotFoundError(f"study {name!r} not found in {redact(storage_url)}")
@@ -127,7 +137,7 @@ def open_study(
             storage=storage,
             sampler=sampler,
             study_name=name,
-            directions=[StudyDirection[d.upper()] for d in directions(config.objectives)],
+            directions=[StudyDirection[d.upper()] for d in wanted],
             load_if_exists=True,
         )
 
@@ -216,11 +226,15 @@ class Worker:
         train_fn: TrainFn = train,
         log: Callable[[str], None] = print,
         checkpoint_dir: Path | None = None,
+        retrain: bool = False,
+        weights_dir: Path | None = None,
     ) -> None:
         self.config, self.storage_url, self.metrics = config, storage_url, metrics
         self.train_fn, self.log, self.checkpoint_dir = train_fn, log, checkpoint_dir
+        # retrain: the verification loop (queued retrains; weights kept in weights_dir)
+        self.retrain, self.weights_dir = retrain, weights_dir or Path("verified")
         self.stop = threading.Event()  # set on SIGTERM: checkpoint, hand back, exit
-        self.study = open_study(config, storage_url, study_name, worker_index)
+        self.study = open_study(config, storage_url, study_name, worker_index, verify=retrain)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.version = code_version()
         self._unsaved: dict[str, Any] = {}  # a trial's user attrs not yet written
@@ -231,10 +245,13 @@ class Worker:
         ran = 0
         streak: list[tuple[int, str, str]] = []  # failed in a row: (trial, reason, message)
         budget = self.config.study.budget
+        claim: Callable[[], optuna.Trial | str] = lambda: claim_trial(  # noqa: E731
+            self.study, budget, self.storage_url
+        )
+        if self.retrain:
+            claim = lambda: claim_retrain(self.study, self.storage_url)  # noqa: E731
         while not self.stop.is_set():
-            claimed = self._persist(
-                lambda: claim_trial(self.study, budget, self.storage_url), "claiming a trial"
-            )
+            claimed = self._persist(claim, "claiming a trial")
             if claimed == "done":
                 return ran
             if claimed == "wait":
@@ -265,13 +282,17 @@ class Worker:
         self._unsaved = {}
         self._save(trial, base, write=False)  # written with the candidate's, one transaction
         checkpoint = self._checkpoint(trial, frozen.user_attrs.get("resume_from"))
-        epochs = self.config.train.epochs
+        spec = Retrain.of(frozen) if self.retrain else None
+        epochs = spec.train_config().epochs if spec is not None else self.config.train.epochs
         if self.metrics is not None:
             self.metrics.trial_started(trial.number, epochs)
         state, values, summary = TrialState.FAIL, None, ""
         try:
             with Heartbeat(self.study, trial):
-                values, summary = self._train(trial, data, checkpoint)
+                if self.retrain:
+                    values, summary = self._retrain(trial, spec, data, checkpoint)
+                else:
+                    values, summary = self._train(trial, data, checkpoint)
             state = TrialState.COMPLETE
             if checkpoint is not None:
                 checkpoint.unlink(missing_ok=True)  # the result is in; the state is not needed
@@ -326,6 +347,9 @@ class Worker:
             where = {"checkpoint_saved": False}  # no checkpoint_epoch: there is none
         self._save(trial, {"fail_reason": "preempted", "fail_message": message, **where})
         resume = {"retry_of": trial.number} | ({"resume_from": str(exc.path)} if exc.path else {})
+        spec = trial.user_attrs.get(SPEC_ATTR)
+        if spec is not None:  # a retrain's copy must know what it retrains
+            resume[SPEC_ATTR] = spec
         self._persist(
             lambda: self.study.enqueue_trial(trial.params, user_attrs=resume), "queueing a retry"
         )
@@ -377,6 +401,40 @@ class Worker:
         summary = f"acc {result.val_accuracy:.4f} params {measured.params:,}"
         return values, summary
 
+    def _retrain(
+        self, trial: optuna.Trial, spec: Retrain | None, data: Dataset, checkpoint: Path | None
+    ) -> tuple[list[float], str]:
+        """One queued verification run; its value is the test accuracy. The network's
+        weights go to `weights_dir` (a folder the collector reads: in Kubernetes, the
+        shared artifacts volume), their path into the trial's `weights` user attr."""
+        if spec is None:
+            raise ValueError(
+                f"trial {trial.number} of {self.study.study_name} is no queued retrain"
+            )
+        model = spec.spec()
+        measured = check_fit(model, data)
+        self._save(trial, {"params": measured.params, "macs": measured.macs})
+        weights = (self.weights_dir / f"{self.study.study_name}-{spec.key}.pt").resolve()
+
+        def on_epoch(record: EpochRecord) -> None:
+            if self.metrics is not None:
+                self.metrics.epoch_done(record.epoch)
+
+        result = self.train_fn(
+            model,
+            spec.augment_config(),
+            spec.train_config(),
+            data,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            stop=self.stop,
+            measured=measured,
+            weights=weights,
+        )
+        self._save(trial, _result_attrs(result) | {"weights": str(weights)}, write=False)
+        summary = f"verified {spec.name} seed {spec.seed}: test acc {result.test_accuracy:.4f}"
+        return [result.test_accuracy], summary
+
     def _fail(self, trial: optuna.Trial, reason: str, message: str) -> None:
         """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""
         self.last_failure = (reason, message)
@@ -409,7 +467,7 @@ class Worker:
     def _refresh(self) -> None:
         """Study-wide figures for the metrics endpoint, from `job.study`'s one view of the
         study (so they equal summary.json's: feasible COMPLETE trials only)."""
-        if self.metrics is None:
+        if self.metrics is None or self.retrain:  # the search study's figures stand
             return
         try:
             summary = study_summary(self.study, self.config)

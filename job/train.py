@@ -405,6 +405,7 @@ def train(
     checkpoint: Path | None = None,
     stop: threading.Event | None = None,
     measured: Measure | None = None,
+    weights: Path | None = None,
 ) -> TrainResult:
     """Train one network on `data` and measure it; raises `TrainError` on failure.
 
@@ -414,6 +415,8 @@ def train(
     candidate already); the network is then built once, with no dry run.
     Preemption: when `stop` is set, the state goes to `checkpoint` and `Preempted` is
     raised; a later call with the same `checkpoint` resumes at that step, exactly.
+    `weights`: where the trained network's state dict goes (CPU tensors, written
+    atomically), for a model worth keeping (a verification retrain).
     """
     started = time.perf_counter()
     device = resolve_device(recipe.device)
@@ -428,6 +431,10 @@ def train(
         latency = (math.nan, math.nan)
         if recipe.measure_latency:
             latency = measure_latency(trainer.model, data.train.x.shape[1:], device, trainer.amp)
+        if weights is not None:
+            state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(weights, lambda tmp: torch.save(state, tmp))
     except RuntimeError as exc:  # torch.OutOfMemoryError among them
         if not _is_out_of_memory(exc):
             raise

@@ -23,9 +23,9 @@ import optuna
 import torch
 
 from job import __version__, runtime
-from job.config import Config, load_config, write_atomic
-from job.data import load_data
-from job.model import ModelError, load_model_spec, model_spec_yaml
+from job.config import AugmentConfig, Config, TrainConfig, load_config, write_atomic
+from job.data import Dataset, load_data
+from job.model import ModelError, ModelSpec, load_model_spec, model_spec_yaml
 from job.storage import JOURNAL, redact
 from job.train import (
     EpochRecord,
@@ -36,6 +36,7 @@ from job.train import (
     resolve_device,
     train,
 )
+from job.verify import model_files
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 # A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
@@ -94,30 +95,106 @@ def check_port_free(port: int, key: str) -> None:
             raise UsageError(f"{key}: port {port} is not free ({exc.strerror})") from None
 
 
+def read_card(path: str) -> dict[str, Any]:
+    """A selected model's card.json (`collect` writes it); `UsageError` naming the file
+    when it cannot be read or lacks what retraining needs."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--card: {path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"--card: {path}: not a card (not JSON)") from None
+    need = ("model_yaml", "recipe", "augment", "data_fingerprint")
+    missing = [key for key in need if not isinstance(card, dict) or key not in card]
+    if missing:
+        raise UsageError(f"--card: {path}: not a card (no {', '.join(missing)})")
+    return dict(card)
+
+
+def _from_card(args: argparse.Namespace) -> tuple[ModelSpec, AugmentConfig, TrainConfig]:
+    """The card's network, augmentation policy and recipe (seed included): what the
+    verification retrain that made its weights trained."""
+    import yaml
+
+    from job.model import parse_model_spec
+
+    card = read_card(args.card)
+    try:
+        spec = parse_model_spec(yaml.safe_load(str(card["model_yaml"])))
+        augment = (
+            AugmentConfig.model_validate(card["augment"])
+            if card["augment"]
+            else AugmentConfig(enabled=False)
+        )
+        recipe = TrainConfig.model_validate(card["recipe"])
+    except (ModelError, ValueError, yaml.YAMLError) as exc:
+        line = (str(exc).splitlines() or ["invalid"])[0]
+        raise UsageError(f"--card: {args.card}: not a usable card ({line})") from None
+    return spec, augment, recipe
+
+
+def _card_check(card: dict[str, Any], result: TrainResult) -> str:
+    """This run's test accuracy against the card's verified mean ± std."""
+    verified = card.get("verified") or {}
+    mean, std = verified.get("mean"), verified.get("std")
+    if not isinstance(mean, float) or not isinstance(std, float):
+        return "card: no verified accuracy to compare with"
+    gap = result.test_accuracy - mean
+    verdict = "within" if abs(gap) <= std + CARD_TOLERANCE else "OUTSIDE"
+    return (
+        f"card: verified {mean:.4f} ± {std:.4f}; this run {result.test_accuracy:.4f} "
+        f"({gap:+.4f}): {verdict} its std + {CARD_TOLERANCE}"
+    )
+
+
+# How far a rerun may land from the card's mean beyond its std: threads and BLAS builds
+# round differently, so a rerun on another machine is close, not bit-identical.
+CARD_TOLERANCE = 0.01
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one architecture from a model YAML with the config's data and recipe. Every
-    input is checked before the first epoch: config, output folder, model YAML, device,
-    data, batch size and the network's fit to the data."""
+    """Train one architecture from a model YAML with the config's data and recipe, or
+    retrain a selected model from its card (`--card`: its network, augmentation and
+    recipe, on train + validation, as verification trained it). Every input is checked
+    before the first epoch: config, output folder, model or card, device, data, batch
+    size and the network's fit to the data."""
+    from job.verify import retrain_data
+
     config = load_config(args.config)
+    if (args.model is None) == (args.card is None):
+        raise UsageError("train: give one of --model or --card")
     if args.out is not None:
         check_folder(Path(args.out), "--out")
-    spec = load_model_spec(args.model)
+    source = args.model or args.card
+    if args.card:
+        spec, augment, base = _from_card(args)
+    else:
+        spec, augment, base = load_model_spec(args.model), config.augment, config.train
     overrides = {"epochs": args.epochs, "device": args.device}
-    recipe = config.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    recipe = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     resolve_device(recipe.device, "--device" if args.device else "train.device")
     data = load_data(config.data)
+    if args.card:
+        card = read_card(args.card)
+        if card["data_fingerprint"] != data.fingerprint:
+            print("warning: the data differs from the card's (fingerprint): expect a change")
+        data = retrain_data(data)
+        print(f"as verification trained it: on train + validation ({len(data.train)} images);")
+        print("the epochs' `val acc` is the test split's (nothing is selected on it)")
     check_batch(recipe, data)
     try:
         measured = check_fit(spec, data)
     except TrainError as exc:
-        raise ModelError(f"{args.model}: {str(exc).removeprefix(exc.reason + ': ')}") from None
+        raise ModelError(f"{source}: {str(exc).removeprefix(exc.reason + ': ')}") from None
     print(
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / "
         f"{len(data.test)} test, {data.num_classes} classes, fingerprint {data.fingerprint[:12]}",
         flush=True,
     )
-    result = train(spec, config.augment, recipe, data, on_epoch=_print_epoch, measured=measured)
+    result = train(spec, augment, recipe, data, on_epoch=_print_epoch, measured=measured)
     print(_summary(result))
+    if args.card:
+        print(_card_check(read_card(args.card), result))
     if args.out is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +280,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     url = _storage_url(args, config)  # waits for the database first, as pods start with it
     data = load_data(config.data)
     check_batch(config.train, data)
+    models = model_files(config, data)  # baselines and references: a bad file fails now
     worker = Worker(config, url, _study_name(args, config), index, checkpoint_dir=checkpoints)
     stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 143
     metrics = None
@@ -218,12 +296,39 @@ def cmd_search(args: argparse.Namespace) -> int:
         worker.metrics = metrics
     print(f"worker {worker.worker} on study {worker.study.study_name}", flush=True)
     ran = worker.run(data)
+    if config.select.verify and not worker.stop.is_set():
+        ran += _run_retrains(worker, models, data, _out_dir(args, config) / "verified")
     done = "stopped" if worker.stop.is_set() else "done"
     print(f"worker {worker.worker} {done}: {ran} trials", flush=True)
     if metrics is not None:
         worker.stop.wait(config.study.metrics_linger_s)  # let Prometheus scrape the last values
         metrics.shutdown()
     return EXIT_STOPPED if worker.stop.is_set() else EXIT_OK
+
+
+def _run_retrains(
+    worker: Any, models: dict[str, ModelSpec], data: Dataset, weights_dir: Path
+) -> int:
+    """The search is done: queue the verification plan (unless another worker did) and
+    run retrains until none is left (job.verify); returns how many this worker ran."""
+    from job.search import Worker
+    from job.storage import persist
+    from job.verify import ensure_plan, plan_retrains, retrain_data, verify_study_name
+
+    config, url = worker.config, worker.storage_url
+    name = verify_study_name(worker.study.study_name)
+    index = runtime.worker_index()
+    retrainer = Worker(
+        config, url, name, index, worker.metrics, worker.train_fn, worker.log,
+        worker.checkpoint_dir, retrain=True, weights_dir=weights_dir,
+    )  # fmt: skip
+    retrainer.stop = worker.stop  # one SIGTERM stops either loop
+    deadline = config.study.db_outage_deadline_s
+    trials = persist(lambda: worker.study.get_trials(deepcopy=False), deadline, "reading", url)
+    _, plan = plan_retrains(trials, config, models)
+    queued = persist(lambda: ensure_plan(retrainer.study, url, plan), deadline, "queueing", url)
+    print(f"verification: {len(plan)} retrains in the plan, {queued} queued here", flush=True)
+    return retrainer.run(retrain_data(data))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -242,7 +347,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--metrics-port: {args.workers} workers need ports up to {last}")
         for port in range(args.metrics_port, last + 1):
             check_port_free(port, "--metrics-port")
-    check_batch(config.train, load_data(config.data))  # bad data fails here, once
+    data = load_data(config.data)
+    check_batch(config.train, data)  # bad data fails here, once
+    models = model_files(config, data)
     out = _out_dir(args, config)
     url = _storage_url(args, config)
     if args.fresh and url.startswith(JOURNAL):  # refused while another process holds it
@@ -256,8 +363,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     study, _ = _study(args, config)
     summary = collect(study, config, out)
     print(_collect_line(summary, out))
+    selected = _select(study, config, url, models, out)
+    if code == EXIT_OK and not selected:
+        code = EXIT_ERROR
     # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
     return code if code in (EXIT_OK, EXIT_BAD_INPUT) else EXIT_ERROR
+
+
+def _select(
+    study: optuna.Study,
+    config: Config,
+    url: str,
+    models: dict[str, ModelSpec],
+    out: Path,
+    wait_s: float | None = -1.0,
+) -> bool:
+    """The selection files (job.selection); False when something asked for is missing
+    (a retrain failed, weights not found). Once the budget is met the verification plan
+    is queued for the workers; `wait_s` (None: forever; < 0: not at all) waits for it."""
+    from job.search import open_study
+    from job.selection import selection_text, write_selection
+    from job.study import snapshot
+    from job.verify import ensure_plan, plan_retrains, verify_study_name, wait_for_retrains
+
+    trials = snapshot(study, config)
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    finished = complete >= config.study.budget
+    verify_trials: list[optuna.trial.FrozenTrial] = []
+    if config.select.verify and finished:
+        name = verify_study_name(study.study_name)
+        verify = open_study(config, url, name, verify=True)
+        ensure_plan(verify, url, plan_retrains(trials, config, models)[1])
+        if (wait_s is None or wait_s >= 0) and not wait_for_retrains(verify, url, timeout_s=wait_s):
+            print(f"error: the retrains did not finish within {wait_s}s", file=sys.stderr)
+            return False
+        verify_trials = verify.get_trials(deepcopy=False)
+    report = write_selection(trials, verify_trials, config, models, study.study_name, out)
+    print(selection_text(report))
+    if config.select.verify and not finished:
+        print(f"verification waits for the budget ({complete}/{config.study.budget} COMPLETE)")
+    elif report["pending"]:
+        print(
+            "the retrains run on the workers (`python -m job search`); collect again, "
+            "or `collect --wait`, for their results"
+        )
+    return not report["problems"] and not report["failed"]
 
 
 def _collect_line(summary: dict[str, Any], out: Path) -> str:
@@ -280,6 +430,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     out = _out_dir(args, config)
     check_folder(out, "--out")
+    models = model_files(config, load_data(config.data))  # a bad baseline file fails now
     url, name = _storage_url(args, config), _study_name(args, config)
     start = time.monotonic()
     # --wait: the workers may not have created the study yet; it is waited for, not made
@@ -292,7 +443,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
         return EXIT_ERROR
     print(_collect_line(collect(study, config, out), out))
-    return EXIT_OK
+    left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
+    wait_s = left if args.wait else -1.0
+    return EXIT_OK if _select(study, config, url, models, out, wait_s) else EXIT_ERROR
 
 
 def cmd_status(args: argparse.Namespace) -> int:

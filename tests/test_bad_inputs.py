@@ -267,6 +267,33 @@ CASES: list[Case] = [
     # --wait: collect starts beside the workers, so it waits for the study (making none)
     Case("collect-no-study-wait", ("collect", "--config", "{cfg}", "--wait", "--timeout", "0"),
          "study 'bad' did not appear within 0.0s", code=1),
+    # select: a baseline or reference file is checked before any trial or study
+    Case("baseline-missing", ("search", "--config", "{cfg}"), "nope.yaml: no such model YAML",
+         config=QUICK + "select: {baselines: [nope.yaml]}\n"),
+    Case("reference-missing-run", ("run", "--config", "{cfg}"), "ref.yaml: no such model YAML",
+         config=QUICK + "select: {policies: [{reference: ref.yaml}]}\n"),
+    Case("baseline-missing-collect", ("collect", "--config", "{cfg}"), "nope.yaml: no such",
+         config=QUICK + "select: {baselines: [nope.yaml]}\n"),
+    Case("baseline-bad-module", ("search", "--config", "{cfg}"), "m.yaml",
+         config=QUICK + "select: {baselines: [m.yaml]}\n",
+         files=_model("[1, Transformer, [8]]")),
+    Case("baseline-4-channels", ("search", "--config", "{cfg}"), "m.yaml: input_channel is 4",
+         config=QUICK + "select: {baselines: [m.yaml]}\n",
+         files=_model("[1, Conv, [8, 3, 1]]", head="input_channel: 4")),
+    # train --card: one of --model and --card; a card that is one
+    Case("train-model-and-card", (*TRAIN_M, "--card", "{tmp}/card.json"),
+         "give one of --model or --card"),
+    Case("train-neither", ("train", "--config", "{cfg}"), "give one of --model or --card"),
+    Case("card-missing", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "card.json: cannot read (No such file"),
+    Case("card-not-json", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a card (not JSON)", files={"card.json": "model: [1"}),
+    Case("card-no-model", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a card (no model_yaml", files={"card.json": '{"recipe": {}}'}),
+    Case("card-bad-recipe", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card", files={"card.json": '{"model_yaml": "input_channel: 3\\n'
+         'backbone: [[1, Conv, [8]]]", "recipe": {"epochs": 0}, "augment": null, '
+         '"data_fingerprint": "x"}'}),
 ]  # fmt: skip
 
 

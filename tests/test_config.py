@@ -107,7 +107,23 @@ BAD_CONFIGS: list[tuple[object, str]] = [
     # keys that did nothing are gone until they do something
     ({"train": {"optimizer": "sgd"}}, "train.optimizer: unknown key"),
     ({"train": {"schedule": "cosine"}}, "train.schedule: unknown key"),
-    ({"select": {"policies": ["best"]}}, "select: unknown key"),
+    # select: each policy's settings, by name; a policy's folder name
+    ({"select": {"policies": ["bset"]}}, "select.policies[0]: 'bset' is not a policy"),
+    ({"select": {"policies": ["budget"]}}, "select.policies[0]: 'budget' needs settings"),
+    ({"select": {"policies": [{"budget": {}}]}}, "select.policies[0].budget: give at least"),
+    ({"select": {"policies": [{"budget": {"params": 0}}]}}, "budget.params: must be >= 1"),
+    ({"select": {"policies": [{"budget": {"flops": 9}}]}}, "budget.flops: unknown key"),
+    ({"select": {"policies": [{"best": True, "knee": True}]}}, "exactly one of"),
+    ({"select": {"policies": ["knee", {"knee": True}]}}, "name 'knee' used twice"),
+    (
+        {"select": {"policies": [{"smallest_within": {"accuracy_drop": -0.1}}]}},
+        "smallest_within.accuracy_drop: must be >= 0.0",
+    ),
+    ({"select": {"policies": [{"knee": True, "name": "../x"}]}}, "policies[0].name: must be"),
+    ({"select": {"retrain": {"seeds": 0}}}, "select.retrain.seeds: must be >= 1, got 0"),
+    ({"select": {"retrain": {"epochs": 0}}}, "select.retrain.epochs: must be >= 1, got 0"),
+    ({"select": {"verify_top_k": -1}}, "select.verify_top_k: must be >= 0"),
+    ({"select": {"baselines": ["a.yaml", "a.yaml"]}}, "select.baselines: a file is listed twice"),
     ({"export": {"onnx": True}}, "export: unknown key"),
     ([1, 2], "expected a mapping"),
 ]

@@ -243,7 +243,7 @@ def test_search_configs_load(rendered: dict[str, list[Obj]], overlay: str) -> No
 def test_cluster_config_is_the_seed_scenario() -> None:
     cluster = load_config(ROOT / "k8s" / "base" / "search.yaml").model_dump()
     seed = load_config(ROOT / "configs" / "cifar10.yaml").model_dump()
-    for section in ("data", "augment", "space", "train", "objectives", "constraints"):
+    for section in ("data", "augment", "space", "train", "objectives", "constraints", "select"):
         assert cluster[section] == seed[section], section
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from job.model import (
     LayerSpec,
+    Measure,
     Model,
     ModelError,
     ModelSpec,
@@ -210,14 +211,28 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         parse_model_spec({"head": [], "backbone": [[1, "Conv", [8]]]})
 
 
+# configs/models/<stem>.yaml → ((min, max) params, (min, max) MACs) at 32x32: the published
+# sizes (ResNet-8 of MLPerf Tiny ~78k params, 12.5M MACs; He et al.'s ResNet-20 0.27M).
+REFERENCE_SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "mobilenetv2": ((1_000_000, 3_000_000), (10_000_000, 100_000_000)),
+    "mobilenetv3_small": ((1_000_000, 3_000_000), (10_000_000, 100_000_000)),
+    "resnet8": ((70_000, 90_000), (10_000_000, 15_000_000)),
+    "resnet20": ((250_000, 300_000), (35_000_000, 45_000_000)),
+}
+
+
 @pytest.mark.parametrize("path", REFERENCE_MODELS, ids=lambda p: p.stem)
 def test_reference_models_build_and_run(path: Path) -> None:
+    assert path.stem in REFERENCE_SIZES, f"no expected size for {path.name}: add a row"
+    (min_params, max_params), (min_macs, max_macs) = REFERENCE_SIZES[path.stem]
     spec = load_model_spec(path)
     model = build_model(spec, image_size=32)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert 1_000_000 < count_params(model) < 3_000_000
-    assert 10_000_000 < count_macs(model, 32) < 100_000_000
+    params, macs = count_params(model), count_macs(model, 32)
+    assert min_params < params < max_params
+    assert min_macs < macs < max_macs
+    assert measure(spec, 32) == Measure(params, macs, 10)  # the meta-device count agrees
 
 
 def test_reference_models_are_present() -> None:
-    assert {p.name for p in REFERENCE_MODELS} >= {"mobilenetv2.yaml", "mobilenetv3_small.yaml"}
+    assert {p.stem for p in REFERENCE_MODELS} >= set(REFERENCE_SIZES)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from job.modules import MODULES, Repeat, build_layer, fill_defaults
+from job.modules import MODULES, BasicBlock, Conv, Repeat, build_layer, fill_defaults
 
 # name → (representative args, input channels, input side). Linear and Flatten get a
 # pooled (B, C, 1, 1) input, as they would after GlobalAvgPool.
@@ -18,6 +18,7 @@ EXAMPLES: dict[str, tuple[list[Any], int, int]] = {
     "InvertedResidualv2": ([8, 6, 1], 8, 8),
     "InvertedResidualv3": ([5, 3.1, 8, 1, 1, 1], 8, 8),
     "MBConv": ([6, 8, 1, 3], 8, 8),
+    "BasicBlock": ([16, 1, "ReLU"], 8, 8),
     "Fire": ([8, 16, 16], 8, 8),
     "Linear": ([10, "ReLU"], 8, 1),
     "MaxPool": ([2], 8, 8),
@@ -61,3 +62,25 @@ def test_module_builds_runs_and_matches_table(name: str, repeat: int, stride: in
     assert x.grad is not None and torch.isfinite(x.grad).all()
     for p in module.parameters():
         assert p.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "stride", "identity"),
+    [(16, 16, 1, True), (16, 32, 1, False), (16, 16, 2, False), (16, 32, 2, False)],
+)
+def test_basic_block_shortcut_projects_only_when_shapes_change(
+    c_in: int, c_out: int, stride: int, identity: bool
+) -> None:
+    block = BasicBlock(c_in, c_out, stride)
+    if identity:
+        assert isinstance(block.shortcut, torch.nn.Identity)
+        assert not list(block.shortcut.parameters())
+    else:  # 1x1 conv + BN at the block's stride, no activation (it follows the add)
+        assert isinstance(block.shortcut, Conv)
+        assert block.shortcut.conv.kernel_size == (1, 1)
+        assert block.shortcut.conv.stride == (stride, stride)
+        assert isinstance(block.shortcut.act, torch.nn.Identity)
+        assert sum(p.numel() for p in block.shortcut.parameters()) == c_in * c_out + 2 * c_out
+    y = block(torch.randn(2, c_in, 8, 8))  # (B, Cin, 8, 8) → (B, Cout, 8/s, 8/s)
+    assert y.shape == (2, c_out, 8 // stride, 8 // stride)
+    assert (y >= 0).all()  # ReLU after the add

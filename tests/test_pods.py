@@ -11,6 +11,7 @@ metrics port.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -25,6 +26,7 @@ from optuna.trial import TrialState
 
 from job.config import parse_config
 from job.pgserver import External, Server, free_port
+from job.verify import verify_study_name
 from tests.kube import Obj, container_env, copy_tree, find, mounted_files, pod_spec, render
 from tests.proc import ROOT
 
@@ -122,3 +124,20 @@ def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path
     assert len(workers) == n, workers  # every index took part
     results = volumes / "pvc-artifacts" / "results"
     assert {"pareto.json", "summary.json"} <= {p.name for p in results.iterdir()}
+
+    # The verify phase: the workers retrained the picks and the baselines once the budget
+    # was met (a second study), the collector waited for them and wrote the selection.
+    verify = optuna.load_study(study_name=verify_study_name(config.study.name), storage=url)
+    retrains = verify.get_trials()
+    assert retrains and all(t.state == TrialState.COMPLETE for t in retrains)
+    assert len({t.user_attrs["worker"] for t in retrains}) >= 1
+    selection = json.loads((results / "selection.json").read_text())
+    assert set(selection) == {p.name for p in config.select.policies}
+    for name, choice in selection.items():
+        folder = results / "selected" / name
+        assert {"model.yaml", "weights.pt", "card.json"} <= {f.name for f in folder.iterdir()}
+        card = json.loads((folder / "card.json").read_text())
+        assert card["trial"] == choice["trial"] and card["verified"]["mean"] is not None
+    baselines = json.loads((results / "baselines.json").read_text())
+    assert [b["name"] for b in baselines["baselines"]] == ["resnet8"]
+    assert "kendall_tau" in json.loads((results / "verify.json").read_text())

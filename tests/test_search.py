@@ -43,6 +43,7 @@ space:
   augment: {n_select: [0, 1], level: [0, 5], random_magnitude: [false]}
 train: {epochs: 1, batch_size: 32, lr: 0.05, device: cpu, measure_latency: false}
 objectives: [accuracy, params]
+select: {verify: false}   # verification has its own tests (tests/test_verify.py)
 """
 
 
