@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench preview status clean
+.PHONY: run test lint format bench preview status clean debs
 
 # The venv is (re)built whenever the pinned requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -28,7 +28,21 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix job tests bench
 	$(BIN)/ruff format job tests bench
 
-test: lint
+# Debian packages the suite drives for real: a headless Chromium renders report.html.
+# Installed where missing (as root, or through sudo); services are started by the tests.
+DEBS := chromium
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	  | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing$$missing"; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: lint debs
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -143,6 +143,10 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
             *_storage_args(HOLDS_STUDY, {"help": "search config YAML (storage, study name)"}),
             (("--host",), {"default": "127.0.0.1", "help": "address (container: 0.0.0.0)"}),
             (
+                ("--artifacts",),
+                {"help": "the collector's artifact store (default: <out>/artifacts if there)"},
+            ),
+            (
                 ("--port",),
                 {"type": _int_in(0, 65535), "help": "port (default: $DASHBOARD_PORT, else 8080)"},
             ),

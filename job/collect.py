@@ -196,7 +196,7 @@ Point = tuple[FrozenTrial, float, float]
 _FRONT_STYLE: dict[str, Any] = dict(s=90, facecolors="none", edgecolors="crimson", linewidths=2)
 
 
-def _axes(objectives: Sequence[str]) -> tuple[Axis, Axis]:
+def plot_axes(objectives: Sequence[str]) -> tuple[Axis, Axis]:
     """x: the parameter count; y: validation accuracy, else the first maximised objective."""
     names: list[str] = list(objectives)
     maximised = [i for i, d in enumerate(directions(objectives)) if d == "maximize"]
@@ -214,14 +214,14 @@ def _value(trial: FrozenTrial, axis: Axis) -> float | None:
     return float(found) if isinstance(found, int | float) else None
 
 
-def _points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Point]:
+def plot_points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Point]:
     """(trial, x, y) for the trials that have both values; a log axis needs x > 0."""
-    x_axis, y_axis = _axes(objectives)
+    x_axis, y_axis = plot_axes(objectives)
     found = ((t, _value(t, x_axis), _value(t, y_axis)) for t in trials)
     return [(t, x, y) for t, x, y in found if x is not None and y is not None and x > 0]
 
 
-def _draw_trials(fig: Figure, ax: Axes, points: Sequence[Point]) -> None:
+def draw_trials(fig: Figure, ax: Axes, points: Sequence[Point]) -> None:
     """Every COMPLETE trial coloured by number; infeasible ones as crosses."""
     numbers = [p[0].number for p in points]
     low, high = min(numbers), max(max(numbers), min(numbers) + 1)
@@ -237,7 +237,7 @@ def _draw_trials(fig: Figure, ax: Axes, points: Sequence[Point]) -> None:
         fig.colorbar(scatter, ax=ax, label="trial number")
 
 
-def _draw_front(ax: Axes, front: Sequence[Point]) -> None:
+def draw_front(ax: Axes, front: Sequence[Point]) -> None:
     front = sorted(front, key=lambda p: p[1])
     xs, ys = [p[1] for p in front], [p[2] for p in front]
     # "post": the accuracy reached at a size holds until the next, bigger front model,
@@ -251,12 +251,12 @@ def _plot(trials: Sequence[FrozenTrial], summary: StudySummary, name: str, path:
     # backend state shared with whatever else runs in the process.
     fig = Figure(figsize=(8, 5.5))
     ax = fig.add_subplot()
-    (_, _, x_label), (_, _, y_label) = _axes(summary.objectives)
+    (_, _, x_label), (_, _, y_label) = plot_axes(summary.objectives)
     complete = complete_trials(trials)  # FAIL trials have nothing to plot
-    points = _points(complete, summary.objectives)
+    points = plot_points(complete, summary.objectives)
     if points:
-        _draw_trials(fig, ax, points)
-        _draw_front(ax, _points(summary.front, summary.objectives))
+        draw_trials(fig, ax, points)
+        draw_front(ax, plot_points(summary.front, summary.objectives))
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="best")

@@ -10,7 +10,7 @@ section (`AugmentConfig`), the training recipe *is* the `train` section (`TrainC
 The search layer derives a trial's values with `model_copy(update=…)` from values checked
 here against the `space` section, so nothing can turn invalid between load and trial.
 Sections: study, data, augment, space (the seed's seven blocks by default: data, not
-code), train, objectives, constraints, select (docs/ARCHITECTURE.md).
+code), train, objectives, constraints, select, export (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -433,6 +433,21 @@ class SelectConfig(Section):
         return list(dict.fromkeys([*self.baselines, *refs]))
 
 
+class ExportConfig(Section):
+    """What `collect` makes of each selected model (job.export): ONNX verified by
+    onnxruntime on the test split, an int8 copy, latency where it is deployed, and the
+    files uploaded as Optuna artifacts."""
+
+    onnx: Bool = True
+    opset: Int = Field(18, ge=13, le=20)  # the TorchScript exporter's supported range
+    max_logit_diff: Float = Field(1e-4, gt=0.0)  # fp32 ONNX vs PyTorch, on every test image
+    int8: Bool = True  # onnxruntime static quantization: QDQ, per-channel weights
+    calibration_images: Int = Field(256, ge=1)  # training images, for the int8 ranges
+    latency_threads: Int = Field(1, ge=1)  # onnxruntime intra-op threads, pinned
+    latency_runs: Int = Field(200, ge=10)  # batch-1 runs timed (after 20 warm-up runs)
+    artifacts: Bool = True  # upload the files to an Optuna artifact store beside results
+
+
 class Config(Section):
     study: StudyConfig = StudyConfig()
     data: DataConfig = DataConfig()
@@ -442,6 +457,7 @@ class Config(Section):
     objectives: tuple[Objective, ...] = Field(("accuracy", "params"), min_length=1)
     constraints: ConstraintsConfig = ConstraintsConfig()
     select: SelectConfig = SelectConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

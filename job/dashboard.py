@@ -16,17 +16,22 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 from wsgiref.simple_server import make_server
 
 import optuna_dashboard  # type: ignore[import-untyped]  # no stubs
+from optuna.artifacts import FileSystemArtifactStore
 
 from job.runtime import redact
 from job.storage import open_storage
 
 
-def serve_dashboard(url: str, host: str, port: int) -> None:
-    """Serve until SIGTERM or Ctrl-C; prints where, with the storage URL redacted."""
-    app = optuna_dashboard.wsgi(open_storage(url))
+def serve_dashboard(url: str, host: str, port: int, artifacts: Path | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C; prints where, with the storage URL redacted.
+    `artifacts`: the collector's artifact store (job.storage.upload_trial_files), so the
+    trials' exported models are listed and downloadable."""
+    store = FileSystemArtifactStore(artifacts) if artifacts is not None else None
+    app = optuna_dashboard.wsgi(open_storage(url), artifact_store=store)
     with make_server(host, port, app) as server:
         # shutdown() from another thread: raising from the handler instead would be
         # swallowed by wsgiref mid-request, and shutdown() in this one would deadlock.

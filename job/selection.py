@@ -323,6 +323,7 @@ def write_selection(
         "baselines": baselines,
         "comparison": comparison,
         "problems": problems,
+        "verified": by_trial,
         "pending": sum(m.pending for m in verified.values()),
         "failed": [f"{m.name} {f}" for m in verified.values() for f in m.failed],
     }

@@ -26,7 +26,7 @@ from job import __version__, runtime
 from job.config import AugmentConfig, Config, TrainConfig, load_config, write_atomic
 from job.data import Dataset, load_data
 from job.model import ModelError, ModelSpec, load_model_spec, model_spec_yaml
-from job.storage import JOURNAL, redact
+from job.storage import ARTIFACTS, JOURNAL, redact
 from job.train import (
     EpochRecord,
     TrainError,
@@ -363,7 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     study, _ = _study(args, config)
     summary = collect(study, config, out)
     print(_collect_line(summary, out))
-    selected = _select(study, config, url, models, out)
+    selected = _select(study, config, url, models, data, out)
     if code == EXIT_OK and not selected:
         code = EXIT_ERROR
     # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
@@ -375,12 +375,16 @@ def _select(
     config: Config,
     url: str,
     models: dict[str, ModelSpec],
+    data: Dataset,
     out: Path,
     wait_s: float | None = -1.0,
 ) -> bool:
     """The selection files (job.selection); False when something asked for is missing
     (a retrain failed, weights not found). Once the budget is met the verification plan
-    is queued for the workers; `wait_s` (None: forever; < 0: not at all) waits for it."""
+    is queued for the workers; `wait_s` (None: forever; < 0: not at all) waits for it.
+    Then each pick is exported and verified, uploaded, and the report written
+    (job.publish)."""
+    from job.publish import export_text, publish
     from job.search import open_study
     from job.selection import selection_text, write_selection
     from job.study import snapshot
@@ -399,7 +403,10 @@ def _select(
             return False
         verify_trials = verify.get_trials(deepcopy=False)
     report = write_selection(trials, verify_trials, config, models, study.study_name, out)
+    report["problems"] += publish(out, study, trials, config, data, report)
     print(selection_text(report))
+    if exported := export_text(out, report["picks"]):
+        print(exported)
     if config.select.verify and not finished:
         print(f"verification waits for the budget ({complete}/{config.study.budget} COMPLETE)")
     elif report["pending"]:
@@ -430,7 +437,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     out = _out_dir(args, config)
     check_folder(out, "--out")
-    models = model_files(config, load_data(config.data))  # a bad baseline file fails now
+    data = load_data(config.data)  # the test split: ONNX exports are verified on it
+    models = model_files(config, data)  # a bad baseline file fails now
     url, name = _storage_url(args, config), _study_name(args, config)
     start = time.monotonic()
     # --wait: the workers may not have created the study yet; it is waited for, not made
@@ -445,7 +453,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     print(_collect_line(collect(study, config, out), out))
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
     wait_s = left if args.wait else -1.0
-    return EXIT_OK if _select(study, config, url, models, out, wait_s) else EXIT_ERROR
+    return EXIT_OK if _select(study, config, url, models, data, out, wait_s) else EXIT_ERROR
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -488,5 +496,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     port = runtime.dashboard_port() if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port: expected 0-65535, got {port}")
-    serve_dashboard(_dashboard_url(args), args.host, port)
+    artifacts = _artifact_dir(args)
+    serve_dashboard(_dashboard_url(args), args.host, port, artifacts)
     return EXIT_OK
+
+
+def _artifact_dir(args: argparse.Namespace) -> Path | None:
+    """The artifact store the dashboard serves: --artifacts, else `<out>/artifacts` when
+    `collect` has written one there. A given folder that is not there yet (a pod starting
+    before the collector) is fine; a file is not."""
+    if args.artifacts is None:
+        found = Path(args.out) / ARTIFACTS if args.out else None
+        return found if found is not None and found.is_dir() else None
+    path = Path(args.artifacts)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--artifacts: {path} is not a folder")
+    if not path.exists():
+        print(f"artifacts: {path} is not there yet; `collect` writes it", file=sys.stderr)
+    return path

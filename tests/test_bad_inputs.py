@@ -209,6 +209,8 @@ CASES: list[Case] = [
     Case("search-study-name", ("search", "--config", "{cfg}", "--study", "a b/c"), "--study"),
     Case("status-study-name", ("status", "--config", "{cfg}", "--study", "../x"), "--study"),
     Case("dashboard-port-70000", ("dashboard", "--out", "{tmp}", "--port", "70000"), "--port"),
+    Case("dashboard-artifacts-file", ("dashboard", "--out", "{tmp}", "--artifacts", "{cfg}"),
+         "c.yaml is not a folder"),
     Case("train-epochs-text", (*TRAIN_M, "--epochs", "ten"), "--epochs"),
     Case("train-device-gpu", (*TRAIN_M, "--device", "gpu"), "--device"),
     Case("train-no-model", ("train", "--config", "{cfg}"), "--model"),

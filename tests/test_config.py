@@ -124,7 +124,11 @@ BAD_CONFIGS: list[tuple[object, str]] = [
     ({"select": {"retrain": {"epochs": 0}}}, "select.retrain.epochs: must be >= 1, got 0"),
     ({"select": {"verify_top_k": -1}}, "select.verify_top_k: must be >= 0"),
     ({"select": {"baselines": ["a.yaml", "a.yaml"]}}, "select.baselines: a file is listed twice"),
-    ({"export": {"onnx": True}}, "export: unknown key"),
+    ({"export": {"onnx": "yes"}}, "export.onnx: input should be a valid boolean"),
+    ({"export": {"opset": 9}}, "export.opset: must be >= 13, got 9"),
+    ({"export": {"max_logit_diff": 0}}, "export.max_logit_diff: must be > 0.0"),
+    ({"export": {"calibration_images": 0}}, "export.calibration_images: must be >= 1"),
+    ({"export": {"int9": True}}, "export.int9: unknown key"),
     ([1, 2], "expected a mapping"),
 ]
 

@@ -159,7 +159,15 @@ def test_collector_research_and_dashboard(rendered: dict[str, list[Obj]], overla
     research = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert research["args"][0] == "research"
     dashboard = find(objs, "Deployment", "dashboard")
-    assert dashboard["spec"]["template"]["spec"]["containers"][0]["args"] == ["dashboard"]
+    container = dashboard["spec"]["template"]["spec"]["containers"][0]
+    # it serves the collector's artifact store (each pick's ONNX files), read-only
+    store = collect["args"][collect["args"].index("--out") + 1] + "/artifacts"
+    assert container["args"] == ["dashboard", "--artifacts", store]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "artifacts")
+    assert store.startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+    volumes = dashboard["spec"]["template"]["spec"]["volumes"]
+    claim = next(v for v in volumes if v["name"] == "artifacts")["persistentVolumeClaim"]
+    assert claim == {"claimName": "artifacts", "readOnly": True}
     service = find(objs, "Service", "dashboard")
     assert service["spec"]["selector"].items() <= pod_labels(dashboard).items()
 

@@ -244,7 +244,7 @@ def test_run_selects_verifies_and_train_card_reproduces(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for policy in ("best", "knee", "smallest_within"):
         folder = out / "selected" / policy
-        assert {p.name for p in folder.iterdir()} == {"model.yaml", "weights.pt", "card.json"}
+        assert {"model.yaml", "weights.pt", "card.json"} <= {p.name for p in folder.iterdir()}
     assert "select best" in proc.stdout and "resnet8" in proc.stdout
     assert "verify " in proc.stdout  # a line per retrain while the workers ran them
     verify = json.loads((out / "verify.json").read_text())

@@ -12,13 +12,15 @@ connections. Passwords are masked by `job.runtime.redact` in every message.
 
 One package, so that Optuna's internals stay inside it: `base` (URL forms, errors,
 `persist`), `heartbeat` (heartbeats and stale trials on every storage), `locks` (run,
-advisory and budget locks), `writes` (a trial's batched writes), `store` (resolving,
-checking and opening a storage, waiting for it). Import from `job.storage`.
+advisory and budget locks), `writes` (a trial's batched writes), `artifacts` (a trial's
+files as Optuna artifacts), `store` (resolving, checking and opening a storage, waiting
+for it). Import from `job.storage`.
 """
 
 from __future__ import annotations
 
 from job.runtime import redact
+from job.storage.artifacts import ARTIFACTS, upload_trial_files
 from job.storage.base import (
     DEFAULT_JOURNAL,
     JOURNAL,
@@ -50,6 +52,7 @@ from job.storage.store import (
 from job.storage.writes import ParamHold, frozen_trial, save_user_attrs
 
 __all__ = [
+    "ARTIFACTS",
     "BEATS",
     "DEFAULT_JOURNAL",
     "JOURNAL",
@@ -77,6 +80,7 @@ __all__ = [
     "save_user_attrs",
     "silent_trials",
     "study_exists",
+    "upload_trial_files",
     "wait_for_database",
     "wait_for_study",
 ]
