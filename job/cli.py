@@ -116,7 +116,14 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
                 ("--metrics-port",),
                 {"type": _int_in(1, 65535), "help": "serve worker i's metrics on port + i"},
             ),
-            (("--fresh",), {"action": "store_true", "help": "delete the embedded study first"}),
+            (
+                ("--fresh",),
+                {
+                    "action": "store_true",
+                    "help": "delete the embedded study first, with its picks, retrained "
+                    "weights, artifacts and checkpoints in the output folder",
+                },
+            ),
         ],
     ),
     "collect": (

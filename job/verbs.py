@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -37,6 +37,9 @@ from job.train import (
     train,
 )
 from job.verify import model_files
+
+if TYPE_CHECKING:  # imported where used: `train` and `status` need no Optuna worker
+    from job.search import Worker
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 # A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
@@ -111,14 +114,13 @@ def read_card(path: str) -> dict[str, Any]:
     return dict(card)
 
 
-def _from_card(args: argparse.Namespace) -> tuple[ModelSpec, AugmentConfig, TrainConfig]:
+def _from_card(card: dict[str, Any], path: str) -> tuple[ModelSpec, AugmentConfig, TrainConfig]:
     """The card's network, augmentation policy and recipe (seed included): what the
     verification retrain that made its weights trained."""
     import yaml
 
     from job.model import parse_model_spec
 
-    card = read_card(args.card)
     try:
         spec = parse_model_spec(yaml.safe_load(str(card["model_yaml"])))
         augment = (
@@ -129,7 +131,7 @@ def _from_card(args: argparse.Namespace) -> tuple[ModelSpec, AugmentConfig, Trai
         recipe = TrainConfig.model_validate(card["recipe"])
     except (ModelError, ValueError, yaml.YAMLError) as exc:
         line = (str(exc).splitlines() or ["invalid"])[0]
-        raise UsageError(f"--card: {args.card}: not a usable card ({line})") from None
+        raise UsageError(f"--card: {path}: not a usable card ({line})") from None
     return spec, augment, recipe
 
 
@@ -166,8 +168,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_folder(Path(args.out), "--out")
     source = args.model or args.card
+    card = read_card(args.card) if args.card else {}
     if args.card:
-        spec, augment, base = _from_card(args)
+        spec, augment, base = _from_card(card, args.card)
     else:
         spec, augment, base = load_model_spec(args.model), config.augment, config.train
     overrides = {"epochs": args.epochs, "device": args.device}
@@ -175,7 +178,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_device(recipe.device, "--device" if args.device else "train.device")
     data = load_data(config.data)
     if args.card:
-        card = read_card(args.card)
         if card["data_fingerprint"] != data.fingerprint:
             print("warning: the data differs from the card's (fingerprint): expect a change")
         data = retrain_data(data)
@@ -194,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(spec, augment, recipe, data, on_epoch=_print_epoch, measured=measured)
     print(_summary(result))
     if args.card:
-        print(_card_check(read_card(args.card), result))
+        print(_card_check(card, result))
     if args.out is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +309,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _run_retrains(
-    worker: Any, models: dict[str, ModelSpec], data: Dataset, weights_dir: Path
+    worker: Worker, models: dict[str, ModelSpec], data: Dataset, weights_dir: Path
 ) -> int:
     """The search is done: queue the verification plan (unless another worker did) and
     run retrains until none is left (job.verify); returns how many this worker ran."""
@@ -354,6 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = _storage_url(args, config)
     if args.fresh and url.startswith(JOURNAL):  # refused while another process holds it
         fresh_study(url)
+        clear_outputs(out)
     elif args.fresh:
         print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
     options = RunOptions(
@@ -368,6 +371,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = EXIT_ERROR
     # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
     return code if code in (EXIT_OK, EXIT_BAD_INPUT) else EXIT_ERROR
+
+
+# What a run's study leaves in its folder besides the journal: the picks, the retrained
+# weights, the artifact store, the checkpoints. `run --fresh` deletes them with the study,
+# so that nothing of the old study is read as the new one's.
+STUDY_OUTPUTS = ("selected", "verified", ARTIFACTS, "checkpoints")
+
+
+def clear_outputs(out: Path) -> None:
+    """Delete the folders of STUDY_OUTPUTS in `out` (only those: `out` may be any folder)."""
+    import shutil
+
+    for name in STUDY_OUTPUTS:
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 def _select(

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import optuna
 import torch
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import AugmentConfig, Config, TrainConfig
@@ -74,8 +75,6 @@ class Retrain:
         return cls(**found) if isinstance(found, dict) else None
 
     def spec(self) -> ModelSpec:
-        import yaml
-
         return parse_model_spec(yaml.safe_load(self.model_yaml))
 
     def augment_config(self) -> AugmentConfig:

@@ -151,6 +151,21 @@ def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_run_fresh_deletes_the_old_studys_outputs_and_nothing_else(
+    tiny: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    old = {"selected/gone/card.json", "verified/x.pt", "artifacts/abc", "checkpoints/t.pt"}
+    for name in [*old, "notes.txt"]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("from the old study")
+    proc = run_job("run", "--config", str(tiny), "--workers", "1", "--out", str(out), "--fresh")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert not any((out / name).exists() for name in old)
+    assert (out / "notes.txt").read_text() == "from the old study"  # not ours: kept
+
+
+@pytest.mark.slow
 def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -> None:
     config_path = tmp_path / "lingering.yaml"
     config_path.write_text(TINY.replace("seed: 0}", "seed: 0, metrics_linger_s: 60}"))
