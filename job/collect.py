@@ -305,14 +305,20 @@ def _summary(trials: Sequence[FrozenTrial], name: str, summary: StudySummary) ->
     }
 
 
-def collect(study: optuna.Study, config: Config, out_dir: Path) -> dict[str, Any]:
+def collect(
+    study: optuna.Study,
+    config: Config,
+    out_dir: Path,
+    trials: Sequence[FrozenTrial] | None = None,
+) -> dict[str, Any]:
     """Write pareto.json, pareto.png and summary.json into `out_dir`; return the summary.
 
-    All three come from one read of the study, so they describe the same trials.
+    All three come from one read of the study (`trials`, when the caller has read it:
+    the selection files then describe the same trials), so they agree.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trials = snapshot(study, config)
+    trials = snapshot(study, config) if trials is None else trials
     summary = summarise(trials, config)
     write_pareto_json(summary.front, config, out / PARETO_JSON)
     _plot(trials, summary, study.study_name, out / PARETO_PNG)

@@ -374,8 +374,8 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, float, float], tuple[float, 
 def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     """Load, prepare and split `cfg`'s data set; the result's tensors live on `device`."""
     source = _LOADERS[cfg.name](cfg)
+    where = cfg.path if cfg.path is not None else cfg.name  # what the errors name
     if len(source.classes) < 2:  # one class "trains" to accuracy 1.0 and means nothing
-        where = cfg.path if cfg.path is not None else cfg.name
         raise DataError(
             f"{where}: one class ({source.classes[0]!r}); a classifier needs at least 2 "
             f"(one folder per class)"
@@ -388,7 +388,7 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     train, val = _hold_out(pool, cfg.val_ratio, _rng(cfg.seed, _VAL_STREAM))
     if len(train) < 2 or not len(test):  # a train batch needs 2 images (BatchNorm)
         raise DataError(
-            f"{cfg.path or cfg.name}: too few images for data.test_ratio/val_ratio "
+            f"{where}: too few images for data.test_ratio/val_ratio "
             f"({len(train)} train, {len(test)} test; training needs 2 or more)"
         )
     # Prepared only now: resizing is the slow part, and cuts keep e.g. 10k of CIFAR's 50k.

@@ -107,10 +107,15 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
         extra += "" if is_feasible(trial) else "  infeasible"
         extra += _retry_of(trial)
         return f"trial {trial.number:>4}  COMPLETE  {values}{extra}"
+    why = _why(trial)
+    return f"trial {trial.number:>4}  {trial.state.name:<8}  {why}".rstrip() + _retry_of(trial)
+
+
+def _why(trial: FrozenTrial) -> str:
+    """`reason: message` of a trial that did not complete (either part may be missing)."""
     reason = str(trial.user_attrs.get("fail_reason", ""))
     message = short(str(trial.user_attrs.get("fail_message", "")))
-    why = f"{reason}: {message}" if reason and message else reason or message
-    return f"trial {trial.number:>4}  {trial.state.name:<8}  {why}".rstrip() + _retry_of(trial)
+    return f"{reason}: {message}" if reason and message else reason or message
 
 
 def describe_retrain(trial: FrozenTrial) -> str:
@@ -120,9 +125,7 @@ def describe_retrain(trial: FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE and trial.values is not None:
         result = f"test acc {trial.values[0]:.4f}"
     else:
-        reason = str(trial.user_attrs.get("fail_reason", ""))
-        message = short(str(trial.user_attrs.get("fail_message", "")))
-        result = f"{trial.state.name} {reason}: {message}".rstrip(": ")
+        result = f"{trial.state.name} {_why(trial)}".rstrip()
     return f"verify {trial.number:>3}  {what}: {result}{_retry_of(trial)}"
 
 

@@ -25,8 +25,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +178,12 @@ def _check_scaled(spec: ModelSpec) -> None:
                     f"{where}: {value} channels x width_multiple {spec.width_multiple:g} "
                     f"= {scaled:,} (cap {MAX_CHANNELS:,})"
                 )
+
+
+def spec_from_yaml(text: str) -> ModelSpec:
+    """A model YAML's text, as a trial or a card keeps it, → its spec (`ModelError`, or
+    `yaml.YAMLError` for text that is not YAML)."""
+    return parse_model_spec(yaml.safe_load(text))
 
 
 def load_model_spec(path: str | Path) -> ModelSpec:
@@ -406,24 +411,3 @@ def measure(spec: ModelSpec, image_size: int) -> Measure:
         model = build_model(spec)
         macs, out = _macs_and_output(model, image_size, spec.input_channel)  # one dry run
     return Measure(count_params(model), macs, int(out.shape[-1]))
-
-
-def measure_latency(
-    model: nn.Module, shape: Sequence[int], device: torch.device, amp: bool
-) -> tuple[float, float]:
-    """Milliseconds per image of ``shape`` (C, S, S) at batch 1 and at batch 256, after a
-    warm-up; ``amp``: in bf16 autocast (CUDA)."""
-    model.eval()
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
-    results = []
-    for batch, reps in ((1, 20), (256, 3)):
-        x = torch.randn(batch, *shape, device=device)
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            model(x)  # warm-up: allocator, cuDNN autotune, lazy init
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                model(x)
-            sync(device)
-        results.append((time.perf_counter() - start) * 1000.0 / (reps * batch))
-    return results[0], results[1]

@@ -22,14 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial
 
 from job.collect import write_json
 from job.config import Config
 from job.data import Dataset
-from job.export import export_onnx, export_pick, input_spec, ort_latency
-from job.model import build_model, parse_model_spec
+from job.export import (
+    ExportError,
+    export_onnx,
+    export_pick,
+    input_spec,
+    load_weights,
+    ort_latency,
+)
+from job.model import spec_from_yaml
 from job.report import write_report
 from job.select import rank_agreement
 from job.selection import SELECTED, VERIFY_JSON, Verified
@@ -51,13 +57,13 @@ def _export(
     if not weights.is_file():
         return None
     first = done.get(trial.number)
-    if first is not None and first != folder:
+    if first is not None:
         for name in ("model.onnx", "model.int8.onnx"):
             if (first / name).is_file():
                 shutil.copyfile(first / name, folder / name)
         found = _card(first).get("onnx")
         return dict(found) if isinstance(found, dict) else None
-    spec = parse_model_spec(yaml.safe_load(str(trial.user_attrs["model_yaml"])))
+    spec = spec_from_yaml(str(trial.user_attrs["model_yaml"]))
     onnx = export_pick(folder, spec, weights, data, config.export)
     done[trial.number] = folder
     return onnx
@@ -85,7 +91,7 @@ def export_picks(
         write_json(folder / "card.json", card)
         if config.export.artifacts and trial.number not in uploaded:  # once per trial
             files = [folder / name for name in EXPORTED if (folder / name).is_file()]
-            upload_trial_files(study, trial.number, files, out / ARTIFACTS)
+            upload_trial_files(study, trial, files, out / ARTIFACTS)
             uploaded.add(trial.number)
     return problems
 
@@ -105,12 +111,12 @@ def latency_agreement(
             searched = trial.user_attrs.get("latency_ms_b1") if trial is not None else None
             if best is None or not best.weights or not isinstance(searched, float):
                 continue
-            if not (Path(best.weights).is_file() and math.isfinite(searched)):
+            if not math.isfinite(searched):
                 continue
-            import torch
-
-            network = build_model(parse_model_spec(yaml.safe_load(model.model_yaml)))
-            network.load_state_dict(torch.load(best.weights, map_location="cpu"))
+            try:
+                network = load_weights(spec_from_yaml(model.model_yaml), Path(best.weights))
+            except ExportError:  # gone or damaged: that model is left out of the ranking
+                continue
             path = Path(tmp) / f"trial-{number}.onnx"
             export_onnx(network, image_size, path, config.export.opset)
             timed = ort_latency(
@@ -135,7 +141,7 @@ def publish(
     the problems (an export that failed verification)."""
     problems = export_picks(out, study, report["picks"], data, config)
     if config.export.onnx and report["verified"]:
-        verify = json.loads((out / VERIFY_JSON).read_text(encoding="utf-8"))
+        verify = report["verify"]  # what write_selection wrote, now with the agreement
         size = int(data.test.x.shape[-1])
         verify["latency_agreement"] = latency_agreement(report["verified"], trials, config, size)
         write_json(out / VERIFY_JSON, verify)

@@ -378,16 +378,12 @@ class Worker:
             },
         )
 
-        def on_epoch(record: EpochRecord) -> None:
-            if self.metrics is not None:
-                self.metrics.epoch_done(record.epoch)
-
         result = self.train_fn(
             candidate.model,
             augment,
             candidate.recipe,
             data,
-            on_epoch=on_epoch,
+            on_epoch=self._on_epoch,
             checkpoint=checkpoint,
             stop=self.stop,
             measured=measured,
@@ -416,16 +412,12 @@ class Worker:
         self._save(trial, {"params": measured.params, "macs": measured.macs})
         weights = (self.weights_dir / f"{self.study.study_name}-{spec.key}.pt").resolve()
 
-        def on_epoch(record: EpochRecord) -> None:
-            if self.metrics is not None:
-                self.metrics.epoch_done(record.epoch)
-
         result = self.train_fn(
             model,
             spec.augment_config(),
             spec.train_config(),
             data,
-            on_epoch=on_epoch,
+            on_epoch=self._on_epoch,
             checkpoint=checkpoint,
             stop=self.stop,
             measured=measured,
@@ -434,6 +426,10 @@ class Worker:
         self._save(trial, _result_attrs(result) | {"weights": str(weights)}, write=False)
         summary = f"verified {spec.name} seed {spec.seed}: test acc {result.test_accuracy:.4f}"
         return [result.test_accuracy], summary
+
+    def _on_epoch(self, record: EpochRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.epoch_done(record.epoch)
 
     def _fail(self, trial: optuna.Trial, reason: str, message: str) -> None:
         """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""

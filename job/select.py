@@ -226,11 +226,16 @@ def knee(records: Sequence[Record], objectives: Sequence[str]) -> Record | None:
 # --- verification -------------------------------------------------------------------
 
 
+def top_front(records: Sequence[Record], top_k: int) -> list[Record]:
+    """The `top_k` most accurate feasible front members, best first."""
+    return sorted(_front(records), key=_by_accuracy)[:top_k]
+
+
 def to_verify(choices: Sequence[Choice], records: Sequence[Record], top_k: int) -> list[int]:
     """Trials to retrain: the chosen ones in policy order, then those of the `top_k` most
     accurate front members not already listed (so at most len(choices) + top_k)."""
     chosen = [c.number for c in choices if c.number is not None]
-    top = [r.number for r in sorted(_front(records), key=_by_accuracy)[:top_k]]
+    top = [r.number for r in top_front(records, top_k)]
     return list(dict.fromkeys([*chosen, *top]))  # dict keeps first-seen order
 
 

@@ -27,14 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.collect import write_json
 from job.config import Config, write_atomic
-from job.model import ModelSpec
-from job.select import Choice, mean_std, rank_agreement, resolve_reference
-from job.verify import Retrain, plan_retrains, records
+from job.select import Choice, Record, mean_std, rank_agreement, resolve_reference, top_front
+from job.verify import Retrain, records
 
 SELECTION_JSON, VERIFY_JSON, BASELINES_JSON = "selection.json", "verify.json", "baselines.json"
 SELECTED = "selected"
@@ -49,7 +47,6 @@ class Run:
     test_f1: float
     latency_ms_b1: float
     weights: str | None
-    trial: int  # its number in the verification study
 
 
 @dataclass
@@ -61,7 +58,6 @@ class Verified:
     trial: int | None
     path: str | None
     model_yaml: str
-    augment: dict[str, Any] | None
     recipe: dict[str, Any]
     planned: int = 0
     runs: list[Run] = field(default_factory=list)
@@ -112,15 +108,7 @@ def gather(plan: Sequence[Retrain], verify_trials: Sequence[FrozenTrial]) -> dic
     for spec in plan:
         model = found.setdefault(
             _identity(spec),
-            Verified(
-                spec.name,
-                spec.role,
-                spec.trial,
-                spec.path,
-                spec.model_yaml,
-                spec.augment,
-                spec.recipe,
-            ),
+            Verified(spec.name, spec.role, spec.trial, spec.path, spec.model_yaml, spec.recipe),
         )
         model.planned += 1
     by_key: dict[str, list[FrozenTrial]] = {}
@@ -163,7 +151,6 @@ def _run(seed: int, trial: FrozenTrial) -> Run:
         number("test_f1"),
         number("latency_ms_b1"),
         str(weights) if weights else None,
-        trial.number,
     )
 
 
@@ -270,13 +257,15 @@ def _comparisons(
 def write_selection(
     trials: Sequence[FrozenTrial],
     verify_trials: Sequence[FrozenTrial],
+    planned: tuple[Sequence[Choice], Sequence[Retrain]],
     config: Config,
-    models: dict[str, ModelSpec],
     study: str,
     out: Path,
 ) -> dict[str, Any]:
-    """Every selection file; returns what `collect` prints (`lines`) and `problems`."""
-    choices, plan = plan_retrains(trials, config, models)
+    """Every selection file, from `planned` (`job.verify.plan_retrains` of `trials`);
+    returns what `collect` prints and publishes, and the `problems` (one line each)."""
+    choices, plan = planned
+    found = records(trials, config)
     verified = gather(plan, verify_trials)
     by_trial = {m.trial: m for m in verified.values() if m.role == "search"}
     baselines = [m for m in verified.values() if m.role == "baseline"]
@@ -288,7 +277,7 @@ def write_selection(
         if choice.pending and policy.reference is not None:
             ref = next((b for b in baselines if b.path == policy.reference), None)
             ref_acc = ref.mean_std[0] if ref is not None and ref.mean_std else None
-            choice = resolve_reference(policy, ref_acc, means, records(trials, config))
+            choice = resolve_reference(policy, ref_acc, means, found)
         elif choice.pending:  # nothing was retrained to compare with
             why = "needs verification, and select.verify is false"
             choice = Choice(choice.policy, choice.kind, None, why)
@@ -311,7 +300,7 @@ def write_selection(
         for c in resolved
     }
     write_json(out / SELECTION_JSON, selection)
-    verify = _verify_report(by_trial, trials, config)
+    verify = _verify_report(by_trial, found, config)
     write_json(out / VERIFY_JSON, verify)
     comparison = _comparisons(picks, baselines)
     base_rows = [{"name": b.name, "path": b.path, **b.summary()} for b in baselines]
@@ -320,7 +309,6 @@ def write_selection(
         "choices": resolved,
         "picks": picks,
         "verify": verify,
-        "baselines": baselines,
         "comparison": comparison,
         "problems": problems,
         "verified": by_trial,
@@ -330,14 +318,11 @@ def write_selection(
 
 
 def _verify_report(
-    by_trial: dict[int | None, Verified], trials: Sequence[FrozenTrial], config: Config
+    by_trial: dict[int | None, Verified], records: Sequence[Record], config: Config
 ) -> dict[str, Any]:
     """verify.json: proxy vs verified per model; tau and rho over the top-k front."""
-    found = {r.number: r for r in records(trials, config)}
-    top = sorted(
-        (r for r in found.values() if r.on_front),
-        key=lambda r: (-r.accuracy, r.params, r.number),
-    )[: config.select.verify_top_k]
+    found = {r.number: r for r in records}
+    top = top_front(records, config.select.verify_top_k)
     pairs = [
         (r.accuracy, ms[0])
         for r in top
@@ -414,7 +399,3 @@ def _signed(value: float | None) -> str:
 
 def _times(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}x"
-
-
-def verify_study_trials(verify: optuna.Study | None) -> list[FrozenTrial]:
-    return [] if verify is None else verify.get_trials(deepcopy=False)

@@ -29,7 +29,7 @@ from job.config import (
 )
 from job.data import Dataset
 from job.model import LayerSpec, Measure, ModelSpec
-from job.study import OBJECTIVES as OBJECTIVES
+from job.study import OBJECTIVES
 from job.study import directions as directions
 from job.train import TrainResult, check_fit
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,6 @@ from job.model import (
     ModelSpec,
     build_model,
     measure,
-    measure_latency,
 )
 
 FailReason = Literal["nan_loss", "out_of_memory", "invalid_network"]
@@ -63,6 +62,7 @@ class TrainError(RuntimeError):
     def __init__(self, reason: FailReason, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason: FailReason = reason
+        self.message = message  # without the reason: for a message naming a file instead
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,27 @@ def accuracy_and_f1(pred: Tensor, target: Tensor, num_classes: int) -> tuple[flo
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     present = cm.sum(1) > 0  # macro-F1 over the classes this split holds
     return float(tp.sum() / cm.sum()), float(f1[present].mean())
+
+
+def measure_latency(
+    model: nn.Module, shape: Sequence[int], device: torch.device, amp: bool
+) -> tuple[float, float]:
+    """Milliseconds per image of ``shape`` (C, S, S) at batch 1 and at batch 256, after a
+    warm-up; ``amp``: in bf16 autocast (CUDA)."""
+    model.eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    results = []
+    for batch, reps in ((1, 20), (256, 3)):
+        x = torch.randn(batch, *shape, device=device)
+        with torch.inference_mode(), autocast(device, amp):
+            model(x)  # warm-up: allocator, cuDNN autotune, lazy init
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                model(x)
+            sync(device)
+        results.append((time.perf_counter() - start) * 1000.0 / (reps * batch))
+    return results[0], results[1]
 
 
 def val_split(data: Dataset) -> Split:

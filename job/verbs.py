@@ -119,15 +119,12 @@ def _from_card(card: dict[str, Any], path: str) -> tuple[ModelSpec, AugmentConfi
     verification retrain that made its weights trained."""
     import yaml
 
-    from job.model import parse_model_spec
+    from job.model import spec_from_yaml
+    from job.verify import policy_of
 
     try:
-        spec = parse_model_spec(yaml.safe_load(str(card["model_yaml"])))
-        augment = (
-            AugmentConfig.model_validate(card["augment"])
-            if card["augment"]
-            else AugmentConfig(enabled=False)
-        )
+        spec = spec_from_yaml(str(card["model_yaml"]))
+        augment = policy_of(card["augment"])
         recipe = TrainConfig.model_validate(card["recipe"])
     except (ModelError, ValueError, yaml.YAMLError) as exc:
         line = (str(exc).splitlines() or ["invalid"])[0]
@@ -160,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe, on train + validation, as verification trained it). Every input is checked
     before the first epoch: config, output folder, model or card, device, data, batch
     size and the network's fit to the data."""
+    from job.collect import write_json
     from job.verify import retrain_data
 
     config = load_config(args.config)
@@ -187,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         measured = check_fit(spec, data)
     except TrainError as exc:
-        raise ModelError(f"{source}: {str(exc).removeprefix(exc.reason + ': ')}") from None
+        raise ModelError(f"{source}: {exc.message}") from None
     print(
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / "
         f"{len(data.test)} test, {data.num_classes} classes, fingerprint {data.fingerprint[:12]}",
@@ -203,8 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         yaml_text = model_spec_yaml(spec)
         write_atomic(out / "model.yaml", lambda tmp: tmp.write_text(yaml_text, encoding="utf-8"))
         metrics = asdict(result) | {"data_fingerprint": data.fingerprint, "version": __version__}
-        text = json.dumps(metrics, indent=2)
-        write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_json(out / "metrics.json", metrics)  # strict JSON: an unmeasured latency is null
         print(f"wrote {out / 'model.yaml'} and {out / 'metrics.json'}")
     return EXIT_OK
 
@@ -339,6 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from job.local import RunOptions, run_local
     from job.search import stop_on_sigterm
     from job.storage import fresh_study
+    from job.study import snapshot
 
     stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
     config = load_config(args.config)
@@ -364,9 +362,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     code = run_local(config, options)
     study, _ = _study(args, config)
-    summary = collect(study, config, out)
-    print(_collect_line(summary, out))
-    selected = _select(study, config, url, models, data, out)
+    trials = snapshot(study, config)  # one read for every file of the collector
+    print(_collect_line(collect(study, config, out, trials), out))
+    selected = _select(study, trials, config, url, models, data, out)
     if code == EXIT_OK and not selected:
         code = EXIT_ERROR
     # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
@@ -389,37 +387,38 @@ def clear_outputs(out: Path) -> None:
 
 def _select(
     study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
     config: Config,
     url: str,
     models: dict[str, ModelSpec],
     data: Dataset,
     out: Path,
-    wait_s: float | None = -1.0,
+    wait: bool = False,
+    timeout_s: float | None = None,
 ) -> bool:
-    """The selection files (job.selection); False when something asked for is missing
-    (a retrain failed, weights not found). Once the budget is met the verification plan
-    is queued for the workers; `wait_s` (None: forever; < 0: not at all) waits for it.
-    Then each pick is exported and verified, uploaded, and the report written
-    (job.publish)."""
+    """The selection files (job.selection) of `trials`; False when something asked for
+    is missing (a retrain failed, weights not found). Once the budget is met the
+    verification plan is queued for the workers; with `wait`, waited for (`timeout_s`:
+    None for ever). Then each pick is exported and verified, uploaded, and the report
+    written (job.publish)."""
     from job.publish import export_text, publish
     from job.search import open_study
     from job.selection import selection_text, write_selection
-    from job.study import snapshot
     from job.verify import ensure_plan, plan_retrains, verify_study_name, wait_for_retrains
 
-    trials = snapshot(study, config)
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     finished = complete >= config.study.budget
+    planned = plan_retrains(trials, config, models)
     verify_trials: list[optuna.trial.FrozenTrial] = []
     if config.select.verify and finished:
         name = verify_study_name(study.study_name)
         verify = open_study(config, url, name, verify=True)
-        ensure_plan(verify, url, plan_retrains(trials, config, models)[1])
-        if (wait_s is None or wait_s >= 0) and not wait_for_retrains(verify, url, timeout_s=wait_s):
-            print(f"error: the retrains did not finish within {wait_s}s", file=sys.stderr)
+        ensure_plan(verify, url, planned[1])
+        if wait and not wait_for_retrains(verify, url, timeout_s=timeout_s):
+            print(f"error: the retrains did not finish within {timeout_s}s", file=sys.stderr)
             return False
         verify_trials = verify.get_trials(deepcopy=False)
-    report = write_selection(trials, verify_trials, config, models, study.study_name, out)
+    report = write_selection(trials, verify_trials, planned, config, study.study_name, out)
     report["problems"] += publish(out, study, trials, config, data, report)
     print(selection_text(report))
     if exported := export_text(out, report["picks"]):
@@ -450,6 +449,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from job.collect import collect, wait_for_budget
     from job.search import open_study
     from job.storage import wait_for_study
+    from job.study import snapshot
 
     config = load_config(args.config)
     out = _out_dir(args, config)
@@ -467,10 +467,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.wait and not wait_for_budget(study, config, timeout_s=left):
         print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
         return EXIT_ERROR
-    print(_collect_line(collect(study, config, out), out))
+    trials = snapshot(study, config)  # one read for every file of the collector
+    print(_collect_line(collect(study, config, out, trials), out))
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
-    wait_s = left if args.wait else -1.0
-    return EXIT_OK if _select(study, config, url, models, data, out, wait_s) else EXIT_ERROR
+    done = _select(study, trials, config, url, models, data, out, args.wait, left)
+    return EXIT_OK if done else EXIT_ERROR
 
 
 def cmd_status(args: argparse.Namespace) -> int:

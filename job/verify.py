@@ -30,16 +30,21 @@ from typing import Any, Literal
 
 import optuna
 import torch
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import AugmentConfig, Config, TrainConfig
 from job.data import Dataset, Split
-from job.model import LayerSpec, ModelError, ModelSpec, load_model_spec, model_spec_yaml
-from job.model import parse_model_spec as parse_model_spec
+from job.model import (
+    LayerSpec,
+    ModelError,
+    ModelSpec,
+    load_model_spec,
+    model_spec_yaml,
+    spec_from_yaml,
+)
 from job.select import Choice, Record, select, to_verify
 from job.storage import budget_lock, fail_stale_trials
-from job.study import is_feasible, summarise, values_of
+from job.study import is_feasible, pareto_trials, values_of
 from job.train import TrainError, check_fit
 
 VERIFY_SUFFIX = "-verify"
@@ -75,15 +80,20 @@ class Retrain:
         return cls(**found) if isinstance(found, dict) else None
 
     def spec(self) -> ModelSpec:
-        return parse_model_spec(yaml.safe_load(self.model_yaml))
+        return spec_from_yaml(self.model_yaml)
 
     def augment_config(self) -> AugmentConfig:
-        if self.augment is None:
-            return AugmentConfig(enabled=False)
-        return AugmentConfig.model_validate(self.augment)
+        return policy_of(self.augment)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.model_validate(self.recipe)
+
+
+def policy_of(augment: dict[str, Any] | None) -> AugmentConfig:
+    """A trial's or a card's `augment` (None: no augmentation) as training takes it."""
+    if augment is None:
+        return AugmentConfig(enabled=False)
+    return AugmentConfig.model_validate(augment)
 
 
 def _digest(*parts: Any) -> str:
@@ -132,8 +142,7 @@ def _runs(
 
 def records(trials: Sequence[FrozenTrial], config: Config) -> list[Record]:
     """The COMPLETE search trials as `job.select` sees them."""
-    summary = summarise(trials, config)
-    front = set(summary.front_numbers)
+    front = {t.number for t in pareto_trials(trials, config.objectives)}
 
     def number(trial: FrozenTrial, attr: str) -> float:
         value = trial.user_attrs.get(attr)
@@ -176,7 +185,7 @@ def model_file(path: str, data: Dataset) -> ModelSpec:
     try:
         check_fit(spec, data)
     except TrainError as exc:
-        raise ModelError(f"{path}: {str(exc).removeprefix(exc.reason + ': ')}") from None
+        raise ModelError(f"{path}: {exc.message}") from None
     return spec
 
 
@@ -189,12 +198,16 @@ def model_files(config: Config, data: Dataset) -> dict[str, ModelSpec]:
 
 
 def plan_retrains(
-    trials: Sequence[FrozenTrial], config: Config, models: dict[str, ModelSpec]
+    trials: Sequence[FrozenTrial],
+    config: Config,
+    models: dict[str, ModelSpec],
+    found: Sequence[Record] | None = None,
 ) -> tuple[list[Choice], list[Retrain]]:
     """The choices of every policy over the finished study, and what to retrain:
     picks and top front members (as their trials were trained), then baselines and
-    references (with the config's augmentation and recipe)."""
-    found = records(trials, config)
+    references (with the config's augmentation and recipe). `found`: the trials'
+    `records`, when the caller has them."""
+    found = records(trials, config) if found is None else found
     choices = select(config.select.policies, found, config.objectives)
     if not config.select.verify:
         return choices, []

@@ -195,7 +195,8 @@ def test_workers_retrain_then_collect_writes_every_file(tmp_path: Path) -> None:
     assert worker.run(retrain_data(data)) == len(plan)
     out = tmp_path / "results"
     verify_trials = worker.study.get_trials()
-    report = write_selection(study.get_trials(), verify_trials, config, models, "tiny", out)
+    planned = plan_retrains(study.get_trials(), config, models)
+    report = write_selection(study.get_trials(), verify_trials, planned, config, "tiny", out)
     assert not report["problems"] and not report["failed"] and not report["pending"]
     selection = json.loads((out / "selection.json").read_text())
     assert selection["best"]["trial"] == 1

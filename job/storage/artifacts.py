@@ -27,6 +27,7 @@ from typing import BinaryIO
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
 
 ARTIFACTS = "artifacts"  # the store's folder in the collector's output folder
 # optuna-dashboard's key for a trial's artifact kept in the study's system attrs
@@ -40,10 +41,13 @@ def _sha256(reader: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _held(study: optuna.Study, store: FileSystemArtifactStore) -> dict[str, set[str]]:
-    """Artifact file name → the sha256 of each stored version."""
+def _held(study: optuna.Study, store: FileSystemArtifactStore, prefix: str) -> dict[str, set[str]]:
+    """Artifact file name → the sha256 of each stored version, for the names that start
+    with `prefix` (one trial's: the others are not read)."""
     held: dict[str, set[str]] = {}
     for meta in get_all_artifact_meta(study):
+        if not meta.filename.startswith(prefix):
+            continue
         try:
             with store.open_reader(meta.artifact_id) as reader:
                 held.setdefault(meta.filename, set()).add(_sha256(reader))
@@ -53,37 +57,38 @@ def _held(study: optuna.Study, store: FileSystemArtifactStore) -> dict[str, set[
 
 
 def upload_trial_files(
-    study: optuna.Study, number: int, files: Sequence[Path], store_dir: Path
+    study: optuna.Study, trial: FrozenTrial, files: Sequence[Path], store_dir: Path
 ) -> list[str]:
-    """Upload `files` as artifacts of trial `number` of `study` into the store at
-    `store_dir` (created); returns the artifact names uploaded now (`trial-<n>-<file>`;
-    those already there with the same content are skipped)."""
+    """Upload `files` as artifacts of `trial` of `study` into the store at `store_dir`
+    (created); returns the artifact names uploaded now (`trial-<n>-<file>`; those
+    already there with the same content are skipped)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(store_dir)
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    held = _held(study, store)
-    uploaded = []
+    prefix = f"trial-{trial.number}-"
+    held = _held(study, store, prefix)
+    uploaded: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sms-artifacts-") as tmp:
         for path in files:
-            name = f"trial-{number}-{path.name}"
+            name = prefix + path.name
             with open(path, "rb") as handle:
                 if _sha256(handle) in held.get(name, set()):
                     continue
             named = Path(tmp) / name  # the artifact takes its name from the file's
             shutil.copyfile(path, named)
-            artifact_id = upload_artifact(
-                artifact_store=store, file_path=str(named), study_or_trial=study
+            upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study)
+            uploaded.append(name)
+    for meta in get_all_artifact_meta(study):  # one read: link what was uploaded now
+        if meta.filename in uploaded:
+            key = DASHBOARD_TRIAL_ARTIFACT.format(
+                trial_id=trial._trial_id, artifact_id=meta.artifact_id
             )
-            meta = next(m for m in get_all_artifact_meta(study) if m.artifact_id == artifact_id)
-            key = DASHBOARD_TRIAL_ARTIFACT.format(trial_id=trial._trial_id, artifact_id=artifact_id)
             value = json.dumps(
                 {
-                    "artifact_id": artifact_id,
+                    "artifact_id": meta.artifact_id,
                     "filename": meta.filename,
                     "mimetype": meta.mimetype,
                     "encoding": meta.encoding,
                 }
             )
             study._storage.set_study_system_attr(study._study_id, key, value)
-            uploaded.append(name)
     return uploaded
