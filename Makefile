@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/research.py
 
 preview: $(STAMP)
 	$(BIN)/python -m job augment-preview --config configs/quickstart.yaml --out runs/augment-preview.png

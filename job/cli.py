@@ -35,6 +35,7 @@ from job.verbs import (
     cmd_augment_preview,
     cmd_collect,
     cmd_dashboard,
+    cmd_research,
     cmd_run,
     cmd_search,
     cmd_status,
@@ -175,6 +176,41 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
             (("--out",), {"help": "folder for model.yaml and metrics.json (default: none)"}),
             (("--epochs",), {"type": _int_in(1), "help": "override train.epochs"}),
             (("--device",), {"choices": ["auto", "cpu", "cuda"], "help": "override train.device"}),
+        ],
+    ),
+    "research": (
+        cmd_research,
+        "a new study version when the data, config or code changed, warm-started",
+        [
+            (("--config",), {"required": True, "help": "search config YAML"}),
+            (("--storage",), {"help": STORAGE_HELP}),
+            (
+                ("--out",),
+                {
+                    "help": "folder of the embedded journal and research.json; version N >= 2 "
+                    "writes its results in <out>/<study>-v<N> (default runs/<study>)"
+                },
+            ),
+            (
+                ("--launch",),
+                {
+                    "action": "store_true",
+                    "help": "create the version's worker and collector Jobs (Kubernetes) "
+                    "instead of running it here",
+                },
+            ),
+            (
+                ("--dry-run",),
+                {"action": "store_true", "help": "decide and print; change nothing"},
+            ),
+            (
+                ("--workers",),
+                {"type": _int_in(1), "default": 2, "help": "local worker processes (default 2)"},
+            ),
+            (
+                ("--metrics-port",),
+                {"type": _int_in(1, 65535), "help": "serve local worker i's metrics on port + i"},
+            ),
         ],
     ),
     "augment-preview": (

@@ -537,6 +537,28 @@ def parse_config(data: Any, source: str = "config") -> Config:
         raise ConfigError(_describe(errors[0]) + more) from None
 
 
+# What a trial's result depends on, besides the data's content and the code: the data's
+# preparation, the augmentation, the space, the recipe, the objectives and constraints.
+# Left out: where the data is (its content has its own fingerprint), the eval batch size,
+# and the sections that only steer the search or read its results (study, select, export).
+RESULT_SECTIONS = ("data", "augment", "space", "train", "objectives", "constraints")
+RESULT_EXCLUDES: dict[str, set[str]] = {"data": {"path", "download"}, "train": {"eval_batch_size"}}
+
+
+def config_fingerprint(config: Config) -> str:
+    """sha256 (hex, 16 digits) of the sections that change a trial's result, as canonical
+    JSON: two configs with the same fingerprint give comparable trials."""
+    import hashlib
+    import json
+
+    dumped = config.model_dump(mode="json", include=set(RESULT_SECTIONS))
+    for section, keys in RESULT_EXCLUDES.items():
+        for key in keys:
+            dumped[section].pop(key, None)
+    text = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a
     reader (or a crash) sees the old file or the new one, never half of one."""

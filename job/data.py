@@ -5,6 +5,10 @@ pad with grey 128, antialiased bilinear resize, 3 channels): training only index
 Sources: `digits` (scikit-learn), `cifar10` (torchvision's on-disk pickles, read
 directly), `imagefolder`. Splits are seeded and stratified, one random stream per
 decision (test, `data.subset`, validation); `_fingerprint` hashes the source content.
+The test cut of a source without a test split (digits, a flat ImageFolder) orders each
+class by a seeded hash of every image's content instead: adding or removing images
+moves almost no other image across it, so a model chosen before a data change is not
+tested on what it trained on afterwards (job.drift), but at a class's quota margin.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class _Source:  # a loader's output, on the CPU: uint8 (N, C, H, W), prepared af
     pool: Split  # the training pool; the whole source when it has no test split
     test: Split | None
     fingerprint: str
+    digests: list[bytes] | None = None  # per pool image, when there is no test split
 
 
 def _pad_square(x: Tensor) -> Tensor:
@@ -173,8 +178,9 @@ def _load_digits(cfg: DataConfig) -> _Source:
     x = np.rint(np.asarray(bunch.images)[:, None] * (255 / 16)).astype(np.uint8)  # (N, 1, 8, 8)
     y = np.asarray(bunch.target, np.int64)
     classes = tuple(str(int(c)) for c in bunch.target_names)
-    fingerprint = _fingerprint("digits", classes, {"all": _digests(x, y.tolist())})
-    return _Source(classes, _to_split(x, y), None, fingerprint)
+    digests = _digests(x, y.tolist())
+    fingerprint = _fingerprint("digits", classes, {"all": digests})
+    return _Source(classes, _to_split(x, y), None, fingerprint, digests)
 
 
 def _cifar_folder(cfg: DataConfig) -> Path:
@@ -294,7 +300,8 @@ def _load_imagefolder(cfg: DataConfig) -> _Source:
     if not (train_dir.is_dir() and test_dir.is_dir()):
         classes = _class_names(root)
         pool, digests = _read_files(_image_files(root, classes, every=True), cfg.image_size)
-        return _Source(classes, pool, None, _fingerprint("imagefolder", classes, {"all": digests}))
+        fingerprint = _fingerprint("imagefolder", classes, {"all": digests})
+        return _Source(classes, pool, None, fingerprint, digests)
     classes = _class_names(train_dir)
     extra = sorted(set(_class_names(test_dir)) - set(classes))
     if extra:
@@ -327,11 +334,28 @@ def _apportion(counts: Labels, total: int, min_each: int) -> Labels:
     return base + quota
 
 
-def _stratified_pick(y: Labels, total: int, rng: np.random.Generator, min_each: int) -> Labels:
-    """Sorted indices of `total` items, drawn per class in proportion to its size."""
+def _content_keys(digests: list[bytes], seed: int) -> Labels:
+    """Each image's rank under a seeded hash of its content digest: an order that does not
+    depend on which other images are there."""
+    salt = struct.pack("<q", seed)
+    keys = [hashlib.sha256(salt + d).digest() for d in digests]
+    rank = np.empty(len(keys), np.int64)
+    rank[sorted(range(len(keys)), key=keys.__getitem__)] = np.arange(len(keys))
+    return rank
+
+
+def _stratified_pick(
+    y: Labels, total: int, rng: np.random.Generator, min_each: int, keys: Labels | None = None
+) -> Labels:
+    """Sorted indices of `total` items, drawn per class in proportion to its size: at
+    random, or the lowest `keys` of each class when given."""
     labels, counts = np.unique(y, return_counts=True)
     quota = _apportion(counts.astype(np.int64), total, min_each)
-    got = [rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(labels, quota, strict=True)]
+    got = []
+    for c, q in zip(labels, quota, strict=True):
+        members = np.flatnonzero(y == c)
+        ordered = rng.permutation(members) if keys is None else members[np.argsort(keys[members])]
+        got.append(ordered[:q])
     return np.sort(np.concatenate(got)).astype(np.int64)
 
 
@@ -340,10 +364,12 @@ def _take(split: Split, index: Labels) -> Split:
     return Split(split.x[rows], split.y[rows])
 
 
-def _hold_out(pool: Split, ratio: float, rng: np.random.Generator) -> tuple[Split, Split]:
-    """(kept, held): a stratified, rounded `ratio` of the pool held out."""
+def _hold_out(
+    pool: Split, ratio: float, rng: np.random.Generator, keys: Labels | None = None
+) -> tuple[Split, Split]:
+    """(kept, held): a stratified, rounded `ratio` of the pool held out (`keys`: by them)."""
     count = math.floor(len(pool) * ratio + 0.5)
-    held = _stratified_pick(pool.y.cpu().numpy(), count, rng, min_each=0)
+    held = _stratified_pick(pool.y.cpu().numpy(), count, rng, min_each=0, keys=keys)
     kept = np.setdiff1d(np.arange(len(pool), dtype=np.int64), held)
     return _take(pool, kept), _take(pool, held)
 
@@ -382,7 +408,8 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
         )
     pool, test = source.pool, source.test
     if test is None:
-        pool, test = _hold_out(pool, cfg.test_ratio, _rng(cfg.seed, _TEST_STREAM))
+        keys = _content_keys(source.digests, cfg.seed) if source.digests is not None else None
+        pool, test = _hold_out(pool, cfg.test_ratio, _rng(cfg.seed, _TEST_STREAM), keys)
     if cfg.subset is not None:
         pool = _subset(pool, cfg.subset, _rng(cfg.seed, _SUBSET_STREAM))
     train, val = _hold_out(pool, cfg.val_ratio, _rng(cfg.seed, _VAL_STREAM))

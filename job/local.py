@@ -44,6 +44,7 @@ class RunOptions:
     storage: str
     study_name: str
     metrics_port: int | None = None  # worker i serves on metrics_port + i
+    home: Path | None = None  # the workers' --out when not out_dir: a version's home
     poll_s: float = 1.0
 
 
@@ -59,7 +60,7 @@ def worker_command(options: RunOptions, index: int) -> tuple[list[str], dict[str
     line, which every process on the machine can read (`ps`): it may hold a password."""
     cmd = [sys.executable, "-m", "job", "search", "--config", str(options.config_path)]
     # --out: the worker's checkpoints go under the run's folder, not runs/<study>
-    cmd += ["--study", options.study_name, "--out", str(options.out_dir)]
+    cmd += ["--study", options.study_name, "--out", str(options.home or options.out_dir)]
     threads = str(threads_per_worker(options.workers))
     port = str(options.metrics_port + index) if options.metrics_port is not None else "off"
     env = runtime.child_env(

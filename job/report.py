@@ -8,10 +8,13 @@ no script, no network, figures inline as base64 SVG (matplotlib `Figure`s, no py
 the augmentation preview as a small PNG, links to the picks' files relative.
 
 Sections: the study at a glance (trials by state, budget, the front's hypervolume after
-each completed trial, COMPLETE trials against wall time), the Pareto plot with the picks
-marked, the selection, the baselines, proxy vs verified accuracy, each pick's card, and
-the chosen augmentation policy at work. Every figure comes from `job.study`, so the page
-agrees with `summary.json` and `python -m job status`.
+each completed trial, COMPLETE trials against wall time); for a study version made by
+`research` whose folder holds drift.json (job.drift), the data drift against its parent
+(lineage, the parent's picks on this data, the front kept, the hypervolume; without
+drift.json the page has no such section); the Pareto plot with the picks marked, the
+selection, the baselines, proxy vs verified accuracy, each pick's card, and the chosen
+augmentation policy at work. Every figure comes from `job.study`, so the page agrees
+with `summary.json` and `python -m job status`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from PIL import Image
 
 from job.collect import PARETO_JSON, SUMMARY_JSON, draw_front, draw_trials, plot_axes, plot_points
 from job.config import AugmentConfig, Config, write_atomic
+from job.drift import DRIFT_JSON, MIN_DROP
 from job.selection import BASELINES_JSON, SELECTED, SELECTION_JSON, VERIFY_JSON
 from job.study import complete_trials, front_hypervolume, human_duration, pareto_trials, summarise
 
@@ -51,12 +55,15 @@ def write_report(out: Path, trials: Sequence[FrozenTrial], config: Config, study
     selection = found[SELECTION_JSON] if isinstance(found[SELECTION_JSON], dict) else None
     cards = read_cards(out, selection or {})
     verify = found[VERIFY_JSON] if isinstance(found[VERIFY_JSON], dict) else None
+    drift = read_json(out / DRIFT_JSON)  # only a research version has one: never "missing"
     page = {
         "study": study_name,
         "out": str(out),
         "written": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "missing": [name for name, data in found.items() if data is None],
         "glance": glance(found[SUMMARY_JSON], trials, config),
+        "drift": drift if isinstance(drift, dict) else None,
+        "min_drop": MIN_DROP,
         "progress_svg": _svg(progress_figure(trials, config)),
         "pareto_svg": _svg(pareto_figure(trials, config, selection or {})),
         "front": found[PARETO_JSON],

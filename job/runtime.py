@@ -24,6 +24,16 @@ An empty value counts as unset.
     SMS_WORKER_INDEX      0                the worker's index without one (`run` sets it)
     SMS_CODE_VERSION      version+git sha  the code version recorded on every trial
     DASHBOARD_PORT        8080             the `dashboard` verb's port (0: any free one)
+    SMS_STUDY             study.name       the study (version) a role works on, below
+                                           --study: `research --launch` sets it on the
+                                           Jobs of each version it starts
+    SMS_NAMESPACE         see job.launch   the namespace `research --launch` creates Jobs
+                                           in (pods: the downward API's metadata.namespace)
+    SMS_JOB_NAME          unset            the research pod's own Job (downward API): its
+                                           image and config map are the new Jobs'
+
+Read by libraries, not here: KUBECONFIG and KUBERNETES_SERVICE_HOST/PORT (the
+kubernetes client of `research --launch`, job.launch).
 
 Passwords: `postgres_url` is the one place that puts a password into a URL, and `redact`
 the one that masks it again, in URLs and in error messages alike.
@@ -48,6 +58,9 @@ JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 SMS_WORKER_INDEX = "SMS_WORKER_INDEX"
 SMS_CODE_VERSION = "SMS_CODE_VERSION"
 DASHBOARD_PORT = "DASHBOARD_PORT"
+SMS_STUDY = "SMS_STUDY"
+SMS_NAMESPACE = "SMS_NAMESPACE"
+SMS_JOB_NAME = "SMS_JOB_NAME"
 OMP_NUM_THREADS = "OMP_NUM_THREADS"  # not read here: written for `run`'s workers' OpenMP
 
 DEFAULT_POSTGRES_PORT = 5432
@@ -68,6 +81,9 @@ VARIABLES: tuple[str, ...] = (
     SMS_WORKER_INDEX,
     SMS_CODE_VERSION,
     DASHBOARD_PORT,
+    SMS_STUDY,
+    SMS_NAMESPACE,
+    SMS_JOB_NAME,
 )
 
 Env = Mapping[str, str]
@@ -214,6 +230,23 @@ def dashboard_port(env: Env | None = None) -> int:
     """DASHBOARD_PORT: the dashboard's port (0 = any free one)."""
     raw = _get(env, DASHBOARD_PORT)
     return _port(DASHBOARD_PORT, raw) if raw else DEFAULT_DASHBOARD_PORT
+
+
+def study_name(env: Env | None = None) -> str | None:
+    """SMS_STUDY: the study (version) to work on, or None: --study, then study.name.
+    Checked by the caller with the rule of study names (job.config)."""
+    return _get(env, SMS_STUDY) or None
+
+
+def namespace(env: Env | None = None) -> str | None:
+    """SMS_NAMESPACE: where `research --launch` creates Jobs, or None (job.launch looks
+    further: the pod's service account, then the kubeconfig)."""
+    return _get(env, SMS_NAMESPACE) or None
+
+
+def own_job(env: Env | None = None) -> str | None:
+    """SMS_JOB_NAME: the research pod's own Job, or None outside a pod."""
+    return _get(env, SMS_JOB_NAME) or None
 
 
 def child_env(updates: Mapping[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:

@@ -40,7 +40,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from job import __version__, runtime
-from job.config import Config
+from job.config import Config, config_fingerprint
 from job.data import Dataset, load_data
 from job.model import model_spec_yaml
 from job.space import constraint_values, directions, objective_values, sample_candidate
@@ -92,9 +92,13 @@ TrainFn = Callable[..., TrainResult]
 T = TypeVar("T")
 
 
-def make_sampler(config: Config, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The configured sampler; each worker gets its own seed so workers never propose alike."""
-    seed = config.study.seed + 1000 * worker_index
+def make_sampler(
+    config: Config, worker_index: int = 0, version: int = 1
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler; each worker gets its own seed so workers never propose alike,
+    and each study version (job.research) its own too: with the parent's seed a version
+    would draw the parent's random start-up trials again, already evaluated."""
+    seed = config.study.seed + 1000 * worker_index + 1_000_003 * (version - 1)
     kind = config.study.sampler
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
@@ -119,8 +123,10 @@ def open_study(
     nothing is created. A process that may create the study holds it (`hold_study`:
     `run --fresh` elsewhere then refuses to delete it). `verify`: a verification study
     (`job.verify`): one objective, the retrained test accuracy, and no sampling."""
+    from job.research import version_number
+
     name = name or config.study.name
-    sampler = make_sampler(config, worker_index)
+    sampler = make_sampler(config, worker_index, version_number(config.study.name, name) or 1)
     wanted = directions(config.objectives)
     if verify:  # its trials are all queued with fixed settings: nothing to sample
         sampler, wanted = optuna.samplers.RandomSampler(seed=worker_index), ["maximize"]
@@ -237,6 +243,7 @@ class Worker:
         self.study = open_study(config, storage_url, study_name, worker_index, verify=retrain)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.version = code_version()
+        self.config_fingerprint = config_fingerprint(config)  # with the data's: job.research
         self._unsaved: dict[str, Any] = {}  # a trial's user attrs not yet written
 
     def run(self, data: Dataset | None = None, poll_s: float = 2.0) -> int:
@@ -275,6 +282,7 @@ class Worker:
         start = time.perf_counter()
         base: dict[str, Any] = {"worker": self.worker, "code_version": self.version}
         base["data_fingerprint"] = data.fingerprint
+        base["config_fingerprint"] = self.config_fingerprint
         frozen = self._persist(lambda: frozen_trial(trial), "reading the trial")
         retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         if retry_of is not None:  # a copy of a trial whose worker stopped beating

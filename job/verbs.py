@@ -39,6 +39,7 @@ from job.train import (
 from job.verify import model_files
 
 if TYPE_CHECKING:  # imported where used: `train` and `status` need no Optuna worker
+    from job.local import RunOptions
     from job.search import Worker
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -220,14 +221,37 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _out_dir(args: argparse.Namespace, config: Config) -> Path:
-    return (
-        Path(args.out) if getattr(args, "out", None) else Path("runs") / _study_name(args, config)
-    )
-
-
 def _study_name(args: argparse.Namespace, config: Config) -> str:
-    return str(getattr(args, "study", None) or config.study.name)
+    """--study, then SMS_STUDY (the Jobs `research --launch` makes), then study.name."""
+    from job.config import study_name_problem
+
+    name = getattr(args, "study", None) or runtime.study_name()
+    if name and not getattr(args, "study", None) and (problem := study_name_problem(name)):
+        raise runtime.EnvError(f"{runtime.SMS_STUDY}: {problem}")
+    return str(name or config.study.name)
+
+
+def _is_version(args: argparse.Namespace, config: Config) -> bool:
+    """Whether the study is version >= 2 of the config's (job.research)."""
+    from job.research import version_number
+
+    return (version_number(config.study.name, _study_name(args, config)) or 1) > 1
+
+
+def _home(args: argparse.Namespace, config: Config) -> Path:
+    """The folder of the embedded study journal: --out, else runs/<study>, where every
+    version of study.name shares study.name's (one journal holds them all)."""
+    if getattr(args, "out", None):
+        return Path(args.out)
+    name = config.study.name if _is_version(args, config) else _study_name(args, config)
+    return Path("runs") / name
+
+
+def _out_dir(args: argparse.Namespace, config: Config) -> Path:
+    """The study's own folder (results, checkpoints, retrained weights): the home, or for
+    a version >= 2 its folder in the home, beside the others, never over them."""
+    home = _home(args, config)
+    return home / _study_name(args, config) if _is_version(args, config) else home
 
 
 def _storage_url(args: argparse.Namespace, config: Config) -> str:
@@ -236,7 +260,7 @@ def _storage_url(args: argparse.Namespace, config: Config) -> str:
     to SMS_DB_WAIT_S (pods start before PostgreSQL is ready)."""
     from job.storage import resolve_storage, wait_for_database
 
-    url = resolve_storage(args.storage, config, _out_dir(args, config))
+    url = resolve_storage(args.storage, config, _home(args, config))
     wait_for_database(url, runtime.db_wait_s())
     return url
 
@@ -332,11 +356,9 @@ def _run_retrains(
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Local: N worker processes on one study, then collect."""
-    from job.collect import collect
-    from job.local import RunOptions, run_local
+    from job.local import RunOptions
     from job.search import stop_on_sigterm
     from job.storage import fresh_study
-    from job.study import snapshot
 
     stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
     config = load_config(args.config)
@@ -352,19 +374,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = model_files(config, data)
     out = _out_dir(args, config)
     url = _storage_url(args, config)
+    if args.fresh and _is_version(args, config):
+        raise UsageError(
+            f"--fresh: {_study_name(args, config)} is a version of {config.study.name}, whose "
+            "journal holds every version: it is not deleted (delete its folder yourself)"
+        )
     if args.fresh and url.startswith(JOURNAL):  # refused while another process holds it
+        _no_other_versions(url, config)
         fresh_study(url)
         clear_outputs(out)
     elif args.fresh:
         print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
     options = RunOptions(
-        Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port
-    )
+        Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port,
+        home=_home(args, config),
+    )  # fmt: skip
+    return _run_and_collect(config, options, models, data)
+
+
+def _no_other_versions(url: str, config: Config) -> None:
+    """`run --fresh` deletes the journal; refused when it also holds later versions."""
+    from job.research import versions
+    from job.storage import open_storage, study_exists
+
+    if not study_exists(url, config.study.name):
+        return
+    later = [name for n, name in versions(open_storage(url, config), config.study.name) if n > 1]
+    if later:
+        raise UsageError(
+            f"--fresh: the journal {url[len(JOURNAL) :]} also holds {', '.join(later)} "
+            "(job research); delete its folder yourself to start over"
+        )
+
+
+def _run_and_collect(
+    config: Config, options: RunOptions, models: dict[str, ModelSpec], data: Dataset
+) -> int:
+    """`run`'s work once everything is checked: the workers, then the collector."""
+    from job.collect import collect
+    from job.local import run_local
+    from job.search import open_study
+    from job.study import snapshot
+
     code = run_local(config, options)
-    study, _ = _study(args, config)
+    study = open_study(config, options.storage, options.study_name)
     trials = snapshot(study, config)  # one read for every file of the collector
+    out = options.out_dir
     print(_collect_line(collect(study, config, out, trials), out))
-    selected = _select(study, trials, config, url, models, data, out)
+    selected = _select(study, trials, config, options.storage, models, data, out)
     if code == EXIT_OK and not selected:
         code = EXIT_ERROR
     # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
@@ -419,6 +476,7 @@ def _select(
             return False
         verify_trials = verify.get_trials(deepcopy=False)
     report = write_selection(trials, verify_trials, planned, config, study.study_name, out)
+    _drift(study, trials, config, data, out)
     report["problems"] += publish(out, study, trials, config, data, report)
     print(selection_text(report))
     if exported := export_text(out, report["picks"]):
@@ -431,6 +489,26 @@ def _select(
             "or `collect --wait`, for their results"
         )
     return not report["problems"] and not report["failed"]
+
+
+def _drift(
+    study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
+    config: Config,
+    data: Dataset,
+    out: Path,
+) -> None:
+    """Where this collector writes (a later version's drift report finds the picks there),
+    and, for a version `research` made, its drift report against its parent."""
+    from job.drift import drift_report, drift_text, write_drift, write_drift_metrics
+    from job.research import RESULTS_DIR
+
+    study.set_user_attr(RESULTS_DIR, str(out.resolve()))
+    report = drift_report(study, trials, config, data, out)
+    if report is not None:
+        write_drift(out, report)
+        write_drift_metrics(out, report)
+        print(drift_text(report))
 
 
 def _collect_line(summary: dict[str, Any], out: Path) -> str:
@@ -475,14 +553,86 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Trials by state, best values, front size, rate and ETA."""
+    """Trials by state, best values, front size, rate and ETA; of the latest version of
+    study.name unless --study or SMS_STUDY names one, with the versions' lineage."""
     from job.collect import status_report
+    from job.research import lineage_text, versions
+    from job.storage import open_storage, study_exists
 
     config = load_config(args.config)
+    url, base = _storage_url(args, config), config.study.name
+    lineage = ""
+    if study_exists(url, base):  # else nothing is opened: a wrong folder leaves no file
+        storage = open_storage(url, config)
+        lineage = lineage_text(storage, base)
+        if not args.study and not runtime.study_name():
+            args.study = versions(storage, base)[-1][1]  # the latest version
     study, url = _study(args, config, create=False)  # a missing study: exit 2, nothing made
     print(f"storage {redact(url)}")
     print(status_report(study, config))
+    if lineage:
+        print(lineage)
     return EXIT_OK
+
+
+def cmd_research(args: argparse.Namespace) -> int:
+    """A new study version when the data, config or code changed (job.research); run here
+    like `run`, or launched as Jobs (--launch); unchanged: nothing at all."""
+    from job.drift import write_decision_metrics
+    from job.local import RunOptions
+    from job.research import NEW_VERSION, UNCHANGED, research, write_research_json
+    from job.search import stop_on_sigterm
+    from job.storage import resolve_storage, wait_for_database
+
+    stop_on_sigterm()
+    config = load_config(args.config)
+    home = Path(args.out) if args.out else Path("runs") / config.study.name
+    check_folder(home, "--out")
+    data = load_data(config.data)  # its fingerprint decides; bad data fails here
+    check_batch(config.train, data)
+    models = model_files(config, data)
+    url = resolve_storage(args.storage, config, home)
+    wait_for_database(url, runtime.db_wait_s())
+    decision = research(config, url, data, dry_run=args.dry_run)
+    print(decision.line(), flush=True)
+    if args.dry_run:
+        print("--dry-run: nothing created, launched or written")
+        return EXIT_OK
+    out = home if decision.version == 1 else home / decision.study
+    launched = None
+    if args.launch and decision.decision != UNCHANGED:
+        launched = _launch(decision.study, decision.version)
+    if decision.decision != UNCHANGED and launched is None:
+        print(f"running {decision.study} here; its results go to {out}", flush=True)
+    # the latest decision in the home; a new version's own in its folder, for good
+    for folder in {home, out} if decision.decision == NEW_VERSION else {home}:
+        write_research_json(folder, decision, args.dry_run, launched)
+    write_decision_metrics(
+        home, config.study.name, decision.study, decision.version, decision.decision
+    )
+    if decision.decision == UNCHANGED or launched is not None:
+        return EXIT_OK
+    options = RunOptions(
+        Path(args.config), args.workers, out, url, decision.study, args.metrics_port, home=home
+    )
+    return _run_and_collect(config, options, models, data)
+
+
+def _launch(study: str, version: int) -> list[str]:
+    """The version's worker and collector Jobs (job.launch); a setup problem (no Role,
+    no template Job) is bad input, exit 2."""
+    from job.launch import LaunchDownError, LaunchError, launch
+
+    try:
+        lines = launch(study, version)
+    except LaunchError as exc:
+        raise UsageError(f"--launch: {exc}") from None
+    except LaunchDownError as exc:  # the API server unreachable: try again later, exit 1
+        print(f"error: --launch: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
+    for line in lines:
+        print(line, flush=True)
+    return lines
 
 
 def _dashboard_url(args: argparse.Namespace) -> str:

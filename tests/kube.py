@@ -1,4 +1,5 @@
-"""Render the kustomize overlays as `kubectl apply -k` would, and read what they say.
+"""Render the kustomize overlays as `kubectl apply -k` would, and read what they say:
+validate objects strictly, resolve a container's environment, walk RBAC.
 
 The tests work on a copy of `k8s/` so that they can write the Secret's env file, which is
 never committed (`k8s/base/database.env`), without touching the checkout.
@@ -11,9 +12,11 @@ import math
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -25,6 +28,12 @@ NAMESPACE = "small-model-search"
 DATABASE_ENV = "base/database.env"
 
 Obj = dict[str, Any]
+Grant = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC rules spell them
+
+# Oldest Kubernetes we support (Indexed Job features GA by then) and the newest schemas shipped.
+VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
+# Custom resources: no schema ships with kubernetes-validate; their tests check them.
+CUSTOM = {"PodMonitor"}
 
 
 def kubectl() -> str:
@@ -80,6 +89,57 @@ def find(objs: list[Obj], kind: str, name: str) -> Obj:
     return hits[0]
 
 
+def validation_errors(objs: list[Obj], version: str) -> list[str]:
+    """`kubernetes-validate --strict` of each object (custom resources skipped): one line
+    per object that fails, naming it."""
+    errors = []
+    for obj in objs:
+        if obj["kind"] in CUSTOM:
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {e.message}")
+    return errors
+
+
+def _binds(binding: Obj, service_account: str, namespace: str) -> bool:
+    """Whether a (Cluster)RoleBinding's subjects include the service account."""
+    groups = {"system:serviceaccounts", f"system:serviceaccounts:{namespace}"}
+    groups.add("system:authenticated")
+    for subject in binding.get("subjects", []):
+        kind, name = subject["kind"], subject["name"]
+        where = subject.get("namespace", binding["metadata"].get("namespace"))
+        if kind == "ServiceAccount" and name == service_account and where == namespace:
+            return True
+        if kind == "Group" and name in groups:
+            return True
+        if kind == "User" and name == f"system:serviceaccount:{namespace}:{service_account}":
+            return True
+    return False
+
+
+def grants(objs: list[Obj], service_account: str, namespace: str = NAMESPACE) -> set[Grant]:
+    """What RBAC lets the service account do: every (apiGroup, resource, verb) of every
+    rule of every Role and ClusterRole a binding in `objs` gives it ("*" left as is)."""
+    granted: set[Grant] = set()
+    for binding in objs:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not _binds(binding, service_account, namespace):
+            continue
+        ref = binding["roleRef"]
+        role = find(objs, ref["kind"], ref["name"])
+        for rule in role.get("rules", []):
+            granted |= {
+                (group, resource, verb)
+                for group in rule.get("apiGroups", [])
+                for resource in rule.get("resources", [])
+                for verb in rule.get("verbs", [])
+            }
+    return granted
+
+
 def pod_spec(obj: Obj) -> Obj | None:
     """The pod template's spec of a workload (CronJob: its Job's), else None."""
     if obj["kind"] == "CronJob":
@@ -112,22 +172,27 @@ def _quantity_cores(value: str) -> int:
     return max(1, math.ceil(cores))
 
 
-def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
-    """The environment Kubernetes would give the container: envFrom, then env."""
+def container_env(
+    objs: list[Obj], container: Obj, fields: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment Kubernetes would give the container: envFrom, then env. `fields`:
+    the downward API's values by fieldPath (metadata.namespace, …), for fieldRef."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         for kind, key in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
             if key in source:
                 env.update(_data(find(objs, kind, source[key]["name"])))
     for var in container.get("env", []):
-        env[var["name"]] = _env_value(objs, container, var)
+        env[var["name"]] = _env_value(objs, container, var, fields or {})
     return env
 
 
-def _env_value(objs: list[Obj], container: Obj, var: Obj) -> str:
+def _env_value(objs: list[Obj], container: Obj, var: Obj, fields: Mapping[str, str]) -> str:
     if "value" in var:
         return str(var["value"])
     ref = var["valueFrom"]
+    if "fieldRef" in ref and ref["fieldRef"]["fieldPath"] in fields:
+        return fields[ref["fieldRef"]["fieldPath"]]
     if "secretKeyRef" in ref:
         return _data(find(objs, "Secret", ref["secretKeyRef"]["name"]))[ref["secretKeyRef"]["key"]]
     if "configMapKeyRef" in ref:

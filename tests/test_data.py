@@ -358,3 +358,25 @@ def test_imagefolder_fingerprint_ignores_names_tracks_pixels(tmp_path: Path) -> 
     assert changed != before
     (tmp_path / "b" / "002.png").rename(tmp_path / "a" / "002.png")  # relabelled: a change too
     assert folder(tmp_path).fingerprint not in (before, changed)
+
+
+def test_imagefolder_test_cut_keeps_its_images_when_images_are_added(tmp_path: Path) -> None:
+    """The test cut keys on content: new images barely move old ones across it, so a
+    model trained before the change is (almost) never tested on its training images."""
+    write_folder(tmp_path, {"a": 60, "b": 40})
+    before = folder(tmp_path, image_size=12)
+    rng = np.random.default_rng(7)
+    for name, count in (("a", 15), ("b", 10)):
+        for i in range(count):
+            write_png(
+                tmp_path / name / f"new-{i:03d}.png",
+                rng.integers(0, 256, (12, 12, 3), dtype=np.uint8),
+            )
+    after = folder(tmp_path, image_size=12)
+    assert len(after.test) == 25 and len(before.test) == 20
+    old_test, old_trained = set(rows(before.test)), set(rows(before.train, before.val))
+    new_test = rows(after.test)
+    assert len(old_test - set(new_test)) <= 2  # old test images stay test, but at a margin
+    assert sum(image in old_trained for image in new_test) <= 2  # no more than that leaks
+    # a random cut (what the validation split still is) would move about 80% of them
+    assert sum(image in old_trained for image in rows(after.val)) > 2

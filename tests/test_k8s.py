@@ -14,24 +14,25 @@ import pytest
 import yaml
 
 from job.config import load_config, parse_config
+from job.launch import TEMPLATES
 from tests.kube import (
+    CUSTOM,
     NAMESPACE,
     OVERLAYS,
+    VERSIONS,
     Obj,
     container_env,
     containers,
     copy_tree,
     find,
+    grants,
     pod_labels,
     pod_spec,
     render,
+    validation_errors,
 )
 from tests.proc import ROOT
 
-# Oldest Kubernetes we support (Indexed Job features GA by then) and the newest schemas shipped.
-VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
-# Custom resources: no schema ships with kubernetes-validate; checked field by field below.
-CUSTOM = {"PodMonitor"}
 APP_LABELS = ("name", "component", "part-of", "version", "managed-by")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
@@ -51,14 +52,7 @@ def workloads(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
 def test_every_object_validates_strictly(
     rendered: dict[str, list[Obj]], overlay: str, version: str
 ) -> None:
-    errors = []
-    for obj in rendered[overlay]:
-        if obj["kind"] in CUSTOM:
-            continue
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {e.message}")
+    errors = validation_errors(rendered[overlay], version)
     assert not errors, "\n".join(errors)
 
 
@@ -134,7 +128,6 @@ def test_search_job_survives_preemption_and_scales(
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] >= 1
     assert spec["backoffLimitPerIndex"] >= 1
-    assert spec["ttlSecondsAfterFinished"] > 0
     rules = spec["podFailurePolicy"]["rules"]
     disrupted = {"type": "DisruptionTarget", "status": "True"}
     assert {"action": "Ignore", "onPodConditions": [disrupted]} in rules
@@ -150,14 +143,33 @@ def test_search_job_survives_preemption_and_scales(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_templates_of_research_outlive_their_run(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    # `research --launch` reads these Jobs to clone them (job/launch.py): no TTL may
+    # delete them; the clones carry one. Nothing a clone could not start from either.
+    for name in TEMPLATES:
+        spec = find(rendered[overlay], "Job", name)["spec"]
+        assert "ttlSecondsAfterFinished" not in spec, name
+        assert not spec.get("suspend") and "selector" not in spec, name
+    cron = find(rendered[overlay], "CronJob", "research")["spec"]
+    assert cron["jobTemplate"]["spec"]["ttlSecondsAfterFinished"] > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_collector_research_and_dashboard(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
     collect = find(objs, "Job", "collect")["spec"]["template"]["spec"]["containers"][0]
     assert collect["args"][:1] == ["collect"] and "--wait" in collect["args"]
     cron = find(objs, "CronJob", "research")["spec"]
     assert cron["concurrencyPolicy"] == "Forbid"
+    assert cron["suspend"] is False  # it runs daily; nothing changed: no Job, no GPU
     research = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert research["args"][0] == "research"
+    assert research["args"][:1] == ["research"] and "--launch" in research["args"]
+    out = research["args"][research["args"].index("--out") + 1]
+    assert out == collect["args"][collect["args"].index("--out") + 1]  # research.json beside
+    mounts = {m["mountPath"]: m for m in research["volumeMounts"]}
+    assert "/artifacts" in mounts and not mounts["/artifacts"].get("readOnly")
     dashboard = find(objs, "Deployment", "dashboard")
     container = dashboard["spec"]["template"]["spec"]["containers"][0]
     # it serves the collector's artifact store (each pick's ONNX files), read-only
@@ -193,6 +205,41 @@ def test_only_research_may_create_jobs(rendered: dict[str, list[Obj]], overlay: 
         assert (spec.get("serviceAccountName") == "research") == is_research, obj["kind"]
         if not is_research:  # no API token where no API is used
             assert spec["automountServiceAccountToken"] is False, obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_walk_grants_research_exactly_its_jobs(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    # Each workload's service account → the RoleBindings naming it → their Roles' rules.
+    objs = rendered[overlay]
+    accounts = {spec.get("serviceAccountName", "default") for _, spec in workloads(objs)}
+    assert accounts == {"research", "worker", "default"}  # default: the postgres pod
+    for account in accounts - {"default"}:
+        assert find(objs, "ServiceAccount", account)
+    walked = {account: grants(objs, account) for account in accounts}
+    # job/launch.py: get the templates and its own Job, list a version's, create clones
+    assert walked["research"] == {("batch", "jobs", v) for v in ("get", "list", "create")}
+    assert walked["worker"] == set() and walked["default"] == set()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_research_knows_its_namespace_and_own_job(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objs = rendered[overlay]
+    cron = find(objs, "CronJob", "research")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "research"
+    assert pod.get("automountServiceAccountToken", True) is True  # the in-cluster client
+    (research,) = pod["containers"]
+    refs = {e["name"]: e["valueFrom"]["fieldRef"] for e in research["env"] if "valueFrom" in e}
+    assert refs["SMS_NAMESPACE"]["fieldPath"] == "metadata.namespace"
+    job_name = "metadata.labels['batch.kubernetes.io/job-name']"
+    assert refs["SMS_JOB_NAME"]["fieldPath"] == job_name
+    fields = {"metadata.namespace": NAMESPACE, job_name: "research-29000000"}
+    env = container_env(objs, research, fields)
+    assert env["SMS_NAMESPACE"] == NAMESPACE and env["SMS_JOB_NAME"] == "research-29000000"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -27,8 +27,21 @@ from optuna.trial import TrialState
 from job.config import parse_config
 from job.pgserver import External, Server, free_port
 from job.verify import verify_study_name
-from tests.kube import Obj, container_env, copy_tree, find, mounted_files, pod_spec, render
+from tests.fakekube import FakeKube
+from tests.kube import (
+    VERSIONS,
+    Obj,
+    container_env,
+    copy_tree,
+    find,
+    grants,
+    mounted_files,
+    pod_spec,
+    render,
+    validation_errors,
+)
 from tests.proc import ROOT
+from tests.test_research import RESEARCH, write_digits
 
 APP = "/app"  # the image's WORKDIR: the code, which here is the checkout
 
@@ -48,7 +61,9 @@ def image_env() -> dict[str, str]:
 class Pod:
     """One pod's filesystem view: container paths map to folders under `root`."""
 
-    def __init__(self, objs: list[Obj], job: Obj, root: Path, name: str) -> None:
+    def __init__(
+        self, objs: list[Obj], job: Obj, root: Path, name: str, fields: dict[str, str] | None = None
+    ) -> None:
         spec = pod_spec(job)
         assert spec is not None
         self.container = spec["containers"][0]
@@ -64,7 +79,8 @@ class Pod:
                 (local / key).write_text(text)
             self.paths[mount["mountPath"]] = local
         self.env = {k: self.local(v) for k, v in image_env().items()}
-        self.env.update({k: self.local(v) for k, v in container_env(objs, self.container).items()})
+        env = container_env(objs, self.container, fields)  # fields: the downward API's
+        self.env.update({k: self.local(v) for k, v in env.items()})
 
     def local(self, value: str) -> str:
         """A container path's folder here; any other value as it is."""
@@ -93,6 +109,24 @@ def database_env(url: str) -> dict[str, str]:
     }
 
 
+def run_jobs(
+    objs: list[Obj], search: Obj, collect: Obj, volumes: Path, logs: Path
+) -> dict[str, str]:
+    """A worker Job's pods (one per index) and a collector Job's pod, as processes, to
+    the end; every exit code must be 0. Returns their logs by file name."""
+    procs, prefix = [], search["metadata"]["name"]
+    for index in range(search["spec"]["parallelism"]):
+        pod = Pod(objs, search, volumes, f"{prefix}-{index}")
+        extra = {"JOB_COMPLETION_INDEX": str(index), "SMS_METRICS_PORT": str(free_port())}
+        procs.append(pod.start(logs / f"{prefix}-{index}.log", extra))
+    name = collect["metadata"]["name"]
+    procs.append(Pod(objs, collect, volumes, name).start(logs / f"{name}.log", {}))
+    codes = [proc.wait(timeout=900) for proc in procs]
+    texts = {log.name: log.read_text() for log in sorted(logs.glob("*.log"))}
+    assert codes == [0] * len(procs), texts
+    return texts
+
+
 @pytest.mark.slow
 def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path: Path) -> None:
     url = postgres.new_database()
@@ -103,15 +137,7 @@ def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path
     n = search["spec"]["parallelism"]
     assert n == search["spec"]["completions"] >= 2
 
-    procs = []
-    for index in range(n):
-        pod = Pod(objs, search, volumes, f"search-{index}")
-        extra = {"JOB_COMPLETION_INDEX": str(index), "SMS_METRICS_PORT": str(free_port())}
-        procs.append(pod.start(tmp_path / f"search-{index}.log", extra))
-    procs.append(Pod(objs, collect, volumes, "collect").start(tmp_path / "collect.log", {}))
-    codes = [proc.wait(timeout=900) for proc in procs]
-    logs = {log.name: log.read_text() for log in sorted(tmp_path.glob("*.log"))}
-    assert codes == [0] * (n + 1), logs
+    logs = run_jobs(objs, search, collect, volumes, tmp_path)
     assert not any(secret["POSTGRES_PASSWORD"] in text for text in logs.values())
 
     config_map = find(objs, "ConfigMap", "search-config")
@@ -141,3 +167,86 @@ def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path
     baselines = json.loads((results / "baselines.json").read_text())
     assert [b["name"] for b in baselines["baselines"]] == ["resnet8"]
     assert "kendall_tau" in json.loads((results / "verify.json").read_text())
+
+
+@pytest.mark.slow
+def test_research_cronjob_launches_the_next_version(
+    postgres: Server | External, tmp_path: Path
+) -> None:
+    """The research CronJob's pod, with the real kubernetes client against a fake API
+    server (tests/fakekube.py): unchanged data, no request; images added, two research
+    pods at once make one version, whose recorded Jobs then run here to the end."""
+    url = postgres.new_database()
+    tree = copy_tree(tmp_path, database_env(url))
+    volumes, logs = tmp_path / "volumes", tmp_path / "logs"
+    logs.mkdir()
+    # A pod would read /data/images; a config file's paths are not mapped like argv and
+    # env, so it names the data volume's folder here.
+    images = volumes / "pvc-data" / "images"
+    config_text = RESEARCH.replace("PATH", str(images))
+    (tree / "overlays" / "local-cpu" / "search.yaml").write_text(config_text)
+    objs = render(tree, "local-cpu")
+    write_digits(images, 0, 20)
+    search, collect = find(objs, "Job", "search"), find(objs, "Job", "collect")
+    run_jobs(objs, search, collect, volumes, logs)  # version 1, as `kubectl apply -k` starts it
+
+    cron = find(objs, "CronJob", "research")
+    template = cron["spec"]["jobTemplate"]
+    own = {  # what `kubectl create job --from=cronjob/research research-manual` makes
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "research-manual", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }
+    namespace = cron["metadata"]["namespace"]
+    fields = {
+        "metadata.namespace": namespace,
+        "metadata.labels['batch.kubernetes.io/job-name']": "research-manual",
+    }
+    results = volumes / "pvc-artifacts" / "results"
+    with FakeKube(namespace, [search, collect, own]) as kube:
+        extra = {"KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
+
+        def research(*names: str) -> list[str]:
+            pods = [Pod(objs, cron, volumes, name, fields) for name in names]
+            procs = [p.start(logs / f"{n}.log", extra) for p, n in zip(pods, names, strict=True)]
+            codes = [proc.wait(timeout=300) for proc in procs]
+            texts = [(logs / f"{name}.log").read_text() for name in names]
+            assert codes == [0] * len(names), texts
+            return texts
+
+        (unchanged,) = research("research-0")
+        assert "unchanged" in unchanged and not kube.requests  # no Job, no GPU-second
+        assert json.loads((results / "research.json").read_text())["decision"] == "unchanged"
+
+        write_digits(images, 20, 6)  # new images of every class
+        research("research-1", "research-2")  # at once: one version
+        created = kube.created()
+        assert sorted(created) == ["collect-digits-v2", "search-digits-v2"], kube.requests
+        assert len(kube.posted()) == 4  # the second pod's two: 409 AlreadyExists, fine
+        bodies = {body["metadata"]["name"]: body for body in kube.posted()[:2]}
+        for version in VERSIONS:
+            assert not validation_errors(list(bodies.values()), version)
+        granted = grants(objs, "research")
+        assert {(r.resource, r.verb) for r in kube.requests} <= {
+            ((group, resource), verb) for group, resource, verb in granted
+        }
+
+        run_jobs(objs, bodies["search-digits-v2"], bodies["collect-digits-v2"], volumes, logs)
+        assert "unchanged" in research("research-3")[0]
+        assert sorted(kube.created()) == sorted(created)  # nothing more was created
+
+    study = optuna.load_study(study_name="digits-v2", storage=url)
+    trials = study.get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    lineage = study.user_attrs["research"]
+    assert lineage["parent"] == "digits" and lineage["changed"] == ["data"]
+    warm = [t for t in trials if "warm_start" in t.user_attrs]
+    assert len(warm) == lineage["warm_start_trials"] >= 1
+    v2 = results / "digits-v2"
+    assert json.loads((v2 / "research.json").read_text())["decision"] == "new_version"
+    assert set(json.loads((v2 / "selection.json").read_text())) == {"best", "knee"}
+    drift = json.loads((v2 / "drift.json").read_text())
+    assert drift["parent"] == "digits" and len(drift["picks"]) == 2
+    assert all(p["problem"] is None for p in drift["picks"]), drift["picks"]
+    assert (results / "selection.json").is_file()  # version 1's results stay where they were

@@ -119,8 +119,9 @@ def _alive(pid: int) -> bool:
 
 @functools.cache
 def _lock_engine(url: str) -> sqlalchemy.Engine:
-    """One small engine per URL for advisory locks, apart from Optuna's own pool."""
-    return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=0)
+    """One small engine per URL for advisory locks, apart from Optuna's own pool. Locks
+    nest (research's lock, then the one that creates a study), one connection each."""
+    return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=3)
 
 
 @contextmanager
