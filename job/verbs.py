@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -380,9 +381,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             "journal holds every version: it is not deleted (delete its folder yourself)"
         )
     if args.fresh and url.startswith(JOURNAL):  # refused while another process holds it
-        _no_other_versions(url, config)
+        later = _later_versions(url, config)
         fresh_study(url)
         clear_outputs(out)
+        for name in later:  # the journal held them too: their folders go with it
+            shutil.rmtree(out / name, ignore_errors=True)
+        if later:
+            print(f"--fresh: deleted the later versions too: {', '.join(later)}", flush=True)
     elif args.fresh:
         print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
     options = RunOptions(
@@ -392,19 +397,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_and_collect(config, options, models, data)
 
 
-def _no_other_versions(url: str, config: Config) -> None:
-    """`run --fresh` deletes the journal; refused when it also holds later versions."""
+def _later_versions(url: str, config: Config) -> list[str]:
+    """The versions >= 2 of study.name in the journal `run --fresh` is about to delete."""
     from job.research import versions
     from job.storage import open_storage, study_exists
 
     if not study_exists(url, config.study.name):
-        return
-    later = [name for n, name in versions(open_storage(url, config), config.study.name) if n > 1]
-    if later:
-        raise UsageError(
-            f"--fresh: the journal {url[len(JOURNAL) :]} also holds {', '.join(later)} "
-            "(job research); delete its folder yourself to start over"
-        )
+        return []
+    return [name for n, name in versions(open_storage(url, config), config.study.name) if n > 1]
 
 
 def _run_and_collect(
@@ -436,8 +436,6 @@ STUDY_OUTPUTS = ("selected", "verified", ARTIFACTS, "checkpoints")
 
 def clear_outputs(out: Path) -> None:
     """Delete the folders of STUDY_OUTPUTS in `out` (only those: `out` may be any folder)."""
-    import shutil
-
     for name in STUDY_OUTPUTS:
         shutil.rmtree(out / name, ignore_errors=True)
 
@@ -588,10 +586,15 @@ def cmd_research(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     home = Path(args.out) if args.out else Path("runs") / config.study.name
     check_folder(home, "--out")
+    url = resolve_storage(args.storage, config, home)
+    if args.launch and not url.startswith("postgresql"):  # pods cannot open this machine's file
+        raise UsageError(
+            f"--launch: the version's pods need the cluster's PostgreSQL (OPTUNA_STORAGE or "
+            f"POSTGRES_*), not {redact(url)}"
+        )
     data = load_data(config.data)  # its fingerprint decides; bad data fails here
     check_batch(config.train, data)
     models = model_files(config, data)
-    url = resolve_storage(args.storage, config, home)
     wait_for_database(url, runtime.db_wait_s())
     decision = research(config, url, data, dry_run=args.dry_run)
     print(decision.line(), flush=True)

@@ -265,6 +265,12 @@ def test_research_unchanged_then_new_version_on_added_images(tmp_path: Path) -> 
     assert status.returncode == 0, status.stderr
     assert "digits-v2" in status.stdout and "from digits (data changed" in status.stdout
 
+    # starting over deletes the journal, so every version goes, folders and all
+    fresh = run_job("run", "--config", str(config), "--out", str(out), "--workers", "1", "--fresh")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "deleted the later versions too: digits-v2" in fresh.stdout and not v2.exists()
+    assert versions(open_storage(journal_url(out)), "digits") == [(1, "digits")]
+
 
 def test_research_bad_input_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "research.yaml"
@@ -274,6 +280,8 @@ def test_research_bad_input_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     proc = run_job("research", "--config", str(config), "--out", str(tmp_path / "file"))
     assert proc.returncode == 2 and "--out" in proc.stderr
+    proc = run_job("research", "--config", str(config), "--out", str(tmp_path), "--launch")
+    assert proc.returncode == 2 and "--launch" in proc.stderr and "journal" in proc.stderr
     env = {"SMS_STUDY": "bad name!"}
     proc = run_job("status", "--config", str(config), "--out", str(tmp_path), env=env)
     assert proc.returncode == 2 and "SMS_STUDY" in proc.stderr, proc.stderr
