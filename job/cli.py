@@ -122,7 +122,8 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
                 {
                     "action": "store_true",
                     "help": "delete the embedded study first, with its picks, retrained "
-                    "weights, artifacts and checkpoints in the output folder",
+                    "weights, artifacts and checkpoints in the output folder, and the "
+                    "later versions (`research`) its journal held",
                 },
             ),
         ],
