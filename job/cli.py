@@ -159,6 +159,14 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
                 ("--port",),
                 {"type": _int_in(0, 65535), "help": "port (default: $DASHBOARD_PORT, else 8080)"},
             ),
+            (
+                ("--allow-writes",),
+                {
+                    "action": "store_true",
+                    "help": "let the dashboard change the study (notes, marks, DELETE); "
+                    "default: read-only, every other method than GET and HEAD is 403",
+                },
+            ),
         ],
     ),
     "train": (

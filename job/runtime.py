@@ -13,7 +13,8 @@ An empty value counts as unset.
     POSTGRES_PORT         5432             the server's port; Kubernetes' service-link form
                                            tcp://IP:PORT is accepted
     POSTGRES_USER         (required)       login role, with POSTGRES_HOST
-    POSTGRES_PASSWORD     (required)       its password, any characters; never printed
+    POSTGRES_PASSWORD     (required)       its password, any characters; never printed;
+                                           the example's `change-me` is refused
     POSTGRES_DB           (required)       database name, with POSTGRES_HOST
     SMS_DB_WAIT_S         120              seconds a verb waits for a PostgreSQL storage to
                                            accept connections; 0: no wait
@@ -64,6 +65,7 @@ SMS_JOB_NAME = "SMS_JOB_NAME"
 OMP_NUM_THREADS = "OMP_NUM_THREADS"  # not read here: written for `run`'s workers' OpenMP
 
 DEFAULT_POSTGRES_PORT = 5432
+EXAMPLE_PASSWORD = "change-me"  # k8s/base/database.env.example's: refused
 DEFAULT_DB_WAIT_S = 120.0
 DEFAULT_DASHBOARD_PORT = 8080
 
@@ -136,6 +138,11 @@ def storage_url(env: Env | None = None) -> str | None:
     for name in (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB):
         if not raw.get(name):
             raise EnvError(f"{name} is not set (needed with {POSTGRES_HOST} to build the URL)")
+    if raw[POSTGRES_PASSWORD] == EXAMPLE_PASSWORD:  # a deploy that skipped the step
+        raise EnvError(
+            f"{POSTGRES_PASSWORD}: still the example's value; set a real password in "
+            "k8s/base/database.env (docs/OPERATING.md, 2. The database password)"
+        )
     port = raw.get(POSTGRES_PORT) or str(DEFAULT_POSTGRES_PORT)
     # Kubernetes' service links set POSTGRES_PORT=tcp://IP:PORT for a Service named
     # "postgres" (unless enableServiceLinks is false): the port is after the last colon.

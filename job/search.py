@@ -139,13 +139,18 @@ def open_study(
     storage = open_storage(storage_url, config)
     hold_study(storage_url)
     with database_lock(storage_url, "studies"):  # N workers creating one study at once
-        return optuna.create_study(
+        study = optuna.create_study(
             storage=storage,
             sampler=sampler,
             study_name=name,
             directions=[StudyDirection[d.upper()] for d in wanted],
             load_if_exists=True,
         )
+        # optuna-dashboard labels the objectives by these, not "Objective 0"
+        names: list[str] = ["verified_accuracy"] if verify else list(config.objectives)
+        if study.metric_names != names:
+            study.set_metric_names(names)
+        return study
 
 
 def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:

@@ -668,7 +668,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not 0 <= port <= 65535:
         raise UsageError(f"--port: expected 0-65535, got {port}")
     artifacts = _artifact_dir(args)
-    serve_dashboard(_dashboard_url(args), args.host, port, artifacts)
+    serve_dashboard(_dashboard_url(args), args.host, port, artifacts, args.allow_writes)
     return EXIT_OK
 
 

@@ -136,6 +136,7 @@ def test_dashboard_without_a_storage_exits_2(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_dashboard_serves_a_local_journal_study(tmp_path: Path) -> None:
     """Locally: `dashboard --out runs/<study>` on the embedded journal, on 127.0.0.1."""
+    import urllib.error
     import urllib.request
 
     import optuna
@@ -155,8 +156,29 @@ def test_dashboard_serves_a_local_journal_study(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}/api/studies"
         with urllib.request.urlopen(url, timeout=30) as response:
             assert "local-dash" in response.read().decode()
+        assert line.rstrip().endswith("(read-only)")
+        # read-only: nothing that could change the study gets through (optuna-dashboard
+        # would delete the study on this DELETE)
+        for method, path in (("DELETE", "/api/studies/0"), ("POST", "/api/studies")):
+            request = urllib.request.Request(url.removesuffix("/api/studies") + path, b"{}")
+            request.method = method
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 403 and b"--allow-writes" in refused.value.read()
+        assert [s.study_name for s in journal.get_all_studies()] == ["local-dash"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0  # a clean stop
+    finally:
+        proc.kill()
+    proc = subprocess.Popen([*cmd, "--allow-writes"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:  # asked for: a DELETE does remove the study
+        assert proc.stderr is not None and "(read-write)" in proc.stderr.readline()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/studies/0")
+        request.method = "DELETE"
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status in (200, 204)
+        journal = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+        assert journal.get_all_studies() == []
     finally:
         proc.kill()
 

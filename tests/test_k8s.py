@@ -262,6 +262,30 @@ def test_only_this_app_reaches_postgres(rendered: dict[str, list[Obj]], overlay:
     assert service["spec"]["selector"].items() <= pod_labels(server).items()
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dashboard_and_metrics_open_to_the_namespace_and_monitoring_only(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objs = rendered[overlay]
+    for policy_name, kind, name in (
+        ("dashboard", "Deployment", "dashboard"),
+        ("search", "Job", "search"),
+    ):
+        workload = find(objs, kind, name)
+        policy = find(objs, "NetworkPolicy", policy_name)["spec"]
+        assert policy["podSelector"]["matchLabels"].items() <= pod_labels(workload).items()
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["from"] == [
+            {"podSelector": {}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        ]
+        ports = workload["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": ports[0]["containerPort"]}]
+    dashboard = find(objs, "Deployment", "dashboard")["spec"]["template"]["spec"]
+    assert "--allow-writes" not in dashboard["containers"][0].get("args", [])
+
+
 def test_gpu_only_in_the_gpu_overlay(rendered: dict[str, list[Obj]]) -> None:
     gpu = find(rendered["gpu"], "Job", "search")["spec"]["template"]["spec"]
     worker = gpu["containers"][0]

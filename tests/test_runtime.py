@@ -15,7 +15,7 @@ from job.local import RunOptions, worker_command
 from job.pgserver import External, Server, free_port
 from job.runtime import EnvError
 from job.storage import StorageDownError, StorageURLError, wait_for_database
-from tests.proc import ROOT
+from tests.proc import ROOT, run_job
 
 ODD_PASSWORD = "p@ss:w/rd%40 #?&='\"é"  # needs percent-encoding in a URL, every char of it
 POSTGRES = {
@@ -86,6 +86,18 @@ def test_missing_postgres_variable_is_named(missing: str) -> None:
         runtime.storage_url(env)
     with pytest.raises(EnvError, match=missing):
         runtime.storage_url({**env, missing: ""})
+
+
+def test_the_example_password_is_refused() -> None:
+    example = (ROOT / "k8s" / "base" / "database.env.example").read_text()
+    assert f"POSTGRES_PASSWORD={runtime.EXAMPLE_PASSWORD}\n" in example
+    with pytest.raises(EnvError, match=r"^POSTGRES_PASSWORD: still the example's value"):
+        runtime.storage_url({**POSTGRES, "POSTGRES_PASSWORD": runtime.EXAMPLE_PASSWORD})
+    # as a role meets it: exit 2, one line, before any connection is tried
+    env = {**POSTGRES, "POSTGRES_PASSWORD": runtime.EXAMPLE_PASSWORD, "OPTUNA_STORAGE": ""}
+    proc = run_job("status", "--config", "configs/quickstart.yaml", env=env, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "POSTGRES_PASSWORD" in proc.stderr and "database.env" in proc.stderr
 
 
 def test_redact_masks_the_password_in_urls_and_messages() -> None:

@@ -305,3 +305,10 @@ def test_search_exits_2_with_one_line_when_every_trial_errors(
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "failed with error: ValueError: a recipe that cannot run" in err
+
+
+def test_studies_name_their_objectives_for_the_dashboard(tiny: Path, tmp_path: Path) -> None:
+    config = load_config(tiny)
+    url = journal_url(tmp_path)
+    assert open_study(config, url).metric_names == ["accuracy", "params"]
+    assert open_study(config, url, "tiny-verify", verify=True).metric_names == ["verified_accuracy"]
