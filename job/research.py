@@ -40,7 +40,7 @@ from typing import Any, cast
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from job.config import Config, config_fingerprint, write_atomic
+from job.config import Config, config_fingerprint
 from job.data import Dataset
 from job.select import select
 from job.space import sample_candidate
@@ -102,6 +102,12 @@ def recorded(attrs: dict[str, Any], trials: Sequence[FrozenTrial]) -> Fingerprin
 
 def version_name(base: str, number: int) -> str:
     return base if number == 1 else f"{base}-v{number}"
+
+
+def version_folder(home: Path, base: str, name: str) -> Path:
+    """A study's own folder: `home` for version 1 (and any other study), `home/<name>` for
+    version N >= 2 of `base`, beside the others, never over them."""
+    return home / name if (version_number(base, name) or 1) > 1 else home
 
 
 def version_number(base: str, name: str) -> int | None:
@@ -291,7 +297,7 @@ def write_research_json(
     folder: Path, decision: Decision, dry_run: bool, launched: list[str] | None
 ) -> Path:
     """research.json: the decision, the lineage, and what --launch did."""
-    import json
+    from job.collect import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     body = decision.as_json() | {
@@ -299,15 +305,15 @@ def write_research_json(
         "launched": launched,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = folder / RESEARCH_JSON
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(body, indent=2) + "\n"))
+    write_json(path := folder / RESEARCH_JSON, body)
     return path
 
 
-def lineage_text(storage: optuna.storages.BaseStorage, base: str) -> str:
-    """For `status`: every version with its trials, parent and what changed."""
+def lineage_text(storage: optuna.storages.BaseStorage, found: Sequence[tuple[int, str]]) -> str:
+    """For `status`: every version of `found` (`versions`) with its trials, parent and
+    what changed; "" for version 1 alone."""
     lines = []
-    for number, name in versions(storage, base):
+    for number, name in found:
         v = read_version(storage, number, name)
         parent = v.lineage.get("parent")
         line = f"  v{number} {name}: {v.complete} COMPLETE"

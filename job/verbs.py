@@ -249,10 +249,11 @@ def _home(args: argparse.Namespace, config: Config) -> Path:
 
 
 def _out_dir(args: argparse.Namespace, config: Config) -> Path:
-    """The study's own folder (results, checkpoints, retrained weights): the home, or for
-    a version >= 2 its folder in the home, beside the others, never over them."""
-    home = _home(args, config)
-    return home / _study_name(args, config) if _is_version(args, config) else home
+    """The study's own folder (results, checkpoints, retrained weights): job.research's
+    `version_folder` of the home."""
+    from job.research import version_folder
+
+    return version_folder(_home(args, config), config.study.name, _study_name(args, config))
 
 
 def _storage_url(args: argparse.Namespace, config: Config) -> str:
@@ -562,9 +563,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     lineage = ""
     if study_exists(url, base):  # else nothing is opened: a wrong folder leaves no file
         storage = open_storage(url, config)
-        lineage = lineage_text(storage, base)
+        found = versions(storage, base)
+        lineage = lineage_text(storage, found)
         if not args.study and not runtime.study_name():
-            args.study = versions(storage, base)[-1][1]  # the latest version
+            args.study = found[-1][1]  # the latest version
     study, url = _study(args, config, create=False)  # a missing study: exit 2, nothing made
     print(f"storage {redact(url)}")
     print(status_report(study, config))
@@ -578,7 +580,13 @@ def cmd_research(args: argparse.Namespace) -> int:
     like `run`, or launched as Jobs (--launch); unchanged: nothing at all."""
     from job.drift import write_decision_metrics
     from job.local import RunOptions
-    from job.research import NEW_VERSION, UNCHANGED, research, write_research_json
+    from job.research import (
+        NEW_VERSION,
+        UNCHANGED,
+        research,
+        version_folder,
+        write_research_json,
+    )
     from job.search import stop_on_sigterm
     from job.storage import resolve_storage, wait_for_database
 
@@ -601,7 +609,7 @@ def cmd_research(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("--dry-run: nothing created, launched or written")
         return EXIT_OK
-    out = home if decision.version == 1 else home / decision.study
+    out = version_folder(home, config.study.name, decision.study)
     launched = None
     if args.launch and decision.decision != UNCHANGED:
         launched = _launch(decision.study, decision.version)
