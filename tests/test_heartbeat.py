@@ -83,18 +83,32 @@ def test_a_silent_journal_trial_is_failed_and_retried_a_beating_one_never(
     assert not list(beats.iterdir())  # finished trials' beat files are swept
 
 
-def test_a_trial_that_never_beat_goes_stale_after_the_grace_period(tmp_path: Path) -> None:
-    """A worker killed between `ask` and its first beat: its start stands for the beat."""
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_a_trial_that_never_beat_goes_stale_after_the_grace_period(
+    storage: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A worker killed between `ask` and its first beat, or a claim whose `ask` was
+    committed just before the database dropped (the worker retried the claim and never
+    learnt of the first trial): its start stands for the beat. Optuna's own RDB check
+    would leave it RUNNING for ever, holding a budget slot."""
     config = load_config(_config(tmp_path))
-    url = journal_url(tmp_path)
+    if storage == "journal":
+        url = journal_url(tmp_path)
+    else:
+        postgres: Server | External = request.getfixturevalue("postgres")
+        url = postgres.new_database()
     study = open_study(config, url)
     trial = claim_trial(study, 4, url)
     assert isinstance(trial, optuna.Trial)
     with budget_lock(url, study.study_name):
         assert fail_stale_trials(study) == []
+    assert 0 <= silent_trials(study)[trial.number] < GRACE_S
     time.sleep(GRACE_S + 0.5)
     with budget_lock(url, study.study_name):
         assert fail_stale_trials(study) == [trial.number]
+    trials = study.get_trials()
+    assert trials[trial.number].user_attrs["fail_reason"] == "stale"
+    assert [t.state for t in trials[trial.number + 1 :]] == [TrialState.WAITING]  # its retry
 
 
 @pytest.mark.parametrize("storage", ["journal", "postgresql"])

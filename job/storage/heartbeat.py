@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ class BeatingJournalStorage(JournalStorage, BaseHeartbeat):
 
     A RUNNING trial is stale when its last beat, or its start when it has not beaten yet
     (a worker killed between `ask` and its first beat), is older than the grace period:
-    unlike Optuna's RDB check, a trial that never beat goes stale too. Without a config
-    heartbeats are off, as for `RDBStorage` without `heartbeat_interval`."""
+    a trial that never beat goes stale too (on PostgreSQL as well: `_rdb_silences`).
+    Without a config heartbeats are off, as for `RDBStorage` without `heartbeat_interval`."""
 
     def __init__(self, path: Path, config: Config | None = None) -> None:
         super().__init__(JournalFileBackend(str(path)))
@@ -115,7 +116,11 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     grace = _grace_s(storage)
     message = f"no heartbeat for over {grace:g} s: its worker died (killed, or its machine lost)"
     failed = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
+    if isinstance(storage, BeatingJournalStorage):  # one read to sweep and to check
+        stale = storage._get_stale_trial_ids(study._study_id)
+    else:  # not Optuna's RDB check: that one never fails a trial that never beat
+        stale = [i for i, (_, silent) in _silences(study).items() if silent > grace]
+    for trial_id in stale:
         try:  # the reason first: a finished trial takes no more attrs
             storage.set_trial_user_attr(trial_id, "fail_reason", "stale")
             storage.set_trial_user_attr(trial_id, "fail_message", message)
@@ -143,34 +148,59 @@ def _grace_s(storage: optuna.storages.BaseStorage) -> float:
 
 
 def silent_trials(study: optuna.Study) -> dict[int, float]:
-    """Trial number → seconds since its last heartbeat, for the study's RUNNING trials
-    that heartbeats watch; {} when its storage has none. A trial silent for longer than
-    `study.grace_period_s` is stale: the next claim fails it and queues its retry. On an
-    RDB storage (as Optuna's check) only trials that have beaten at least once."""
+    """Trial number → seconds since its last heartbeat (or its start, before its first
+    beat), for the study's RUNNING trials; {} when its storage has no heartbeats. A trial
+    silent for longer than `study.grace_period_s` is stale: the next claim fails it and
+    queues its retry."""
+    return dict(_silences(study).values())
+
+
+def _silences(study: optuna.Study) -> dict[int, tuple[int, float]]:
+    """Trial id → (number, seconds silent) of RUNNING trials, on either storage."""
     storage = study._storage
     if isinstance(storage, BeatingJournalStorage):
         if storage.get_heartbeat_interval() is None:
             return {}
-        return dict(storage.silences(study._study_id).values())
+        return storage.silences(study._study_id)
     backend = _rdb(storage)
     if backend is None or backend.get_heartbeat_interval() is None:
         return {}
+    return _rdb_silences(backend, study._study_id)
+
+
+def _rdb_silences(
+    backend: optuna.storages.RDBStorage, study_id: int
+) -> dict[int, tuple[int, float]]:
+    """As `BeatingJournalStorage.silences`, from Optuna's heartbeat table. Optuna's own
+    check skips a trial that never beat, so a trial whose `ask` was committed but whose
+    worker never learnt it (the connection dropped mid-claim, then the claim was retried)
+    would stay RUNNING for ever and hold a budget slot; here it is silent since its start.
+    A beat is the server's clock (`now()`); a start is the asking client's (Optuna 5
+    stores it as naive UTC), so it is compared with this client's UTC clock: pods' clocks
+    agree to well within a grace period."""
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     trial, beat = models.TrialModel, models.TrialHeartbeatModel
     with _create_scoped_session(backend.scoped_session) as session:
-        now = session.execute(sqlalchemy.func.now()).scalar()
+        server_now = session.execute(sqlalchemy.func.now()).scalar()
         rows = (
-            session.query(trial.number, beat.heartbeat)
-            .join(beat, beat.trial_id == trial.trial_id)
-            .filter(trial.study_id == study._study_id, trial.state == TrialState.RUNNING)
+            session.query(trial.trial_id, trial.number, trial._datetime_start_utc, beat.heartbeat)
+            .outerjoin(beat, beat.trial_id == trial.trial_id)
+            .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING)
             .all()
         )
-    if now is None:
+    if server_now is None:
         return {}
-    now = now.replace(tzinfo=None)  # as Optuna's own check: the column is naive
-    return {number: (now - at).total_seconds() for number, at in rows}
+    server_now = server_now.replace(tzinfo=None)  # as Optuna's own check: the column is naive
+    client_now = datetime.now(UTC).replace(tzinfo=None)
+    found = {}
+    for trial_id, number, started, beaten in rows:
+        if beaten is not None:
+            found[trial_id] = (number, (server_now - beaten).total_seconds())
+        elif started is not None:
+            found[trial_id] = (number, (client_now - started).total_seconds())
+    return found
 
 
 class Heartbeat:
