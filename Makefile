@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench preview status clean debs
+.PHONY: run test lint format bench preview status dashboard exporter clean debs
 
 # The venv is (re)built whenever the pinned requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -28,9 +28,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix job tests bench
 	$(BIN)/ruff format job tests bench
 
-# Debian packages the suite drives for real: a headless Chromium renders report.html.
-# Installed where missing (as root, or through sudo); services are started by the tests.
-DEBS := chromium
+# Debian packages the suite drives for real: a headless Chromium renders report.html;
+# promtool checks and unit-tests monitoring/rules.yml and the metrics; a Prometheus and a
+# Pushgateway scrape and take pushes. Installed where missing (as root, or through sudo);
+# services are started by the tests.
+DEBS := chromium prometheus prometheus-pushgateway
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
@@ -57,6 +59,14 @@ preview: $(STAMP)
 
 status: $(STAMP)
 	$(BIN)/python -m job status --config configs/quickstart.yaml
+
+# The quickstart study (after `make run`) in optuna-dashboard: http://127.0.0.1:8080/
+dashboard: $(STAMP)
+	$(BIN)/python -m job dashboard --config configs/quickstart.yaml
+
+# Its figures for Prometheus, read at each scrape: http://127.0.0.1:9101/metrics
+exporter: $(STAMP)
+	$(BIN)/python -m job exporter --config configs/quickstart.yaml
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

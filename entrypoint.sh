@@ -18,8 +18,11 @@ usage() {
         '  research ARGS   python -m job research ARGS: a new study version when the data changed' \
         '  dashboard ARGS  python -m job dashboard --host 0.0.0.0 ARGS: optuna-dashboard on' \
         '                  the study, port DASHBOARD_PORT (default 8080)' \
+        '  exporter ARGS   python -m job exporter --host 0.0.0.0 ARGS: the study'"'"'s figures for' \
+        '                  Prometheus on /metrics, port 9101 unless --port' \
         '  VERB ARGS       any python -m job verb: search, run, collect, status, train, research,' \
-        '                  augment-preview, dashboard (python -m job VERB --help for its options)' \
+        '                  augment-preview, dashboard, exporter (python -m job VERB --help for' \
+        '                  its options)' \
         '' \
         'environment (job/runtime.py has them all):' \
         '  OPTUNA_STORAGE      storage URL; when unset and POSTGRES_HOST is set, it is built from' \
@@ -38,6 +41,7 @@ case "$role" in
         ;;
     worker) verb=search ;;
     dashboard) verb=dashboard ;;
+    exporter) verb=exporter ;;
     search | run | collect | status | train | research | augment-preview) verb="$role" ;;
     *)
         printf 'entrypoint: %s\n' "unknown role '$role' (expected worker, collect, research, dashboard or a python -m job verb)" >&2
@@ -51,9 +55,10 @@ shift
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 
-# In a pod the dashboard must listen on every address (its Service forwards to it);
-# `python -m job dashboard` alone listens on 127.0.0.1. A later --host still wins.
-if [[ "$role" == dashboard ]]; then
+# In a pod the dashboard and the exporter must listen on every address (a Service or
+# Prometheus reaches them there); `python -m job dashboard|exporter` alone listens on
+# 127.0.0.1. A later --host still wins.
+if [[ "$role" == dashboard || "$role" == exporter ]]; then
     set -- --host 0.0.0.0 "$@"
 fi
 

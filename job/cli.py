@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import optuna
 import torch
 
-from job import __version__
+from job import __version__, logs
 from job.config import ConfigError, study_name_problem
 from job.data import DataError
 from job.model import ModelError
@@ -35,6 +35,7 @@ from job.verbs import (
     cmd_augment_preview,
     cmd_collect,
     cmd_dashboard,
+    cmd_exporter,
     cmd_research,
     cmd_run,
     cmd_search,
@@ -169,6 +170,18 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
             ),
         ],
     ),
+    "exporter": (
+        cmd_exporter,
+        "the study's figures for Prometheus, read at each scrape (http://127.0.0.1:9101/)",
+        [
+            *_storage_args(HOLDS_STUDY),
+            (("--host",), {"default": "127.0.0.1", "help": "address (container: 0.0.0.0)"}),
+            (
+                ("--port",),
+                {"type": _int_in(0, 65535), "default": 9101, "help": "port (default 9101)"},
+            ),
+        ],
+    ),
     "train": (
         cmd_train,
         "train one architecture from a model YAML, or a selected model from its card",
@@ -278,6 +291,12 @@ def _exit_stopped(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:  # first: in json mode argparse's own error line is a record too
+        logs.setup(next((w for w in words if w in VERBS), "job"))
+    except EnvError as exc:  # a bad SMS_LOG_FORMAT: said plainly, as nothing else can be
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad arguments
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happened
     func: Callable[[argparse.Namespace], int] = args.func

@@ -72,8 +72,12 @@ class StudyConfig(Section):
     seed: Int = 0
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
     metrics_port: Int | None = Field(None, ge=0, le=65535)
-    # Keep serving this long after the last trial, so the final values get scraped.
-    metrics_linger_s: Float = Field(0.0, ge=0.0)
+    # Keep serving this long after the last trial, so the final values get scraped:
+    # twice the PodMonitor's 15 s interval. 0 for no wait (a Pushgateway keeps them).
+    metrics_linger_s: Float = Field(30.0, ge=0.0)
+    # No trial completed for this long while budget remains: the SmsStudyStalled alert
+    # (the exporter serves it as sms_study_stall_after_seconds; monitoring/rules.yml).
+    stall_after_s: Int = Field(3600, ge=60)
     # PostgreSQL only: a worker that stops beating this long (killed, node lost) has its
     # trial failed and retried by a live worker, at most `max_retry` times.
     heartbeat_interval_s: Int = Field(10, ge=1)

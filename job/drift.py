@@ -365,6 +365,12 @@ def _gauge(registry: CollectorRegistry, name: str, doc: str, labels: Sequence[st
 
 def write_drift_metrics(out: Path, report: dict[str, Any]) -> Path:
     """``out/drift.prom``: the drift report's gauges (names in the module doc)."""
+    write_to_textfile(str(path := Path(out) / DRIFT_PROM), drift_registry(report))  # atomic
+    return path
+
+
+def drift_registry(report: dict[str, Any]) -> CollectorRegistry:
+    """The drift report's gauges (drift.prom's; the collector pushes them too)."""
     registry = CollectorRegistry()
     ids = {"study": report["study"], "parent": report["parent"]}
     per_pick = ("study", "parent", "policy")
@@ -386,12 +392,18 @@ def write_drift_metrics(out: Path, report: dict[str, Any]) -> Path:
     ):
         if value is not None:
             _gauge(registry, name, doc, tuple(ids)).labels(**ids).set(value)
-    write_to_textfile(str(path := Path(out) / DRIFT_PROM), registry)  # renamed into place
-    return path
+    return registry
 
 
 def write_decision_metrics(out: Path, base: str, study: str, version: int, decision: str) -> Path:
     """``out/research.prom``: the research verb's decision, the version and its study."""
+    registry = decision_registry(base, study, version, decision)
+    write_to_textfile(str(path := Path(out) / RESEARCH_PROM), registry)  # renamed into place
+    return path
+
+
+def decision_registry(base: str, study: str, version: int, decision: str) -> CollectorRegistry:
+    """research.prom's gauges (`research` pushes them too)."""
     if decision not in DECISIONS:
         raise ValueError(f"decision: one of {list(DECISIONS)}, got {decision!r}")
     registry = CollectorRegistry()
@@ -403,5 +415,4 @@ def write_decision_metrics(out: Path, base: str, study: str, version: int, decis
     numbered.labels(study=base).set(version)
     info = _gauge(registry, "sms_research_version_info", "Its study", ("study", "version_study"))
     info.labels(study=base, version_study=study).set(1)
-    write_to_textfile(str(path := Path(out) / RESEARCH_PROM), registry)  # renamed into place
-    return path
+    return registry

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from job import runtime
 from job.config import Config
 from job.search import open_study
-from job.storage import redact
+from job.storage import JOURNAL, redact
 from job.study import is_feasible, progress_text, snapshot, summarise
 from job.verify import Retrain, verify_study_name
 
@@ -46,6 +46,19 @@ class RunOptions:
     metrics_port: int | None = None  # worker i serves on metrics_port + i
     home: Path | None = None  # the workers' --out when not out_dir: a version's home
     poll_s: float = 1.0
+
+
+def dashboard_hint(options: RunOptions) -> str:
+    """How to watch this run in optuna-dashboard: our verb, read-only, with the storage
+    and study the run has; and, for a journal, the file path optuna-dashboard's own CLI
+    opens (it cannot open a `journal:///` URL). A database URL is never printed whole:
+    its password would be in it."""
+    verb = f"python -m job dashboard --config {options.config_path}"
+    if options.home is not None or options.storage.startswith(JOURNAL):
+        verb += f" --out {options.home or options.out_dir}"
+    if options.storage.startswith(JOURNAL):
+        return f"dashboard: {verb}  (or: optuna-dashboard {options.storage[len(JOURNAL) :]})"
+    return f"dashboard: {verb}  (storage from the same environment)"
 
 
 def threads_per_worker(workers: int) -> int:
@@ -257,6 +270,7 @@ def run_local(config: Config, options: RunOptions) -> int:
         f"{config.study.budget}, {options.workers} workers, "
         f"{threads_per_worker(options.workers)} thread(s) each; logs in {options.out_dir}"
     )
+    print(dashboard_hint(options))
     procs = start_workers(options)
     logs = [worker_log(options, index) for index in range(options.workers)]
     try:

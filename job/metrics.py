@@ -1,15 +1,22 @@
-"""Worker metrics: what one `search` worker exposes to Prometheus over HTTP.
+"""Worker metrics (stage: metrics): what one `search` worker exposes to Prometheus.
 
 Every name starts with `sms_` and follows Prometheus naming: counters end in `_total`,
 durations are in seconds (`_seconds`), sizes are plain counts. Labels carry only the
 study name, the data fingerprint, the worker id (host:pid), the code version, the
 objectives and trial state names — never a storage URL, a password or the environment.
+prometheus_client's `_created` series are off (`disable_created_metrics`): they double
+every counter's series and no rule here reads them.
 
-Per trial (this worker):
+A worker serves only what is its own. The study's figures (trials by state, best, front,
+hypervolume, ETA) come from ONE source, the study exporter (job.exporter), which reads
+the study at scrape time: served by every worker, each from its own last view, they
+disagreed at the same instant and went stale when the worker finished.
 
 - `sms_trials_total{state}` (counter): trials this worker finished, by final state
   (`COMPLETE`, `FAIL`, `PRUNED`); `COMPLETE` and `FAIL` exist at 0 from the start, so a
   rate or an alert on failures works before the first trial ends.
+- `sms_trial_retries_total` (counter): trials this worker ran that retry a trial whose
+  worker stopped beating.
 - `sms_trial_duration_seconds` (histogram): wall time of each finished trial,
   buckets from 1 s to 4 h.
 - `sms_trial_running` (gauge): 1 while a trial runs on this worker, else 0.
@@ -18,32 +25,18 @@ Per trial (this worker):
 - `sms_trial_epochs` (gauge): epochs planned for the running (or last) trial.
 - `sms_train_images_per_second` (gauge): training throughput of the last epoch or
   trial that reported one (NaN until then).
-
-Study-wide (as this worker saw it at its last refresh, after each of its trials). Every
-figure is `job.study`'s summary of the study, the same one summary.json and `status`
-show, so they always agree: only feasible COMPLETE trials are ranked.
-
-- `sms_study_best_accuracy` (gauge): best validation accuracy of any feasible COMPLETE
-  trial in the study, in [0, 1] (summary.json's `best_accuracy`); NaN until one is known.
-- `sms_study_pareto_front_size` (gauge): trials on the study's Pareto front.
-- `sms_study_hypervolume` (gauge): the front's hypervolume, normalised: each objective
-  mapped to a loss in [0, 1] (accuracy/f1: 1 - value; params: log10(p)/8; MACs:
-  log10(m)/11; latency: (log10(ms) + 3)/7; clipped), reference point 1 per objective,
-  so it is the dominated fraction of the unit box, in [0, 1]; NaN until a front exists.
-- `sms_study_trials{state}` (gauge): the study's trials by state (every Optuna state
-  is present, 0 when none).
-- `sms_study_budget` (gauge): the study's trial budget (0 until the first refresh).
-
-Identity:
-
 - `sms_worker_info{study, data_fingerprint, worker, version, objectives}` (gauge, 1):
   which study, data and code this worker runs; join on it in PromQL.
+- Process (prometheus_client's process collector, Linux only, namespaced `sms_`):
+  `sms_process_cpu_seconds_total`, `sms_process_resident_memory_bytes`,
+  `sms_process_virtual_memory_bytes`, `sms_process_open_fds`, `sms_process_max_fds`,
+  `sms_process_start_time_seconds` — a worker's memory growth is the first sign of a
+  leak across trials, and these come from /proc/self only (no host details).
 
-Process (prometheus_client's process collector, Linux only, namespaced `sms_`):
-`sms_process_cpu_seconds_total`, `sms_process_resident_memory_bytes`,
-`sms_process_virtual_memory_bytes`, `sms_process_open_fds`, `sms_process_max_fds`,
-`sms_process_start_time_seconds` — a worker's memory growth is the first sign of a
-leak across trials, and these come from /proc/self only (no host details).
+Final values: a worker serves `study.metrics_linger_s` (30 s) past its last trial, so
+Prometheus scrapes the last values; with `SMS_PUSHGATEWAY` set, `push_final` also puts
+them to a Pushgateway, grouped by role, study (and a worker's index), so a rerun replaces
+its group instead of adding one (PUT). The collector and `research` push theirs alike.
 
 Each `WorkerMetrics` owns a private `CollectorRegistry`: tests can build several in one
 process without "Duplicated timeseries" errors, and the default registry's platform
@@ -54,7 +47,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -64,23 +57,37 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
+    push_to_gateway,
     start_http_server,
 )
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from job import __version__
-from job.runtime import SMS_METRICS_PORT, metrics_port
+from job.runtime import SMS_METRICS_PORT, metrics_port, pushgateway, redact
 
-if TYPE_CHECKING:
-    from job.study import StudySummary
+__all__ = [
+    "ENV_PORT",
+    "FINAL_STATES",
+    "PUSH_JOB",
+    "STUDY_STATES",
+    "WorkerMetrics",
+    "metrics_port",
+    "push_final",
+    "serve_registry",
+]
 
-__all__ = ["ENV_PORT", "FINAL_STATES", "STUDY_STATES", "WorkerMetrics", "metrics_port"]
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide: every registry of ours, served or pushed
 
 ENV_PORT = SMS_METRICS_PORT  # parsed by job.runtime.metrics_port, re-exported here
 
 # The states a trial can end in; anything else passed to `trial_finished` is a caller
 # bug, and rejecting it keeps the `state` label's cardinality bounded.
 FINAL_STATES = ("COMPLETE", "FAIL", "PRUNED")
+PUSH_JOB = "small-model-search"  # the Pushgateway's `job` label for every group of ours
+
 # Optuna's TrialState names; all are exported so a state's series never disappears
 # (a vanished series reads as "no data" in Grafana, not as 0).
 STUDY_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
@@ -112,17 +119,12 @@ class WorkerMetrics:
         self._lock = threading.Lock()  # serve/shutdown may race (signal handler, main)
 
         self._declare_trial_metrics(reg)
-        self._declare_study_metrics(reg)
         self.info = Info("sms_worker", "Which study, data and code this worker runs.", registry=reg)
         ProcessCollector(namespace="sms", registry=reg)
 
         # Starting values: "nothing running", "nothing known yet".
         self.trial_number.set(-1)
         self.images_per_second.set(math.nan)
-        self.best_accuracy.set(math.nan)
-        self.hypervolume.set(math.nan)
-        for state in STUDY_STATES:
-            self.study_trials.labels(state=state).set(0)
         # Only identifiers go here: the storage URL (which may hold a password) has no
         # parameter at all, so it cannot leak through this class.
         self.info.info(
@@ -145,6 +147,11 @@ class WorkerMetrics:
         )
         for state in ("COMPLETE", "FAIL"):
             self.trials.labels(state=state)  # present at 0 before the first trial
+        self.retries = Counter(
+            "sms_trial_retries",
+            "Trials this worker ran that retry a trial whose worker stopped beating.",
+            registry=reg,
+        )
         self.trial_duration = Histogram(
             "sms_trial_duration_seconds",
             "Wall time of each trial this worker finished.",
@@ -171,38 +178,12 @@ class WorkerMetrics:
             registry=reg,
         )
 
-    def _declare_study_metrics(self, reg: CollectorRegistry) -> None:
-        """The study as this worker last read it (job.study's summary)."""
-        self.best_accuracy = Gauge(
-            "sms_study_best_accuracy",
-            "Best validation accuracy of any feasible COMPLETE trial in the study "
-            "(NaN until known).",
-            registry=reg,
-        )
-        self.front_size = Gauge(
-            "sms_study_pareto_front_size",
-            "Trials on the study's Pareto front at this worker's last refresh.",
-            registry=reg,
-        )
-        self.hypervolume = Gauge(
-            "sms_study_hypervolume",
-            "Hypervolume of the study's Pareto front in [0, 1]: objectives normalised to "
-            "losses in [0, 1] (1 - accuracy or f1; log10(params)/8; log10(MACs)/11; "
-            "(log10(latency ms) + 3)/7), reference point 1 each; NaN until a front exists.",
-            registry=reg,
-        )
-        self.study_trials = Gauge(
-            "sms_study_trials",
-            "The study's trials by state at this worker's last refresh.",
-            ["state"],
-            registry=reg,
-        )
-        self.budget = Gauge("sms_study_budget", "The study's trial budget.", registry=reg)
-
     # -- the trial loop ------------------------------------------------------------
 
-    def trial_started(self, number: int, epochs: int) -> None:
-        """A trial began on this worker."""
+    def trial_started(self, number: int, epochs: int, retry: bool = False) -> None:
+        """A trial began on this worker (`retry`: it retries a stale one)."""
+        if retry:
+            self.retries.inc()
         self.trial_running.set(1)
         self.trial_number.set(number)
         self.trial_epoch.set(0)
@@ -230,21 +211,6 @@ class WorkerMetrics:
         self.trial_number.set(-1)
         self.trial_epoch.set(0)
 
-    def study_refreshed(self, summary: StudySummary) -> None:
-        """The study as this worker just read it (`job.study.study_summary`): trials by
-        state, best validation accuracy, Pareto front size and hypervolume, budget."""
-        counts = summary.counts
-        for state in STUDY_STATES:
-            self.study_trials.labels(state=state).set(counts.get(state, 0))
-        for state, count in counts.items():
-            if state not in STUDY_STATES:  # a future Optuna state; still worth showing
-                self.study_trials.labels(state=state).set(count)
-        best = summary.best_accuracy
-        self.best_accuracy.set(math.nan if best is None else best)
-        self.front_size.set(len(summary.front))
-        self.hypervolume.set(summary.hypervolume if summary.front else math.nan)
-        self.budget.set(summary.budget)
-
     # -- serving -------------------------------------------------------------------
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
@@ -253,9 +219,7 @@ class WorkerMetrics:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError(f"metrics already served on port {self.port}")
-            # In 0.26.0 start_http_server is start_wsgi_server and returns the
-            # (WSGIServer, Thread) pair; the server knows the port it actually bound.
-            server, thread = start_http_server(port, addr=addr, registry=self.registry)
+            server, thread = serve_registry(self.registry, port, addr)
             self._server, self._thread = server, thread
             return int(server.server_address[1])
 
@@ -280,3 +244,50 @@ class WorkerMetrics:
     def exposition(self) -> str:
         """The current metrics in Prometheus text format (what a scrape returns)."""
         return generate_latest(self.registry).decode("utf-8")
+
+
+def serve_registry(
+    registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve `registry` on `addr:port` from a daemon thread. In 0.26.0 start_http_server
+    is start_wsgi_server and returns the (WSGIServer, Thread) pair; the server knows the
+    port it actually bound (a free one for port 0)."""
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return server, thread
+
+
+class Together(Collector):
+    """Several registries as one, for one push (research: its decision and its drift)."""
+
+    def __init__(self, *parts: Collector) -> None:
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        for part in self.parts:
+            yield from part.collect()
+
+
+def push_final(
+    registry: Collector,
+    role: str,
+    study: str,
+    index: str | None = None,
+    say: Callable[[str], None] = print,
+) -> bool:
+    """Put `registry` to the Pushgateway of SMS_PUSHGATEWAY, if set, as the group
+    {job=small-model-search, role, study[, index]}: a PUT, so a rerun replaces the group
+    (never adds beside it). `index`: a worker's index (an Indexed Job's completion index,
+    which its rerun keeps); not `worker`, the info metric's label (host:pid) it would
+    overwrite. A failed push is one warning line, never a failed job: the
+    job's own result stands. True when pushed."""
+    gateway = pushgateway()
+    if gateway is None:
+        return False
+    group = {"role": role, "study": study} | ({"index": index} if index is not None else {})
+    try:
+        push_to_gateway(gateway, job=PUSH_JOB, registry=registry, grouping_key=group, timeout=10)
+    except OSError as exc:  # URLError, HTTPError, a refused or timed-out connection
+        reason = getattr(exc, "reason", None) or exc
+        say(f"warning: metrics push to {redact(gateway)} failed: {redact(str(reason))}")
+        return False
+    return True

@@ -32,6 +32,10 @@ An empty value counts as unset.
                                            in (pods: the downward API's metadata.namespace)
     SMS_JOB_NAME          unset            the research pod's own Job (downward API): its
                                            image and config map are the new Jobs'
+    SMS_PUSHGATEWAY       unset            a Pushgateway's http(s)://host:port: workers,
+                                           collect and research push their final metrics
+    SMS_LOG_FORMAT        text             `text` (plain lines) or `json` (one object per
+                                           line; the manifests' default), job.logs
 
 Read by libraries, not here: KUBECONFIG and KUBERNETES_SERVICE_HOST/PORT (the
 kubernetes client of `research --launch`, job.launch).
@@ -62,12 +66,15 @@ DASHBOARD_PORT = "DASHBOARD_PORT"
 SMS_STUDY = "SMS_STUDY"
 SMS_NAMESPACE = "SMS_NAMESPACE"
 SMS_JOB_NAME = "SMS_JOB_NAME"
+SMS_PUSHGATEWAY = "SMS_PUSHGATEWAY"
+SMS_LOG_FORMAT = "SMS_LOG_FORMAT"
 OMP_NUM_THREADS = "OMP_NUM_THREADS"  # not read here: written for `run`'s workers' OpenMP
 
 DEFAULT_POSTGRES_PORT = 5432
 EXAMPLE_PASSWORD = "change-me"  # k8s/base/database.env.example's: refused
 DEFAULT_DB_WAIT_S = 120.0
 DEFAULT_DASHBOARD_PORT = 8080
+LOG_FORMATS = ("text", "json")
 
 VARIABLES: tuple[str, ...] = (
     OPTUNA_STORAGE,
@@ -86,6 +93,8 @@ VARIABLES: tuple[str, ...] = (
     SMS_STUDY,
     SMS_NAMESPACE,
     SMS_JOB_NAME,
+    SMS_PUSHGATEWAY,
+    SMS_LOG_FORMAT,
 )
 
 Env = Mapping[str, str]
@@ -254,6 +263,40 @@ def namespace(env: Env | None = None) -> str | None:
 def own_job(env: Env | None = None) -> str | None:
     """SMS_JOB_NAME: the research pod's own Job, or None outside a pod."""
     return _get(env, SMS_JOB_NAME) or None
+
+
+def pushgateway(env: Env | None = None) -> str | None:
+    """SMS_PUSHGATEWAY: the Pushgateway's base URL (http or https, a host, an optional
+    port, no query), or None: no push. Checked before the first trial, not at the push."""
+    raw = _get(env, SMS_PUSHGATEWAY)
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  # raises ValueError on a port out of range or not a number
+    except ValueError as exc:
+        raise EnvError(f"{SMS_PUSHGATEWAY}: {exc}, got {redact(raw)!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EnvError(f"{SMS_PUSHGATEWAY}: expected http(s)://host[:port], got {redact(raw)!r}")
+    if parts.query or parts.fragment:
+        raise EnvError(f"{SMS_PUSHGATEWAY}: no query or fragment, got {redact(raw)!r}")
+    return raw.rstrip("/")
+
+
+def postgres_password(env: Env | None = None) -> str:
+    """POSTGRES_PASSWORD as set, "" when unset: job.logs masks it in every line."""
+    return _get(env, POSTGRES_PASSWORD)
+
+
+def log_format(env: Env | None = None) -> str:
+    """SMS_LOG_FORMAT: `text` (the default) or `json`, any case."""
+    raw = _get(env, SMS_LOG_FORMAT).lower() or "text"
+    if raw not in LOG_FORMATS:
+        raise EnvError(
+            f"{SMS_LOG_FORMAT}: expected one of {', '.join(LOG_FORMATS)}, "
+            f"got {_get(env, SMS_LOG_FORMAT)!r}"
+        )
+    return raw
 
 
 def child_env(updates: Mapping[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:

@@ -32,14 +32,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from job import __version__, runtime
+from job import __version__, logs, runtime
 from job.config import Config, config_fingerprint
 from job.data import Dataset, load_data
 from job.model import model_spec_yaml
@@ -61,9 +61,11 @@ from job.storage import (
     save_user_attrs,
     study_exists,
 )
-from job.study import study_summary
 from job.train import EpochRecord, Preempted, TrainError, TrainResult, check_fit, train
 from job.verify import SPEC_ATTR, Retrain, claim_retrain
+
+if TYPE_CHECKING:
+    from job.metrics import WorkerMetrics
 
 __all__ = [
     "JOURNAL",
@@ -233,9 +235,9 @@ class Worker:
         storage_url: str,
         study_name: str | None = None,
         worker_index: int = 0,
-        metrics: Any = None,
+        metrics: WorkerMetrics | None = None,
         train_fn: TrainFn = train,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] | None = None,
         checkpoint_dir: Path | None = None,
         retrain: bool = False,
         weights_dir: Path | None = None,
@@ -267,7 +269,6 @@ class Worker:
             if claimed == "done":
                 return ran
             if claimed == "wait":
-                self._refresh()
                 self.stop.wait(poll_s)
                 continue
             assert isinstance(claimed, optuna.Trial)
@@ -283,7 +284,12 @@ class Worker:
 
     def run_trial(self, trial: optuna.Trial, data: Dataset) -> TrialState:
         """Build and train one candidate; tell the study what came of it, never raise
-        (but for an interruption, which fails the trial and then stops the worker)."""
+        (but for an interruption, which fails the trial and then stops the worker). Every
+        line logged meanwhile carries the trial's number (job.logs)."""
+        with logs.bound(trial=trial.number):
+            return self._run_trial(trial, data)
+
+    def _run_trial(self, trial: optuna.Trial, data: Dataset) -> TrialState:
         start = time.perf_counter()
         base: dict[str, Any] = {"worker": self.worker, "code_version": self.version}
         base["data_fingerprint"] = data.fingerprint
@@ -298,7 +304,7 @@ class Worker:
         spec = Retrain.of(frozen) if self.retrain else None
         epochs = spec.train_config().epochs if spec is not None else self.config.train.epochs
         if self.metrics is not None:
-            self.metrics.trial_started(trial.number, epochs)
+            self.metrics.trial_started(trial.number, epochs, retry=retry_of is not None)
         state, values, summary = TrialState.FAIL, None, ""
         try:
             with Heartbeat(self.study, trial):
@@ -330,11 +336,19 @@ class Worker:
             # silent past the grace period (a stalled or suspended machine): another worker
             # failed it as stale and queued its retry, which will record the result
             state, summary = TrialState.FAIL, "FAIL stale: failed by another worker, retried"
-        self.log(f"trial {trial.number:>4} {summary} ({seconds:.1f}s)")
+        line = f"trial {trial.number:>4} {summary} ({seconds:.1f}s)"
+        if self.log is not None:  # a caller's own (tests, `run`'s progress)
+            self.log(line)
+        else:  # a record of its own in json mode (job.logs), the same line in text
+            names = ["verified_accuracy"] if self.retrain else self.config.objectives
+            scores = dict(zip(names, values or (), strict=False))
+            logs.event(
+                "trial_finished", line, trial=trial.number, state=state.name,
+                seconds=round(seconds, 3), worker=self.worker, values=scores,
+            )  # fmt: skip
         if self.metrics is not None:
             ips = trial.user_attrs.get("train_images_per_s")
             self.metrics.trial_finished(state.name, seconds, ips)
-        self._refresh()
         return state
 
     def _checkpoint(self, trial: optuna.Trial, resume_from: object) -> Path | None:
@@ -472,17 +486,6 @@ class Worker:
                 self.study.tell(trial, values, state=state)
 
         self._persist(tell, "telling the result")
-
-    def _refresh(self) -> None:
-        """Study-wide figures for the metrics endpoint, from `job.study`'s one view of the
-        study (so they equal summary.json's: feasible COMPLETE trials only)."""
-        if self.metrics is None or self.retrain:  # the search study's figures stand
-            return
-        try:
-            summary = study_summary(self.study, self.config)
-        except Exception:  # figures for a dashboard are not worth failing over
-            return
-        self.metrics.study_refreshed(summary)
 
 
 def stop_on_sigterm(stop: threading.Event | None = None) -> None:

@@ -10,11 +10,14 @@ the first trial (folders, ports, device, data), then run the role's module. Exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
-from job import __version__, runtime
+from job import __version__, logs, runtime
 from job.config import AugmentConfig, Config, TrainConfig, load_config, write_atomic
 from job.data import Dataset, load_data
 from job.model import ModelError, ModelSpec, load_model_spec, model_spec_yaml
@@ -289,10 +292,11 @@ def _checkpoint_dir(args: argparse.Namespace, config: Config) -> Path:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """One worker: trials until the study's budget is met."""
-    from job.metrics import WorkerMetrics
+    from job.metrics import WorkerMetrics, push_final
     from job.search import Worker, stop_on_sigterm
 
     config = load_config(args.config)
+    gateway = runtime.pushgateway()  # a bad SMS_PUSHGATEWAY fails now, not after the search
     checkpoints = _checkpoint_dir(args, config)
     threads = runtime.torch_threads()
     if threads is not None:
@@ -309,24 +313,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     worker = Worker(config, url, _study_name(args, config), index, checkpoint_dir=checkpoints)
     stop_on_sigterm(worker.stop)  # preempted: checkpoint, hand the trial back, exit 143
     metrics = None
-    if port is not None:
+    if port is not None or gateway is not None:  # served, pushed at the end, or both
         metrics = WorkerMetrics(
             worker.study.study_name, data.fingerprint, worker.worker, config.objectives
         )
+        worker.metrics = metrics
+    if metrics is not None and port is not None:
         try:
             served = metrics.serve(port)
         except OSError as exc:  # taken since the check above
             raise UsageError(f"metrics port {port}: not free ({exc.strerror})") from None
-        print(f"metrics on :{served}/metrics", flush=True)
-        worker.metrics = metrics
-    print(f"worker {worker.worker} on study {worker.study.study_name}", flush=True)
+        logs.event("metrics_served", f"metrics on :{served}/metrics", port=served)
+    logs.bind(study=worker.study.study_name, worker=worker.worker)
+    logs.event("worker_started", f"worker {worker.worker} on study {worker.study.study_name}")
     ran = worker.run(data)
     if config.select.verify and not worker.stop.is_set():
         ran += _run_retrains(worker, models, data, _out_dir(args, config) / "verified")
     done = "stopped" if worker.stop.is_set() else "done"
-    print(f"worker {worker.worker} {done}: {ran} trials", flush=True)
+    line = f"worker {worker.worker} {done}: {ran} trials"
+    logs.event("worker_finished", line, trials=ran, stopped=worker.stop.is_set())
     if metrics is not None:
-        worker.stop.wait(config.study.metrics_linger_s)  # let Prometheus scrape the last values
+        push_final(metrics.registry, "worker", worker.study.study_name, str(index))
+        if metrics.port is not None:  # let Prometheus scrape the last values
+            worker.stop.wait(config.study.metrics_linger_s)
         metrics.shutdown()
     return EXIT_STOPPED if worker.stop.is_set() else EXIT_OK
 
@@ -364,6 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
     config = load_config(args.config)
+    runtime.pushgateway()  # the workers' and the collector's push: a bad one fails now
     _checkpoint_dir(args, config)
     if args.metrics_port is not None:  # worker i serves on --metrics-port + i
         last = args.metrics_port + args.workers - 1
@@ -391,6 +401,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--fresh: deleted the later versions too: {', '.join(later)}", flush=True)
     elif args.fresh:
         print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
+    logs.bind(study=_study_name(args, config))
     options = RunOptions(
         Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port,
         home=_home(args, config),
@@ -421,7 +432,7 @@ def _run_and_collect(
     study = open_study(config, options.storage, options.study_name)
     trials = snapshot(study, config)  # one read for every file of the collector
     out = options.out_dir
-    print(_collect_line(collect(study, config, out, trials), out))
+    logs.event("collected", _collect_line(collect(study, config, out, trials), out))
     selected = _select(study, trials, config, options.storage, models, data, out)
     if code == EXIT_OK and not selected:
         code = EXIT_ERROR
@@ -475,7 +486,7 @@ def _select(
             return False
         verify_trials = verify.get_trials(deepcopy=False)
     report = write_selection(trials, verify_trials, planned, config, study.study_name, out)
-    _drift(study, trials, config, data, out)
+    drift = _drift(study, trials, config, data, out)
     report["problems"] += publish(out, study, trials, config, data, report)
     print(selection_text(report))
     if exported := export_text(out, report["picks"]):
@@ -487,7 +498,38 @@ def _select(
             "the retrains run on the workers (`python -m job search`); collect again, "
             "or `collect --wait`, for their results"
         )
-    return not report["problems"] and not report["failed"]
+    ok = not report["problems"] and not report["failed"]
+    _push_collect(config, url, study.study_name, ok, len(report["picks"]), drift)
+    return ok
+
+
+def _push_collect(
+    config: Config, url: str, name: str, ok: bool, picks: int, drift: dict[str, Any] | None
+) -> None:
+    """With SMS_PUSHGATEWAY: the study's final figures (the exporter's families, read now),
+    the drift gauges and this collect's outcome, as the group {role=collect, study}."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from job.drift import drift_registry
+    from job.exporter import study_registry
+    from job.metrics import Together, push_final
+
+    if runtime.pushgateway() is None:
+        return
+    mine, now = CollectorRegistry(), time.time()
+    outcome = [
+        ("sms_collect_timestamp_seconds", "When this collect ran (Unix time).", now),
+        ("sms_collect_success", "1: every pick selected, exported and verified.", float(ok)),
+        ("sms_collect_picks", "Models this collect picked.", float(picks)),
+    ]
+    if ok:  # absent after a failed collect: its group replaced the last good one's
+        outcome.append(("sms_collect_last_success_timestamp_seconds", "When it succeeded.", now))
+    for metric, doc, value in outcome:
+        Gauge(metric, doc, ["study"], registry=mine).labels(study=name).set(value)
+    parts = [study_registry(config, url, name, min_interval_s=0.0), mine]
+    if drift is not None:
+        parts.append(drift_registry(drift))
+    push_final(Together(*parts), "collect", name)
 
 
 def _drift(
@@ -496,9 +538,9 @@ def _drift(
     config: Config,
     data: Dataset,
     out: Path,
-) -> None:
+) -> dict[str, Any] | None:
     """Where this collector writes (a later version's drift report finds the picks there),
-    and, for a version `research` made, its drift report against its parent."""
+    and, for a version `research` made, its drift report against its parent (returned)."""
     from job.drift import drift_report, drift_text, write_drift, write_drift_metrics
     from job.research import RESULTS_DIR
 
@@ -508,6 +550,7 @@ def _drift(
         write_drift(out, report)
         write_drift_metrics(out, report)
         print(drift_text(report))
+    return report
 
 
 def _collect_line(summary: dict[str, Any], out: Path) -> str:
@@ -529,6 +572,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from job.study import snapshot
 
     config = load_config(args.config)
+    runtime.pushgateway()  # a bad SMS_PUSHGATEWAY fails now, not after the selection
     out = _out_dir(args, config)
     check_folder(out, "--out")
     data = load_data(config.data)  # the test split: ONNX exports are verified on it
@@ -540,12 +584,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"error: study {name!r} did not appear within {args.timeout}s", file=sys.stderr)
         return EXIT_ERROR
     study = open_study(config, url, name, create=False)  # a missing study: exit 2
+    logs.bind(study=name)
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
     if args.wait and not wait_for_budget(study, config, timeout_s=left):
         print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
         return EXIT_ERROR
     trials = snapshot(study, config)  # one read for every file of the collector
-    print(_collect_line(collect(study, config, out, trials), out))
+    logs.event("collected", _collect_line(collect(study, config, out, trials), out))
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
     done = _select(study, trials, config, url, models, data, out, args.wait, left)
     return EXIT_OK if done else EXIT_ERROR
@@ -578,8 +623,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_research(args: argparse.Namespace) -> int:
     """A new study version when the data, config or code changed (job.research); run here
     like `run`, or launched as Jobs (--launch); unchanged: nothing at all."""
-    from job.drift import write_decision_metrics
+    from job.drift import decision_registry, write_decision_metrics
     from job.local import RunOptions
+    from job.metrics import push_final
     from job.research import (
         NEW_VERSION,
         UNCHANGED,
@@ -592,6 +638,7 @@ def cmd_research(args: argparse.Namespace) -> int:
 
     stop_on_sigterm()
     config = load_config(args.config)
+    runtime.pushgateway()  # a bad SMS_PUSHGATEWAY fails now
     home = Path(args.out) if args.out else Path("runs") / config.study.name
     check_folder(home, "--out")
     url = resolve_storage(args.storage, config, home)
@@ -604,8 +651,12 @@ def cmd_research(args: argparse.Namespace) -> int:
     check_batch(config.train, data)
     models = model_files(config, data)
     wait_for_database(url, runtime.db_wait_s())
+    logs.bind(study=config.study.name)
     decision = research(config, url, data, dry_run=args.dry_run)
-    print(decision.line(), flush=True)
+    logs.event(
+        "research_decided", decision.line(), decision=decision.decision,
+        version=decision.version, version_study=decision.study,
+    )  # fmt: skip
     if args.dry_run:
         print("--dry-run: nothing created, launched or written")
         return EXIT_OK
@@ -621,6 +672,10 @@ def cmd_research(args: argparse.Namespace) -> int:
     write_decision_metrics(
         home, config.study.name, decision.study, decision.version, decision.decision
     )
+    decided = decision_registry(
+        config.study.name, decision.study, decision.version, decision.decision
+    )
+    push_final(decided, "research", config.study.name)
     if decision.decision == UNCHANGED or launched is not None:
         return EXIT_OK
     options = RunOptions(
@@ -677,6 +732,41 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: expected 0-65535, got {port}")
     artifacts = _artifact_dir(args)
     serve_dashboard(_dashboard_url(args), args.host, port, artifacts, args.allow_writes)
+    return EXIT_OK
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    """The study's figures for Prometheus, read at each scrape (job.exporter), until
+    SIGTERM (exit 0) or Ctrl-C. The database may be down: it says so in sms_storage_up."""
+    from job.exporter import study_registry
+    from job.metrics import serve_registry
+    from job.storage import check_storage_url, resolve_storage
+
+    config = load_config(args.config)
+    url = resolve_storage(args.storage, config, _home(args, config))
+    check_storage_url(url)  # a malformed URL is bad input; an unreachable one is a reading
+    if url.startswith(JOURNAL) and not Path(url[len(JOURNAL) :]).parent.is_dir():
+        raise UsageError(f"exporter: no folder {Path(url[len(JOURNAL) :]).parent} for the journal")
+    study = _study_name(args, config) if args.study or runtime.study_name() else None
+    try:
+        server, _ = serve_registry(study_registry(config, url, study), args.port, args.host)
+    except OSError as exc:
+        raise UsageError(f"--port {args.port}: {exc.strerror}") from None
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    named = study or f"the latest version of {config.study.name}"
+    logs.bind(study=study or config.study.name)
+    logs.event(
+        "exporter_started",
+        f"study exporter on http://{shown}:{server.server_port}/metrics for {named} "
+        f"in {redact(url)}",
+        port=server.server_port,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: as SIGTERM, exit 0
+        stop.wait()
+    server.shutdown()
+    server.server_close()
     return EXIT_OK
 
 

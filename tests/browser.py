@@ -28,8 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pytest
 import websocket
+
+from tests.proc import need_binary
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
@@ -37,14 +38,7 @@ _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
 
 def find_chromium() -> str:
     """The browser's path; skips the test without one (fails it under CI=true)."""
-    for name in BINARIES:
-        found = shutil.which(name)
-        if found:
-            return found
-    why = f"no Chromium found (looked for {', '.join(BINARIES)} on PATH)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{why}; CI=true needs one: apt-get install chromium")
-    pytest.skip(why)
+    return need_binary(BINARIES, "chromium")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ Grant = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC rules spell 
 # Oldest Kubernetes we support (Indexed Job features GA by then) and the newest schemas shipped.
 VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
 # Custom resources: no schema ships with kubernetes-validate; their tests check them.
-CUSTOM = {"PodMonitor"}
+CUSTOM = {"PodMonitor", "PrometheusRule"}
+# The image every container of ours runs (k8s/base/kustomization.yaml's `images`).
+IMAGE = "ghcr.io/small-model-search/small-model-search"
 
 
 def kubectl() -> str:
@@ -75,6 +77,20 @@ def render(tree: Path, overlay: str) -> list[Obj]:
     )
     assert proc.returncode == 0, proc.stderr
     return [obj for obj in yaml.safe_load_all(proc.stdout) if obj]
+
+
+def render_with(tree: Path, name: str, kustomization: str) -> list[Obj]:
+    """Render a new overlay `name` of the tree, its kustomization.yaml given as text
+    (paths in it are relative to overlays/<name>/)."""
+    folder = tree / "overlays" / name
+    folder.mkdir()
+    (folder / "kustomization.yaml").write_text(kustomization)
+    return render(tree, name)
+
+
+def ours(container: Obj) -> bool:
+    """Whether the container runs this project's image (not postgres, not the Pushgateway)."""
+    return str(container["image"]).split("@")[0].rsplit(":", 1)[0] == IMAGE
 
 
 def find(objs: list[Obj], kind: str, name: str) -> Obj:

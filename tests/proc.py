@@ -32,3 +32,20 @@ def journal_url(out: Path) -> str:
     from job.storage import JOURNAL
 
     return JOURNAL + str((out / "study.journal").resolve())
+
+
+def need_binary(names: tuple[str, ...], package: str) -> str:
+    """The path of the first of `names` on PATH; skips the test without one (fails it
+    under CI=true, where `make test` has installed the Debian `package`)."""
+    import os
+    import shutil
+
+    import pytest
+
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    why = f"no {' or '.join(names)} on PATH (Debian package {package})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why}; CI=true needs it: apt-get install {package}")
+    pytest.skip(why)

@@ -249,6 +249,15 @@ CASES: list[Case] = [
     Case("storage-refused-after-wait",
          (*STATUS, "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/db"),
          "not reachable after 0.3 s", env={"SMS_DB_WAIT_S": "0.3"}, code=1, lines=2),
+    # the runtime's other variables: checked before the first trial, not at the push
+    *[Case(f"pushgateway-{verb}-{i}", (verb, "--config", "{cfg}"), "SMS_PUSHGATEWAY: ",
+           env={"SMS_PUSHGATEWAY": raw})
+      for verb in ("search", "run", "collect", "research")
+      for i, raw in enumerate(("pushgateway:9091", "http://u:pw@gw:99999"))],
+    Case("log-format-yaml", STATUS, "SMS_LOG_FORMAT: expected one of text, json, got 'yaml'",
+         env={"SMS_LOG_FORMAT": "yaml"}),
+    Case("log-format-bad-flag-too", ("status", "--bogus"), "SMS_LOG_FORMAT: ",
+         env={"SMS_LOG_FORMAT": "xml"}),
     Case("journal-under-proc", ("search", "--config", "{cfg}", "--out", "/proc/x"), "/proc/x"),
     Case("journal-run-under-proc", ("run", "--config", "{cfg}", "--out", "/proc/x"), "/proc/x"),
     Case("journal-is-a-folder", ("search", "--config", "{cfg}", "--storage", "journal://{tmp}"),

@@ -194,3 +194,28 @@ def test_sigterm_stops_a_waiting_collector_at_once(tmp_path: Path) -> None:
     assert proc.poll() is None and not (tmp_path / "study.journal").exists()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 143
+
+
+def test_the_run_banner_names_a_storage_the_dashboard_opens(tmp_path: Path) -> None:
+    """optuna-dashboard's own CLI cannot open `journal:///…`: the banner gives it the file,
+    and our read-only verb with the run's own folder."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna_dashboard._storage_url import get_storage  # what its CLI calls
+
+    from job.local import RunOptions, dashboard_hint
+    from job.storage import JOURNAL
+
+    journal = tmp_path / "study.journal"
+    optuna.create_study(
+        storage=JournalStorage(JournalFileBackend(str(journal))), study_name="banner"
+    )
+    options = RunOptions(tmp_path / "c.yaml", 2, tmp_path, JOURNAL + str(journal), "banner")
+    hint = dashboard_hint(options)
+    assert f"python -m job dashboard --config {tmp_path / 'c.yaml'} --out {tmp_path}" in hint
+    path = hint.split("optuna-dashboard ")[1].rstrip(")")
+    names = [s.study_name for s in get_storage(path).get_all_studies()]
+    assert names == ["banner"]
+    url = "postgresql+psycopg2://sms:hunter22@db:5432/sms"
+    remote = dashboard_hint(RunOptions(tmp_path / "c.yaml", 2, tmp_path, url, "banner"))
+    assert "hunter22" not in remote and "--out" not in remote

@@ -26,15 +26,40 @@ from tests.kube import (
     copy_tree,
     find,
     grants,
+    mounted_files,
+    ours,
     pod_labels,
     pod_spec,
     render,
+    render_with,
     validation_errors,
 )
 from tests.proc import ROOT
 
 APP_LABELS = ("name", "component", "part-of", "version", "managed-by")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+PUSHGATEWAY = "http://pushgateway:9091"
+# What components/monitoring adds; the gpu overlay includes it, local-cpu does not.
+MONITORING = {
+    ("PodMonitor", "worker"),
+    ("PodMonitor", "exporter"),
+    ("PodMonitor", "pushgateway"),
+    ("PrometheusRule", "small-model-search"),
+    ("Deployment", "pushgateway"),
+    ("Service", "pushgateway"),
+    ("NetworkPolicy", "pushgateway"),
+}
+# The containers that push their final metrics when there is a Pushgateway.
+PUSHERS = (
+    ("Job", "search", "worker"),
+    ("Job", "collect", "collect"),
+    ("CronJob", "research", "research"),
+)
+# The downward API's values research's env reads, for container_env.
+FIELDS = {
+    "metadata.namespace": NAMESPACE,
+    "metadata.labels['batch.kubernetes.io/job-name']": "research-29000000",
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +115,8 @@ def test_every_container_is_locked_down_and_sized(
                 }
                 assert mount["name"] in volumes or mount["name"] in template_names, here
             walked += 1
-    assert walked >= 5  # postgres, worker, collector, research, dashboard
+    # postgres, worker, collector, research, dashboard, exporter (and the Pushgateway)
+    assert walked >= (7 if overlay == "gpu" else 6)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -280,8 +306,14 @@ def test_dashboard_and_metrics_open_to_the_namespace_and_monitoring_only(
             {"podSelector": {}},
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
         ]
-        ports = workload["spec"]["template"]["spec"]["containers"][0]["ports"]
-        assert rule["ports"] == [{"protocol": "TCP", "port": ports[0]["containerPort"]}]
+        served = [  # every port of the pod: the dashboard's and the exporter's
+            p["containerPort"]
+            for c in workload["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        ]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port} for port in served]
+    opened = find(objs, "NetworkPolicy", "dashboard")["spec"]["ingress"][0]["ports"]
+    assert {"protocol": "TCP", "port": 9101} in opened
     dashboard = find(objs, "Deployment", "dashboard")["spec"]["template"]["spec"]
     assert "--allow-writes" not in dashboard["containers"][0].get("args", [])
 
@@ -361,3 +393,137 @@ def test_toolbox_pod_validates_and_is_locked_down(version: str) -> None:
         for v in spec["volumes"]
         if "persistentVolumeClaim" in v
     }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_exporter_serves_the_study_beside_the_dashboard(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objs = rendered[overlay]
+    spec = find(objs, "Deployment", "dashboard")["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in spec["containers"]}
+    assert list(by_name) == ["dashboard", "exporter"]
+    exporter = by_name["exporter"]
+    assert exporter["command"] == ["/app/entrypoint.sh"]  # the role adds --host 0.0.0.0
+    args = exporter["args"]
+    assert args[0] == "exporter"
+    config = args[args.index("--config") + 1]
+    folder, _, name = config.rpartition("/")
+    files = mounted_files(objs, spec, exporter)
+    assert name in files[folder]  # the search config map, as the workers read it
+    ports = {p["name"]: p["containerPort"] for p in exporter["ports"]}
+    assert ports == {"exporter": 9101} and args[args.index("--port") + 1] == "9101"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert exporter[probe]["httpGet"] == {"path": "/metrics", "port": "exporter"}, probe
+    env = container_env(objs, exporter)
+    assert {"POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} <= set(env)
+    assert exporter["resources"]["requests"]["cpu"] == "50m"
+    # the dashboard's own port and Service are unchanged
+    assert {p["name"] for p in by_name["dashboard"]["ports"]} == {"http"}
+    service = find(objs, "Service", "dashboard")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_of_ours_logs_json(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    logged = set()
+    for _, spec in workloads(objs):
+        for c in containers(spec):
+            if ours(c):
+                assert container_env(objs, c, FIELDS)["SMS_LOG_FORMAT"] == "json", c["name"]
+                logged.add(c["name"])
+    assert logged == {"worker", "collect", "research", "dashboard", "exporter"}
+
+
+def _pushgateway_env(objs: list[Obj]) -> dict[str, str | None]:
+    """Each pushing container's SMS_PUSHGATEWAY (None: unset)."""
+    found = {}
+    for kind, name, container in PUSHERS:
+        spec = pod_spec(find(objs, kind, name))
+        assert spec is not None
+        (c,) = [c for c in spec["containers"] if c["name"] == container]
+        found[container] = container_env(objs, c, FIELDS).get("SMS_PUSHGATEWAY")
+    return found
+
+
+def _monitoring(objs: list[Obj]) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in objs} & MONITORING
+
+
+def test_pushgateway_only_with_the_monitoring_component(
+    rendered: dict[str, list[Obj]], tmp_path: Path
+) -> None:
+    # gpu includes components/monitoring: the Pushgateway, and every pusher told of it
+    assert _monitoring(rendered["gpu"]) == MONITORING
+    assert set(_pushgateway_env(rendered["gpu"]).values()) == {PUSHGATEWAY}
+    # local-cpu does not: no Pushgateway, no push to one that is not there
+    assert _monitoring(rendered["local-cpu"]) == set()
+    assert set(_pushgateway_env(rendered["local-cpu"]).values()) == {None}
+    assert "SMS_PUSHGATEWAY" not in str(rendered["local-cpu"])
+    # the component builds on any overlay, alike
+    tree = copy_tree(tmp_path)
+    objs = render_with(
+        tree,
+        "local-monitored",
+        "resources: [../local-cpu]\ncomponents: [../../components/monitoring]\n",
+    )
+    assert _monitoring(objs) == MONITORING
+    assert set(_pushgateway_env(objs).values()) == {PUSHGATEWAY}
+    assert not validation_errors(objs, VERSIONS[-1])
+
+
+def test_pushgateway_is_where_the_pushers_look(rendered: dict[str, list[Obj]]) -> None:
+    objs = rendered["gpu"]
+    deployment = find(objs, "Deployment", "pushgateway")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == "docker.io/prom/pushgateway:v1.5.1"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert spec["automountServiceAccountToken"] is False
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service = find(objs, "Service", "pushgateway")
+    assert service["spec"]["selector"].items() <= pod_labels(deployment).items()
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "http" and port["targetPort"] == "http" and ports["http"] == 9091
+    assert f"http://{service['metadata']['name']}:{port['port']}" == PUSHGATEWAY
+    policy = find(objs, "NetworkPolicy", "pushgateway")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9091}]
+
+
+def test_podmonitors_scrape_the_exporter_and_the_pushgateway(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objs = rendered["gpu"]
+    for monitor_name, kind, name, port, honor in (
+        ("exporter", "Deployment", "dashboard", "exporter", False),
+        ("pushgateway", "Deployment", "pushgateway", "http", True),
+    ):
+        monitor = find(objs, "PodMonitor", monitor_name)
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        workload = find(objs, kind, name)
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(workload).items()
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        served = {
+            p["name"]
+            for c in workload["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        assert endpoint["port"] == port and port in served, monitor_name
+        assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+        # pushed series keep their job, role and study labels only with honorLabels
+        assert endpoint.get("honorLabels", False) is honor, monitor_name
+
+
+def test_prometheus_rule_renders_the_plain_rules(rendered: dict[str, list[Obj]]) -> None:
+    rule = find(rendered["gpu"], "PrometheusRule", "small-model-search")
+    plain = yaml.safe_load((ROOT / "monitoring" / "rules.yml").read_text())
+    assert rule["spec"]["groups"] == plain["groups"]

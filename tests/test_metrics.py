@@ -9,31 +9,14 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from optuna.trial import FrozenTrial, TrialState, create_trial
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from job import __version__
-from job.config import parse_config
 from job.metrics import ENV_PORT, WorkerMetrics, metrics_port
-from job.study import StudySummary, summarise
+from tests.prom import check_metrics
 
 OBJECTIVES = ("accuracy", "params")
-
-
-def _summary(counts: dict[str, int], best: float | None, budget: int = 20) -> StudySummary:
-    """`job.study`'s real summary of trials in these states; the COMPLETE ones at
-    accuracy `best` and below, all with 1000 params (so one of them is the front)."""
-    trials: list[FrozenTrial] = []
-    for state, n in counts.items():
-        for i in range(n):
-            if state == "COMPLETE":
-                assert best is not None
-                trials.append(create_trial(values=[best - 0.01 * i, 1000.0]))
-            else:
-                trials.append(create_trial(state=TrialState[state]))
-    config = parse_config({"study": {"name": "sms-test", "budget": budget}})
-    return summarise(trials, config)
 
 
 def _metrics(worker: str = "host-a:101") -> WorkerMetrics:
@@ -81,13 +64,11 @@ def _two_trials(metrics: WorkerMetrics, snapshots: list[str]) -> None:
         snapshots.append(metrics.exposition())
     metrics.trial_finished("COMPLETE", 12.5, 1500.0)
     snapshots.append(metrics.exposition())
-    metrics.study_refreshed(_summary({"COMPLETE": 1, "RUNNING": 2}, 0.91))
-    metrics.trial_started(1, epochs=3)
+    metrics.trial_started(1, epochs=3, retry=True)
     snapshots.append(metrics.exposition())
     metrics.epoch_done(1)
     metrics.trial_finished("FAIL", 0.4, None)
     snapshots.append(metrics.exposition())
-    metrics.study_refreshed(_summary({"COMPLETE": 1, "FAIL": 1, "RUNNING": 1}, 0.91))
 
 
 def test_scraped_exposition_parses_and_follows_naming(served: WorkerMetrics) -> None:
@@ -119,14 +100,19 @@ def test_trial_counter_and_histogram_match_the_trials(served: WorkerMetrics) -> 
     assert _value(text, "sms_trial_duration_seconds_bucket", le="14400.0") == 2
     # The FAIL trial had no throughput: the COMPLETE trial's figure stays.
     assert _value(text, "sms_train_images_per_second") == 1500.0
-    assert _value(text, "sms_study_best_accuracy") == pytest.approx(0.91)
-    assert _value(text, "sms_study_pareto_front_size") == 1
-    # Losses (1 - 0.91, log10(1000) / 8) against the reference (1, 1).
-    assert _value(text, "sms_study_hypervolume") == pytest.approx(0.91 * (1 - 3 / 8))
-    assert _value(text, "sms_study_budget") == 20
-    assert _value(text, "sms_study_trials", state="FAIL") == 1
-    assert _value(text, "sms_study_trials", state="RUNNING") == 1
-    assert _value(text, "sms_study_trials", state="PRUNED") == 0
+    assert _value(text, "sms_trial_retries_total") == 1  # trial 1 retried a stale one
+
+
+def test_a_worker_serves_only_its_own_and_no_created_series(served: WorkerMetrics) -> None:
+    """The study's figures have one source, the exporter (job.exporter); prometheus_client's
+    `_created` series are off; promtool finds nothing to complain of."""
+    _two_trials(served, [])
+    assert served.port is not None
+    text = _scrape(served.port)
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert not [n for n in names if n.startswith("sms_study_")], names
+    assert not [n for n in names if n.endswith("_created")], names
+    assert check_metrics(text) == ""
 
 
 def test_fresh_worker_shows_zero_counts_and_unknown_best() -> None:
@@ -135,10 +121,8 @@ def test_fresh_worker_shows_zero_counts_and_unknown_best() -> None:
     assert _value(text, "sms_trials_total", state="FAIL") == 0
     assert _value(text, "sms_trial_number") == -1
     assert _value(text, "sms_trial_running") == 0
-    assert math.isnan(_value(text, "sms_study_best_accuracy"))
-    assert math.isnan(_value(text, "sms_study_hypervolume"))
-    for state in ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"):
-        assert _value(text, "sms_study_trials", state=state) == 0
+    assert _value(text, "sms_trial_retries_total") == 0
+    assert math.isnan(_value(text, "sms_train_images_per_second"))
 
 
 def test_info_labels(served: WorkerMetrics) -> None:
@@ -166,17 +150,6 @@ def test_epoch_and_running_gauges_follow_the_trial() -> None:
     assert numbers == [0, 0, 0, 0, -1, 1, -1]
     assert _value(snapshots[3], "sms_trial_epochs") == 3
     assert _value(snapshots[3], "sms_train_images_per_second") == 1003.0
-
-
-def test_best_accuracy_none_is_nan() -> None:
-    metrics = _metrics()
-    metrics.study_refreshed(_summary({"COMPLETE": 1}, 0.8, budget=5))
-    metrics.study_refreshed(_summary({"FAIL": 2}, None, budget=5))
-    text = metrics.exposition()
-    assert math.isnan(_value(text, "sms_study_best_accuracy"))
-    assert math.isnan(_value(text, "sms_study_hypervolume"))  # no front: unknown, not 0
-    assert _value(text, "sms_study_pareto_front_size") == 0
-    assert _value(text, "sms_study_budget") == 5
 
 
 def test_non_final_state_is_rejected() -> None:

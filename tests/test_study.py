@@ -15,12 +15,13 @@ import pytest
 from optuna._hypervolume import compute_hypervolume
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from job.collect import collect
 from job.config import Config, ConfigError, parse_config
-from job.metrics import WorkerMetrics
-from job.search import JOURNAL, Worker
+from job.exporter import study_registry
+from job.search import JOURNAL, open_study
 from job.study import (
     OBJECTIVES,
     directions,
@@ -231,7 +232,7 @@ def test_trials_per_hour_clock_stops_at_the_budget() -> None:
     assert done.trials_per_hour == pytest.approx(6.0) and done.eta == "done"
 
 
-# --- acceptance: the worker's best accuracy equals summary.json's -------------------
+# --- acceptance: the exporter's best accuracy equals summary.json's -----------------
 
 
 def _gauge(text: str, name: str) -> float:
@@ -242,17 +243,16 @@ def _gauge(text: str, name: str) -> float:
     raise KeyError(name)
 
 
-def test_worker_metrics_equal_summary_json_with_infeasible_trials(tmp_path: Path) -> None:
+def test_exporter_metrics_equal_summary_json_with_infeasible_trials(tmp_path: Path) -> None:
     config = make_config()
-    metrics = WorkerMetrics("view", "fp", "host:1", config.objectives)
-    worker = Worker(config, JOURNAL + str(tmp_path / "study.journal"), metrics=metrics)
+    url = JOURNAL + str(tmp_path / "study.journal")
+    study = open_study(config, url)
     for number, (acc, params, constraint) in enumerate(ROWS):
-        worker.study.add_trial(trial(number, acc, params, constraint))
-    worker.study.add_trial(create_trial(state=TrialState.FAIL))
+        study.add_trial(trial(number, acc, params, constraint))
+    study.add_trial(create_trial(state=TrialState.FAIL))
 
-    worker._refresh()  # what a worker does after each trial and while it waits
-    text = metrics.exposition()
-    summary = collect(worker.study, config, tmp_path / "out")
+    text = generate_latest(study_registry(config, url)).decode()  # what a scrape reads
+    summary = collect(study, config, tmp_path / "out")
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
 
     assert written == summary
@@ -262,3 +262,10 @@ def test_worker_metrics_equal_summary_json_with_infeasible_trials(tmp_path: Path
     assert _gauge(text, "sms_study_pareto_front_size") == written["front_size"] == 5
     assert _gauge(text, "sms_study_hypervolume") == pytest.approx(written["hypervolume"])
     assert _gauge(text, "sms_study_budget") == written["budget"] == 20
+    counts = {
+        s.labels["state"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "sms_study_trials"
+    }
+    assert {k: v for k, v in counts.items() if v} == written["trials"]
