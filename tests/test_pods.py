@@ -184,6 +184,8 @@ def test_research_cronjob_launches_the_next_version(
     # env, so it names the data volume's folder here.
     images = volumes / "pvc-data" / "images"
     config_text = RESEARCH.replace("PATH", str(images))
+    # the pods serve metrics (SMS_METRICS_PORT) but nothing scrapes them here: no linger
+    config_text = config_text.replace("seed: 0}", "seed: 0, metrics_linger_s: 0}")
     (tree / "overlays" / "local-cpu" / "search.yaml").write_text(config_text)
     objs = render(tree, "local-cpu")
     write_digits(images, 0, 20)
