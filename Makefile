@@ -30,9 +30,10 @@ format: $(STAMP)
 
 # Debian packages the suite drives for real: a headless Chromium renders report.html;
 # promtool checks and unit-tests monitoring/rules.yml and the metrics; a Prometheus and a
-# Pushgateway scrape and take pushes. Installed where missing (as root, or through sudo);
-# services are started by the tests.
-DEBS := chromium prometheus prometheus-pushgateway
+# Pushgateway scrape and take pushes; a PgBouncer pools the suite's PostgreSQL
+# (tests/pgbouncer.py, bench/fleet.py). Installed where missing (as root, or through
+# sudo); services are started by the tests.
+DEBS := chromium prometheus prometheus-pushgateway pgbouncer
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
@@ -53,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/research.py
+	$(BIN)/python bench/fleet.py
 
 preview: $(STAMP)
 	$(BIN)/python -m job augment-preview --config configs/quickstart.yaml --out runs/augment-preview.png

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Bench for a machine with a CUDA GPU, in one go (sized for about 3 minutes, under 5):
+# Bench for a machine with a CUDA GPU, in one go (sized for about 4 minutes, under 6):
 #   1. augmentation images/s: ours (batched, per-image draws) vs torchvision's RandAugment
 #      called per image, on the GPU and on the CPU (bench/augment.py);
 #   2. train images/s of the small, median and large networks of the default space at
 #      batch 128 and 512: (a) ours, (b) ours without augmentation, (c) torchvision per
 #      image in DataLoader workers (bench/train.py);
 #   3. the projected seconds for one trial of the seed's scenario with the median network:
-#      10k images x 200 epochs at (a)'s images/s at batch 128, training steps only.
+#      10k images x 200 epochs at (a)'s images/s at batch 128, training steps only;
+#   4. the small network's aggregate train images/s with K = 1, 2 and 4 worker processes
+#      training at once on the one device, batch 128: what SMS_WORKERS_PER_POD=K buys
+#      (bench/procs.py; raise K while the figure still grows, docs/OPERATING.md).
 # All on synthetic uint8 data of CIFAR-10's shape (3x32x32, 10 classes). Prints one table.
 #
 # Without a CUDA device it runs on the CPU, clearly labelled, with fewer images and steps
@@ -28,12 +31,14 @@ if [[ $device == cuda ]]; then
     aug_gpu=(--device cuda --images 2048 --batch 512 --repeats 3)
     aug_cpu=(--device cpu --images 2048 --batch 512 --repeats 3)
     train=(--device cuda --rounds 3 --round-s 1 --max-steps 50)
+    procs=(--device cuda --batch 128 --rounds 3 --seconds 3 --warmup 10)
 else
     mode="CPU FALLBACK (no CUDA device): batches 16/32 stand in for 128/512, few steps; NOT GPU figures"
     batches=(16 32)
     aug_gpu=()
     aug_cpu=(--device cpu --images 512 --batch 128 --repeats 1)
     train=(--device cpu --rounds 1 --round-s 0.5 --max-steps 3 --warmup 1 --images 256)
+    procs=(--device cpu --batch 16 --rounds 1 --seconds 0.5 --warmup 1 --images 256)
 fi
 
 logs=$(mktemp -d "${TMPDIR:-/tmp}/sms-bench-gpu.XXXXXX")
@@ -54,6 +59,8 @@ echo "training, batches ${batches[*]} ..." >&2
     IFS=,
     echo "${batches[*]}"
 )" >"$logs/train.log" 2>&1
+echo "K worker processes on one device, K = 1, 2, 4 ..." >&2
+"$PYTHON" bench/procs.py "${procs[@]}" --procs 1,2,4 >"$logs/procs.log" 2>&1
 
 {
     echo "== bench/gpu.sh: $mode =="
@@ -81,6 +88,12 @@ echo "training, batches ${batches[*]} ..." >&2
         if (r["batch"] != b) next
         printf "seed trial, median network, batch %s: %.0f s projected (%d images at %s images/s, training steps only; the seed: about 1800 s on a V100)\n",
             b, images / r["ours_ips"], images, r["ours_ips"]
+    }'
+    printf '%-34s %6s %12s %12s %8s\n' "K worker processes, one device" "batch" "images/s" "per proc" "vs K=1"
+    grep '^RESULT procs=' "$logs/procs.log" | awk '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+        what = sprintf("train images/s small, K=%s", r["procs"])
+        printf "%-34s %6s %12s %12s %8s\n", what, r["batch"], r["ips"], r["per_proc"], r["vs_one"]
     }'
     echo "took $((SECONDS - started)) s; logs in $logs"
 }

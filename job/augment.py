@@ -7,12 +7,23 @@ slot), never a loop over images. The draws are made on the host with a CPU gener
 the batch plan (which rows take which op) is known without reading the device back: no
 host sync per batch. Public functions keep shape and dtype (uint8 0..255 or float 0..1).
 The policy is the config's `augment` section itself (`AugmentConfig`), validated at load.
+
+A call costs about 500 small torch ops (kernel launches on a GPU) whatever its size, so
+at a training batch of 128 small images the overhead rivals the work. The trainer
+therefore augments a chunk of several training batches per call, `chunk_steps` of them:
+as many as fit a float working set of `CHUNK_BYTES` (10 batches of 128 32x32 images, one
+of 224x224). Every image still draws its own ops, levels, signs, flip and box, each row
+of the draws being independent of the others, so the per-image distribution is the same
+whatever the chunk; only which image gets which draw depends on it. A `Chunk` holds a
+call's output and the generator states before it, from which a resumed run redoes it.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,9 +47,12 @@ Ints = NDArray[np.int64]
 Floats = NDArray[np.float32]
 
 __all__ = [
+    "CHUNK_BYTES",
     "DEFAULT_OPS",
     "OPS",
+    "Chunk",
     "apply_op",
+    "chunk_steps",
     "rand_augment",
     "sample_choices",
     "train_augment",
@@ -46,6 +60,22 @@ __all__ = [
 
 
 _LOCAL = threading.local()
+
+# The float working set one augmentation call may take. 64 MiB: past a few thousand
+# 32x32 images a CPU call stops getting faster per image (the working set leaves the
+# cache), and on a GPU it is small next to the model's activations.
+CHUNK_BYTES = 64 << 20
+# float copies of the images alive at the peak of a call: our two buffers (`_buffers`)
+# and an op's temporaries on its run of rows
+_FLOAT_COPIES = 4
+
+
+def chunk_steps(batch: int, image_shape: Sequence[int]) -> int:
+    """How many training batches of ``batch`` images of ``image_shape`` (C, H, W) to
+    augment in one call: as many as fit `CHUNK_BYTES` of float32 working set, at least one
+    (128 CIFAR images: 6 MiB a batch, 10 batches; 224x224 images: 1)."""
+    per_batch = _FLOAT_COPIES * 4 * batch * math.prod(image_shape)
+    return max(1, CHUNK_BYTES // per_batch)
 
 
 def _buffers(like: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -179,3 +209,39 @@ def train_augment(x: Tensor, policy: AugmentConfig, generator: Gen, choices: Gen
     grey = torch.full((), policy.fill / 255.0, dtype=y.dtype, device=y.device)
     y.lerp_(grey, box(h, w, side, centre, y.dtype))
     return _unpermute(y, perm, x.dtype)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Training steps ``first .. first + steps - 1`` of an epoch, augmented in one call;
+    ``states``: the generators' states before that call, for a resumed run to redo it."""
+
+    first: int
+    steps: int
+    x: Tensor  # (steps * B, C, H, W), augmented, in step order
+    states: tuple[Tensor, Tensor]  # (generator's, choices')
+
+    @classmethod
+    def augment(
+        cls,
+        x: Tensor,
+        first: int,
+        steps: int,
+        policy: AugmentConfig,
+        generator: torch.Generator,
+        choices: torch.Generator,
+    ) -> Chunk:
+        """``x`` (steps * B, C, H, W), the steps' images in order, through `train_augment`
+        (as it is when ``policy`` is off): each image its own draws, as in its own batch."""
+        states = (generator.get_state(), choices.get_state())
+        if policy.enabled:
+            x = train_augment(x, policy, generator, choices)
+        return cls(first, steps, x, states)
+
+    def holds(self, step: int) -> bool:
+        return self.first <= step < self.first + self.steps
+
+    def batch(self, step: int, size: int) -> Tensor:
+        """The ``size`` images of ``step``: a view of ``x``."""
+        at = step - self.first
+        return self.x[at * size : (at + 1) * size]

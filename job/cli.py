@@ -21,7 +21,7 @@ from job import __version__, logs
 from job.config import ConfigError, study_name_problem
 from job.data import DataError
 from job.model import ModelError
-from job.runtime import EnvError
+from job.runtime import MAX_WORKERS_PER_POD, EnvError
 from job.search import TrialsKeepFailing
 from job.storage import StorageDownError, StorageError, StorageURLError
 from job.train import (
@@ -103,7 +103,20 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
     "search": (
         cmd_search,
         "one worker: trials until the study budget is met",
-        _storage_args(HOLDS_STUDY),
+        [
+            *_storage_args(HOLDS_STUDY),
+            (
+                ("--procs",),
+                {
+                    "type": _int_in(1, MAX_WORKERS_PER_POD),
+                    "metavar": "K",
+                    "help": "K worker processes in this pod, sharing its device and CPU "
+                    "(default: $SMS_WORKERS_PER_POD, else 1)",
+                },
+            ),
+            # job.procs' children: serve metrics on loopback, write the bound port there
+            (("--metrics-port-file",), {"help": argparse.SUPPRESS}),
+        ],
     ),
     "run": (
         cmd_run,

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,32 +61,45 @@ def dashboard_hint(options: RunOptions) -> str:
     return f"dashboard: {verb}  (storage from the same environment)"
 
 
-def threads_per_worker(workers: int) -> int:
-    """Split the machine's cores among the workers: oversubscribed BLAS threads thrash."""
-    return max(1, (os.cpu_count() or 1) // workers)
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Split `cores` (default: the machine's) among the workers: oversubscribed BLAS
+    threads thrash. `run` splits the machine; job.procs a pod's SMS_TORCH_THREADS."""
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+def search_command(config_path: Path, *args: str) -> list[str]:
+    """`python -m job search --config CONFIG ARGS…` with this interpreter."""
+    return [sys.executable, "-m", "job", "search", "--config", str(config_path), *args]
+
+
+def worker_env(
+    index: int, threads: int, metrics_port: str, storage: str | None = None
+) -> dict[str, str]:
+    """A worker process's environment, as a pod's would be: its index (SMS_WORKER_INDEX;
+    JOB_COMPLETION_INDEX dropped, it would win), its threads, its metrics port (a number
+    or `off`) and, when given, the storage URL (OPTUNA_STORAGE).
+
+    The storage URL travels in the environment, not on the command line, which every
+    process on the machine can read (`ps`): it may hold a password."""
+    updates = {
+        runtime.SMS_WORKER_INDEX: str(index),
+        runtime.OMP_NUM_THREADS: str(threads),
+        runtime.SMS_TORCH_THREADS: str(threads),
+        runtime.SMS_METRICS_PORT: metrics_port,
+    }
+    if storage is not None:
+        updates[runtime.OPTUNA_STORAGE] = storage
+    return runtime.child_env(updates, drop=(runtime.JOB_COMPLETION_INDEX,))
 
 
 def worker_command(options: RunOptions, index: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of local worker `index` (as a pod would get).
-
-    The storage URL travels in the environment (OPTUNA_STORAGE), not on the command
-    line, which every process on the machine can read (`ps`): it may hold a password."""
-    cmd = [sys.executable, "-m", "job", "search", "--config", str(options.config_path)]
+    """The command line and environment of local worker `index` (as a pod would get)."""
     # --out: the worker's checkpoints go under the run's folder, not runs/<study>
-    cmd += ["--study", options.study_name, "--out", str(options.home or options.out_dir)]
-    threads = str(threads_per_worker(options.workers))
+    home = str(options.home or options.out_dir)
+    cmd = search_command(options.config_path, "--study", options.study_name, "--out", home)
     port = str(options.metrics_port + index) if options.metrics_port is not None else "off"
-    env = runtime.child_env(
-        {
-            runtime.OPTUNA_STORAGE: options.storage,
-            runtime.SMS_WORKER_INDEX: str(index),
-            runtime.OMP_NUM_THREADS: threads,
-            runtime.SMS_TORCH_THREADS: threads,
-            runtime.SMS_METRICS_PORT: port,
-        },
-        drop=(runtime.JOB_COMPLETION_INDEX,),  # it would win over SMS_WORKER_INDEX
-    )
-    return cmd, env
+    threads = threads_per_worker(options.workers)
+    return cmd, worker_env(index, threads, port, options.storage)
 
 
 def worker_log(options: RunOptions, index: int) -> Path:
@@ -95,13 +108,35 @@ def worker_log(options: RunOptions, index: int) -> Path:
 
 def start_workers(options: RunOptions) -> list[subprocess.Popen[bytes]]:
     """Each worker logs to out_dir/worker-<i>.log; the console keeps the progress bar."""
-    procs = []
-    for index in range(options.workers):
-        cmd, env = worker_command(options, index)
-        log = open(worker_log(options, index), "ab")  # noqa: SIM115 — the child owns it
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        log.close()  # the child holds its own descriptor
-    return procs
+    return [
+        spawn(*worker_command(options, index), log=worker_log(options, index))
+        for index in range(options.workers)
+    ]
+
+
+def spawn(
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path | None = None,
+    own_session: bool = False,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start one worker process: its output appended to `log`, else this process's own.
+    `own_session`: out of the terminal's process group, so that Ctrl-C reaches only the
+    parent, which stops it (job.procs); `preexec`: run in the child before the exec."""
+    out = open(log, "ab") if log is not None else None  # noqa: SIM115 — the child owns it
+    try:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=own_session,
+            preexec_fn=preexec,
+        )
+    finally:
+        if out is not None:
+            out.close()  # the child holds its own descriptor
 
 
 COUNTS = ("params", "macs")  # objectives that count things: shown as whole numbers
@@ -189,12 +224,12 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line for line in found if line][-lines:]
 
 
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM every live worker, then wait; kill what outlives the grace period."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     for proc in procs:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -20,7 +20,11 @@ An empty value counts as unset.
                                            accept connections; 0: no wait
     SMS_METRICS_PORT      the config's     a worker's metrics port (0: any free one) or
                                            `off`; overrides study.metrics_port
-    SMS_TORCH_THREADS     torch's default  torch CPU threads of a worker (`run` sets it)
+    SMS_TORCH_THREADS     torch's default  torch CPU threads of a worker (`run` sets it);
+                                           with SMS_WORKERS_PER_POD: the pod's, split
+    SMS_WORKERS_PER_POD   1                `search`'s worker processes in one pod, sharing
+                                           its device (1-64; `search --procs` wins;
+                                           job.procs)
     JOB_COMPLETION_INDEX  unset            the worker's index in an Indexed Job (pods)
     SMS_WORKER_INDEX      0                the worker's index without one (`run` sets it)
     SMS_CODE_VERSION      version+git sha  the code version recorded on every trial
@@ -59,6 +63,7 @@ POSTGRES_DB = "POSTGRES_DB"
 SMS_DB_WAIT_S = "SMS_DB_WAIT_S"
 SMS_METRICS_PORT = "SMS_METRICS_PORT"
 SMS_TORCH_THREADS = "SMS_TORCH_THREADS"
+SMS_WORKERS_PER_POD = "SMS_WORKERS_PER_POD"
 JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 SMS_WORKER_INDEX = "SMS_WORKER_INDEX"
 SMS_CODE_VERSION = "SMS_CODE_VERSION"
@@ -75,6 +80,7 @@ EXAMPLE_PASSWORD = "change-me"  # k8s/base/database.env.example's: refused
 DEFAULT_DB_WAIT_S = 120.0
 DEFAULT_DASHBOARD_PORT = 8080
 LOG_FORMATS = ("text", "json")
+MAX_WORKERS_PER_POD = 64
 
 VARIABLES: tuple[str, ...] = (
     OPTUNA_STORAGE,
@@ -86,6 +92,7 @@ VARIABLES: tuple[str, ...] = (
     SMS_DB_WAIT_S,
     SMS_METRICS_PORT,
     SMS_TORCH_THREADS,
+    SMS_WORKERS_PER_POD,
     JOB_COMPLETION_INDEX,
     SMS_WORKER_INDEX,
     SMS_CODE_VERSION,
@@ -225,6 +232,19 @@ def torch_threads(env: Env | None = None) -> int | None:
         return None
     if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
         raise EnvError(f"{SMS_TORCH_THREADS}: expected a number of threads (>= 1), got {raw!r}")
+    return int(raw)
+
+
+def workers_per_pod(env: Env | None = None) -> int:
+    """SMS_WORKERS_PER_POD: `search`'s worker processes in this pod, 1..64; 1 when unset."""
+    raw = _get(env, SMS_WORKERS_PER_POD)
+    if not raw:
+        return 1
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS_PER_POD:
+        raise EnvError(
+            f"{SMS_WORKERS_PER_POD}: expected an integer 1..{MAX_WORKERS_PER_POD} "
+            f"(worker processes per pod), got {raw!r}"
+        )
     return int(raw)
 
 

@@ -11,6 +11,11 @@ device as uint8, batches are index gathers, augmentation is batched per image on
 device, and the loss is accumulated on the device and read back once per epoch (the
 only host sync of an epoch, which is also where a NaN is noticed). The model runs
 channels_last (on CPU too: oneDNN steps 1.3-2x faster), on CUDA in bf16 autocast.
+
+Augmentation takes a chunk of K batches per call (`job.augment.chunk_steps`; the epoch's
+last chunk may be shorter), so its fixed ~500 small ops (launches) are paid once per K
+steps. A checkpoint holds the augmentation generators as at the start of the chunk its
+step lies in: a resumed run augments that chunk again, bit for bit, and goes on exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from job.augment import train_augment
+from job.augment import Chunk, chunk_steps
 from job.config import AugmentConfig, ConfigError, TrainConfig, write_atomic
 from job.data import Dataset, Split
 from job.model import (
@@ -264,9 +269,9 @@ class Trainer:
     """One network's training: the step, the epoch loop, and the state a checkpoint holds.
 
     ``step(x, y)`` trains on one normalised batch; ``batch(i)`` makes batch ``i`` of the
-    epoch from the resident uint8 data (gather, augment, normalise); ``run_epoch`` does a
-    whole epoch and validates; ``save``/``load`` write and read everything needed to go
-    on exactly (weights, optimizer, schedule, generators, position).
+    epoch, asked for in order, from the resident uint8 data (its chunk gathered and
+    augmented at once, then normalised); ``run_epoch`` does a whole epoch and validates;
+    ``save``/``load`` write and read all it takes to go on exactly.
     """
 
     def __init__(
@@ -299,6 +304,8 @@ class Trainer:
         self.gen = torch.Generator(device).manual_seed(recipe.seed)  # pixel draws, on device
         self.choices = torch.Generator().manual_seed(recipe.seed)  # op picks, on the host
         self.pos = Position()
+        self.chunk_steps = chunk_steps(self.batch_size, data.train.x.shape[1:])  # K
+        self._chunk: Chunk | None = None  # the chunk batches are served from
 
     def step(self, x: Tensor, y: Tensor, stage: Stage = _no_stage) -> None:
         """One optimizer step on ``x`` (B, C, H, W) normalised, ``y`` (B,); the loss is
@@ -319,13 +326,19 @@ class Trainer:
                 self.pos.loss_sum += loss.detach()
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        """Batch ``i`` of this epoch: gathered, augmented (if enabled), normalised."""
+        """Batch ``i`` of this epoch, augmented (if enabled) with its chunk, normalised."""
         assert self.pos.order is not None, "start_epoch() first"
-        idx = self.pos.order[i * self.batch_size : (i + 1) * self.batch_size]  # (B,)
-        x = self.data.train.x[idx]  # (B, C, S, S) uint8
-        if self.augment.enabled:
-            x = train_augment(x, self.augment, self.gen, self.choices)
-        return self.norm(x), self.data.train.y[idx]
+        b, chunk = self.batch_size, self._chunk
+        if chunk is None or not chunk.holds(i):
+            # chunks start at multiples of K, so a resumed run finds the one it stopped in
+            first = i - i % self.chunk_steps
+            steps = min(self.chunk_steps, self.steps - first)  # the epoch's last: ragged
+            idx = self.pos.order[first * b : (first + steps) * b]  # (K*B,)
+            chunk = self._chunk = Chunk.augment(
+                self.data.train.x[idx], first, steps, self.augment, self.gen, self.choices
+            )
+        idx = self.pos.order[i * b : (i + 1) * b]  # (B,)
+        return self.norm(chunk.batch(i, b)), self.data.train.y[idx]
 
     def start_epoch(self, epoch: int) -> None:
         """A new permutation and loss sum, unless a checkpoint left this epoch half done."""
@@ -333,6 +346,7 @@ class Trainer:
         if pos.order is None or pos.loss_sum is None or epoch != pos.epoch:
             pos.order = torch.randperm(len(self.data.train), generator=self.gen, device=self.device)
             pos.loss_sum, pos.step = torch.zeros((), device=self.device), 0
+            self._chunk = None  # the last epoch's
         pos.epoch = epoch
 
     def run_epoch(
@@ -400,13 +414,17 @@ class Trainer:
             state[name] = (
                 part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
             )
+        if self._chunk is not None and self._chunk.holds(self.pos.step):  # stopped mid-chunk
+            state["gen"], state["choices"] = self._chunk.states  # load() then redoes the chunk
         state |= {"torch": torch.get_rng_state(), "position": self.pos}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path) -> int:
-        """Resume from ``path``; returns the epoch it resumes at (1-based)."""
+        """Resume from ``path``; returns the epoch it resumes at (1-based). A checkpoint
+        from before chunks loads too and goes on validly, though not bit for bit."""
         state = torch.load(path, map_location=self.device, weights_only=False)
+        self._chunk = None  # batch(pos.step) augments its chunk again from the states
         for name, part in self._parts().items():
             if isinstance(part, torch.Generator):
                 part.set_state(state[name].cpu())

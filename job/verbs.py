@@ -291,21 +291,33 @@ def _checkpoint_dir(args: argparse.Namespace, config: Config) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """One worker: trials until the study's budget is met."""
+    """One worker: trials until the study's budget is met. With K > 1 worker processes
+    per pod (--procs, else SMS_WORKERS_PER_POD) the pod's K workers, as child processes of
+    this one (job.procs), once what can be checked here passes."""
     from job.metrics import WorkerMetrics, push_final
     from job.search import Worker, stop_on_sigterm
 
+    procs = getattr(args, "procs", None) or runtime.workers_per_pod()  # the flag wins
     config = load_config(args.config)
     gateway = runtime.pushgateway()  # a bad SMS_PUSHGATEWAY fails now, not after the search
     checkpoints = _checkpoint_dir(args, config)
     threads = runtime.torch_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     port = runtime.metrics_port(config.study.metrics_port)
     if port is not None:
         from_env = runtime.metrics_port(None) == port
         check_port_free(port, runtime.SMS_METRICS_PORT if from_env else "study.metrics_port")
     index = runtime.worker_index()
+    if procs > 1:
+        from job.procs import PodOptions, run_pod
+
+        _study_name(args, config)  # a bad SMS_STUDY fails here, once
+        given = [("--study", args.study), ("--out", args.out)]  # passed on to each child
+        words = tuple(word for flag, value in given if value for word in (flag, value))
+        pod = PodOptions(Path(args.config), procs, index, threads, port, words, args.storage)
+        return run_pod(pod)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    port_file = getattr(args, "metrics_port_file", None)  # a child of job.procs
     url = _storage_url(args, config)  # waits for the database first, as pods start with it
     data = load_data(config.data)
     check_batch(config.train, data)
@@ -320,9 +332,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         worker.metrics = metrics
     if metrics is not None and port is not None:
         try:
-            served = metrics.serve(port)
+            served = metrics.serve(port, "127.0.0.1" if port_file else "0.0.0.0")
         except OSError as exc:  # taken since the check above
             raise UsageError(f"metrics port {port}: not free ({exc.strerror})") from None
+        if port_file:  # the pod's parent merges it into the pod's endpoint
+            write_atomic(port_file, lambda tmp: tmp.write_text(str(served), encoding="utf-8"))
         logs.event("metrics_served", f"metrics on :{served}/metrics", port=served)
     logs.bind(study=worker.study.study_name, worker=worker.worker)
     logs.event("worker_started", f"worker {worker.worker} on study {worker.study.study_name}")

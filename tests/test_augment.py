@@ -6,11 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from job.augment import (
     DEFAULT_OPS,
     OPS,
+    Chunk,
     apply_op,
+    chunk_steps,
     rand_augment,
     sample_choices,
     train_augment,
@@ -148,3 +151,67 @@ def test_choices_come_from_the_host_generator():
     pixels.manual_seed(0)
     b = train_augment(x, AugmentConfig(), pixels, torch.Generator().manual_seed(2))
     assert not torch.equal(a, b)  # same pixel draws, other op choices
+
+
+# --- chunks: several training batches augmented in one call --------------------------------
+
+
+def test_chunks_are_sized_by_a_float_working_set():
+    assert 8 <= chunk_steps(128, (3, 32, 32)) <= 16  # CIFAR at the seed's batch: 6 MiB each
+    assert chunk_steps(128, (3, 224, 224)) == 1  # 308 MiB a batch: never fewer than one
+    assert chunk_steps(256, (3, 32, 32)) == chunk_steps(128, (3, 32, 32)) // 2
+    assert chunk_steps(1, (1, 1, 1)) > 1000
+
+
+def _rates(batches: list[int], policy: AugmentConfig, seed: int) -> torch.Tensor:
+    """Per slot (rows), the fraction of images that drew each op, each level and sign +1,
+    over one `sample_choices` call per entry of ``batches`` (its image count)."""
+    g = torch.Generator().manual_seed(seed)
+    draws = [sample_choices(b, policy, g) for b in batches]
+    ops, levels, signs = (torch.cat(parts) for parts in zip(*draws, strict=True))  # (N, k)
+    op_rates = F.one_hot(ops, len(policy.ops)).float().mean(0)  # (k, ops)
+    level_rates = F.one_hot(levels, policy.n_level + 1).float().mean(0)  # (k, levels)
+    sign_rates = (signs > 0).float().mean(0).unsqueeze(1)  # (k, 1)
+    return torch.cat([op_rates, level_rates, sign_rates], 1)
+
+
+def test_a_chunk_draws_per_image_as_single_batches_do():
+    """8 batches of 128 in one call (K=8) or in 8 calls (K=1): the same per-image draws,
+    in distribution: every rate agrees within 5 sigma."""
+    policy = AugmentConfig(level=None)
+    unchunked = _rates([128] * 8 * 16, policy, seed=0)  # 16384 images each
+    chunked = _rates([1024] * 16, policy, seed=1)
+    rates = (unchunked + chunked) / 2  # (n_select, ops + levels + 1)
+    sigma = (rates * (1 - rates) * 2 / 16384).sqrt()  # of the difference of two rates
+    assert ((unchunked - chunked).abs() <= 5 * sigma).all()
+    assert ((chunked[:, :14] - 1 / 14).abs() < 0.02).all()  # uniform over the 14 ops
+    # flip and Cutout: per image from the pixel generator, whatever the call's size
+    x = images(torch.uint8, b=1, size=8).expand(1024, 3, 8, 8).contiguous()
+    flip = AugmentConfig(n_select=0, flip_p=0.5, cutout_p=0.0)
+    cut = AugmentConfig(n_select=0, flip_p=0.0, cutout_p=0.5, cutout_size=0.25)
+    for policy, seen in (
+        (flip, lambda y: (y == x.flip(-1)).flatten(1).all(1)),
+        (cut, lambda y: (y != x).flatten(1).any(1)),
+    ):
+        g = torch.Generator().manual_seed(0)
+        one = train_augment(x, policy, g)  # K=8: one call
+        eight = torch.cat([train_augment(part, policy, g) for part in x.split(128)])  # K=1
+        for y in (one, eight):
+            assert abs(float(seen(y).float().mean()) - 0.5) < 5 * 0.5 / 32  # 5 sigma
+
+
+def test_a_chunk_serves_its_batches_and_can_be_redone():
+    x = images(torch.uint8, b=24, size=8)  # 3 steps of 8 images
+    pixels, choices = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    policy = AugmentConfig(level=None)
+    chunk = Chunk.augment(x, 6, 3, policy, pixels, choices)
+    assert [chunk.holds(s) for s in (5, 6, 8, 9)] == [False, True, True, False]
+    assert torch.equal(chunk.batch(7, 8), chunk.x[8:16]) and chunk.x.shape == x.shape
+    after = pixels.get_state(), choices.get_state()
+    pixels.set_state(chunk.states[0]), choices.set_state(chunk.states[1])  # as a resume does
+    again = Chunk.augment(x, 6, 3, policy, pixels, choices)
+    assert torch.equal(again.x, chunk.x)
+    assert torch.equal(pixels.get_state(), after[0]) and torch.equal(choices.get_state(), after[1])
+    off = Chunk.augment(x, 0, 3, AugmentConfig(enabled=False), pixels, choices)
+    assert off.x is x  # nothing drawn, nothing copied
+    assert torch.equal(pixels.get_state(), after[0])

@@ -332,6 +332,23 @@ def test_gpu_only_in_the_gpu_overlay(rendered: dict[str, list[Obj]]) -> None:
             assert claim["spec"]["accessModes"] == [mode]
 
 
+def test_gpu_pods_run_several_workers_and_research_clones_keep_them(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    from job import runtime
+    from job.launch import clone
+
+    job = find(rendered["gpu"], "Job", "search")
+    (worker,) = job["spec"]["template"]["spec"]["containers"]
+    env = container_env(rendered["gpu"], worker)
+    procs = runtime.workers_per_pod(env)  # parsed as `search` parses it: valid
+    assert procs == 2 and (runtime.torch_threads(env) or 0) // procs >= 1
+    (cpu,) = find(rendered["local-cpu"], "Job", "search")["spec"]["template"]["spec"]["containers"]
+    assert runtime.workers_per_pod(container_env(rendered["local-cpu"], cpu)) == 1
+    (cloned,) = clone(job, "cifar10-v2", 2, NAMESPACE)["spec"]["template"]["spec"]["containers"]
+    assert container_env(rendered["gpu"], cloned)[runtime.SMS_WORKERS_PER_POD] == str(procs)
+
+
 def test_podmonitor_scrapes_the_workers(rendered: dict[str, list[Obj]]) -> None:
     monitor = find(rendered["gpu"], "PodMonitor", "worker")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"

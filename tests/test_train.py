@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,7 +134,8 @@ class _StopAfter(threading.Event):
         return self.looks < 0
 
 
-@pytest.mark.parametrize("stop_after", [15, 19])  # 15 steps an epoch: a boundary, mid-epoch
+# 15 steps an epoch, all one chunk (K = 170 for 32 16x16 images): a boundary, mid-chunk
+@pytest.mark.parametrize("stop_after", [15, 19])
 def test_preempt_and_resume_is_exact(digits16: Dataset, tmp_path, stop_after: int) -> None:
     recipe = FAST.model_copy(update=dict(epochs=3, measure_latency=False))
     policy = AugmentConfig(level=None)
@@ -145,6 +148,89 @@ def test_preempt_and_resume_is_exact(digits16: Dataset, tmp_path, stop_after: in
     assert resumed.resumed_epoch == 2
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in full.history]
     assert resumed.test_accuracy == full.test_accuracy
+
+
+def _train_chunked(
+    data: Dataset, out: Path, stop_after: int | None = None, k_before_stop: int = 4
+) -> list[float]:
+    """2 epochs in chunks of K=4 steps (15 steps an epoch: 4+4+4+3), weights to ``out``;
+    with ``stop_after``: preempted after that many steps (in chunks of ``k_before_stop``),
+    then resumed. The epochs' losses."""
+    recipe = FAST.model_copy(update=dict(epochs=2, measure_latency=False))
+    policy, checkpoint = AugmentConfig(level=None), out.with_suffix(".ckpt")
+    with pytest.MonkeyPatch.context() as patch:
+        if stop_after is not None:
+            patch.setattr(job.train, "chunk_steps", lambda batch, shape: k_before_stop)
+            with pytest.raises(Preempted):
+                stop = _StopAfter(stop_after)
+                train(TINY, policy, recipe, data, checkpoint=checkpoint, stop=stop)
+        patch.setattr(job.train, "chunk_steps", lambda batch, shape: 4)
+        result = train(TINY, policy, recipe, data, checkpoint=checkpoint, weights=out)
+    return [r.train_loss for r in result.history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    digits16: Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[float], dict[str, torch.Tensor]]:
+    out = tmp_path_factory.mktemp("chunked") / "weights.pt"
+    return _train_chunked(digits16, out), torch.load(out)
+
+
+# epoch 1: mid the 2nd chunk; epoch 2: at a chunk's start, mid the ragged last chunk
+@pytest.mark.parametrize("stop_after", [6, 15 + 8, 15 + 13])
+def test_a_stop_mid_chunk_resumes_bit_for_bit(
+    digits16: Dataset,
+    tmp_path: Path,
+    uninterrupted: tuple[list[float], dict[str, torch.Tensor]],
+    stop_after: int,
+) -> None:
+    losses = _train_chunked(digits16, tmp_path / "weights.pt", stop_after)
+    full_losses, full_weights = uninterrupted
+    assert losses == full_losses
+    weights = torch.load(tmp_path / "weights.pt")
+    assert weights.keys() == full_weights.keys()
+    assert all(torch.equal(weights[k], full_weights[k]) for k in weights)
+
+
+def test_a_checkpoint_from_before_chunks_still_loads(digits16: Dataset, tmp_path: Path) -> None:
+    """K=1 draws as the code before chunks did (one call a batch, the generators saved as
+    at the step): such a checkpoint resumes under K=4 and trains on; validly, though its
+    augmentation, hence its losses, differ from an uninterrupted run's."""
+    losses = _train_chunked(digits16, tmp_path / "weights.pt", 15 + 6, k_before_stop=1)
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+
+
+def test_chunks_serve_each_batch_its_own_images(
+    digits16: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K=4 over 15 steps: chunks 4, 4, 4, 3; batch i holds images order[32i : 32i + 32],
+    augmented (here: all flipped), with their labels."""
+    monkeypatch.setattr(job.train, "chunk_steps", lambda batch, shape: 4)
+    flip = AugmentConfig(n_select=0, flip_p=1.0, cutout_p=0.0)
+    for policy, expected in ((flip, lambda x: x.flip(-1)), (OFF, lambda x: x)):
+        trainer = Trainer(build_model(TINY), policy, FAST, digits16, torch.device("cpu"))
+        trainer.start_epoch(1)
+        assert trainer.pos.order is not None and trainer.steps == 15
+        chunks = []
+        for i in range(trainer.steps):
+            x, y = trainer.batch(i)
+            idx = trainer.pos.order[i * 32 : (i + 1) * 32]
+            assert torch.equal(x, trainer.norm(expected(digits16.train.x[idx])))
+            assert torch.equal(y, digits16.train.y[idx])
+            assert trainer._chunk is not None
+            chunks.append((trainer._chunk.first, trainer._chunk.steps))
+        assert sorted(set(chunks)) == [(0, 4), (4, 4), (8, 4), (12, 3)]
+
+
+def test_a_chunk_is_at_most_the_rest_of_the_epoch(digits16: Dataset) -> None:
+    """K by the working set (job.augment.chunk_steps, tested in test_augment.py): 170 steps
+    of 32 16x16 images, capped at the epoch's 15 steps."""
+    trainer = Trainer(build_model(TINY), AugmentConfig(), FAST, digits16, torch.device("cpu"))
+    assert trainer.chunk_steps == 170
+    trainer.start_epoch(1)
+    trainer.batch(0)
+    assert trainer._chunk is not None and (trainer._chunk.first, trainer._chunk.steps) == (0, 15)
 
 
 def test_a_network_is_measured_once_on_meta_and_built_once(

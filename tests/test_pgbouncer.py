@@ -1,0 +1,331 @@
+"""The storage stage behind a transaction-mode PgBouncer: the component's manifests, and
+a real PgBouncer (tests/pgbouncer.py) in front of the suite's PostgreSQL.
+
+Why the locks are what they are (job/storage/locks.py): a session advisory lock leaks to
+the next client of its pooled server connection, and a client waiting for a lock inside
+the server starves the holder of the pool; transaction locks waited for by retrying
+serialise through the pooler. Then the acceptance run (4 workers, one SIGKILLed, one
+preempted, exactly the budget) through PgBouncer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2  # type: ignore[import-untyped]  # no stubs installed
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from job import runtime
+from job.pgserver import External, Server
+from job.storage import database_lock
+from job.storage.locks import lock_key
+from tests import test_postgres
+from tests.kube import (
+    NAMESPACE,
+    VERSIONS,
+    Obj,
+    container_env,
+    containers,
+    copy_tree,
+    example_env,
+    find,
+    ours,
+    pod_labels,
+    pod_spec,
+    render_with,
+    validation_errors,
+)
+from tests.pgbouncer import Bouncer, bouncer, find_binary
+from tests.proc import ROOT
+
+COMPONENT = "components: [../../components/pgbouncer]\n"
+IMAGE = "docker.io/edoburu/pgbouncer:v1.25.1-p0"
+# The downward API's values research's env reads, for container_env.
+FIELDS = {
+    "metadata.namespace": NAMESPACE,
+    "metadata.labels['batch.kubernetes.io/job-name']": "research-29000000",
+}
+# Every pod of ours that opens the storage: (kind, name, container).
+CLIENTS = {
+    ("Job", "search", "worker"),
+    ("Job", "collect", "collect"),
+    ("CronJob", "research", "research"),
+    ("Deployment", "dashboard", "dashboard"),
+    ("Deployment", "dashboard", "exporter"),
+}
+
+
+# --- the component: k8s/components/pgbouncer ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base with the component, as an overlay would add it (a real password: the
+    example's is refused when the URL is built)."""
+    database = example_env() | {"POSTGRES_PASSWORD": "n0t-the-example"}
+    tree = copy_tree(tmp_path_factory.mktemp("k8s"), database)
+    return render_with(tree, "pooled", "resources: [../../base]\n" + COMPONENT)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_component_validates_strictly(pooled: list[Obj], version: str) -> None:
+    errors = validation_errors(pooled, version)
+    assert not errors, "\n".join(errors)
+
+
+def test_our_pods_reach_postgres_through_pgbouncer(pooled: list[Obj]) -> None:
+    service = find(pooled, "Service", "pgbouncer")
+    (port,) = service["spec"]["ports"]
+    seen = set()
+    for obj in pooled:
+        spec = pod_spec(obj)
+        for container in containers(spec) if spec else []:
+            if not ours(container):
+                continue
+            env = container_env(pooled, container, FIELDS)
+            where = (obj["kind"], obj["metadata"]["name"], container["name"])
+            assert env["POSTGRES_HOST"] == service["metadata"]["name"], where
+            assert env["POSTGRES_PORT"] == str(port["port"]), where
+            url = make_url(str(runtime.storage_url(env)))
+            assert (url.host, url.port) == ("pgbouncer", 6432), where
+            seen.add(where)
+    assert seen == CLIENTS
+
+
+def test_pgbouncer_pools_transactions_for_the_real_server(pooled: list[Obj]) -> None:
+    deployment = find(pooled, "Deployment", "pgbouncer")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == IMAGE  # pinned, never latest
+    env = container_env(pooled, container)
+    assert env["POOL_MODE"] == "transaction"
+    assert int(env["MAX_CLIENT_CONN"]) >= 1000
+    assert 30 <= int(env["DEFAULT_POOL_SIZE"]) <= int(env["MAX_DB_CONNECTIONS"]) <= 50
+    assert int(env["DEFAULT_POOL_SIZE"]) + int(env["RESERVE_POOL_SIZE"]) <= 50
+    assert env["AUTH_TYPE"] == "scram-sha-256"  # what postgres:16 stores passwords as
+    # the server the Secret names (not the patched env: never itself), with its credentials
+    assert (env["DB_HOST"], env["DB_PORT"]) == ("postgres", "5432")
+    assert env["DB_USER"] == "sms" and env["DB_NAME"] == "optuna"
+    assert env["DB_PASSWORD"] == "n0t-the-example"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"pgbouncer": int(env["LISTEN_PORT"])} == {"pgbouncer": 6432}
+    service = find(pooled, "Service", "pgbouncer")
+    assert service["spec"]["selector"].items() <= pod_labels(deployment).items()
+    assert service["spec"]["ports"][0]["targetPort"] == "pgbouncer"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["tcpSocket"]["port"] == "pgbouncer"
+
+
+def test_pgbouncer_is_locked_down_sized_and_labelled(pooled: list[Obj]) -> None:
+    added = [o for o in pooled if o["metadata"]["name"] == "pgbouncer"]
+    assert {o["kind"] for o in added} == {"Deployment", "Service", "NetworkPolicy"}
+    for obj in added:
+        labels = obj["metadata"]["labels"]
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        assert labels["app.kubernetes.io/part-of"] == "small-model-search"
+        for key in ("name", "component", "version", "managed-by"):
+            assert f"app.kubernetes.io/{key}" in labels
+    deployment = find(pooled, "Deployment", "pgbouncer")
+    spec = deployment["spec"]["template"]["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["enableServiceLinks"] is False and spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    for section in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][section])
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    # where the entrypoint writes pgbouncer.ini and the auth file, and /tmp: emptyDirs
+    assert {"/etc/pgbouncer", "/tmp"} == set(mounts)
+    assert all("emptyDir" in v for v in mounts.values())
+    # the postgres NetworkPolicy lets it in as one of ours
+    assert pod_labels(deployment)["app.kubernetes.io/part-of"] == "small-model-search"
+
+
+def test_only_this_app_reaches_pgbouncer(pooled: list[Obj]) -> None:
+    policy = find(pooled, "NetworkPolicy", "pgbouncer")["spec"]
+    deployment = find(pooled, "Deployment", "pgbouncer")
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    ours_only = {"matchLabels": {"app.kubernetes.io/part-of": "small-model-search"}}
+    assert rule["from"] == [{"podSelector": ours_only}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6432}]
+
+
+def test_in_no_overlay_by_default_and_with_a_managed_server(tmp_path: Path) -> None:
+    for overlay in sorted((ROOT / "k8s" / "overlays").glob("*/kustomization.yaml")):
+        assert "pgbouncer" not in str(yaml.safe_load(overlay.read_text()).get("components"))
+    database = example_env() | {"POSTGRES_HOST": "db.example.com", "POSTGRES_PASSWORD": "x1"}
+    objs = render_with(
+        copy_tree(tmp_path, database),
+        "managed-pooled",
+        "resources: [../gpu]\n"
+        "components: [../../components/external-postgres, ../../components/pgbouncer]\n",
+    )
+    assert not [o for o in objs if o["metadata"]["name"] == "postgres"]
+    (container,) = find(objs, "Deployment", "pgbouncer")["spec"]["template"]["spec"]["containers"]
+    assert container_env(objs, container)["DB_HOST"] == "db.example.com"
+    worker = find(objs, "Job", "search")["spec"]["template"]["spec"]["containers"][0]
+    assert container_env(objs, worker)["POSTGRES_HOST"] == "pgbouncer"
+    assert not validation_errors(objs, VERSIONS[-1])
+
+
+# --- a real PgBouncer in front of the suite's PostgreSQL ------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(postgres: Server | External) -> Server:
+    if not isinstance(postgres, Server):
+        pytest.skip("PgBouncer is started in front of the suite's own throwaway server")
+    if find_binary(required=os.environ.get("CI") == "true") is None:
+        pytest.skip("no pgbouncer here: apt-get install pgbouncer (under CI=true this fails)")
+    return postgres
+
+
+@pytest.fixture(scope="module")
+def pool(server: Server) -> Iterator[Bouncer]:
+    """A PgBouncer as the component configures it, but with 2 server connections."""
+    with bouncer(server, default_pool_size=2, max_db_connections=2) as running:
+        yield running
+
+
+def _connect(url: str, autocommit: bool = True) -> Any:
+    """A psycopg2 connection to the database `url` names; without `autocommit` its first
+    statement begins a transaction (pinning a server connection through PgBouncer)."""
+    parts = make_url(url)
+    conn = psycopg2.connect(
+        host=parts.host, port=parts.port, user=parts.username, password=parts.password,
+        dbname=parts.database,
+    )  # fmt: skip
+    conn.autocommit = autocommit
+    return conn
+
+
+def _one(conn: Any, sql: str, *args: object) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()[0]
+
+
+def test_a_session_lock_leaks_to_the_next_client_through_pgbouncer(server: Server) -> None:
+    """Why `pg_advisory_lock` had to go: behind a transaction pool, client B is handed
+    the server connection on which client A took the lock, and takes it "again"."""
+    with bouncer(server, default_pool_size=1, max_db_connections=1) as one:
+        url = one.url(server.new_database())
+        a, b = _connect(url), _connect(url)
+        try:
+            _one(a, "SELECT pg_advisory_lock(%s)", 42)  # held by A's session, A thinks
+            assert _one(b, "SELECT pg_try_advisory_lock(%s)", 42) is True  # two holders
+            assert _one(a, "SELECT pg_backend_pid()") == _one(b, "SELECT pg_backend_pid()")
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_waiter_inside_the_server_starves_the_holder_of_the_pool(
+    server: Server, pool: Bouncer
+) -> None:
+    """Why the wait is ours: with both pooled server connections taken, one by the
+    holder's lock transaction and one by a client blocked in `pg_advisory_xact_lock`,
+    the holder's own next query (on another client connection, as Optuna's) waits."""
+    direct = server.new_database()
+    url = pool.url(direct)
+    holder, waiter, work = _connect(url, False), _connect(url, False), _connect(url)
+    watch = _connect(direct)  # straight to the server, beside the pool
+    try:
+        assert _one(holder, "SELECT pg_try_advisory_xact_lock(%s)", 7) is True
+        wait = (waiter, "SELECT pg_advisory_xact_lock(%s)", 7)
+        blocked = threading.Thread(target=_one, args=wait)
+        blocked.start()
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        deadline = time.monotonic() + 30
+        while _one(watch, waiting) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the waiter is blocked in the server
+        answered: list[int] = []
+        query = threading.Thread(target=lambda: answered.append(_one(work, "SELECT 1")))
+        query.start()
+        query.join(1.0)
+        assert not answered  # starved: no server connection for the holder's work
+        holder.commit()  # the lock goes; the waiter takes it, commits, frees its connection
+        blocked.join(5)
+        waiter.commit()
+        query.join(5)
+        assert answered == [1]
+    finally:
+        for conn in (holder, waiter, work, watch):
+            conn.close()
+
+
+def test_database_lock_serialises_more_waiters_than_server_connections(
+    server: Server, pool: Bouncer
+) -> None:
+    """Six threads (four lock connections at a time, the lock engine's pool) share two
+    server connections; each holder queries through the same pool while it holds the
+    lock: one holder at a time, nobody starved, every lock released (COMMIT)."""
+    url = pool.url(server.new_database())
+    inside: list[int] = []
+    overlaps, done = [], []
+
+    def claim(i: int) -> None:
+        for _ in range(3):
+            with database_lock(url, "budget:pooled"):
+                inside.append(i)
+                if len(inside) > 1:
+                    overlaps.append(list(inside))
+                work = _connect(url)  # the holder's own queries, as Optuna's engine's
+                try:
+                    assert _one(work, "SELECT 1") == 1
+                finally:
+                    work.close()
+                time.sleep(0.01)
+                inside.remove(i)
+        done.append(i)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(done) == list(range(6)) and not overlaps
+    check = _connect(url, autocommit=False)
+    try:  # released: a fresh transaction takes it at once
+        assert _one(check, "SELECT pg_try_advisory_xact_lock(%s)", lock_key("budget:pooled"))
+    finally:
+        check.close()
+
+
+class _Pooled:
+    """The `postgres` fixture's face for test_postgres' scenarios: each new database
+    is reached through PgBouncer."""
+
+    def __init__(self, server: Server, pool: Bouncer) -> None:
+        self.server, self.pool = server, pool
+
+    def new_database(self) -> str:
+        return self.pool.url(self.server.new_database())
+
+
+@pytest.mark.slow
+def test_exact_budget_with_a_killed_and_a_preempted_worker_through_pgbouncer(
+    server: Server, tmp_path: Path
+) -> None:
+    """The acceptance run of tests/test_postgres.py, as it is, through a PgBouncer of 4
+    server connections for 4 workers' ~12 client connections (and the test's own)."""
+    with bouncer(server, default_pool_size=4, max_db_connections=4) as four:
+        pooled: Any = _Pooled(server, four)
+        test_postgres.test_four_workers_one_killed_one_preempted_exact_budget(pooled, tmp_path)
