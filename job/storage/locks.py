@@ -1,5 +1,6 @@
-"""Locks: the run lock (`run --fresh` never deletes a study in use), PostgreSQL advisory
-locks (schema, study creation) and the budget lock (count-and-ask, one worker at a time).
+"""The storage stage's locks: the run lock (`run --fresh` never deletes a study in use),
+PostgreSQL advisory locks (schema, study creation, research) and the budget lock
+(count-and-ask, one worker at a time).
 
 Every PostgreSQL advisory lock here is transaction-scoped (`pg_try_advisory_xact_lock`
 inside an explicit transaction on a connection of its own, released by its COMMIT or
