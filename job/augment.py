@@ -61,9 +61,9 @@ __all__ = [
 
 _LOCAL = threading.local()
 
-# The float working set one augmentation call may take. 64 MiB: past a few thousand
-# 32x32 images a CPU call stops getting faster per image (the working set leaves the
-# cache), and on a GPU it is small next to the model's activations.
+# The float working set one augmentation call may take. 64 MiB: on the 2-core dev CPU a
+# call gets no faster per image past about 768 32x32 images (the arithmetic dominates
+# there, see docs/BENCHMARKS.md); on a GPU it is small next to the activations.
 CHUNK_BYTES = 64 << 20
 # float copies of the images alive at the peak of a call: our two buffers (`_buffers`)
 # and an op's temporaries on its run of rows
