@@ -9,8 +9,9 @@ instead of training, ``study.tell``. Storage calls go through ``job.storage.pers
 as a worker's do; a worker that cannot open the study ("too many clients") is refused,
 as a pod would exit 1. The threads share ``--processes`` spawned processes. A tenth of
 the workers die in their first trial (the heartbeat stops, no tell, their connections
-close): with ``heartbeat_interval_s`` 1 and ``grace_period_s`` 3 a live worker's claim
-fails the trial as stale and Optuna's retry callback queues a copy for the next claim.
+close): with ``heartbeat_interval_s`` 1 (``--heartbeat S``; the product's default is 10)
+and ``grace_period_s`` 3 (3 S) a live worker's claim fails the trial as stale and
+Optuna's retry callback queues a copy for the next claim.
 
 PostgreSQL: a throwaway server (``job.pgserver``, ``max_connections`` 100, its default).
 PgBouncer (``tests/pgbouncer.py``) as ``k8s/components/pgbouncer`` sets it: transaction
@@ -25,7 +26,7 @@ duplicated (COMPLETE past the budget, or a trial and its retries completing twic
 seconds from a kill to its retry being claimed.
 
     .venv/bin/python bench/fleet.py [--workers 16,64,256] [--processes 4]
-        [--trials-per-worker 2] [--sleep 0.2,1.0] [--via direct,pgbouncer]
+        [--trials-per-worker 2] [--sleep 0.2,1.0] [--heartbeat 1] [--via direct,pgbouncer]
         [--deadline 240] [--lock-pause-max S] [--direct-waits-in-server]
 
 One ``FLEET`` line per run, a markdown table, and last ``RESULT workers=<max W> lost=…
@@ -41,7 +42,8 @@ import random
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from job import search
 from job.config import Config, parse_config
 from job.pgserver import PASSWORD, USER, Server, throwaway_server
 from job.search import claim_trial, open_study
@@ -65,10 +68,13 @@ SLEEP_S = "0.2,1.0"  # a trial's length, uniform between the two (--sleep)
 POLL_S = 2.0  # a worker's pause when every open slot runs elsewhere (Worker.run's)
 
 
-def fleet_config(budget: int) -> Config:
+def fleet_config(budget: int, heartbeat_s: int = 1) -> Config:
+    """The study: a beat every `heartbeat_s` (the product's default is 10), stale after
+    three missed (the default grace is 60 s: kills would take a minute to retry)."""
     study = {
-        "name": "fleet", "budget": budget, "sampler": "random", "heartbeat_interval_s": 1,
-        "grace_period_s": 3, "max_retry": 3, "db_outage_deadline_s": 20,
+        "name": "fleet", "budget": budget, "sampler": "random",
+        "heartbeat_interval_s": heartbeat_s, "grace_period_s": 3 * heartbeat_s,
+        "max_retry": 3, "db_outage_deadline_s": 20,
     }  # fmt: skip
     return parse_config({"study": study, "objectives": ["accuracy"]})
 
@@ -143,7 +149,7 @@ def serve(task: dict[str, Any], results: Any, go: Any) -> None:
     seconds to open)) once all have opened the study, then ("done", figures)."""
     out: dict[str, Any] = {
         "first_claims": [], "claims": [], "waits": [], "kills": [], "retries": [], "refused": [],
-        "gave_up": [], "told_stale": 0,
+        "gave_up": [], "told_stale": 0, "held": [], "lock_waits": [],
     }  # fmt: skip
     if task["pause"]:  # a cap other than the product's, to see what it costs
         locks._LONGEST_PAUSE_S = task["pause"]
@@ -160,6 +166,21 @@ def serve(task: dict[str, Any], results: Any, go: Any) -> None:
         return mine_engine.engine
 
     locks._lock_engine = lock_engine  # type: ignore[assignment]
+    product_lock = search.budget_lock  # type: ignore[attr-defined]
+
+    @contextmanager
+    def timed_lock(url: str, name: str) -> Iterator[None]:
+        """The product's budget lock, timed: its wait, and the work done holding it."""
+        t0 = time.perf_counter()
+        with product_lock(url, name):
+            t1 = time.perf_counter()
+            try:
+                yield
+            finally:
+                out["held"].append((time.perf_counter() - t1) * 1000)
+                out["lock_waits"].append((t1 - t0) * 1000)
+
+    search.budget_lock = timed_lock  # type: ignore[assignment,attr-defined]  # claim_trial's, by name
     mine = task["workers"]
     ready = threading.Barrier(len(mine) + 1)
     started = threading.Event()
@@ -270,11 +291,13 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run(server: Server, via: str, url: str, workers: int, args: argparse.Namespace) -> dict:
+def run(
+    server: Server, via: str, url: str, workers: int, args: argparse.Namespace
+) -> dict[str, Any]:
     """One configuration: W workers on a fresh study through `url`; its figures."""
     budget = max(32, args.trials_per_worker * workers)
     database = url.rsplit("/", 1)[1]
-    config = fleet_config(budget)
+    config = fleet_config(budget, args.heartbeat)
     victims = set(random.Random(workers).sample(range(workers), round(KILLED * workers)))
     ctx = mp.get_context("spawn")
     results, go = ctx.Queue(), ctx.Event()
@@ -307,6 +330,8 @@ def run(server: Server, via: str, url: str, workers: int, args: argparse.Namespa
     later = sorted(c for out in outs for c in out["claims"])  # once a worker has run a trial
     claims = sorted(later + [c for out in outs for c in out["first_claims"]])
     waits = sorted(c for out in outs for c in out["waits"])
+    held = sorted(c for out in outs for c in out["held"])
+    lock_waits = sorted(c for out in outs for c in out["lock_waits"])
     kills = dict(k for out in outs for k in out["kills"])
     retried: dict[int, float] = {}
     for number, at in (r for out in outs for r in out["retries"]):
@@ -321,6 +346,8 @@ def run(server: Server, via: str, url: str, workers: int, args: argparse.Namespa
         "claim_p99_ms": percentile(claims, 0.99),
         "later_p50_ms": percentile(later, 0.5), "later_p99_ms": percentile(later, 0.99),
         "waits": len(waits), "wait_p99_ms": percentile(waits, 0.99),
+        "locked": len(held), "lock_wait_p99_ms": percentile(lock_waits, 0.99),
+        "held_p50_ms": percentile(held, 0.5), "held_p99_ms": percentile(held, 0.99),
         "peak_connections": peaked, "refused": refused,
         "gave_up": sum(len(out["gave_up"]) for out in outs),
         "unfinished": sum(out["unfinished"] for out in outs),
@@ -338,6 +365,8 @@ COLUMNS = (
     ("via", "{}"), ("workers", "{}"), ("budget", "{}"), ("trials_per_s", "{:.1f}"),
     ("claim_p50_ms", "{:.0f}"), ("claim_p99_ms", "{:.0f}"), ("later_p50_ms", "{:.0f}"),
     ("later_p99_ms", "{:.0f}"), ("waits", "{}"), ("wait_p99_ms", "{:.0f}"),
+    ("locked", "{}"), ("lock_wait_p99_ms", "{:.0f}"), ("held_p50_ms", "{:.1f}"),
+    ("held_p99_ms", "{:.1f}"),
     ("peak_connections", "{}"),
     ("refused", "{}"), ("gave_up", "{}"), ("lost", "{}"), ("duplicated", "{}"),
     ("killed", "{}"), ("retried", "{}"), ("retry_s", "{:.1f}"), ("retry_s_max", "{:.1f}"),
@@ -354,6 +383,7 @@ def main() -> int:
     parser.add_argument("--workers", default="16,64,256", help="worker counts, comma-separated")
     parser.add_argument("--processes", type=int, default=4, help="processes the threads share")
     parser.add_argument("--sleep", default=SLEEP_S, help="a trial's seconds: min,max")
+    parser.add_argument("--heartbeat", type=int, default=1, help="heartbeat interval, s")
     parser.add_argument("--trials-per-worker", type=int, default=2, help="budget = this x W")
     parser.add_argument("--deadline", type=float, default=240, help="seconds a run may take")
     parser.add_argument("--lock-pause-max", type=float, help="the lock's longest pause, s")

@@ -2,7 +2,7 @@
 
 N worker processes share one 2-objective study of ``--trials`` trials and run the real
 worker protocol around a trivial objective: ``job.search.claim_trial`` (our budget lock,
-stale-trial check, count, ``study.ask()``), ``job.storage.Heartbeat`` around the
+stale-trial check, count, the trial's row), ``job.storage.Heartbeat`` around the
 objective (one ``suggest_float`` and one ``suggest_categorical``, no sleep), then
 ``study.tell``, until the claim says "done". Storages: the embedded journal file
 (``journal:///tmp/…/study.journal``, a fresh temporary folder per run) and PostgreSQL (a
@@ -13,7 +13,8 @@ fresh database per run); worker counts from ``--workers``. Each run reports:
 * the cost of one trial as one worker sees it: the mean time of claim + heartbeat +
   objective + tell, measured inside the workers (trial-weighted over all workers), split
   into our lock (waiting for it, taking it, letting it go), the stale-trial check, the
-  count (``get_trials``), ``ask``, the heartbeat, the objective (suggests) and ``tell``.
+  count (``count_states``), ``ask`` (``take_trial``; the rest of an ask, outside the lock,
+  counts as lock), the heartbeat, the objective (suggests) and ``tell``.
   Polls while every open slot is still running elsewhere ("wait") are not counted there;
   "cpu" is the workers' own CPU time per trial (process time, heartbeat threads included),
   so ms/trial minus cpu is time spent waiting: on the lock, the database, the CPU;
@@ -95,11 +96,11 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
     study = open_study(config, url, worker_index=task["index"])
     sums = dict.fromkeys(PHASES, 0.0)
     inner = dict.fromkeys(PHASES, 0.0)  # parts of claim_trial, timed from inside it
-    # claim_trial calls these three by attribute (fail_stale_trials: job.search's); wrapping
-    # them splits its time
-    study.ask = timed(inner, "ask", study.ask)  # type: ignore[method-assign]
-    study.get_trials = timed(inner, "count", study.get_trials)  # type: ignore[method-assign]
+    # claim_trial calls these by job.search's names; wrapping them splits its time
+    search.take_trial = timed(inner, "ask", task["take_trial"])
+    search.count_states = timed(inner, "count", task["count_states"])
     search.fail_stale_trials = timed(inner, "stale", task["fail_stale"])
+    search.has_stale_trials = timed(inner, "stale", task["has_stale"])
     results.put(("ready", task["index"]))
     go.get()
     trials = waits = 0
@@ -137,15 +138,22 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
 
 def serve(index: int, tasks: Any, go: Any, results: Any) -> None:
     """A pooled worker process: one task per run, until it gets None."""
-    fail_stale = search.fail_stale_trials
+    # claim_trial's parts, unwrapped: each run wraps them afresh (run_worker)
+    parts: dict[str, Any] = {
+        "fail_stale": search.fail_stale_trials, "has_stale": search.has_stale_trials,
+        "count_states": search.count_states, "take_trial": search.take_trial,
+    }  # fmt: skip
     while (task := tasks.get()) is not None:
         try:
-            task = {**task, "index": index, "fail_stale": fail_stale}
+            task = {**task, "index": index, **parts}
             results.put(("done", run_worker(task, go, results)))
         except BaseException:
             results.put(("error", f"worker {index}:\n{traceback.format_exc()}"))
         finally:
-            search.fail_stale_trials = fail_stale
+            search.fail_stale_trials = parts["fail_stale"]
+            search.has_stale_trials = parts["has_stale"]
+            search.count_states = parts["count_states"]
+            search.take_trial = parts["take_trial"]
 
 
 # ---- the parent side ------------------------------------------------------------------

@@ -30,6 +30,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,9 +51,11 @@ from job.storage import (
     ParamHold,
     StudyNotFoundError,
     budget_lock,
+    count_states,
     database_lock,
     fail_stale_trials,
     frozen_trial,
+    has_stale_trials,
     hold_study,
     open_storage,
     persist,
@@ -60,6 +63,7 @@ from job.storage import (
     resolve_storage,
     save_user_attrs,
     study_exists,
+    take_trial,
 )
 from job.train import EpochRecord, Preempted, TrainError, TrainResult, check_fit, train
 from job.verify import SPEC_ATTR, Retrain, claim_retrain
@@ -71,10 +75,14 @@ __all__ = [
     "JOURNAL",
     "Worker",
     "claim_trial",
-    "fail_stale_trials",  # claim_trial calls it by this name (bench/storage.py times it)
+    # claim_trial calls these by these names (bench/storage.py times them)
+    "count_states",
+    "fail_stale_trials",
+    "has_stale_trials",
     "open_study",
     "redact",
     "resolve_storage",
+    "take_trial",
 ]
 
 # A worker whose trials keep failing stops (exit 2, one line quoting the first failure
@@ -156,19 +164,36 @@ def open_study(
 
 
 def claim_trial(study: optuna.Study, budget: int, storage_url: str) -> optuna.Trial | str:
-    """A new trial, or "done" (budget met) or "wait" (every open slot is running)."""
+    """A new trial, or "done" (budget met) or "wait" (every open slot is running). Only
+    the count and the trial's row are made under the budget lock, a few statements
+    whatever the study's size: every worker of the fleet queues for it."""
+    # First a look without the lock: "done" is final, and "wait" while no trial is stale
+    # is what the lock would say too; a fleet's idle workers poll (`Worker.run`) and would
+    # otherwise queue for the lock with the workers that have a trial to claim.
+    states = count_states(study)
+    if states[TrialState.COMPLETE] >= budget:
+        return "done"
+    if _full(states, budget) and not has_stale_trials(study):
+        return "wait"
     with budget_lock(storage_url, study.study_name):
         # Trials whose worker stopped beating fail here (PostgreSQL: Optuna's heartbeat
         # table; the journal: beat files, job.storage.BeatingJournalStorage); the retry
-        # callback queues a WAITING copy with the same params, which the next ask() takes.
+        # callback queues a WAITING copy with the same params, which take_trial takes.
         fail_stale_trials(study)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        complete = sum(t.state == TrialState.COMPLETE for t in trials)
-        if complete >= budget:
+        states = count_states(study)
+        if states[TrialState.COMPLETE] >= budget:
             return "done"
-        if len(trials) >= budget:
+        if _full(states, budget):
             return "wait"
-        return study.ask()
+        trial_id = take_trial(study, states[TrialState.WAITING])
+    # the rest of `study.ask()`, outside the lock: samplers read the study afresh
+    study._thread_local.cached_all_trials = None
+    return optuna.Trial(study, trial_id)
+
+
+def _full(states: Counter[TrialState], budget: int) -> bool:
+    """Every slot of the budget is complete or running (a WAITING retry needs a slot)."""
+    return states[TrialState.COMPLETE] + states[TrialState.RUNNING] >= budget
 
 
 def code_version() -> str:

@@ -43,7 +43,7 @@ from job.model import (
     spec_from_yaml,
 )
 from job.select import Choice, Record, select, to_verify
-from job.storage import budget_lock, fail_stale_trials
+from job.storage import budget_lock, count_states, fail_stale_trials
 from job.study import is_feasible, pareto_trials, values_of
 from job.train import TrainError, check_fit
 
@@ -261,10 +261,10 @@ def claim_retrain(verify: optuna.Study, storage_url: str) -> optuna.Trial | str:
     the lock and only when a queued one is there for it to take."""
     with budget_lock(storage_url, verify.study_name):
         fail_stale_trials(verify)  # a dead worker's retrain goes back in the queue
-        states = [t.state for t in verify.get_trials(deepcopy=False)]
-        if TrialState.WAITING in states:
+        states = count_states(verify)
+        if states[TrialState.WAITING]:
             return verify.ask()
-        return "wait" if TrialState.RUNNING in states else "done"
+        return "wait" if states[TrialState.RUNNING] else "done"
 
 
 def unfinished(verify: optuna.Study) -> int:

@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -23,10 +26,12 @@ from job.search import (
     TrialsKeepFailing,
     Worker,
     claim_trial,
+    count_states,
     open_study,
     redact,
     resolve_storage,
 )
+from job.storage import Heartbeat, budget_lock
 from job.train import TrainError, train
 from tests.proc import ROOT, free_port, journal_url, run_job
 
@@ -85,6 +90,70 @@ def test_claims_stop_at_the_budget_counting_running_trials(tiny: Path, tmp_path:
     study.tell(claimed[1], [0.5, 10.0])
     study.tell(third, [0.6, 20.0])
     assert claim_trial(study, 2, url) == "done"
+
+
+def _in_a_thread(call: Callable[[], object], timeout_s: float = 20.0) -> object:
+    """`call()`'s answer from another thread, or a failure if it blocks past the timeout."""
+    answer: list[object] = []
+    thread = threading.Thread(target=lambda: answer.append(call()), daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert answer, f"blocked for over {timeout_s:g} s"
+    return answer[0]
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_wait_and_done_need_no_lock_a_stale_trial_is_claimed_under_it(
+    storage: str, tiny: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Idle workers poll: "wait" and "done" come from a count without the budget lock
+    (here held by another worker throughout), so they never queue with the claims; a
+    full study with a stale trial is not "wait": that claim takes the lock, fails the
+    trial and takes its retry. The count is the database's (`count_states`)."""
+    text = TINY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
+    path = tmp_path / "beating.yaml"
+    path.write_text(text)
+    config = load_config(path)
+    if storage == "journal":
+        url = journal_url(tmp_path)
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    study = open_study(config, url)
+    first, second = claim_trial(study, 2, url), claim_trial(study, 2, url)
+    assert isinstance(first, optuna.Trial) and isinstance(second, optuna.Trial)
+    assert count_states(study) == Counter(t.state for t in study.get_trials())
+    assert count_states(study)[TrialState.RUNNING] == 2
+    held, release = threading.Event(), threading.Event()
+
+    def another_worker_claiming() -> None:
+        with budget_lock(url, study.study_name):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=another_worker_claiming, daemon=True)
+    holder.start()
+    assert held.wait(20)
+    try:
+        with Heartbeat(study, first):
+            assert _in_a_thread(lambda: claim_trial(study, 2, url)) == "wait"
+            study.tell(first, [0.5, 10.0])
+        # `second` never beat: past the grace period it is stale, and the claim queues
+        time.sleep(3.5)
+        claim = threading.Thread(target=lambda: claimed.append(claim_trial(study, 2, url)))
+        claimed: list[object] = []
+        claim.start()
+        claim.join(1.0)
+        assert claim.is_alive() and not claimed  # waits for the lock: it has work to do
+    finally:
+        release.set()
+    claim.join(20)
+    retry = claimed[0]
+    assert isinstance(retry, optuna.Trial)
+    assert study.get_trials()[retry.number].system_attrs["failed_trial"] == second.number
+    assert study.get_trials()[second.number].user_attrs["fail_reason"] == "stale"
+    study.tell(retry, [0.6, 20.0])
+    with budget_lock(url, study.study_name):  # held again: "done" needs no lock either
+        assert _in_a_thread(lambda: claim_trial(study, 2, url), timeout_s=20) == "done"
 
 
 @pytest.mark.slow

@@ -30,13 +30,16 @@ from job.storage.base import (
     StorageURLError,
     StudyInUseError,
     StudyNotFoundError,
+    count_states,
     persist,
+    take_trial,
 )
 from job.storage.heartbeat import (
     BEATS,
     BeatingJournalStorage,
     Heartbeat,
     fail_stale_trials,
+    has_stale_trials,
     silent_trials,
 )
 from job.storage.locks import budget_lock, database_lock, fresh_study, hold_study
@@ -67,10 +70,12 @@ __all__ = [
     "StudyNotFoundError",
     "budget_lock",
     "check_storage_url",
+    "count_states",
     "database_lock",
     "fail_stale_trials",
     "fresh_study",
     "frozen_trial",
+    "has_stale_trials",
     "hold_study",
     "open_storage",
     "persist",
@@ -80,6 +85,7 @@ __all__ = [
     "save_user_attrs",
     "silent_trials",
     "study_exists",
+    "take_trial",
     "upload_trial_files",
     "wait_for_database",
     "wait_for_study",

@@ -8,7 +8,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,16 @@ class BeatingJournalStorage(JournalStorage, BaseHeartbeat):
         except FileNotFoundError:
             self.beats.mkdir(parents=True, exist_ok=True)
             beat.touch()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """Optuna's, and a finished trial's beat file goes with its last write (its
+        heartbeat stopped before its tell; `_sweep` catches a file left by a crash)."""
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state.is_finished():
+            (self.beats / str(trial_id)).unlink(missing_ok=True)
+        return changed
 
     def silences(
         self, study_id: int, trials: list[FrozenTrial] | None = None
@@ -136,6 +146,14 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         if callback is not None:
             callback(study, trial)
     return numbers
+
+
+def has_stale_trials(study: optuna.Study) -> bool:
+    """Whether a RUNNING trial has been silent for longer than the grace period: what
+    `fail_stale_trials` would fail, read without failing anything (and so without the
+    budget lock)."""
+    grace = _grace_s(study._storage)
+    return any(silent > grace for silent in silent_trials(study).values())
 
 
 def _grace_s(storage: optuna.storages.BaseStorage) -> float:
