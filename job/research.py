@@ -29,7 +29,6 @@ lock; a file lock beside a journal), so two `research` at once make one version.
 from __future__ import annotations
 
 import math
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, config_fingerprint
@@ -212,14 +212,25 @@ def _fits(params: dict[str, Any], config: Config, data: Dataset) -> dict[str, An
     """The params the current space takes from `params` (a trial of another version), or
     None when it cannot take them: a value out of its range, a parameter missing, a
     network that no longer fits the images."""
-    fixed = optuna.trial.FixedTrial(params)
+    fixed = _InRange(params)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # FixedTrial warns on a value out of range
-            sample_candidate(cast(optuna.Trial, fixed), data, config)
-    except (ValueError, TypeError, TrainError, Warning):
+        sample_candidate(cast(optuna.Trial, fixed), data, config)
+    except (ValueError, TypeError, TrainError):
         return None
     return dict(fixed.params)
+
+
+class _InRange(optuna.trial.FixedTrial):
+    """A FixedTrial whose value out of its distribution's range is a ValueError, not a
+    warning: turning warnings into errors (`warnings.catch_warnings`) is process-wide, and
+    raised another thread's harmless warnings (a second research, a heartbeat)."""
+
+    def _suggest(self, name: str, distribution: BaseDistribution) -> Any:
+        if name in self._params:
+            value = self._params[name]
+            if not distribution._contains(distribution.to_internal_repr(value)):
+                raise ValueError(f"{name}={value!r} is out of {distribution}")
+        return super()._suggest(name, distribution)
 
 
 def warm_start(
