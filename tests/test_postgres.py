@@ -215,15 +215,21 @@ def test_four_workers_one_killed_one_preempted_exact_budget(
     ]
     study = open_study(load_config(path), url)
     victims: dict[int, int] = {}  # trial number → signal
+    seen: set[int] = set()  # trials seen mid-trial (params drawn) by an earlier look
     deadline = time.monotonic() + 300
     while len(victims) < 2 and time.monotonic() < deadline:
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if "params" not in trial.user_attrs:
+                continue
+            # only a trial that has just started: one seen by an earlier look may be near
+            # its end, and a signal after its tell would stop the worker between trials
+            fresh, _ = trial.number not in seen, seen.add(trial.number)
             pid = int(str(trial.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
             proc = next((w for w in workers[:2] if w.pid == pid), None)
-            if proc is None or trial.number in victims or proc.poll() is not None:
+            if not fresh or proc is None or proc.poll() is not None:
                 continue
             sig = signal.SIGKILL if proc is workers[0] else signal.SIGTERM
-            if sig in victims.values() or "params" not in trial.user_attrs:
+            if sig in victims.values():
                 continue
             time.sleep(0.5)  # some epochs in
             proc.send_signal(sig)
