@@ -505,12 +505,21 @@ class Worker:
         self._persist(lambda: save_user_attrs(self.study, trial, unsaved), "saving user attrs")
 
     def _tell(self, trial: optuna.Trial, values: list[float] | None, state: TrialState) -> None:
-        def tell() -> None:
-            # an earlier try may have been written before its connection dropped
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.study.tell(trial, values, state=state)
+        """Tell once, through outages: a try whose write landed before its connection
+        dropped is not told again (Optuna raises on a finished trial unless told to
+        skip). Finished in another state (failed as stale by another worker while this
+        one's beats lagged): UpdateFinishedTrialError, as from any write to it."""
 
-        self._persist(tell, "telling the result")
+        def tell() -> TrialState | None:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a race
+                return self.study.tell(trial, values, state=state, skip_if_finished=True).state
+            return None
+
+        stored = self._persist(tell, "telling the result")
+        if stored != state:
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"trial {trial.number} was finished elsewhere ({stored and stored.name})"
+            )
 
 
 def stop_on_sigterm(stop: threading.Event | None = None) -> None:

@@ -156,6 +156,26 @@ def test_wait_and_done_need_no_lock_a_stale_trial_is_claimed_under_it(
         assert _in_a_thread(lambda: claim_trial(study, 2, url), timeout_s=20) == "done"
 
 
+def test_a_tell_written_before_its_connection_dropped_is_not_told_twice(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """`persist` retries a tell whose reply was lost: the retry finds the trial finished
+    as told and stops there (Optuna 5 raises "Cannot tell a COMPLETE trial" otherwise);
+    a trial finished otherwise meanwhile (failed as stale elsewhere) is reported."""
+    url = journal_url(tmp_path)
+    worker = Worker(load_config(tiny), url, log=[].append)
+    trial = claim_trial(worker.study, 4, url)
+    assert isinstance(trial, optuna.Trial)
+    worker.study.tell(trial, [0.5, 10.0])  # the first try, written; its reply lost
+    worker._tell(trial, [0.5, 10.0], TrialState.COMPLETE)  # the retry: no error
+    assert [t.state for t in worker.study.get_trials()] == [TrialState.COMPLETE]
+    other = claim_trial(worker.study, 4, url)
+    assert isinstance(other, optuna.Trial)
+    worker.study.tell(other, state=TrialState.FAIL)  # failed as stale by another worker
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="FAIL"):
+        worker._tell(other, [0.6, 20.0], TrialState.COMPLETE)
+
+
 @pytest.mark.slow
 def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
     tiny: Path, tmp_path: Path
