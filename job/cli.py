@@ -8,6 +8,7 @@ with one line naming the key or file and no traceback; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import signal
 import sys
@@ -21,6 +22,7 @@ from job import __version__, logs
 from job.config import ConfigError, study_name_problem
 from job.data import DataError
 from job.model import ModelError
+from job.outputs import OutputError, OutputFolderError
 from job.runtime import MAX_WORKERS_PER_POD, EnvError
 from job.search import TrialsKeepFailing
 from job.storage import StorageDownError, StorageError, StorageURLError
@@ -36,6 +38,7 @@ from job.verbs import (
     cmd_collect,
     cmd_dashboard,
     cmd_exporter,
+    cmd_repair_journal,
     cmd_research,
     cmd_run,
     cmd_search,
@@ -85,7 +88,9 @@ def _study_arg(text: str) -> str:
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 STORAGE_HELP = (
     "Optuna storage URL (default: $OPTUNA_STORAGE, else one built from $POSTGRES_*, "
-    "then study.storage, then a journal file in the output folder)"
+    "then study.storage, then a journal file in the output folder). A password given "
+    "here stays in this process's command line, which every user of the machine can "
+    "read (ps): give such a URL in $OPTUNA_STORAGE instead"
 )
 HOLDS_STUDY = "output folder holding the embedded study (default: runs/<study>)"
 
@@ -219,6 +224,9 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
         [
             (("--config",), {"required": True, "help": "search config YAML"}),
             (("--storage",), {"help": STORAGE_HELP}),
+            # research decides its study (the next version of study.name): --study is
+            # taken only to refuse it with that reason (README "Re-search")
+            (("--study",), {"type": _study_arg, "help": argparse.SUPPRESS}),
             (
                 ("--out",),
                 {
@@ -248,6 +256,20 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str, list[Arg]]] = {
             ),
         ],
     ),
+    "repair-journal": (
+        cmd_repair_journal,
+        "keep every intact record of a damaged study journal; the rest to a backup file",
+        [
+            (
+                ("journal",),
+                {
+                    "metavar": "JOURNAL",
+                    "help": "the journal file (the error that named it gives the path); "
+                    "stop every run and search on it first",
+                },
+            ),
+        ],
+    ),
     "augment-preview": (
         cmd_augment_preview,
         "PNG grid: every op at three magnitudes on photos and data",
@@ -268,7 +290,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         line = " ".join(message.split())
-        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {line} (see {self.prog} --help)\n")
+        line = error_line(f"error: {self.prog}: {line} (see {self.prog} --help)")
+        self.exit(EXIT_BAD_INPUT, line + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,8 +318,29 @@ _BAD_INPUT: tuple[type[BaseException], ...] = (
     EnvError,
     StorageURLError,
     StorageError,  # a bad storage URL, a refused login, a missing or busy study
+    OutputFolderError,  # an output folder that cannot be made where --out says
     TrialsKeepFailing,
 )
+
+
+# The last guard on what an error prints: one line of at most this many characters, cut
+# in the middle (the start names the key or file, the end often the value), so a message
+# that quotes a huge input can never flood stderr (job.files.short keeps most far under).
+MAX_ERROR_LINE = 300
+
+
+def error_line(text: str, limit: int = MAX_ERROR_LINE) -> str:
+    """`text` as one line of at most `limit` characters: line breaks become spaces and
+    an overlong middle becomes " … "."""
+    line = " ".join(text.splitlines())
+    if len(line) <= limit:
+        return line
+    head = (limit - 3) * 2 // 3
+    return f"{line[:head]} … {line[len(line) - (limit - 3 - head) :]}"
+
+
+def _say(text: str) -> None:
+    print(error_line(text), file=sys.stderr)
 
 
 def _exit_stopped(signum: int, frame: object) -> None:
@@ -308,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # first: in json mode argparse's own error line is a record too
         logs.setup(next((w for w in words if w in VERBS), "job"))
     except EnvError as exc:  # a bad SMS_LOG_FORMAT: said plainly, as nothing else can be
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad arguments
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happened
@@ -319,17 +363,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except _BAD_INPUT as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_BAD_INPUT
     except TrainError as exc:
-        print(f"error: training failed: {exc}", file=sys.stderr)
+        _say(f"error: training failed: {exc}")
+        return EXIT_ERROR
+    except OutputError as exc:  # disk full, quota, read-only: names the file (job.outputs)
+        _say(f"error: {exc}")
         return EXIT_ERROR
     except StorageDownError as exc:  # its message is already redacted
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except torch.OutOfMemoryError as exc:
-        print(f"error: out of memory: {str(exc).splitlines()[0]}", file=sys.stderr)
+        _say(f"error: out of memory: {str(exc).splitlines()[0]}")
         return EXIT_ERROR
+    except OSError as exc:  # the machine, not the input: a full disk, a quota, an I/O error
+        _say(f"error: {os_problem(exc)}")
+        return EXIT_ERROR
+
+
+def os_problem(exc: OSError) -> str:
+    """`path: reason (ENOSPC)` for an OSError that reached the top (a study journal's
+    write on a full disk, say): what and where, without the traceback."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    code = errno.errorcode.get(exc.errno or 0)
+    return f"{where}{exc.strerror or exc}" + (f" ({code})" if code else "")

@@ -13,7 +13,9 @@ Reads an already-opened Optuna study (journal file, SQLite or PostgreSQL: openin
   objective, best validation and test accuracy, the front's normalised hypervolume,
   trials per hour, data fingerprints — what an operator reads and the metrics push sends.
 
-Each file is written atomically (a temporary file beside it, then renamed over it).
+Each file is written atomically (a temporary file beside it, then renamed over it); a
+write that fails (disk full, quota, read-only) is `job.outputs.OutputError`, one line
+naming the file, and leaves the file's last complete content.
 
 Every figure is `job.study`'s (`summarise` of one snapshot), the same view the workers'
 metrics and the `run` progress bar show. `status_report` is the text of
@@ -36,7 +38,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from job.config import Config, write_atomic
+from job.config import Config
+from job.files import write_atomic
+from job.outputs import writing
 from job.study import (
     StudySummary,
     complete_trials,
@@ -166,8 +170,10 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Strict JSON, atomically; a failed write is `OutputError` naming the file."""
     text = json.dumps(_plain(data), indent=2, allow_nan=False, default=str)
-    write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    with writing(path):
+        write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
@@ -273,7 +279,8 @@ def _plot(trials: Sequence[FrozenTrial], summary: StudySummary, name: str, path:
         f"front of {len(summary.front)}{hv}"
     )
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    with writing(path):
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_pareto(study: optuna.Study, config: Config, path: Path) -> None:
@@ -317,7 +324,8 @@ def collect(
     the selection files then describe the same trials), so they agree.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     trials = snapshot(study, config) if trials is None else trials
     summary = summarise(trials, config)
     write_pareto_json(summary.front, config, out / PARETO_JSON)

@@ -15,22 +15,40 @@ code), train, objectives, constraints, select, export (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
+from job.files import key_name, read_yaml, short
 from job.modules import ACTIVATIONS, MAX_CHANNELS, MAX_REPEAT
 from job.ops import DEFAULT_OPS, GREY, OPS
 
 # YAML's `true` is not 1 and `2.0` is not an int: numbers and flags are taken as written.
+# No float is infinite or NaN (`.inf`, `.nan`): no consumer of one has a use for either.
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]
+# Every seed, as numpy and Optuna's samplers take it; one derived at run time from a
+# worker's index or a trial's number is folded into the same range (`derive_seed`).
+SEED_SPAN = 2**32
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_SPAN - 1)]
+
+
+def derive_seed(base: int, *offsets: int) -> int:
+    """A configured seed plus run-time offsets (a worker's index, a study version, a
+    trial's number), folded into 0..2**32-1: unchanged while the sum is in range."""
+    return (base + sum(offsets)) % SEED_SPAN
 
 
 class ConfigError(ValueError):
@@ -69,22 +87,22 @@ class StudyConfig(Section):
     storage: str | None = None
     budget: Int = Field(20, ge=1)
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
-    seed: Int = 0
+    seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.make_sampler)
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
     metrics_port: Int | None = Field(None, ge=0, le=65535)
     # Keep serving this long after the last trial, so the final values get scraped:
     # twice the PodMonitor's 15 s interval. 0 for no wait (a Pushgateway keeps them).
-    metrics_linger_s: Float = Field(30.0, ge=0.0)
+    metrics_linger_s: Float = Field(30.0, ge=0.0, le=3600.0)
     # No trial completed for this long while budget remains: the SmsStudyStalled alert
     # (the exporter serves it as sms_study_stall_after_seconds; monitoring/rules.yml).
-    stall_after_s: Int = Field(3600, ge=60)
+    stall_after_s: Int = Field(3600, ge=60, le=30 * 86400)
     # PostgreSQL only: a worker that stops beating this long (killed, node lost) has its
     # trial failed and retried by a live worker, at most `max_retry` times.
-    heartbeat_interval_s: Int = Field(10, ge=1)
-    grace_period_s: Int = Field(60, ge=2)
-    max_retry: Int = Field(3, ge=0)
+    heartbeat_interval_s: Int = Field(10, ge=1, le=3600)
+    grace_period_s: Int = Field(60, ge=2, le=86400)
+    max_retry: Int = Field(3, ge=0, le=100)
     # PostgreSQL restarted or failing over: retry with backoff this long, then exit 1.
-    db_outage_deadline_s: Float = Field(300.0, gt=0.0)
+    db_outage_deadline_s: Float = Field(300.0, gt=0.0, le=86400.0)
     # Where preempted trials leave their state for the retry (a shared volume in k8s);
     # None: <output folder>/checkpoints.
     checkpoint_dir: str | None = None
@@ -111,7 +129,7 @@ class DataConfig(Section):
     # Share held out for test when the source has no test split (digits, ImageFolder).
     test_ratio: Float = Field(0.2, gt=0.0, lt=1.0)
     download: Bool = False
-    seed: Int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -141,7 +159,7 @@ class AugmentConfig(Section):
     def _consistent(self) -> AugmentConfig:
         unknown = [op for op in self.ops if op not in OPS]
         if unknown:
-            raise ValueError(f"ops: unknown op {unknown[0]!r} (known: {', '.join(OPS)})")
+            raise ValueError(f"ops: unknown op {short(unknown[0])} (known: {', '.join(OPS)})")
         twice = sorted({op for op in self.ops if self.ops.count(op) > 1})
         _require(
             not twice, f"ops: {', '.join(twice)} listed twice (RandAugment picks distinct ops)"
@@ -170,12 +188,12 @@ def _check_range(key: str, r: tuple[float, ...], zero_ok: bool = False) -> None:
     floor = "0 <=" if zero_ok else "0 <"
     ok = (r[0] >= 0 if zero_ok else r[0] > 0) and r[0] <= r[1] and (len(r) < 3 or r[2] > 0)
     what = "low <= high and step > 0" if len(r) == 3 else "low <= high"
-    _require(ok, f"{key}: need {floor} {what}, got {list(r)}")
+    _require(ok, f"{key}: need {floor} {what}, got {short(list(r))}")
 
 
 def _check_cap(key: str, values: tuple[int, ...], high: int, cap: int) -> None:
     """`high` (a range's high end, or a choice list's largest) at most `cap`."""
-    _require(high <= cap, f"{key}: at most {cap} (a model's cap), got {list(values)}")
+    _require(high <= cap, f"{key}: at most {cap} (a model's cap), got {short(list(values))}")
 
 
 def _check_choices(key: str, options: tuple[Any, ...], ok: Any, want: str) -> None:
@@ -183,9 +201,10 @@ def _check_choices(key: str, options: tuple[Any, ...], ok: Any, want: str) -> No
     _require(bool(options), f"{key}: needs at least one choice")
     bad = [o for o in options if not ok(o)]
     if bad:
-        raise ValueError(f"{key}: {bad[0]!r} is not {want}")
+        raise ValueError(f"{key}: {short(bad[0])} is not {want}")
     _require(
-        len(set(options)) == len(options), f"{key}: a choice is listed twice in {list(options)}"
+        len(set(options)) == len(options),
+        f"{key}: a choice is listed twice in {short(list(options))}",
     )
 
 
@@ -210,7 +229,7 @@ class BlockSpace(Section):
         _check_range("repeat", self.repeat)
         _require(  # a trial rounds the expansion to one decimal: 0.04 would become 0
             self.v3_expansion[0] >= 0.1,
-            f"v3_expansion: need low >= 0.1 (one decimal), got {list(self.v3_expansion)}",
+            f"v3_expansion: need low >= 0.1 (one decimal), got {short(list(self.v3_expansion))}",
         )
         _check_choices("modules", self.modules, lambda m: True, "a module")
         _check_choices("stride", self.stride, lambda s: s in (1, 2), "1 or 2")
@@ -224,6 +243,8 @@ class BlockSpace(Section):
             _check_cap(key, getattr(self, key), getattr(self, key)[1], MAX_CHANNELS)
         for key in ("kernel", "v3_kernel"):
             _check_cap(key, getattr(self, key), max(getattr(self, key)), MAX_CHANNELS)
+        for key in ("v2_expansion", "v3_expansion"):  # hidden = channels x expansion
+            _check_cap(key, getattr(self, key), getattr(self, key)[1], MAX_CHANNELS)
         return self
 
 
@@ -309,14 +330,22 @@ class TrainConfig(Section):
     momentum: Float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: Bool = True
     weight_decay: Float = Field(5e-4, ge=0.0)
-    warmup_epochs: Float = Field(0.0, ge=0.0)
+    warmup_epochs: Float = Field(0.0, ge=0.0)  # at most epochs
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Bool = True  # bf16 autocast, CUDA only
     channels_last: Bool = True  # NHWC: faster convolutions on CUDA and on CPU
     compile: Bool = False
     measure_latency: Bool = True
-    seed: Int = 0
+    seed: Seed = 0  # trial n trains with seed + n (job.space), retrain i with seed + i
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainConfig:
+        _require(
+            self.warmup_epochs <= self.epochs,
+            f"warmup_epochs: must be <= epochs ({self.epochs}), got {self.warmup_epochs:g}",
+        )
+        return self
 
 
 Objective = Literal["accuracy", "f1", "params", "macs", "latency"]
@@ -374,7 +403,7 @@ class Policy(Section):
             if data in _FLAG_KINDS:
                 return {"name": data, data: True}
             what = "needs settings" if data in POLICY_KINDS else "is not a policy"
-            raise ValueError(f"{data!r} {what} (known: {known}; see docs/ARCHITECTURE.md)")
+            raise ValueError(f"{short(data)} {what} (known: {known}; see docs/ARCHITECTURE.md)")
         if isinstance(data, dict):
             kinds = [k for k in POLICY_KINDS if data.get(k) not in (None, False)]
             _require(
@@ -427,7 +456,7 @@ class SelectConfig(Section):
             raise ValueError(f"policies: name {twice[0]!r} used twice (give each a `name`)")
         _require(
             len(set(self.baselines)) == len(self.baselines),
-            f"baselines: a file is listed twice in {list(self.baselines)}",
+            f"baselines: a file is listed twice in {short(list(self.baselines))}",
         )
         return self
 
@@ -447,7 +476,7 @@ class ExportConfig(Section):
     max_logit_diff: Float = Field(1e-4, gt=0.0)  # fp32 ONNX vs PyTorch, on every test image
     int8: Bool = True  # onnxruntime static quantization: QDQ, per-channel weights
     calibration_images: Int = Field(256, ge=1)  # training images, for the int8 ranges
-    latency_threads: Int = Field(1, ge=1)  # onnxruntime intra-op threads, pinned
+    latency_threads: Int = Field(1, ge=1, le=1024)  # onnxruntime intra-op threads, pinned
     latency_runs: Int = Field(200, ge=10)  # batch-1 runs timed (after 20 warm-up runs)
     artifacts: Bool = True  # upload the files to an Optuna artifact store beside results
 
@@ -467,19 +496,19 @@ class Config(Section):
     def _consistent(self) -> Config:
         _require(
             len(set(self.objectives)) == len(self.objectives),
-            f"objectives: listed twice in {list(self.objectives)}",
+            f"objectives: listed twice in {short(list(self.objectives))}",
         )
         searched, policy = self.space.augment, self.augment
         if searched is not None and policy.enabled:  # a trial's policy must stay valid
             _require(
                 searched.n_select[1] <= len(policy.ops),
                 f"space.augment.n_select: at most len(augment.ops) = {len(policy.ops)}, "
-                f"got {list(searched.n_select)}",
+                f"got {short(list(searched.n_select))}",
             )
             _require(
                 searched.level[1] <= policy.n_level,
                 f"space.augment.level: at most augment.n_level = {policy.n_level}, "
-                f"got {list(searched.level)}",
+                f"got {short(list(searched.level))}",
             )
         return self
 
@@ -491,7 +520,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif not part.startswith(("function-after", "tagged-union")):
-            out += f".{part}" if out else part
+            out += f".{key_name(part)}" if out else key_name(part)
     return out
 
 
@@ -505,14 +534,14 @@ def _describe(err: Any) -> str:
     if kind == "extra_forbidden":
         return f"{key}: unknown key"
     if kind in _BOUNDS:
-        return f"{key}: must be {_BOUNDS[kind].format(**ctx)}, got {err['input']!r}"
+        return f"{key}: must be {_BOUNDS[kind].format(**ctx)}, got {short(err['input'])}"
     if kind == "value_error":  # our validators say "subkey: message"
         msg = str(ctx.get("error", err["msg"]))
         if ":" in msg.split(" ")[0]:
             return f"{key}.{msg}" if key else msg
         return f"{key or 'config'}: {msg}"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f", got {got!r}"
+    shown = "" if isinstance(got, dict) else f", got {short(got)}"
     return f"{key or 'config'}: {err['msg'][:1].lower()}{err['msg'][1:]}{shown}"
 
 
@@ -536,9 +565,19 @@ def parse_config(data: Any, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        errors = _root_causes(exc.errors())
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(_describe(errors[0]) + more) from None
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError, prefix: str = "") -> str:
+    """A validation error as one line naming the first key at fault (under `prefix`,
+    as in ``recipe.epochs: must be >= 1, got 0``), never quoting a whole value."""
+    errors = _root_causes(exc.errors())
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    line = _describe(errors[0])
+    if prefix:
+        line = f"{prefix}{line}" if line.startswith("[") else f"{prefix}.{line}"
+        line = line.replace(f"{prefix}.config: ", f"{prefix}: ", 1)
+    return line + more
 
 
 # What a trial's result depends on, besides the data's content and the code: the data's
@@ -561,35 +600,6 @@ def config_fingerprint(config: Config) -> str:
             dumped[section].pop(key, None)
     text = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a
-    reader (or a crash) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_yaml(path: str | Path, error: type[ValueError]) -> Any:
-    """Parse a YAML file; a missing or malformed file raises `error` naming file and line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise error(f"{path}: not a YAML file (not UTF-8 text)") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise error(f"{path}:{where} not valid YAML") from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 import struct
 from collections.abc import Iterable, Sequence
@@ -200,14 +201,42 @@ def _cifar_folder(cfg: DataConfig) -> Path:
     return folder
 
 
+# What a CIFAR-10 pickle may name besides plain values: numpy arrays (as Python 2, numpy
+# 1 and numpy 2 pickle them) and Python 3's protocol-2 bytes. Nothing else is looked up,
+# so a file on the (shared) data volume cannot make the unpickler run code.
+_CIFAR_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain values and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which CIFAR-10 never does")
+        return super().find_class(module, name)
+
+
 def _read_pickle(file: Path, *keys: str) -> list[Any]:
-    """The values of `keys` in a CIFAR-10 pickle (Python 2 pickles, hence bytes keys)."""
+    """The values of `keys` in a CIFAR-10 pickle (Python 2 pickles, hence bytes keys),
+    read by `_CifarUnpickler`: plain values and numpy arrays only, never code."""
     if not file.is_file():
         raise DataError(f"{file}: CIFAR-10 file missing")
     try:
         with file.open("rb") as f:
-            # The data volume is trusted, as with torchvision: this is CIFAR's own format.
-            content = pickle.load(f, encoding="bytes")
+            content = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        line = (str(exc).splitlines() or [""])[0][:160]
+        raise DataError(f"{file}: not a readable CIFAR-10 pickle ({line})") from None
     except Exception as exc:  # a damaged pickle raises almost any type
         raise DataError(f"{file}: not a readable CIFAR-10 pickle ({type(exc).__name__})") from None
     for key in keys:
@@ -245,11 +274,45 @@ def _load_cifar10(cfg: DataConfig) -> _Source:
     return _Source(classes, pool, test, _fingerprint("cifar10", classes, parts))
 
 
+def _unreadable(path: Path | str, exc: OSError, what: str = "folder") -> DataError:
+    """One line naming what could not be read and the OS's reason."""
+    why = exc.strerror or type(exc).__name__
+    if os.path.islink(path):  # say where a dangling or looping link points
+        why += f": a symlink to {os.readlink(path)}"
+    return DataError(f"{path}: cannot read {what} ({why})")
+
+
 def _class_names(folder: Path) -> tuple[str, ...]:
-    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The class folders of `folder` (hidden entries and plain files skipped); a class
+    folder that cannot be read (a dangling or looping symlink, no permission) is an
+    error naming it, never a class quietly missing or "no images"."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise _unreadable(folder, exc) from None
+    names = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            os.stat(entry.path)  # through a symlink: is its folder there?
+        except OSError as exc:
+            raise _unreadable(entry.path, exc, "class folder") from None
+        if entry.is_dir():
+            names.append(entry.name)
     if not names:
         raise DataError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
     return tuple(names)
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every entry under `folder` but its subfolders, recursively, not into symlinked
+    subfolders (as `Path.rglob`); a folder that cannot be listed is an error naming it."""
+
+    def fail(exc: OSError) -> None:
+        raise _unreadable(exc.filename or folder, exc) from None
+
+    return [Path(top, name) for top, _, names in os.walk(folder, onerror=fail) for name in names]
 
 
 def _image_files(folder: Path, classes: tuple[str, ...], every: bool) -> list[tuple[Path, int]]:
@@ -260,8 +323,14 @@ def _image_files(folder: Path, classes: tuple[str, ...], every: bool) -> list[tu
         if not every and not (folder / name).is_dir():
             continue
         # Hidden files skipped: macOS "._x.png" forks are not images.
-        found = [p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
-        found = sorted(p for p in found if not p.name.startswith(".") and p.is_file())
+        found = [p for p in _walk(folder / name) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        found = [p for p in found if not p.name.startswith(".")]
+        for p in found:
+            try:
+                os.stat(p)  # a dangling symlink is an image not there: said, not skipped
+            except OSError as exc:
+                raise _unreadable(p, exc, "image") from None
+        found = sorted(p for p in found if p.is_file())  # not a FIFO or a device
         if every and not found:
             raise DataError(f"{folder / name}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         files += [(p, label) for p in found]
@@ -270,12 +339,65 @@ def _image_files(folder: Path, classes: tuple[str, ...], every: bool) -> list[tu
     return files
 
 
+# Pillow's modes by what becomes of them (https://pillow.readthedocs.io, "Modes"): 8 bits a
+# channel, converted by Pillow; with alpha, composited over FILL grey (a transparent pixel's
+# colour is undefined: it looks like the padding); 16-bit grey (PNG, TIFF; PGM as "I")
+# scaled to 8 bits. Pillow reads 16-bit RGB(A) PNGs as 8-bit "RGB"/"RGBA" itself, by the
+# high byte; 16-bit grey keeps the high byte too, so both agree. Any other mode is refused.
+_EIGHT_BIT = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+_ALPHA = frozenset({"LA", "PA", "RGBA", "RGBa"})
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_rgb(image: Image.Image, file: Path) -> Pixels:
+    """A decoded image in any mode Pillow reads → (H, W, 3) uint8, by the rules above;
+    `DataError` naming the file for a mode (or values) with no faithful 8-bit form."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT:
+        values = np.asarray(image).astype(np.int64)  # (H, W): uint16, or int32 for "I"
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:  # a 32-bit "I" image (TIFF) beyond 16 bits
+            raise DataError(
+                f"{file}: mode {mode} values {low}..{high} do not fit 16 bits (0..65535); "
+                f"cannot scale them to 8 (save it as 8- or 16-bit)"
+            )
+        grey = (values >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":  # 32-bit float (TIFF): intensities in [0, 1]
+        floats = np.asarray(image, dtype=np.float64)
+        inside = bool(np.isfinite(floats).all()) and (
+            not floats.size or (floats.min() >= 0.0 and floats.max() <= 1.0)
+        )
+        if not inside:
+            shown = f"{np.nanmin(floats):g}..{np.nanmax(floats):g}" if floats.size else ""
+            raise DataError(
+                f"{file}: mode F (32-bit float) values must lie in [0, 1], found {shown} "
+                f"(save it as 8- or 16-bit)"
+            )
+        grey = np.rint(floats * 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode in _ALPHA or (mode in _EIGHT_BIT and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)  # (H, W, 4)
+        alpha = rgba[..., 3:]
+        mixed = rgba[..., :3] * alpha + FILL * (255 - alpha)  # 255 x the composite
+        return ((mixed + 127) // 255).astype(np.uint8)  # rounded to the nearest level
+    if mode in _EIGHT_BIT:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    raise DataError(f"{file}: image mode {mode} has no conversion to 8-bit RGB here")
+
+
 def _read_image(file: Path) -> Pixels:
-    """One image file → (3, H, W) uint8; grey, palette and alpha images become RGB."""
+    """One image file → (3, H, W) uint8: every mode as `_to_rgb` says (grey, palette,
+    alpha, 16-bit and float images become 8-bit RGB) or a `DataError` naming the file."""
     try:
         with Image.open(file) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except Exception as exc:  # PIL's plugins raise OSError, ValueError, SyntaxError, ...
+            rgb = _to_rgb(image, file)  # (H, W, 3)
+    except DataError:
+        raise
+    except OSError as exc:  # PIL's "cannot identify image file", or the OS's own
+        why = exc.strerror or f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{file}: cannot read image ({why})") from None
+    except Exception as exc:  # PIL's plugins raise ValueError, SyntaxError, ...
         raise DataError(f"{file}: cannot read image ({type(exc).__name__}: {exc})") from None
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 

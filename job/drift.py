@@ -59,6 +59,7 @@ from job.config import Config, ConfigError
 from job.data import Dataset
 from job.export import load_weights
 from job.model import load_model_spec, output_shape
+from job.outputs import writing
 from job.research import (
     IN_PROGRESS,
     LINEAGE,
@@ -365,7 +366,9 @@ def _gauge(registry: CollectorRegistry, name: str, doc: str, labels: Sequence[st
 
 def write_drift_metrics(out: Path, report: dict[str, Any]) -> Path:
     """``out/drift.prom``: the drift report's gauges (names in the module doc)."""
-    write_to_textfile(str(path := Path(out) / DRIFT_PROM), drift_registry(report))  # atomic
+    path = Path(out) / DRIFT_PROM
+    with writing(path):
+        write_to_textfile(str(path), drift_registry(report))  # atomic
     return path
 
 
@@ -398,7 +401,9 @@ def drift_registry(report: dict[str, Any]) -> CollectorRegistry:
 def write_decision_metrics(out: Path, base: str, study: str, version: int, decision: str) -> Path:
     """``out/research.prom``: the research verb's decision, the version and its study."""
     registry = decision_registry(base, study, version, decision)
-    write_to_textfile(str(path := Path(out) / RESEARCH_PROM), registry)  # renamed into place
+    path = Path(out) / RESEARCH_PROM
+    with writing(path):
+        write_to_textfile(str(path), registry)  # renamed into place
     return path
 
 

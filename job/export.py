@@ -36,9 +36,11 @@ from numpy.typing import NDArray
 from onnxruntime import quantization as ortq
 from torch import Tensor, nn
 
-from job.config import DataConfig, ExportConfig, write_atomic
+from job.config import DataConfig, ExportConfig
 from job.data import FILL, Dataset, Split
+from job.files import write_atomic
 from job.model import ModelSpec, build_model
+from job.outputs import OutputError, writing
 from job.train import Normalize, accuracy_and_f1
 
 INPUT, OUTPUT, BATCH_AXIS = "input", "logits", "batch"
@@ -63,8 +65,10 @@ class ExportError(ValueError):
     """An export step that failed; the message is one line naming the step and file."""
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, first_sentence: bool = False) -> str:
     text = " ".join(str(exc).split())  # torch and onnxruntime errors run over many lines
+    if first_sentence:  # torch's load errors go on with paragraphs of advice
+        text = text.split(". ")[0]
     text = text if len(text) <= 300 else text[:297] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -142,8 +146,10 @@ def export_onnx(model: nn.Module, image_size: int, path: Path, opset: int) -> No
         onnx.checker.check_model(str(tmp), full_check=True)  # before it replaces anything
 
     try:
-        with torch.no_grad():
+        with writing(path), torch.no_grad():
             write_atomic(path, write)
+    except OutputError:  # disk full, read-only, ...: not the model's fault
+        raise
     except Exception as exc:  # the exporter and checker raise many types
         raise ExportError(f"{path.name}: ONNX export failed ({_one_line(exc)})") from None
 
@@ -247,11 +253,15 @@ def quantize_int8(fp32: Path, out: Path, data: Dataset, images: int) -> None:
     from ``images`` training images. `ExportError` on failure."""
     prepared = out.with_name(f".{out.name}.{os.getpid()}.pre.onnx")
     try:
-        # Shape inference and graph fusion first (onnxruntime's advice for quantization):
-        # BN folded into conv, so the int8 ranges are those of the ops that really run.
-        ortq.quant_pre_process(fp32, prepared)
-        reader = _Calibration(calibration_batches(data, images))
-        write_atomic(out, lambda tmp: ortq.quantize_static(prepared, tmp, reader, **_INT8))
+        with writing(out):
+            # Shape inference and graph fusion first (onnxruntime's advice for
+            # quantization): BN folded into conv, so the int8 ranges are those of the ops
+            # that really run.
+            ortq.quant_pre_process(fp32, prepared)
+            reader = _Calibration(calibration_batches(data, images))
+            write_atomic(out, lambda tmp: ortq.quantize_static(prepared, tmp, reader, **_INT8))
+    except OutputError:  # disk full, read-only, ...: not the model's fault
+        raise
     except Exception as exc:  # onnx, onnxruntime and the calibrator raise many types
         raise ExportError(f"{out.name}: int8 quantization failed ({_one_line(exc)})") from None
     finally:
@@ -299,27 +309,29 @@ def ort_latency(
 # --- one pick ------------------------------------------------------------------------------
 
 
-def load_weights(spec: ModelSpec, weights: Path) -> nn.Module:
-    """The spec's network with ``weights`` loaded strictly; `ExportError` (one line) when the
-    file is unreadable or its tensors do not fit the network."""
+def load_weights(spec: ModelSpec, weights: Path, name: str | None = None) -> nn.Module:
+    """The spec's network with ``weights`` loaded strictly (``weights_only``: a file can
+    hold tensors, never code); `ExportError` (one line, naming the file as ``name``, by
+    default its file name) when the file is unreadable or its tensors do not fit."""
+    name = name or weights.name
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model = build_model(spec)
     except Exception as exc:  # a damaged file raises almost any type
-        raise ExportError(f"{weights.name}: cannot load ({_one_line(exc)})") from None
+        raise ExportError(f"{name}: cannot load ({_one_line(exc, True)})") from None
     if not isinstance(state, dict):
-        raise ExportError(f"{weights.name}: not a state dict ({type(state).__name__})")
+        raise ExportError(f"{name}: not a state dict ({type(state).__name__})")
     # Named here rather than by torch's error, which lists every key over many lines.
     want = {k: v.shape for k, v in model.state_dict().items()}
     got = {k: getattr(v, "shape", None) for k, v in state.items()}
     wrong = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
     if wrong:
         what = f"{len(wrong)} tensors missing, extra or of another shape, e.g. {wrong[0]!r}"
-        raise ExportError(f"{weights.name}: does not fit the spec's network ({what})")
+        raise ExportError(f"{name}: does not fit the spec's network ({what})")
     try:
         model.load_state_dict(state)  # strict: anything the checks above missed still fails
     except RuntimeError as exc:
-        raise ExportError(f"{weights.name}: does not fit ({_one_line(exc)})") from None
+        raise ExportError(f"{name}: does not fit ({_one_line(exc)})") from None
     return model.eval()
 
 
@@ -363,16 +375,35 @@ def export_pick(
 ) -> dict[str, Any]:
     """Everything for one selected model in ``folder``; returns the card's ``onnx`` section.
     Never raises for a bad model: ``verified`` False and ``problem`` say why. An unverified
-    model.onnx is left for inspection, but gets no int8 copy nor latency."""
+    model.onnx is left for inspection, but gets no int8 copy nor latency. A file that
+    cannot be written (disk full, ...) is `job.outputs.OutputError`."""
+    try:
+        model = load_weights(spec, weights)
+    except ExportError as exc:
+        return _head(cfg) | _unverified(data, str(exc)) | _tail(cfg)
+    return export_model(folder, model, data, cfg)
+
+
+def _head(cfg: ExportConfig) -> dict[str, Any]:
+    return {"file": ONNX_FILE, "opset": cfg.opset, "bytes": None}
+
+
+def _tail(cfg: ExportConfig) -> dict[str, Any]:
+    return {"tolerance": cfg.max_logit_diff, "latency_ms": None, "int8": None}
+
+
+def export_model(
+    folder: Path, model: nn.Module, data: Dataset, cfg: ExportConfig
+) -> dict[str, Any]:
+    """`export_pick` for a network already loaded (`load_weights`)."""
     path, size = folder / ONNX_FILE, int(data.test.x.shape[-1])
     # Files of an earlier run must not outlive a failure of this one beside its card.
     for stale in (path, folder / INT8_FILE):
         stale.unlink(missing_ok=True)
-    head: dict[str, Any] = {"file": ONNX_FILE, "opset": cfg.opset, "bytes": None}
-    tail: dict[str, Any] = {"tolerance": cfg.max_logit_diff, "latency_ms": None, "int8": None}
+    head, tail = _head(cfg), _tail(cfg)
     try:
-        model = load_weights(spec, weights)
-        folder.mkdir(parents=True, exist_ok=True)
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         export_onnx(model, size, path, cfg.opset)
     except ExportError as exc:
         return head | _unverified(data, str(exc)) | tail

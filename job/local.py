@@ -8,7 +8,13 @@ workers run them once the budget is met), and when the workers are done, the col
 A worker that dies (killed, or a non-zero exit) is reported at once with its log's last
 lines; the others go on, retry its trial once it has gone stale and meet the budget, and
 `run` exits 1 after collecting. Ctrl-C (or SIGTERM) stops every worker cleanly: each
-fails its running trial with the reason `interrupted`.
+fails its running trial with the reason `interrupted` (Ctrl-C) or hands it back (SIGTERM);
+`run` then exits 130 for Ctrl-C, 143 for SIGTERM, as a worker does.
+
+One run per output folder (`job.storage.hold_run_folder`: `<out>/run.lock`): a second
+`run` there is refused at once, naming the first's pid. A database outage is ridden out
+as the workers ride it out (`study.db_outage_deadline_s`): the progress says so in one
+line, and the collector runs once the database answers again.
 """
 
 from __future__ import annotations
@@ -28,12 +34,40 @@ from tqdm import tqdm
 
 from job import runtime
 from job.config import Config
+from job.runtime import url_secrets
 from job.search import open_study
-from job.storage import JOURNAL, redact
+from job.storage import (
+    JOURNAL,
+    TRANSIENT,
+    StorageDownError,
+    hold_run_folder,
+    persist,
+    redact,
+)
 from job.study import is_feasible, progress_text, snapshot, summarise
 from job.verify import Retrain, verify_study_name
 
 STOP_GRACE_S = 30.0  # matches a pod's terminationGracePeriodSeconds
+EXIT_STOPPED = 143  # SIGTERM, as a worker's (job.verbs.EXIT_STOPPED)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to `run`: stop the workers as Ctrl-C does, then exit 143 (not 130)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def password_on_command_line(flag: str | None) -> str | None:
+    """The warning for a `--storage` URL that holds a password: every user of the
+    machine reads a process's command line (`ps`). None without one."""
+    if not flag or not url_secrets(flag):
+        return None
+    return (
+        "warning: --storage puts its password in this process's command line, which every "
+        "user of this machine can read (ps); set OPTUNA_STORAGE instead"
+    )
 
 
 @dataclass(frozen=True)
@@ -238,6 +272,40 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRA
             proc.wait()
 
 
+class Outage:
+    """`run`'s view of a database outage: one line when its reads start failing, one
+    when they work again, and a `StorageDownError` past `deadline_s` (the workers' own
+    deadline, `study.db_outage_deadline_s`: they give up then too)."""
+
+    def __init__(self, deadline_s: float, url: str) -> None:
+        self.deadline_s, self.url = deadline_s, url
+        self.since: float | None = None
+
+    def down(self, exc: BaseException) -> str | None:
+        """A read failed: the line to print at the first failure, else None."""
+        now = time.monotonic()
+        cause = redact(" ".join(str(exc).split())[:160], self.url) or type(exc).__name__
+        if self.since is None:
+            self.since = now
+            return (
+                f"storage {redact(self.url)} unreachable ({cause}); the workers ride it out, "
+                f"waiting up to {self.deadline_s:g} s"
+            )
+        if now - self.since > self.deadline_s:
+            raise StorageDownError(
+                f"storage {redact(self.url)} unreachable for {self.deadline_s:g}s while "
+                f"watching the run: {cause}"
+            )
+        return None
+
+    def up(self) -> str | None:
+        """A read worked: the line to print when it ends an outage, else None."""
+        if self.since is None:
+            return None
+        seconds, self.since = time.monotonic() - self.since, None
+        return f"storage {redact(self.url)} reachable again after {seconds:.0f} s"
+
+
 def watch(
     study: optuna.Study,
     config: Config,
@@ -245,6 +313,7 @@ def watch(
     poll_s: float,
     logs: Sequence[Path] = (),
     verify: optuna.Study | None = None,
+    storage: str = "",
 ) -> list[int]:
     """Progress bar over COMPLETE trials and a line per finished trial, until workers exit;
     returns the indexes of the workers that ended badly (killed, or a non-zero exit).
@@ -255,11 +324,13 @@ def watch(
     The bar's figures (best accuracy, front size, hypervolume) are `job.study`'s summary
     of the same read of the study: what `status`, summary.json and the metrics show.
     `verify`: the verification study, whose retrains (run once the budget is met) get a
-    line each too."""
+    line each too. While the database at `storage` does not answer, the workers are
+    still watched, and the outage is said in one line (`Outage`)."""
     seen: set[int] = set()
     seen_retrains: set[int] = set()
     lost: list[int] = []
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    outage = Outage(config.study.db_outage_deadline_s, storage)
     with tqdm(total=config.study.budget, unit="trial", dynamic_ncols=True) as bar:
         while True:
             codes = [proc.poll() for proc in procs]  # every one: any() would stop early
@@ -269,12 +340,23 @@ def watch(
                     lost.append(index)
                     log = logs[index] if index < len(logs) else None
                     bar.write(lost_worker(index, proc, log))
-            trials = snapshot(study, config)
+            try:
+                trials = snapshot(study, config)
+                retrains = verify.get_trials(deepcopy=False) if verify is not None else []
+            except TRANSIENT as exc:  # the database is down: the workers ride it out too
+                if not running:
+                    return lost  # the collector waits for the database (study_after_run)
+                if line := outage.down(exc):
+                    bar.write(line)
+                time.sleep(poll_s)
+                continue
+            if line := outage.up():
+                bar.write(line)
             for trial in sorted(trials, key=lambda t: t.number):
                 if trial.state in finished and trial.number not in seen:
                     seen.add(trial.number)
                     bar.write(describe(trial, config.objectives))
-            for trial in verify.get_trials(deepcopy=False) if verify is not None else []:
+            for trial in retrains:
                 if trial.state in finished and trial.number not in seen_retrains:
                     seen_retrains.add(trial.number)
                     bar.write(describe_retrain(trial))
@@ -288,10 +370,34 @@ def watch(
 
 
 def run_local(config: Config, options: RunOptions) -> int:
-    """Start the workers, watch them, stop them on Ctrl-C; returns the worst exit code.
+    """Start the workers, watch them, stop them on Ctrl-C or SIGTERM; returns the worst
+    exit code (SIGTERM: `SystemExit(143)` once the workers stopped).
 
-    Opening the study holds it (on a journal, `<journal>.run-lock`, as each worker does):
-    `run --fresh` elsewhere refuses to delete it while this run lives."""
+    The output folder is this run's alone (`hold_run_folder`), and opening the study
+    holds it (on a journal, `<journal>.run-lock`, as each worker does): `run --fresh`
+    elsewhere refuses to delete it while this run lives."""
+    hold_run_folder(options.home or options.out_dir)
+    # SIGTERM stops the workers as Ctrl-C does, then exits 143; the caller's handler after
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        return _run(config, options, procs)
+    except Terminated:
+        if procs:
+            print("SIGTERM: stopping workers…", flush=True)
+        stop_workers(procs)
+        raise SystemExit(EXIT_STOPPED) from None
+    except BaseException:  # Ctrl-C, or the database gone past its deadline: no orphans
+        if any(proc.poll() is None for proc in procs):
+            print("stopping workers…", flush=True)
+        stop_workers(procs)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(config: Config, options: RunOptions, procs: list[subprocess.Popen[bytes]]) -> int:
+    """`run_local`'s work; each worker started is in `procs` at once, to be stopped."""
     # Create the study once before the workers start: a bad storage fails here, once,
     # before anything is written (an unwritable journal path: exit 2 naming it).
     study = open_study(config, options.storage, options.study_name)
@@ -306,14 +412,23 @@ def run_local(config: Config, options: RunOptions) -> int:
         f"{threads_per_worker(options.workers)} thread(s) each; logs in {options.out_dir}"
     )
     print(dashboard_hint(options))
-    procs = start_workers(options)
+    for index in range(options.workers):
+        procs.append(spawn(*worker_command(options, index), log=worker_log(options, index)))
     logs = [worker_log(options, index) for index in range(options.workers)]
-    try:
-        watch(study, config, procs, options.poll_s, logs, verify)
-    except KeyboardInterrupt:
-        print("stopping workers…")
-        stop_workers(procs)
-        raise
+    watch(study, config, procs, options.poll_s, logs, verify, options.storage)
     codes = [proc.wait() for proc in procs]
     # a killed worker's code is negative (-9): it is a failure all the same
     return max((1 if code < 0 else code for code in codes), default=0)
+
+
+def study_after_run(config: Config, options: RunOptions) -> tuple[optuna.Study, list[FrozenTrial]]:
+    """The study and one read of its trials for the collector once the workers are done,
+    waiting for the database as the workers would (`study.db_outage_deadline_s`)."""
+
+    def read() -> tuple[optuna.Study, list[FrozenTrial]]:
+        study = open_study(config, options.storage, options.study_name)
+        return study, snapshot(study, config)
+
+    deadline = config.study.db_outage_deadline_s
+    what = "reading the study to collect it"
+    return persist(read, deadline, what, options.storage, also=(StorageDownError,))

@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from job.config import read_yaml
+from job.files import parse_yaml, read_yaml
 from job.modules import (
     MAX_CHANNELS,
     MAX_REPEAT,
@@ -183,7 +183,7 @@ def _check_scaled(spec: ModelSpec) -> None:
 def spec_from_yaml(text: str) -> ModelSpec:
     """A model YAML's text, as a trial or a card keeps it, → its spec (`ModelError`, or
     `yaml.YAMLError` for text that is not YAML)."""
-    return parse_model_spec(yaml.safe_load(text))
+    return parse_model_spec(parse_yaml(text))  # config.SafeLoader: no alias bombs
 
 
 def load_model_spec(path: str | Path) -> ModelSpec:

@@ -19,6 +19,8 @@ from torch import Tensor
 from job.augment import OPS, apply_op
 from job.config import Config
 from job.data import load_data, real_photos
+from job.files import write_atomic
+from job.outputs import make_folder, writing
 
 LABEL_WIDTH = 120
 HEADER = 36
@@ -84,9 +86,14 @@ def render_grid(
 
 
 def write_preview(config: Config, out: Path, size: int = 96) -> Path:
-    """Render the preview for the config's policy list and save it as PNG."""
+    """Render the preview for the config's policy list and save it as PNG (atomically),
+    making `out`'s folder when it is missing, as every verb's `--out` does. Rendered
+    first, so a bad config or data set leaves nothing behind; a folder that cannot be
+    made is `OutputFolderError` naming `--out` (exit 2; no part of it left), a PNG that
+    cannot be written `OutputError` naming the file (exit 1)."""
     images, names = preview_images(config, size)
     grid = render_grid(images, names, config.augment.ops, config.augment.n_level)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out, format="PNG")
+    make_folder(out.parent, "--out")
+    with writing(out):
+        write_atomic(out, lambda tmp: grid.save(tmp, format="PNG"))
     return out

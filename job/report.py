@@ -35,8 +35,10 @@ from optuna.trial import FrozenTrial
 from PIL import Image
 
 from job.collect import PARETO_JSON, SUMMARY_JSON, draw_front, draw_trials, plot_axes, plot_points
-from job.config import AugmentConfig, Config, write_atomic
+from job.config import AugmentConfig, Config
 from job.drift import DRIFT_JSON, MIN_DROP
+from job.files import write_atomic
+from job.outputs import writing
 from job.selection import BASELINES_JSON, SELECTED, SELECTION_JSON, VERIFY_JSON
 from job.study import complete_trials, front_hypervolume, human_duration, pareto_trials, summarise
 
@@ -76,7 +78,8 @@ def write_report(out: Path, trials: Sequence[FrozenTrial], config: Config, study
     }
     html = _environment().get_template("report.html.j2").render(page)
     path = out / REPORT_HTML
-    write_atomic(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    with writing(path):
+        write_atomic(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return path
 
 
@@ -92,8 +95,9 @@ def read_json(path: Path) -> Any:
 
 
 def read_cards(out: Path, selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """policy → its card.json (with `downloads`: relative paths of the files present);
-    a pick whose card is missing gets `{"missing": True}`."""
+    """policy → its card.json (with `downloads`: relative paths of the files present, and
+    `problem`: why the chosen trial's set was not published, the folder holding the one
+    before); a pick whose card is missing gets `{"missing": True}`."""
     cards: dict[str, dict[str, Any]] = {}
     for policy, choice in selection.items():
         if not isinstance(choice, dict) or choice.get("trial") is None:
@@ -104,6 +108,7 @@ def read_cards(out: Path, selection: dict[str, Any]) -> dict[str, dict[str, Any]
         found["downloads"] = [
             f"{SELECTED}/{policy}/{name}" for name in DOWNLOADS if (folder / name).is_file()
         ]
+        found["problem"] = choice.get("problem")
         cards[policy] = found
     return cards
 

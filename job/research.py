@@ -286,9 +286,10 @@ def research(config: Config, url: str, data: Dataset, dry_run: bool = False) -> 
     from job.search import open_study
 
     base, now = config.study.name, current(config, data)
+    if dry_run:  # reads only: a storage that is not there yet is not made to read it
+        latest = latest_version(open_storage(url, config), base) if stored(url, base) else None
+        return decide(latest, base, config.study.budget, now)
     storage = open_storage(url, config)
-    if dry_run:
-        return decide(latest_version(storage, base), base, config.study.budget, now)
     with budget_lock(url, f"research:{base}"):
         decision = decide(latest_version(storage, base), base, config.study.budget, now)
         if decision.decision != NEW_VERSION:
@@ -304,13 +305,39 @@ def research(config: Config, url: str, data: Dataset, dry_run: bool = False) -> 
     return replace(decision, warm_start_trials=len(warm))
 
 
+def stored(url: str, base: str) -> bool:
+    """Whether the storage behind `url` is there, so that opening it creates nothing:
+    opening makes a missing journal (and its folder), a missing SQLite file, or Optuna's
+    tables in an empty database, and `research --dry-run` creates nothing anywhere."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    from job.storage import JOURNAL, study_exists
+
+    if study_exists(url, base):  # creates nothing either
+        return True
+    if url.startswith(JOURNAL):
+        return Path(url[len(JOURNAL) :]).is_file()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).is_file():
+        return False  # connecting would create the file
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return bool(sqlalchemy.inspect(conn).has_table("studies"))
+    finally:
+        engine.dispose()
+
+
 def write_research_json(
     folder: Path, decision: Decision, dry_run: bool, launched: list[str] | None
 ) -> Path:
     """research.json: the decision, the lineage, and what --launch did."""
     from job.collect import write_json
+    from job.outputs import writing
 
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     body = decision.as_json() | {
         "dry_run": dry_run,
         "launched": launched,

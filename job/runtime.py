@@ -50,8 +50,10 @@ the one that masks it again, in URLs and in error messages alike.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
 OPTUNA_STORAGE = "OPTUNA_STORAGE"
@@ -122,9 +124,15 @@ def _port(name: str, raw: str, low: int = 0) -> int:
     return int(raw)
 
 
+# A worker's index: an Indexed Job's pods (at most 100,000) times their K workers (at most
+# MAX_WORKERS_PER_POD), with room; it offsets the sampler's seed (job.search).
+MAX_WORKER_INDEX = 9_999_999
+
+
 def _index(name: str, raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit():
-        raise EnvError(f"{name}: expected a non-negative integer, got {raw!r}")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 7:
+        shown = repr(raw) if len(raw) <= 20 else f"{len(raw)} characters, {raw[:8]!r}…"
+        raise EnvError(f"{name}: expected an integer 0..{MAX_WORKER_INDEX}, got {shown}")
     return int(raw)
 
 
@@ -170,32 +178,179 @@ def storage_url(env: Env | None = None) -> str | None:
     )
 
 
-def redact(text: str, url: str | None = None) -> str:
-    """`text` with passwords masked as ***: a URL's own (`postgresql://u:***@h/db`) and,
-    given `url`, that URL's password anywhere in `text` (an error message), raw or
-    percent-encoded. For logs, reports and errors; the one masking function."""
-    secrets: set[str] = set()
-    if url is not None:
-        try:
-            password = urlsplit(url).password
-        except ValueError:
+# Redaction works from the URL's parts, never from a pattern over the text. A URL's
+# credentials are what lies between "://" and the "@" that ends its authority (the part
+# up to the first "/", "?" or "#"); urllib and SQLAlchemy agree on that when the user and
+# password are percent-encoded. When they are not (an "@", "/", "?" or "#" in a password)
+# the parsers disagree, and a later "@" shows it: then everything between "://" and the
+# last "@" is masked, the user too. Unsure means masked.
+
+_SECRET_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "token", "secret"})
+
+
+@dataclass(frozen=True)
+class URLParts:
+    """A URL split for display: `scheme://` + `user` + (`:***` for a password) + `@` +
+    `rest`. `secret`: what is masked (the password as written, or the whole credentials
+    when `sure` is False); None when the URL has no credentials."""
+
+    scheme: str
+    user: str | None
+    secret: str | None
+    rest: str  # after the credentials' "@" (or after "://" without credentials)
+    sure: bool  # False: the credentials' end is ambiguous; all of them are masked
+
+
+def url_parts(url: str) -> URLParts | None:
+    """`url` split at its credentials, or None when it is no `scheme://` URL. A URL
+    with no authority (`journal:///path`, `sqlite:///path`) has no credentials, whatever
+    its path holds."""
+    scheme, sep, rest = url.partition("://")
+    if (
+        not sep
+        or not scheme
+        or not all(c.isascii() and (c.isalnum() or c in "+.-") for c in scheme)
+    ):
+        return None
+    if "@" not in rest or rest.startswith("/"):
+        return URLParts(scheme, None, None, rest, sure=True)
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if "@" in rest[end:]:  # an "@" past the authority: a reserved character in a password
+        at = rest.rfind("@")
+        return URLParts(scheme, None, rest[:at], rest[at + 1 :], sure=False)
+    userinfo, _, hostport = rest[:end].rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return URLParts(scheme, user, password if colon else None, hostport + rest[end:], sure=True)
+
+
+def _mask_query(rest: str) -> str:
+    """`rest` with the values of password-like query parameters (`?password=`) as ***."""
+    base, mark, query = rest.partition("?")
+    if not mark:
+        return rest
+    items = []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        masked = eq and value and unquote(key).lower() in _SECRET_KEYS
+        items.append(f"{key}=***" if masked else item)
+    return f"{base}?{'&'.join(items)}"
+
+
+def redact_url(url: str) -> str:
+    """One URL with its password masked, from its parts (`url_parts`); a URL whose
+    credentials are ambiguous shows none of them: `postgresql://***@host/db`."""
+    parts = url_parts(url)
+    if parts is None:
+        return url
+    rest = _mask_query(parts.rest)
+    if not parts.sure:
+        return f"{parts.scheme}://***@{rest}"
+    if parts.user is None and parts.secret is None:
+        return f"{parts.scheme}://{rest}"
+    shown = parts.user or ""
+    if parts.secret is not None:
+        shown += ":***"
+    return f"{parts.scheme}://{shown}@{rest}"
+
+
+def url_secrets(url: str) -> set[str]:
+    """Every spelling of `url`'s password that a message may quote: as written,
+    decoded, encoded; as SQLAlchemy reads it too (it may end it elsewhere); the values of
+    password-like query parameters. Empty for a URL without one."""
+    found: set[str] = set()
+    parts = url_parts(url)
+    if parts is None:
+        return found
+    if parts.secret:
+        # unsure: the credentials as a whole, and what follows the user's colon
+        found.add(parts.secret)
+        if not parts.sure and ":" in parts.secret:
+            found.add(parts.secret.partition(":")[2])
+    query = parts.rest.partition("?")[2]
+    for item in query.split("&") if query else ():
+        key, _, value = item.partition("=")
+        if value and unquote(key).lower() in _SECRET_KEYS:
+            found.add(value)
+    if parts.secret is not None and parts.scheme.split("+")[0] not in ("journal", "sqlite"):
+        try:  # what the driver would be given: SQLAlchemy's own reading of the URL
+            from sqlalchemy.engine import make_url
+
+            password = make_url(url).password
+        except Exception:
             password = None
         if password:
-            secrets |= {password, unquote(password), quote(unquote(password), safe="")}
-    try:
-        parts = urlsplit(text)
-        password = parts.password
-    except ValueError:
-        password = None
-    if password is not None:
-        netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-        text = parts._replace(netloc=netloc).geturl()
+            found.add(str(password))
+    spellings = set()
+    for secret in found:
+        spellings |= {secret, unquote(secret), quote(unquote(secret), safe="")}
+    return {s for s in spellings if s}
+
+
+def _redact_word(word: str) -> str:
+    """A whitespace-free piece of text, with any URL in it redacted (`redact_url`): the
+    URL starts at its scheme, just before "://", and runs to the end of the piece."""
+    mark = word.find("://")
+    if mark <= 0:
+        return word
+    start = mark
+    while (
+        start > 0
+        and word[start - 1].isascii()
+        and (word[start - 1].isalnum() or word[start - 1] in "+.-")
+    ):
+        start -= 1
+    if start == mark:
+        return word
+    return word[:start] + redact_url(word[start:])
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """`text` with passwords masked as ***: every URL's own (`postgresql://u:***@h/db`,
+    from its parts: `redact_url`) and, given `url`, that URL's password anywhere in
+    `text` (an error message), raw, decoded or percent-encoded. For logs, reports and
+    errors; the one masking function."""
+    secrets = url_secrets(url) if url else set()
+    if text.count("://") == 1 and url_parts(text) is not None:
+        secrets |= url_secrets(text)  # a URL alone, even with a space in its password
+    if "://" in text:  # else no URL: most log lines
+        words = ["".join(group) for _, group in itertools.groupby(text, str.isspace)]
+        text = "".join(_redact_word(word) for word in words)
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 
 
+def ambiguous_url(url: str) -> bool:
+    """Whether `url`'s credentials or host mean different things to different readers:
+    an unencoded "@", "/", "?" or "#" in a user or password (urllib ends the password at
+    the last "@" of the authority, SQLAlchemy at the first "@", and both end the
+    authority at the first "/"). Such a URL is refused, never guessed at."""
+    parts = url_parts(url)
+    if parts is None or (parts.secret is None and parts.user is None):
+        return False
+    if not parts.sure:
+        return True
+    try:
+        from sqlalchemy.engine import make_url
+
+        read = make_url(url)
+        split = urlsplit(url)
+        hostname = split.hostname
+    except ValueError:
+        return False  # unparsable: the caller's own check says so
+    theirs = (read.username, read.password, (read.host or "").lower())
+    ours = (
+        unquote(split.username) if split.username is not None else None,
+        unquote(split.password) if split.password is not None else None,
+        hostname or "",
+    )
+    return theirs != ours or "@" in (read.host or "")
+
+
 # --- the other variables ---------------------------------------------------------------
+
+
+MAX_DB_WAIT_S = 86400.0
 
 
 def db_wait_s(env: Env | None = None) -> float:
@@ -206,7 +361,10 @@ def db_wait_s(env: Env | None = None) -> float:
     head, dot, tail = raw.partition(".")
     if not (head.isascii() and head.isdigit() and (not dot or (tail.isascii() and tail.isdigit()))):
         raise EnvError(f"{SMS_DB_WAIT_S}: expected a number of seconds (>= 0), got {raw!r}")
-    return float(raw)
+    value = float(raw)
+    if value > MAX_DB_WAIT_S:  # a sleep past this overflows (and no outage lasts a day)
+        raise EnvError(f"{SMS_DB_WAIT_S}: must be at most {MAX_DB_WAIT_S:.0f} s, got {raw[:20]}")
+    return value
 
 
 def metrics_port(config_port: int | None, env: Env | None = None) -> int | None:

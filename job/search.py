@@ -41,8 +41,8 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from job import __version__, logs, runtime
-from job.config import Config, config_fingerprint
-from job.data import Dataset, load_data
+from job.config import Config, config_fingerprint, derive_seed
+from job.data import DataError, Dataset, load_data
 from job.model import model_spec_yaml
 from job.space import constraint_values, directions, objective_values, sample_candidate
 from job.storage import (
@@ -108,7 +108,7 @@ def make_sampler(
     """The configured sampler; each worker gets its own seed so workers never propose alike,
     and each study version (job.research) its own too: with the parent's seed a version
     would draw the parent's random start-up trials again, already evaluated."""
-    seed = config.study.seed + 1000 * worker_index + 1_000_003 * (version - 1)
+    seed = derive_seed(config.study.seed, 1000 * worker_index, 1_000_003 * (version - 1))
     kind = config.study.sampler
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
@@ -139,7 +139,7 @@ def open_study(
     sampler = make_sampler(config, worker_index, version_number(config.study.name, name) or 1)
     wanted = directions(config.objectives)
     if verify:  # its trials are all queued with fixed settings: nothing to sample
-        sampler, wanted = optuna.samplers.RandomSampler(seed=worker_index), ["maximize"]
+        sampler, wanted = optuna.samplers.RandomSampler(derive_seed(worker_index)), ["maximize"]
     if not create:
         if not study_exists(storage_url, name):
             raise StudyNotFoundError(f"study {name!r} not found in {redact(storage_url)}")
@@ -229,7 +229,10 @@ _RESULT_ATTRS = (
 
 
 def _result_attrs(result: TrainResult) -> dict[str, Any]:
-    return {key: getattr(result, key) for key in _RESULT_ATTRS}
+    attrs = {key: getattr(result, key) for key in _RESULT_ATTRS}
+    if result.checkpoint_refused is not None:  # damaged or planted: the trial started over
+        attrs["checkpoint_refused"] = result.checkpoint_refused
+    return attrs
 
 
 def _stop_if_failing(streak: list[tuple[int, str, str]]) -> None:
@@ -247,6 +250,77 @@ def _stop_if_failing(streak: list[tuple[int, str, str]]) -> None:
     raise TrialsKeepFailing(
         f"{count} trials in a row failed, stopping; the first (trial {number}) failed with {shown}"
     )
+
+
+# The data a study's trials train on, fixed by its first worker (study user attrs): the
+# source's content (`Dataset.fingerprint`) and how it is cut and prepared (`data.*` but
+# where it lives). A worker, retrainer or collector whose data differs refuses: its
+# results would not be comparable (two fingerprints in one summary; a pick verified on
+# one data set and exported on another).
+STUDY_DATA = "data_fingerprint"
+STUDY_PREPARATION = "data_preparation"
+PREPARATION_KEYS = ("image_size", "subset", "val_ratio", "test_ratio", "seed")
+
+
+class DataChanged(DataError):  # noqa: N818 — bad input (exit 2), as DataError is
+    """This process's data is not the data its study's trials trained on."""
+
+
+def data_preparation(config: Config) -> dict[str, Any]:
+    """The `data.*` keys that decide which images a trial trains and is tested on."""
+    return config.data.model_dump(mode="json", include=set(PREPARATION_KEYS))
+
+
+def _recorded_data(study: optuna.Study) -> str | None:
+    """A study from before STUDY_DATA: its lineage's data fingerprint (job.research),
+    else its COMPLETE trials' most common one; None when nothing is recorded."""
+    from job.research import recorded
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    found = recorded(study.user_attrs, complete)
+    return found.data if found is not None and found.data != "unknown" else None
+
+
+def fix_study_data(study: optuna.Study, storage_url: str, data: Dataset, config: Config) -> None:
+    """The first worker on a study records its data (or, on an older study, what its trials
+    recorded), under the study's budget lock so that workers starting together agree;
+    then every worker compares (`check_study_data`)."""
+    with budget_lock(storage_url, study.study_name):
+        attrs = study.user_attrs
+        if not isinstance(attrs.get(STUDY_DATA), str):
+            study.set_user_attr(STUDY_DATA, _recorded_data(study) or data.fingerprint)
+        if not isinstance(attrs.get(STUDY_PREPARATION), dict):
+            study.set_user_attr(STUDY_PREPARATION, data_preparation(config))
+    check_study_data(study, data, config)
+
+
+def check_study_data(study: optuna.Study, data: Dataset, config: Config) -> None:
+    """`DataChanged` (one line: both fingerprints, or the `data.*` key, and what to do)
+    unless `data` and `config.data` are what the study recorded; reads, never writes."""
+    attrs, name = study.user_attrs, study.study_name
+    todo = "start a new study version (`python -m job research`) or another study (--study NEW)"
+    theirs = attrs.get(STUDY_DATA)
+    theirs = theirs if isinstance(theirs, str) else _recorded_data(study)
+    if theirs is not None and theirs != data.fingerprint:
+        raise DataChanged(
+            f"data: fingerprint {data.fingerprint[:12]} here, {theirs[:12]} in study {name!r} "
+            f"(the data changed since its trials ran); {todo}"
+        )
+    recorded = attrs.get(STUDY_PREPARATION)
+    ours = data_preparation(config)
+    for key in PREPARATION_KEYS:
+        if isinstance(recorded, dict) and key in recorded and recorded[key] != ours.get(key):
+            raise DataChanged(
+                f"data.{key}: {ours.get(key)} here, {recorded[key]} in study {name!r} "
+                f"(its trials trained on other data); {todo}"
+            )
+
+
+def check_existing_study_data(storage_url: str, config: Config, name: str, data: Dataset) -> None:
+    """`check_study_data` for study `name` when the storage holds it; nothing is created."""
+    if study_exists(storage_url, name):
+        storage = open_storage(storage_url, config)
+        check_study_data(optuna.load_study(study_name=name, storage=storage), data, config)
 
 
 class Worker:
@@ -279,8 +353,14 @@ class Worker:
         self._unsaved: dict[str, Any] = {}  # a trial's user attrs not yet written
 
     def run(self, data: Dataset | None = None, poll_s: float = 2.0) -> int:
-        """Trials until the study's budget is met; returns how many this worker ran."""
+        """Trials until the study's budget is met; returns how many this worker ran.
+        `DataChanged` before the first trial when `data` is not the study's (fixed by
+        its first worker: `fix_study_data`)."""
         data = data if data is not None else load_data(self.config.data)
+        self._persist(
+            lambda: fix_study_data(self.study, self.storage_url, data, self.config),
+            "checking the study's data",
+        )
         ran = 0
         streak: list[tuple[int, str, str]] = []  # failed in a row: (trial, reason, message)
         budget = self.config.study.budget

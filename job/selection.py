@@ -1,17 +1,20 @@
 """The collector's selection: what each policy chose, proven by its retrains, as files.
 
 From one read of the search study and one of its verification study (`job.verify`),
-`write_selection` writes into the collector's folder:
+`write_selection` decides what each policy chose and writes into the collector's folder:
 
-- `selection.json`: policy name → its kind, the trial chosen (or null) and why;
-- `selected/<policy>/`: `model.yaml` (seed format), `weights.pt` (the state dict of the
-  best seed's retrain), `card.json` (what a deployer reads: study, trial, data
-  fingerprint, code version, params, MACs, latency, proxy accuracy, verified accuracy
-  mean/std and per seed, augmentation policy, recipe);
 - `verify.json`: per retrained model, proxy vs verified accuracy, and Kendall's tau and
   Spearman's rho between the two over the top `select.verify_top_k` front members;
 - `baselines.json`: each baseline network trained alike, and each pick against each
   baseline: accuracy difference, size, MACs and latency ratios (the seed's table).
+
+It returns, for `job.publish`, each pick's card (what a deployer reads: study, trial,
+data fingerprint, code version, params, MACs, latency, proxy accuracy, verified accuracy
+mean/std and per seed, augmentation policy, recipe) and the selection (policy name → its
+kind, the trial chosen, or null, and why). `job.publish` builds each pick's folder
+`selected/<policy>/` (`model.yaml` in the seed's format, `weights.pt`: the state dict of
+the best seed's retrain, `card.json`, the ONNX files) beside the published one, checks
+it and swaps it in (job.outputs), then writes `selection.json` saying what was published.
 
 Retrains still queued or running are reported as such; a later `collect` fills them in
 (and retrains nothing twice). Every file is written atomically.
@@ -20,7 +23,6 @@ Retrains still queued or running are reported as such; a later `collect` fills t
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,8 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from job.collect import write_json
-from job.config import Config, write_atomic
+from job.config import Config
+from job.outputs import writing
 from job.select import Choice, Record, mean_std, rank_agreement, resolve_reference, top_front
 from job.verify import Retrain, records
 
@@ -204,24 +207,6 @@ def card(
     }
 
 
-def _write_pick(folder: Path, info: dict[str, Any], model: Verified | None) -> str | None:
-    """model.yaml, weights.pt and card.json of one pick; returns a problem, or None."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = str(info["model_yaml"])
-    write_atomic(folder / "model.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    best = model.best_run if model is not None else None
-    problem = None
-    if best is not None and best.weights:
-        source = Path(best.weights)
-        if source.is_file():
-            write_atomic(folder / "weights.pt", lambda tmp: shutil.copyfile(source, tmp))
-        else:  # the workers' folder is not where this collector looks
-            info["weights"] = None
-            problem = f"weights of {info['policy']} not found at {source}"
-    write_json(folder / "card.json", info)
-    return problem
-
-
 def _comparisons(
     picks: dict[str, tuple[FrozenTrial, Verified | None]], baselines: Sequence[Verified]
 ) -> list[dict[str, Any]]:
@@ -262,8 +247,10 @@ def write_selection(
     study: str,
     out: Path,
 ) -> dict[str, Any]:
-    """Every selection file, from `planned` (`job.verify.plan_retrains` of `trials`);
-    returns what `collect` prints and publishes, and the `problems` (one line each)."""
+    """verify.json and baselines.json, from `planned` (`job.verify.plan_retrains` of
+    `trials`); returns what `collect` prints and `job.publish` publishes: the `picks`,
+    their `cards`, the `selection` (selection.json's content, less what was published),
+    and the `problems` (one line each)."""
     choices, plan = planned
     found = records(trials, config)
     verified = gather(plan, verify_trials)
@@ -284,22 +271,19 @@ def write_selection(
         resolved.append(choice)
     numbers = {t.number: t for t in trials}
     picks: dict[str, tuple[FrozenTrial, Verified | None]] = {}
-    problems: list[str] = []
+    cards: dict[str, dict[str, Any]] = {}
     for choice in resolved:
-        if choice.number is None:  # what an earlier collect chose is no longer chosen
-            shutil.rmtree(out / SELECTED / choice.policy, ignore_errors=True)
+        if choice.number is None:  # job.publish withdraws what an earlier collect chose
             continue
         trial, model = numbers[choice.number], by_trial.get(choice.number)
         picks[choice.policy] = (trial, model)
-        info = card(choice, trial, model, study, config)
-        problem = _write_pick(out / SELECTED / choice.policy, info, model)
-        if problem:
-            problems.append(problem)
+        cards[choice.policy] = card(choice, trial, model, study, config)
     selection = {
         c.policy: {"kind": c.kind, "trial": c.number, "reason": c.reason, "pending": c.pending}
         for c in resolved
     }
-    write_json(out / SELECTION_JSON, selection)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     verify = _verify_report(by_trial, found, config)
     write_json(out / VERIFY_JSON, verify)
     comparison = _comparisons(picks, baselines)
@@ -308,9 +292,11 @@ def write_selection(
     return {
         "choices": resolved,
         "picks": picks,
+        "cards": cards,
+        "selection": selection,
         "verify": verify,
         "comparison": comparison,
-        "problems": problems,
+        "problems": [],
         "verified": by_trial,
         "pending": sum(m.pending for m in verified.values()),
         "failed": [f"{m.name} {f}" for m in verified.values() for f in m.failed],

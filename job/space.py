@@ -26,6 +26,7 @@ from job.config import (
     IntRange,
     Objective,
     TrainConfig,
+    derive_seed,
 )
 from job.data import Dataset
 from job.model import LayerSpec, Measure, ModelSpec
@@ -124,7 +125,7 @@ def sample_augment(trial: optuna.Trial, config: Config) -> AugmentConfig:
 def sample_recipe(trial: optuna.Trial, config: Config) -> TrainConfig:
     """The training recipe; each trial gets its own reproducible seed."""
     knobs = config.space.train
-    update: dict[str, float | int] = {"seed": config.train.seed + trial.number}
+    update: dict[str, float | int] = {"seed": derive_seed(config.train.seed, trial.number)}
     if knobs.lr is not None:
         update["lr"] = trial.suggest_float("train/lr", *knobs.lr, log=True)
     if knobs.weight_decay is not None:

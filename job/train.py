@@ -21,6 +21,10 @@ step lies in: a resumed run augments that chunk again, bit for bit, and goes on 
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from job import logs
 from job.augment import Chunk, chunk_steps
-from job.config import AugmentConfig, ConfigError, TrainConfig, write_atomic
+from job.config import AugmentConfig, ConfigError, TrainConfig
 from job.data import Dataset, Split
+from job.files import write_atomic
 from job.model import (
     MAX_MACS,
     MAX_PARAMS,
@@ -59,6 +65,12 @@ class Preempted(Exception):  # noqa: N818 — a request honoured, not an error
     def __init__(self, path: Path | None, epoch: int, step: int) -> None:
         super().__init__(f"preempted at epoch {epoch}, step {step}")
         self.path, self.epoch, self.step = path, epoch, step
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (damaged, from another network or
+    version, or holding anything but tensors and plain values); the message is one line
+    naming the file. `train` starts such a trial over instead."""
 
 
 class TrainError(RuntimeError):
@@ -94,6 +106,7 @@ class TrainResult:
     device: str
     history: tuple[EpochRecord, ...] = field(default=())
     resumed_epoch: int = 0  # > 0: resumed from a checkpoint at this epoch (1-based)
+    checkpoint_refused: str | None = None  # why a checkpoint was not resumed (started over)
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -109,16 +122,42 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
-def check_batch(recipe: TrainConfig, data: Dataset) -> None:
-    """`ConfigError` unless a train batch fits the train split: no batch is ever smaller
-    than train.batch_size (the ragged last one is dropped; BatchNorm needs 2+), so one
-    larger than the split could never train. The CLI checks it once the data is loaded."""
+def check_batch(recipe: TrainConfig, data: Dataset, key: str = "train.batch_size") -> None:
+    """`ConfigError` naming `key` unless a train batch fits the train split: no batch is
+    ever smaller than train.batch_size (the ragged last one is dropped; BatchNorm needs
+    2+), so one larger than the split could never train. The CLI checks it once the data
+    is loaded."""
     n = len(data.train)
     if recipe.batch_size > n:
         raise ConfigError(
-            f"train.batch_size: {recipe.batch_size} is more than the {n} images of the "
+            f"{key}: {recipe.batch_size} is more than the {n} images of the "
             f"train split (lower it, or raise data.subset or the data)"
         )
+
+
+def check_checkpoint_dir(path: Path, key: str = "study.checkpoint_dir") -> None:
+    """`ConfigError` naming `key` and `path` unless a checkpoint could be written there now:
+    tried for real (a probe made and removed at once), since permission bits do not tell
+    (root passes them; /proc, read-only or full volumes refuse anyway). The CLI checks it
+    before the first trial: a checkpoint is only written at preemption, too late to find
+    out. Nothing is left behind."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        within = f" (making {path})" if probe != path else ""
+        raise ConfigError(f"{key}: {probe} is not a folder{within}")
+    try:
+        if probe == path:  # a checkpoint file goes in it
+            handle, name = tempfile.mkstemp(prefix=".sms-probe-", dir=probe)
+            os.close(handle)
+            os.unlink(name)
+        else:  # the folder (and any between) is made at the first checkpoint
+            os.rmdir(tempfile.mkdtemp(prefix=".sms-probe-", dir=probe))
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        where = f"{probe}: " if probe != path else ""
+        raise ConfigError(f"{key}: cannot write checkpoints in {path} ({where}{why})") from None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -264,6 +303,94 @@ class Position:
     train_seconds: float = 0.0
     history: list[EpochRecord] = field(default_factory=list)
 
+    def state(self) -> dict[str, Any]:
+        """Tensors and plain values only: what `torch.load(weights_only=True)` reads."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "order": self.order,
+            "loss_sum": self.loss_sum,
+            "train_seconds": self.train_seconds,
+            "history": [
+                [r.epoch, r.train_loss, r.val_accuracy, r.lr, r.seconds] for r in self.history
+            ],
+        }
+
+    @classmethod
+    def of(cls, state: object) -> Position:
+        """Back from `state()`; `CheckpointError` for anything of another shape."""
+        if not isinstance(state, dict):
+            raise CheckpointError(f"position is a {type(state).__name__}, not a dict")
+        epoch, step, order, loss_sum = (
+            state.get(k) for k in ("epoch", "step", "order", "loss_sum")
+        )
+        seconds, history = state.get("train_seconds"), state.get("history")
+        if not (
+            type(epoch) is int
+            and type(step) is int
+            and (order is None or isinstance(order, Tensor))
+            and (loss_sum is None or isinstance(loss_sum, Tensor))
+            and type(seconds) is float
+            and isinstance(history, list)
+            and all(_is_record(r) for r in history)
+        ):
+            raise CheckpointError("position: not the fields this version writes")
+        records = [EpochRecord(r[0], r[1], r[2], r[3], r[4]) for r in history]
+        return cls(epoch, step, order, loss_sum, seconds, records)
+
+
+def _is_record(value: object) -> bool:
+    """An EpochRecord as `Position.state` writes it: [epoch, loss, accuracy, lr, seconds]."""
+    return (
+        isinstance(value, list)
+        and len(value) == 5
+        and type(value[0]) is int
+        and all(type(v) is float for v in value[1:])
+    )
+
+
+# A checkpoint holds tensors and plain values only (no pickled objects: `torch.load` with
+# weights_only=True reads it and refuses anything else, so a file planted on the shared
+# checkpoint volume cannot run code); this tag says which layout.
+CHECKPOINT_FORMAT = "sms-checkpoint-2"
+_CHECKPOINT_KEYS = ("model", "optimizer", "schedule", "gen", "choices", "torch", "position")
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """One short line for what `torch.load` raised."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"\bGLOBAL ([\w.]+)", text)  # the first object it names
+        named = f" ({found[1]})" if found else ""
+        return f"it holds objects other than tensors and plain values{named}: refused unread"
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    if isinstance(exc, OSError) and exc.strerror:
+        line = exc.strerror
+    line = line[:120] + ("…" if len(line) > 120 else "")
+    return f"not a readable checkpoint ({type(exc).__name__}{': ' + line if line else ''})"
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state `Trainer.save` wrote to `path`, loaded with `weights_only=True` (tensors
+    and plain containers only: nothing in the file can run code) and checked for shape;
+    `CheckpointError`, one line naming the file, for anything else."""
+    if not path.is_file():  # a FIFO or a device planted there would block or never end
+        raise CheckpointError(f"checkpoint {path}: not a regular file")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a damaged file raises almost any type
+        if _is_out_of_memory(exc):
+            raise
+        raise CheckpointError(f"checkpoint {path}: {_why_unreadable(exc)}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path}: not a checkpoint of this version (no format {CHECKPOINT_FORMAT!r})"
+        )
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: no {', '.join(missing)}")
+    return state
+
 
 class Trainer:
     """One network's training: the step, the epoch loop, and the state a checkpoint holds.
@@ -408,31 +535,48 @@ class Trainer:
         return {name: getattr(self, name) for name in names}
 
     def save(self, path: Path) -> None:
-        """Everything the loop needs to go on exactly, written atomically (whole or absent)."""
-        state: dict[str, Any] = {}
+        """Everything the loop needs to go on exactly, written atomically (whole or absent):
+        tensors and plain values only, so that `load` reads it with weights_only=True."""
+        state: dict[str, Any] = {"format": CHECKPOINT_FORMAT}
         for name, part in self._parts().items():
             state[name] = (
                 part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
             )
         if self._chunk is not None and self._chunk.holds(self.pos.step):  # stopped mid-chunk
             state["gen"], state["choices"] = self._chunk.states  # load() then redoes the chunk
-        state |= {"torch": torch.get_rng_state(), "position": self.pos}
+        state |= {"torch": torch.get_rng_state(), "position": self.pos.state()}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path) -> int:
         """Resume from ``path``; returns the epoch it resumes at (1-based). A checkpoint
-        from before chunks loads too and goes on validly, though not bit for bit."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self._chunk = None  # batch(pos.step) augments its chunk again from the states
-        for name, part in self._parts().items():
-            if isinstance(part, torch.Generator):
-                part.set_state(state[name].cpu())
-            else:
-                part.load_state_dict(state[name])
-        torch.set_rng_state(state["torch"].cpu())
-        self.pos = state["position"]
+        from before chunks loads too and goes on validly, though not bit for bit.
+        `CheckpointError` (one line naming the file) when it cannot be resumed from: the
+        trainer may then be half loaded, so the caller starts over with a new one."""
+        state = read_checkpoint(path, self.device)
+        try:
+            position = Position.of(state["position"])
+            self._chunk = None  # batch(pos.step) augments its chunk again from the states
+            for name, part in self._parts().items():
+                if isinstance(part, torch.Generator):
+                    part.set_state(_byte_tensor(state[name], name).cpu())
+                else:
+                    part.load_state_dict(state[name])
+            torch.set_rng_state(_byte_tensor(state["torch"], "torch").cpu())
+        except Exception as exc:  # another network's weights, a wrong type, ...
+            if _is_out_of_memory(exc):
+                raise
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"checkpoint {path}: cannot resume from it ({line})") from None
+        self.pos = position
         return self.pos.epoch
+
+
+def _byte_tensor(value: object, name: str) -> Tensor:
+    """A generator's state as saved: a uint8 tensor."""
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8:
+        raise CheckpointError(f"{name}: not a generator state (a uint8 tensor)")
+    return value
 
 
 def train(
@@ -464,7 +608,15 @@ def train(
     data = data.to(device)
     try:
         trainer = Trainer(build_model(model_spec), augment, recipe, data, device)
-        resumed = trainer.load(checkpoint) if checkpoint and checkpoint.exists() else 0
+        resumed, refused = 0, None
+        if checkpoint is not None and checkpoint.exists():
+            try:
+                resumed = trainer.load(checkpoint)
+            except CheckpointError as exc:  # damaged or planted: never run, started over
+                refused = str(exc)
+                logs.event("checkpoint_refused", f"warning: {refused}; starting over", "warning")
+                torch.manual_seed(recipe.seed)  # as a fresh run: the same weights, exactly
+                trainer = Trainer(build_model(model_spec), augment, recipe, data, device)
         history = trainer.fit(on_epoch, stop, checkpoint)
         (val_acc, val_f1), (test_acc, test_f1) = map(trainer.evaluate, (val_split(data), data.test))
         latency = (math.nan, math.nan)
@@ -492,4 +644,5 @@ def train(
         device=str(device),
         history=tuple(history),
         resumed_epoch=resumed,
+        checkpoint_refused=refused,
     )

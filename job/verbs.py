@@ -27,8 +27,9 @@ import optuna
 import torch
 
 from job import __version__, logs, runtime
-from job.config import AugmentConfig, Config, TrainConfig, load_config, write_atomic
+from job.config import AugmentConfig, Config, TrainConfig, load_config
 from job.data import Dataset, load_data
+from job.files import write_atomic
 from job.model import ModelError, ModelSpec, load_model_spec, model_spec_yaml
 from job.storage import ARTIFACTS, JOURNAL, redact
 from job.train import (
@@ -36,6 +37,7 @@ from job.train import (
     TrainError,
     TrainResult,
     check_batch,
+    check_checkpoint_dir,
     check_fit,
     resolve_device,
     train,
@@ -106,12 +108,22 @@ def check_port_free(port: int, key: str) -> None:
 def read_card(path: str) -> dict[str, Any]:
     """A selected model's card.json (`collect` writes it); `UsageError` naming the file
     when it cannot be read or lacks what retraining needs."""
+    from job.files import MAX_INT_DIGITS, json_problem
+
     try:
         card = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"--card: {path}: cannot read ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"--card: {path}: not a card (not JSON)") from None
+    except RecursionError:
+        raise UsageError(f"--card: {path}: not a card (nested too deeply)") from None
+    except ValueError:  # Python's limit on an integer's digits
+        raise UsageError(
+            f"--card: {path}: not a card (an integer of more than {MAX_INT_DIGITS} digits)"
+        ) from None
+    if (problem := json_problem(card)) is not None:  # deep nesting, Infinity, NaN
+        raise UsageError(f"--card: {path}: not a usable card: {problem}")
     need = ("model_yaml", "recipe", "augment", "data_fingerprint")
     missing = [key for key in need if not isinstance(card, dict) or key not in card]
     if missing:
@@ -122,19 +134,30 @@ def read_card(path: str) -> dict[str, Any]:
 def _from_card(card: dict[str, Any], path: str) -> tuple[ModelSpec, AugmentConfig, TrainConfig]:
     """The card's network, augmentation policy and recipe (seed included): what the
     verification retrain that made its weights trained."""
+    import pydantic
     import yaml
 
+    from job.config import describe_errors
+    from job.files import yaml_problem
     from job.model import spec_from_yaml
     from job.verify import policy_of
 
+    key = "model_yaml"  # each problem names the card's key at fault, not the config's
     try:
-        spec = spec_from_yaml(str(card["model_yaml"]))
-        augment = policy_of(card["augment"])
-        recipe = TrainConfig.model_validate(card["recipe"])
-    except (ModelError, ValueError, yaml.YAMLError) as exc:
-        line = (str(exc).splitlines() or ["invalid"])[0]
-        raise UsageError(f"--card: {path}: not a usable card ({line})") from None
-    return spec, augment, recipe
+        spec = spec_from_yaml(str(card[key]))
+        key = "augment"
+        augment = policy_of(card[key])
+        key = "recipe"
+        recipe = TrainConfig.model_validate(card[key])
+    except pydantic.ValidationError as exc:
+        problem = describe_errors(exc, key)
+    except yaml.YAMLError as exc:
+        problem = f"{key}: {yaml_problem(exc)}"
+    except (ModelError, ValueError) as exc:
+        problem = f"{key}: {(str(exc).splitlines() or ['invalid'])[0]}"
+    else:
+        return spec, augment, recipe
+    raise UsageError(f"--card: {path}: not a usable card: {problem}")
 
 
 def _card_check(card: dict[str, Any], result: TrainResult) -> str:
@@ -170,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("train: give one of --model or --card")
     if args.out is not None:
         check_folder(Path(args.out), "--out")
-    source = args.model or args.card
+    source = args.model or f"--card: {args.card}: model_yaml"
     card = read_card(args.card) if args.card else {}
     if args.card:
         spec, augment, base = _from_card(card, args.card)
@@ -178,7 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec, augment, base = load_model_spec(args.model), config.augment, config.train
     overrides = {"epochs": args.epochs, "device": args.device}
     recipe = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    resolve_device(recipe.device, "--device" if args.device else "train.device")
+    card_key = f"--card: {args.card}: recipe" if args.card else "train"  # where it came from
+    resolve_device(recipe.device, "--device" if args.device else f"{card_key}.device")
     data = load_data(config.data)
     if args.card:
         if card["data_fingerprint"] != data.fingerprint:
@@ -186,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = retrain_data(data)
         print(f"as verification trained it: on train + validation ({len(data.train)} images);")
         print("the epochs' `val acc` is the test split's (nothing is selected on it)")
-    check_batch(recipe, data)
+    check_batch(recipe, data, f"{card_key}.batch_size")
     try:
         measured = check_fit(spec, data)
     except TrainError as exc:
@@ -283,9 +307,16 @@ def _study(
 
 def _checkpoint_dir(args: argparse.Namespace, config: Config) -> Path:
     """Where a worker checkpoints a preempted trial, once what search and run check before
-    any storage is opened passes: that folder writable, the training device there."""
+    any storage is opened passes: that folder writable, the training device there, and
+    free space where the study writes (its journal, checkpoints, logs)."""
+    from job.storage import check_free_space
+
     path = Path(config.study.checkpoint_dir or _out_dir(args, config) / "checkpoints")
-    check_folder(path, "study.checkpoint_dir" if config.study.checkpoint_dir else "--out")
+    key = "study.checkpoint_dir" if config.study.checkpoint_dir else "--out"
+    check_folder(path, key)
+    check_checkpoint_dir(path, key)  # written for real: permission bits do not tell
+    check_free_space(path, key)  # a full disk tears a journal's records and checkpoints
+    check_free_space(_home(args, config), "--out")
     resolve_device(config.train.device)
     return path
 
@@ -381,11 +412,10 @@ def _run_retrains(
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Local: N worker processes on one study, then collect."""
-    from job.local import RunOptions
-    from job.search import stop_on_sigterm
-    from job.storage import fresh_study
+    from job.local import RunOptions, password_on_command_line
+    from job.storage import check_storage, fresh_study, hold_run_folder
 
-    stop_on_sigterm()  # SIGTERM stops the workers as Ctrl-C does
+    # SIGTERM: exit 143 (job.cli); once the workers run, they are stopped first (job.local)
     config = load_config(args.config)
     runtime.pushgateway()  # the workers' and the collector's push: a bad one fails now
     _checkpoint_dir(args, config)
@@ -400,6 +430,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = model_files(config, data)
     out = _out_dir(args, config)
     url = _storage_url(args, config)
+    if warning := password_on_command_line(args.storage):
+        print(warning, file=sys.stderr, flush=True)
+    check_storage(url)  # a damaged journal, a foreign schema: refused before anything is made
+    hold_run_folder(_home(args, config))  # one run per --out: a second one is refused here
     if args.fresh and _is_version(args, config):
         raise UsageError(
             f"--fresh: {_study_name(args, config)} is a version of {config.study.name}, whose "
@@ -415,6 +449,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--fresh: deleted the later versions too: {', '.join(later)}", flush=True)
     elif args.fresh:
         print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
+    from job.search import check_existing_study_data
+
+    check_existing_study_data(url, config, _study_name(args, config), data)  # data changed?
     logs.bind(study=_study_name(args, config))
     options = RunOptions(
         Path(args.config), args.workers, out, url, _study_name(args, config), args.metrics_port,
@@ -438,13 +475,11 @@ def _run_and_collect(
 ) -> int:
     """`run`'s work once everything is checked: the workers, then the collector."""
     from job.collect import collect
-    from job.local import run_local
-    from job.search import open_study
-    from job.study import snapshot
+    from job.local import run_local, study_after_run
 
     code = run_local(config, options)
-    study = open_study(config, options.storage, options.study_name)
-    trials = snapshot(study, config)  # one read for every file of the collector
+    # one read for every file of the collector, once the database answers (an outage)
+    study, trials = study_after_run(config, options)
     out = options.out_dir
     logs.event("collected", _collect_line(collect(study, config, out, trials), out))
     selected = _select(study, trials, config, options.storage, models, data, out)
@@ -558,7 +593,8 @@ def _drift(
     from job.drift import drift_report, drift_text, write_drift, write_drift_metrics
     from job.research import RESULTS_DIR
 
-    study.set_user_attr(RESULTS_DIR, str(out.resolve()))
+    if study.user_attrs.get(RESULTS_DIR) != str(out.resolve()):  # no write per collect
+        study.set_user_attr(RESULTS_DIR, str(out.resolve()))
     report = drift_report(study, trials, config, data, out)
     if report is not None:
         write_drift(out, report)
@@ -581,7 +617,7 @@ def _collect_line(summary: dict[str, Any], out: Path) -> str:
 def cmd_collect(args: argparse.Namespace) -> int:
     """Pareto front, plot and summary of the study."""
     from job.collect import collect, wait_for_budget
-    from job.search import open_study
+    from job.search import check_study_data, open_study
     from job.storage import wait_for_study
     from job.study import snapshot
 
@@ -598,11 +634,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"error: study {name!r} did not appear within {args.timeout}s", file=sys.stderr)
         return EXIT_ERROR
     study = open_study(config, url, name, create=False)  # a missing study: exit 2
+    check_study_data(study, data, config)  # exports verified on other data mean nothing
     logs.bind(study=name)
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
     if args.wait and not wait_for_budget(study, config, timeout_s=left):
         print(f"error: the budget was not met within {args.timeout}s", file=sys.stderr)
         return EXIT_ERROR
+    if args.wait:  # the first worker may have recorded the study's data only meanwhile
+        check_study_data(study, data, config)
     trials = snapshot(study, config)  # one read for every file of the collector
     logs.event("collected", _collect_line(collect(study, config, out, trials), out))
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
@@ -651,6 +690,11 @@ def cmd_research(args: argparse.Namespace) -> int:
     from job.storage import resolve_storage, wait_for_database
 
     stop_on_sigterm()
+    if getattr(args, "study", None):  # accepted by the parser only to say this
+        raise UsageError(
+            f"--study {args.study}: research picks its study itself, the next version of "
+            "the config's study.name; to research another study, set study.name"
+        )
     config = load_config(args.config)
     runtime.pushgateway()  # a bad SMS_PUSHGATEWAY fails now
     home = Path(args.out) if args.out else Path("runs") / config.study.name
@@ -739,13 +783,19 @@ def _dashboard_url(args: argparse.Namespace) -> str:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard on the study's storage until SIGTERM (exit 0) or Ctrl-C."""
-    from job.dashboard import serve_dashboard
+    from job.dashboard import address_problem, bind, serve_dashboard
 
     port = runtime.dashboard_port() if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port: expected 0-65535, got {port}")
     artifacts = _artifact_dir(args)
-    serve_dashboard(_dashboard_url(args), args.host, port, artifacts, args.allow_writes)
+    url = _dashboard_url(args)
+    try:  # bound before the storage is opened: a bad --host or --port is one line, exit 2
+        server = bind(args.host, port)
+    except OSError as exc:
+        raise UsageError(address_problem(exc, args.host, port)) from None
+    with server:
+        serve_dashboard(server, url, artifacts, args.allow_writes)
     return EXIT_OK
 
 
@@ -764,8 +814,10 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     study = _study_name(args, config) if args.study or runtime.study_name() else None
     try:
         server, _ = serve_registry(study_registry(config, url, study), args.port, args.host)
-    except OSError as exc:
-        raise UsageError(f"--port {args.port}: {exc.strerror}") from None
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
+        from job.dashboard import address_problem
+
+        raise UsageError(address_problem(exc, args.host, args.port)) from None
     shown = f"[{args.host}]" if ":" in args.host else args.host
     named = study or f"the latest version of {config.study.name}"
     logs.bind(study=study or config.study.name)
@@ -797,3 +849,14 @@ def _artifact_dir(args: argparse.Namespace) -> Path | None:
     if not path.exists():
         print(f"artifacts: {path} is not there yet; `collect` writes it", file=sys.stderr)
     return path
+
+
+def cmd_repair_journal(args: argparse.Namespace) -> int:
+    """A study journal with a damaged line (a record joined to a torn one): every intact
+    record kept in order, the damaged lines moved to `<journal>.damaged-<UTC time>`
+    (job.storage.repair_journal); refused while a run or search holds the study."""
+    from job.storage import repair_journal
+
+    print(repair_journal(Path(args.journal)))
+    return EXIT_OK
+

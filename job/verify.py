@@ -32,7 +32,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from job.config import AugmentConfig, Config, TrainConfig
+from job.config import AugmentConfig, Config, TrainConfig, derive_seed
 from job.data import Dataset, Split
 from job.model import (
     LayerSpec,
@@ -102,7 +102,7 @@ def _digest(*parts: Any) -> str:
 
 
 def retrain_seeds(config: Config) -> list[int]:
-    return [config.train.seed + i for i in range(config.select.retrain.seeds)]
+    return [derive_seed(config.train.seed, i) for i in range(config.select.retrain.seeds)]
 
 
 def _runs(

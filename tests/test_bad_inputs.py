@@ -10,19 +10,25 @@ before any training. `{tmp}` in arguments, files and environment is that folder;
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import signal
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
 from job.cli import main
+from tests.test_data import image_bytes, planted_pickle
+from tests.test_study_data import journal_with_study_data
 
 # A small, valid search: each case breaks one thing of it (or of its command line).
 QUICK = """\
@@ -305,6 +311,257 @@ CASES: list[Case] = [
          "not a usable card", files={"card.json": '{"model_yaml": "input_channel: 3\\n'
          'backbone: [[1, Conv, [8]]]", "recipe": {"epochs": 0}, "augment": null, '
          '"data_fingerprint": "x"}'}),
+    # --- issue 23: config files, YAML, numbers (finite ranges, seeds) -----------------
+    # YAML (configs and model YAMLs): refused while composing, one line with file and line
+    Case("yaml-alias-bomb", ("search", "--config", "{cfg}"),
+         "c.yaml: line 10: aliases expand to more than 100,000 values",
+         config=_edit(objectives="[&a [lol, lol, lol, lol, lol, lol, lol, lol, lol], " + ", ".join(
+             f"&{n} [{', '.join(['*' + p] * 9)}]"
+             for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+         ) + "]")),
+    Case("yaml-alias-bomb-model", TRAIN_M, "m.yaml: line 2: aliases expand to more than",
+         files={"m.yaml": "input_channel: 3\nbackbone: [&a [1, Conv, [8, 3]], " + ", ".join(
+             f"&{n} [{', '.join(['*' + p] * 9)}]"
+             for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+         ) + "]\n"}),
+    Case("yaml-alias-many", ("search", "--config", "{cfg}"), "c.yaml: line 10: more than 256",
+         config=QUICK + "select: {baselines: [&a x, " + ", ".join(["*a"] * 300) + "]}\n"),
+    Case("yaml-alias-recursive", ("search", "--config", "{cfg}"),
+         "c.yaml: line 10: an alias refers to a value that contains it",
+         config=QUICK + "objectives: &a [accuracy, *a]\n"),
+    Case("yaml-duplicate-key", ("search", "--config", "{cfg}"),
+         "c.yaml: line 10: duplicate key 'train'", config=QUICK + "train: {epochs: 2}\n"),
+    Case("yaml-duplicate-key-nested", ("search", "--config", "{cfg}"),
+         "c.yaml: line 9: duplicate key 'epochs'",
+         config=QUICK.replace("{epochs: 1,", "{epochs: 1, epochs: 3,")),
+    Case("yaml-duplicate-key-model", TRAIN_M, "m.yaml: line 3: duplicate key 'backbone'",
+         files={"m.yaml": "input_channel: 3\nbackbone: []\nbackbone: [[1, Conv, [8, 3]]]\n"}),
+    Case("yaml-deep-nesting", ("search", "--config", "{cfg}"),
+         "c.yaml: line 10: nested deeper than 64 levels",
+         config=QUICK + "objectives: " + "[" * 5000 + "]" * 5000 + "\n"),
+    Case("yaml-deep-nesting-model", TRAIN_M, "m.yaml: line 2: nested deeper than 64 levels",
+         files={"m.yaml": "input_channel: 3\nbackbone: " + "[" * 5000 + "]" * 5000 + "\n"}),
+    Case("yaml-int-5000-digits", ("search", "--config", "{cfg}"),
+         "c.yaml: line 9: an integer of more than 4300 digits",
+         config=QUICK.replace("{epochs: 1,", "{epochs: " + "9" * 5000 + ",")),
+    Case("yaml-int-hex-huge", ("search", "--config", "{cfg}"),
+         "c.yaml: line 9: an integer of more than 4300 digits",
+         config=QUICK.replace("{epochs: 1,", "{epochs: 0x" + "f" * 5000 + ",")),
+    Case("yaml-int-4000-digits", ("search", "--config", "{cfg}"),
+         "train.seed: must be <= 4294967295, got <an integer of about 4000 digits>",
+         config=QUICK.replace("{epochs: 1,", "{seed: 1" + "0" * 3999 + ", epochs: 1,")),
+    # long values and keys are quoted in part, never whole
+    Case("long-unknown-key", ("search", "--config", "{cfg}"), "train.'xxxxxxxx",
+         config=QUICK.replace("{epochs: 1,", "{" + "x" * 1000 + ": 1, epochs: 1,")),
+    Case("long-unknown-op", ("search", "--config", "{cfg}"), "augment.ops: unknown op 'yyyy",
+         config=_edit(augment="{ops: [" + "y" * 100000 + "], n_select: 1}")),
+    Case("long-list-value", ("search", "--config", "{cfg}"), "objectives: listed twice in [",
+         config=_edit(objectives="[" + ", ".join(["accuracy"] * 20000) + "]")),
+    # numbers: finite everywhere, within what their consumer accepts
+    *[Case(f"not-finite-{key}-{value}", ("search", "--config", "{cfg}"),
+           f"{key}: input should be a finite number, got {value.strip('.')}",
+           config=QUICK.replace(old, new.replace("{v}", value)))
+      for key, old, new in [
+          ("train.lr", "{epochs: 1,", "{lr: {v}, epochs: 1,"),
+          ("train.weight_decay", "{epochs: 1,", "{weight_decay: {v}, epochs: 1,"),
+          ("train.warmup_epochs", "{epochs: 1,", "{warmup_epochs: {v}, epochs: 1,"),
+          ("train.momentum", "{epochs: 1,", "{momentum: {v}, epochs: 1,"),
+          ("study.db_outage_deadline_s", "seed: 0}", "seed: 0, db_outage_deadline_s: {v}}"),
+          ("study.metrics_linger_s", "seed: 0}", "seed: 0, metrics_linger_s: {v}}"),
+          ("data.val_ratio", "val_ratio: 0.2}", "val_ratio: {v}}"),
+          ("augment.cutout_size", "flip_p: 0.0}", "flip_p: 0.0, cutout_size: {v}}"),
+      ]
+      for value in (".inf", ".nan")],
+    *[Case(f"not-finite-{key.split('.')[0]}-{i}", ("search", "--config", "{cfg}"),
+           f"{key}: input should be a finite number, got inf", config=QUICK + text)
+      for i, (key, text) in enumerate([
+          ("export.max_logit_diff", "export: {max_logit_diff: .inf}\n"),
+          ("constraints.max_latency_ms", "constraints: {max_latency_ms: .inf}\n"),
+          ("select.policies[0].budget.latency_ms",
+           "select: {policies: [{budget: {latency_ms: .inf}}]}\n"),
+      ])],
+    Case("not-finite-space-lr", ("search", "--config", "{cfg}"),
+         "space.train.lr[1]: input should be a finite number, got inf",
+         config=QUICK.replace("augment: null", "augment: null\n  train: {lr: [0.001, .inf]}")),
+    Case("huge-metrics-linger", ("search", "--config", "{cfg}"),
+         "study.metrics_linger_s: must be <= 3600.0, got 1e+300",
+         config=QUICK.replace("seed: 0}", "seed: 0, metrics_linger_s: 1.0e+300}")),
+    Case("huge-db-outage-deadline", ("search", "--config", "{cfg}"),
+         "study.db_outage_deadline_s: must be <= 86400.0",
+         config=QUICK.replace("seed: 0}", "seed: 0, db_outage_deadline_s: 1.0e+300}")),
+    Case("huge-heartbeat", ("search", "--config", "{cfg}"),
+         "study.heartbeat_interval_s: must be <= 3600",
+         config=QUICK.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1000000000000}")),
+    Case("warmup-past-epochs", ("search", "--config", "{cfg}"),
+         "train.warmup_epochs: must be <= epochs (1), got 5",
+         config=QUICK.replace("{epochs: 1,", "{warmup_epochs: 5, epochs: 1,")),
+    # seeds: 0..2**32-1 at load; a worker's index within 0..9999999 (the sampler's seed
+    # folds study.seed + 1000 * index into range: job.config.derive_seed)
+    Case("seed-study-negative", ("search", "--config", "{cfg}"), "study.seed: must be >= 0, got -3",
+         config=QUICK.replace("seed: 0}", "seed: -3}")),
+    Case("seed-study-2-70", ("run", "--config", "{cfg}"),
+         "study.seed: must be <= 4294967295, got 1180591620717411303424",
+         config=QUICK.replace("seed: 0}", f"seed: {2**70}}}")),
+    Case("seed-train-2-70", ("search", "--config", "{cfg}"),
+         "train.seed: must be <= 4294967295, got 1180591620717411303424",
+         config=QUICK.replace("{epochs: 1,", f"{{seed: {2**70}, epochs: 1,")),
+    Case("seed-train-negative", TRAIN_M, "train.seed: must be >= 0, got -1",
+         config=QUICK.replace("{epochs: 1,", "{seed: -1, epochs: 1,"),
+         files=_model("[1, Conv, [8, 3]]")),
+    Case("seed-data-2-32", ("search", "--config", "{cfg}"), "data.seed: must be <= 4294967295",
+         config=QUICK.replace("val_ratio: 0.2}", f"val_ratio: 0.2, seed: {2**32}}}")),
+    Case("worker-index-huge", ("search", "--config", "{cfg}"),
+         "JOB_COMPLETION_INDEX: expected an integer 0..9999999, got '99999999999'",
+         env={"JOB_COMPLETION_INDEX": "99999999999"}),
+    Case("worker-index-5000-digits", ("search", "--config", "{cfg}"),
+         "JOB_COMPLETION_INDEX: expected an integer 0..9999999, got 5000 characters",
+         env={"JOB_COMPLETION_INDEX": "9" * 5000}),
+    Case("worker-index-local-huge", ("search", "--config", "{cfg}"),
+         "SMS_WORKER_INDEX: expected an integer 0..9999999", env={"SMS_WORKER_INDEX": "10000000"}),
+    # train --card: one line naming the card's key at fault (never a config key)
+    Case("card-deep-json", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "card.json: not a card (nested too deeply)",
+         files={"card.json": '{"model_yaml": ' + "[" * 100000 + "]" * 100000 + "}"}),
+    Case("card-nested-past-64", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: recipe[0][0]", files={"card.json": '{"recipe": ' + "[" * 200
+         + "]" * 200 + "}"}),
+    Case("card-int-5000-digits", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "card.json: not a card (an integer of more than 4300 digits)",
+         files={"card.json": '{"recipe": {"epochs": ' + "9" * 5000 + "}}"}),
+    Case("card-infinity", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: recipe.lr: must be a finite number, got inf",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8]]]", '
+                '"recipe": {"lr": Infinity}, "augment": null, "data_fingerprint": "x"}'}),
+    Case("card-nan-verified", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: verified.mean: must be a finite number, got nan",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8]]]", '
+                '"recipe": {}, "augment": null, "data_fingerprint": "x", '
+                '"verified": {"mean": NaN, "std": 0.0}}'}),
+    Case("card-recipe-epochs-zero", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "card.json: not a usable card: recipe.epochs: must be >= 1, got 0",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8]]]", '
+                '"recipe": {"epochs": 0}, "augment": null, "data_fingerprint": "x"}'}),
+    Case("card-recipe-seed-2-70", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: recipe.seed: must be <= 4294967295",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8]]]", '
+                f'"recipe": {{"seed": {2**70}}}, "augment": null, "data_fingerprint": "x"}}'}),
+    Case("card-augment-bad", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: augment.flip_p: must be <= 1.0, got 2.0",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8]]]", '
+                '"recipe": {}, "augment": {"flip_p": 2.0}, "data_fingerprint": "x"}'}),
+    Case("card-model-yaml-bad", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: model_yaml: line 1 not valid YAML",
+         files={"card.json": '{"model_yaml": "backbone: [1", "recipe": {}, "augment": null, '
+                '"data_fingerprint": "x"}'}),
+    Case("card-model-yaml-duplicate", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "not a usable card: model_yaml: line 2: duplicate key 'input_channel'",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\ninput_channel: 1\\nbackbone: []", '
+                '"recipe": {}, "augment": null, "data_fingerprint": "x"}'}),
+    Case("card-batch-over-split", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+         "card.json: recipe.batch_size: 100000 is more than",
+         files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8, 3]], '
+                '[1, GlobalAvgPool, []], [1, FixedConv, [10, 1, 1]]]", '
+                '"recipe": {"batch_size": 100000, "device": "cpu"}, "augment": null, '
+                '"data_fingerprint": "x"}'}),
+    *([Case("card-device-cuda", ("train", "--config", "{cfg}", "--card", "{tmp}/card.json"),
+            "card.json: recipe.device: 'cuda' asked for",
+            files={"card.json": '{"model_yaml": "input_channel: 3\\nbackbone: [[1, Conv, [8]]]", '
+                   '"recipe": {"device": "cuda"}, "augment": null, "data_fingerprint": "x"}'})]
+      if NO_GPU else []),
+    Case("db-wait-400-digits", STATUS, "SMS_DB_WAIT_S: must be at most 86400 s",
+         env={"SMS_DB_WAIT_S": "9" * 400}),
+    # --- issue 23: storage URLs, journals, run (outage, locks, signals) ---------------
+    # a journal whose torn record was built upon (a record joined to it: line 2), as the
+    # old append left it: refused by every verb, naming the file, the line and the repair
+    *[Case(f"journal-damaged-{name}", (*argv, "--out", "{tmp}/r"),
+           "r/study.journal: line 2 is not a journal record (a torn write built upon); "
+           "repair it with: python -m job repair-journal ",
+           files={"r/study.journal":
+                  '{"op_code":0,"worker_id":"w-1","study_name":"bad","directions":[2,1]}\n'
+                  '{"op_code":2,"worker_id":"w-1","study_id":0,"user_at'
+                  '{"op_code":2,"worker_id":"w-2","study_id":0,"user_attr":{"b":2}}\n'
+                  '{"op_code":2,"worker_id":"w-2","study_id":0,"user_attr":{"c":3}}\n'})
+      for name, argv in (("status", STATUS), ("collect", ("collect", "--config", "{cfg}")),
+                         ("research-dry-run", ("research", "--config", "{cfg}", "--dry-run")),
+                         ("search", ("search", "--config", "{cfg}")),
+                         ("run", ("run", "--config", "{cfg}")))],
+    # a storage URL naming a file that is no journal or no database
+    *[Case(f"journal-not-a-journal-{verb}", (verb, "--config", "{cfg}", "--storage", url),
+           f"{name}: not an Optuna journal file", files={"p.png": PNG})
+      for verb in ("status", "search", "run")
+      for name, url in (("c.yaml", "journal://{cfg}"), ("p.png", "journal://{tmp}/p.png"))],
+    *[Case(f"sqlite-not-a-database-{verb}", (verb, "--config", "{cfg}", "--storage", url),
+           f"{name}: file is not a database", files={"p.png": PNG})
+      for verb in ("status", "search", "run")
+      for name, url in (("c.yaml", "sqlite:///{cfg}"), ("p.png", "sqlite:///{tmp}/p.png"))],
+    # a password with a character a URL reserves, unencoded: refused at once, none of it shown
+    *[Case(f"storage-password-{i}-{verb}",
+           (verb, "--config", "{cfg}", "--storage", f"postgresql+psycopg2://u:{pw}@127.0.0.1:1/db"),
+           "holds a character that a URL reserves (@ / ? #): percent-encode it")
+      for verb in ("status", "search", "run", "collect")
+      for i, pw in enumerate(("pw@cd", "pw/cd", "pw#cd", "pw?cd", "pw@cd/x"))],
+    # libpq's connect_timeout in the URL: merged with our own wait, or refused in one line
+    Case("storage-connect-timeout",
+         (*STATUS, "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/db?connect_timeout=2"),
+         "not reachable after 0.3 s", env={"SMS_DB_WAIT_S": "0.3"}, code=1, lines=2),
+    Case("storage-connect-timeout-run",
+         ("run", "--config", "{cfg}", "--storage",
+          "postgresql+psycopg2://u:pw@127.0.0.1:1/db?connect_timeout=0"),
+         "not reachable after 0.3 s", env={"SMS_DB_WAIT_S": "0.3"}, code=1, lines=2),
+    Case("storage-connect-timeout-bad",
+         (*STATUS, "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/db?connect_timeout=soon"),
+         "connect_timeout must be whole seconds, got 'soon'", env={"SMS_DB_WAIT_S": "0.3"}),
+    # --- issue 23: data, checkpoints, training inputs --------------------------------
+    # a checkpoint folder no checkpoint can be written to, though its permission bits
+    # (root's) say yes: found before the first trial, not at preemption
+    *[Case(f"checkpoint-dir-unwritable-{verb}-{i}", (verb, "--config", "{cfg}"),
+           f"study.checkpoint_dir: cannot write checkpoints in {path}",
+           config=QUICK.replace("seed: 0}", f"seed: 0, checkpoint_dir: {path}}}", 1))
+      for verb in ("search", "run") for i, path in enumerate(("/proc/sms-ck", "/proc/a/b"))],
+    # image modes with no faithful 8-bit form: refused naming the file (16-bit is scaled)
+    *[Case(f"image-mode-{i}", ("search", "--config", "{cfg}"), f"imgs/b/odd.tif: mode {says}",
+           config=_edit(data="{name: imagefolder, path: imgs, image_size: 8}"),
+           files={"imgs/a/0.png": PNG, "imgs/b/0.png": PNG, "imgs/b/odd.tif": content})
+      for i, (content, says) in enumerate([
+          (image_bytes(np.array([[0, 70000]], np.int32), "TIFF"), "I values 0..70000"),
+          (image_bytes(np.array([[0.0, 9.5]], np.float32), "TIFF"), "F (32-bit float)")])],
+    # a CIFAR-10 file whose pickle would run code (create ./marker): refused, nothing made
+    Case("cifar-planted-pickle", ("search", "--config", "{cfg}"),
+         "batches.meta: not a readable CIFAR-10 pickle (it names io.open",
+         config=_edit(data="{name: cifar10, path: cif}"),
+         files={"cif/cifar-10-batches-py/batches.meta": planted_pickle("marker")}),
+    # the data changed under a study its first worker recorded: collect refuses (run and
+    # search too: tests/test_study_data.py, as they write to the journal before)
+    Case("study-data-changed-collect", ("collect", "--config", "{cfg}"),
+         "here, 000000000000 in study 'bad' (the data changed",
+         files={"runs/bad/study.journal": journal_with_study_data("bad", "0" * 64)}),
+    # --- issue 23: collect, publish, dashboard, exporter, research, preview -----------
+    # dashboard and exporter: --host and --port checked by binding, before any storage
+    Case("dashboard-host-unresolvable",
+         ("dashboard", "--out", "{tmp}", "--host", "no-such-host.invalid"),
+         "--host no-such-host.invalid: cannot resolve it", files={"study.journal": ""}),
+    Case("dashboard-host-not-here", ("dashboard", "--out", "{tmp}", "--host", "192.0.2.1"),
+         "--host 192.0.2.1: not an address of this machine", files={"study.journal": ""}),
+    Case("dashboard-host-control-chars",
+         ("dashboard", "--out", "{tmp}", "--host", "bad\nhost" + "x" * 400), "--host 'bad\\n",
+         files={"study.journal": ""}),
+    Case("exporter-host-unresolvable",
+         ("exporter", "--config", "{cfg}", "--out", "{tmp}", "--host", "no-such-host.invalid"),
+         "--host no-such-host.invalid: cannot resolve it"),
+    Case("exporter-host-control-chars",
+         ("exporter", "--config", "{cfg}", "--out", "{tmp}", "--host", "bad\nhost" + "x" * 400),
+         "--host 'bad\\n"),
+    Case("exporter-host-not-here",
+         ("exporter", "--config", "{cfg}", "--out", "{tmp}", "--host", "192.0.2.1"),
+         "--host 192.0.2.1: not an address of this machine"),
+    # research decides its study itself: --study is refused with the reason
+    Case("research-study", ("research", "--config", "{cfg}", "--study", "other"),
+         "--study other: research picks its study itself"),
+    # augment-preview makes a missing --out folder; one it cannot make is one line
+    Case("preview-out-under-proc",
+         ("augment-preview", "--config", "{cfg}", "--out", "/proc/x/y/p.png"), "--out"),
+    Case("preview-out-under-a-file",
+         ("augment-preview", "--config", "{cfg}", "--out", "{cfg}/x/p.png"), "--out"),
 ]  # fmt: skip
 
 
@@ -322,8 +579,42 @@ def _config_cases() -> list[Case]:
 CASES += _config_cases()
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+# A case that has not failed within this many seconds hangs (an alias bomb, an idle
+# client): a guard against hanging the suite, far above any case's real time; no timing.
+HANG_S = 60
+MAX_LINE = 300  # no error line longer than this (an error never reprs its whole input)
+
+
+class HangError(Exception):
+    """A case ran past HANG_S."""
+
+
+@contextmanager
+def _hang_guard(seconds: int) -> Iterator[None]:
+    """Raise HangError in the main thread after `seconds` (SIGALRM), so a hang fails the case."""
+
+    def _ring(signum: int, frame: object) -> None:
+        raise HangError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every path under root with its content's digest: a case must change none of them."""
+    return {
+        str(p.relative_to(root)): (
+            hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_file() and not p.is_symlink()
+            else "-"
+        )
+        for p in root.rglob("*")
+    }
 
 
 def _fill(text: str, tmp: Path) -> str:
@@ -358,17 +649,19 @@ def test_bad_input_fails_at_once_with_one_line(
         monkeypatch.setenv(name, _fill(value, in_tmp))
     before = _tree(in_tmp)
     try:
-        code = main([_fill(arg, in_tmp) for arg in case.argv])
+        with _hang_guard(HANG_S):
+            code = main([_fill(arg, in_tmp) for arg in case.argv])
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == case.code, err
-    assert len(lines) == case.lines, err
-    assert case.says in lines[-1], err
+    assert code == case.code, err[:2000]
+    assert len(lines) == case.lines, err[:2000]
+    assert case.says in lines[-1], err[:2000]
+    assert all(len(line) <= MAX_LINE for line in lines), err[:2000]
     assert "pw@" not in err  # every URL's password masked
     assert "Traceback" not in err
-    assert _tree(in_tmp) == before, "a bad input created or deleted files"
+    assert _tree(in_tmp) == before, "a bad input created, changed or deleted files"
     assert os.getcwd() == str(in_tmp)
 
 

@@ -29,6 +29,7 @@ from job.collect import (
     write_pareto_json,
 )
 from job.config import Config, ConfigError, parse_config
+from job.outputs import OutputError
 from job.space import directions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -300,7 +301,7 @@ def test_collect_writes_each_file_atomically(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", broken_savefig)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=r"cannot write .*/pareto\.png: No space left"):
         collect(study, config, out)
     assert (out / "pareto.png").read_bytes() == before["pareto.png"]  # still the old one
     assert sorted(p.name for p in out.iterdir()) == ["pareto.json", "pareto.png", "summary.json"]

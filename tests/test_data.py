@@ -6,7 +6,15 @@ pickle format, PNG files), since no data set can be downloaded here.
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,11 +31,13 @@ from job.data import (
     DataError,
     Dataset,
     Split,
+    _read_image,
     load_data,
     prepare_images,
     real_photos,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer"]
 N_PER_BATCH = 20
 
@@ -380,3 +390,271 @@ def test_imagefolder_test_cut_keeps_its_images_when_images_are_added(tmp_path: P
     assert sum(image in old_trained for image in new_test) <= 2  # no more than that leaks
     # a random cut (what the validation split still is) would move about 80% of them
     assert sum(image in old_trained for image in rows(after.val)) > 2
+
+
+# --- image modes: every mode Pillow reads becomes 8-bit RGB, or is refused by name -------
+
+
+def image_bytes(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    """A real image file of `pixels`, as Pillow writes it in `fmt` (the mode Pillow infers
+    from the array's dtype and shape, or `mode`)."""
+    image = Image.fromarray(pixels) if mode is None else Image.fromarray(pixels, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    """A real 16-bit PNG (grey, grey+alpha, RGB or RGBA by the channel count of pixels
+    (H, W, C) uint16), written chunk by chunk: Pillow writes no 16-bit colour PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    h, w, c = pixels.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _grey(values: np.ndarray) -> np.ndarray:
+    """(H, W) → (3, H, W): the same plane in every channel."""
+    return np.repeat(values[None].astype(np.uint8), 3, axis=0)
+
+
+def _over_grey(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(3, H, W) colour, (H, W) alpha → composited over grey 128, rounded, as uint8."""
+    mixed = rgb.astype(np.float64) * alpha / 255 + 128 * (1 - alpha.astype(np.float64) / 255)
+    return np.rint(mixed).astype(np.uint8)
+
+
+LEVELS16 = np.array([[0, 255, 256, 257], [32896, 40000, 65280, 65535]], np.uint16)
+LEVELS8 = (LEVELS16 >> 8).astype(np.uint8)  # [[0, 0, 1, 1], [128, 156, 255, 255]]
+COLOUR16 = np.stack([LEVELS16, LEVELS16[::-1], np.full_like(LEVELS16, 1000)], axis=-1)
+
+
+def _palette_with_transparency() -> bytes:
+    image = Image.new("P", (2, 2))
+    image.putpalette([10, 20, 30, 200, 100, 50])
+    image.putpixel((1, 0), 1)
+    image.putpixel((1, 1), 1)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)  # index 0 transparent
+    return buffer.getvalue()
+
+
+ALPHA = np.array([[0, 255], [128, 64]], np.uint8)
+MODES: list[tuple[str, str, bytes, np.ndarray]] = [
+    # (id, file name, file, expected (3, H, W) uint8)
+    ("png-I;16", "g.png", image_bytes(LEVELS16), _grey(LEVELS8)),
+    ("pgm-16-bit-as-I", "g.pgm", image_bytes(LEVELS16, "PPM"), _grey(LEVELS8)),
+    ("tiff-I-32-bit", "g.tif", image_bytes(LEVELS16.astype(np.int32), "TIFF"), _grey(LEVELS8)),
+    ("png-16-bit-grey", "g16.png", png16(LEVELS16[..., None]), _grey(LEVELS8)),
+    (
+        "png-16-bit-rgb",
+        "c16.png",
+        png16(COLOUR16),
+        (COLOUR16 >> 8).astype(np.uint8).transpose(2, 0, 1),
+    ),
+    (
+        "png-16-bit-rgba",
+        "a16.png",
+        png16(np.dstack([COLOUR16, np.full_like(LEVELS16, 65535)])),
+        (COLOUR16 >> 8).astype(np.uint8).transpose(2, 0, 1),
+    ),
+    (
+        "tiff-F",
+        "f.tif",
+        image_bytes(np.array([[0.0, 0.25], [0.5, 1.0]], np.float32), "TIFF"),
+        _grey(np.array([[0, 64], [128, 255]])),
+    ),
+    (
+        "png-1",
+        "b.png",
+        image_bytes(np.array([[True, False], [False, True]])),
+        _grey(np.array([[255, 0], [0, 255]])),
+    ),
+    (
+        "png-P-transparent",
+        "p.png",
+        _palette_with_transparency(),
+        np.array(
+            [[[128, 200], [128, 200]], [[128, 100], [128, 100]], [[128, 50], [128, 50]]], np.uint8
+        ),
+    ),
+    (
+        "png-LA",
+        "la.png",
+        image_bytes(np.dstack([np.full((2, 2), 200, np.uint8), ALPHA])),
+        _over_grey(np.full((3, 2, 2), 200), ALPHA),
+    ),
+    (
+        "png-RGBA",
+        "rgba.png",
+        image_bytes(np.dstack([np.full((2, 2, 3), (250, 10, 60), np.uint8), ALPHA])),
+        _over_grey(np.array((250, 10, 60))[:, None, None] * np.ones((3, 2, 2)), ALPHA),
+    ),
+    (
+        "tiff-CMYK",
+        "k.tif",
+        image_bytes(
+            np.array([[[255, 0, 0, 0], [0, 0, 0, 255], [0, 0, 0, 0], [0, 128, 0, 0]]], np.uint8),
+            "TIFF",
+            "CMYK",
+        ),
+        np.array([[[0, 0, 255, 255]], [[255, 0, 255, 127]], [[255, 0, 255, 255]]], np.uint8),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"), [m[1:] for m in MODES], ids=[m[0] for m in MODES]
+)
+def test_every_image_mode_becomes_8_bit_rgb_pixel_for_pixel(
+    tmp_path: Path, name: str, content: bytes, expected: np.ndarray
+) -> None:
+    file = tmp_path / name
+    file.write_bytes(content)
+    assert np.array_equal(_read_image(file), expected), Image.open(file).mode
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            image_bytes(np.array([[0, 70000]], np.int32), "TIFF"),
+            "mode I values 0..70000 do not fit",
+        ),
+        (image_bytes(np.array([[0.0, 255.0]], np.float32), "TIFF"), "mode F (32-bit float) values"),
+        (image_bytes(np.array([[0.0, np.nan]], np.float32), "TIFF"), "must lie in [0, 1]"),
+    ],
+    ids=["I-beyond-16-bits", "F-beyond-1", "F-nan"],
+)
+def test_a_mode_with_no_faithful_8_bit_form_is_refused_naming_the_file(
+    tmp_path: Path, content: bytes, says: str
+) -> None:
+    write_folder(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "b" / "odd.tif").write_bytes(content)
+    with pytest.raises(DataError) as info:
+        folder(tmp_path)
+    line = str(info.value)
+    assert line.startswith(str(tmp_path / "b" / "odd.tif")) and says in line and "\n" not in line
+
+
+def test_16_bit_pngs_are_scaled_not_saturated(tmp_path: Path) -> None:
+    """The bug: Pillow's convert("RGB") clips 16-bit grey at 255, so all but the darkest
+    pixels came out white. Scaled, a ramp over 0..65535 stays a ramp."""
+    ramp = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)
+    for name in ("a", "b"):
+        for i in range(5):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / f"{i}.png").write_bytes(image_bytes(ramp))
+    ds = folder(tmp_path, image_size=16, val_ratio=0.0)
+    x = torch.cat([ds.train.x, ds.test.x])
+    assert torch.equal(x[0, 0], torch.arange(256, dtype=torch.uint8).view(16, 16))
+    assert float((x == 255).float().mean()) == 1 / 256  # one pixel of each image, not 98%
+
+
+# --- unreadable data: said as such, never "no images" or a class quietly missing ----------
+
+
+def test_a_dangling_or_looping_class_folder_is_named_with_the_reason(tmp_path: Path) -> None:
+    write_folder(tmp_path, {"a": 4, "b": 4})
+    (tmp_path / "c").symlink_to(tmp_path / "unmounted-volume")  # a class not there
+    with pytest.raises(DataError) as info:
+        folder(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'c'}: cannot read class folder (No such file or directory: "
+        f"a symlink to {tmp_path / 'unmounted-volume'})"
+    )
+    (tmp_path / "c").unlink()
+    (tmp_path / "c").symlink_to("c")
+    with pytest.raises(DataError, match=r"c: cannot read class folder \(Too many levels"):
+        folder(tmp_path)
+    (tmp_path / "c").unlink()
+    (tmp_path / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match=r"gone\.png: cannot read image \(No such file"):
+        folder(tmp_path)
+    (tmp_path / "a" / "gone.png").unlink()
+    (tmp_path / "README.txt").write_text("not a class")  # plain files are no classes
+    os.mkfifo(tmp_path / "a" / "pipe.png")  # nor image files: never opened (would block)
+    assert folder(tmp_path).classes == ("a", "b")
+
+
+# Run as `nobody` when the tests run as root (permission bits do not stop root): the
+# imports first, as root (the interpreter's own files may lie under /root), then the load.
+UNREADABLE = """\
+import os, sys
+from PIL import Image
+from job.config import DataConfig
+from job.data import DataError, load_data
+Image.init()  # every image plugin imported while still allowed to
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    load_data(DataConfig(name="imagefolder", path=sys.argv[1]))
+except DataError as exc:
+    print(exc)
+"""
+
+
+def test_a_class_folder_without_permission_is_named_with_the_reason() -> None:
+    """A class folder this process may not list: said so, with the OS's reason (it was
+    "no images"). The folder lies where `nobody` may reach it, but for class `b`."""
+    root = Path(tempfile.mkdtemp(prefix="sms-perm-"))
+    try:
+        root.chmod(0o755)
+        write_folder(root, {"a": 4, "b": 4})
+        for path in root.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (root / "b").chmod(0)
+        done = subprocess.run(
+            [sys.executable, "-c", UNREADABLE, str(root)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"{root / 'b'}: cannot read folder (Permission denied)"
+    finally:
+        (root / "b").chmod(0o755)
+        shutil.rmtree(root)
+
+
+# --- a CIFAR-10 pickle is data, never code ---------------------------------------------
+
+
+class Planted:
+    """Unpickled by an unrestricted unpickler, it would create `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.marker, "w"))
+
+
+def planted_pickle(marker: str, protocol: int = 2) -> bytes:
+    """A CIFAR-10 batch file whose labels would run code (create `marker`)."""
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": Planted(marker)}
+    return pickle.dumps(batch, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_planted_cifar_pickle_runs_no_code(tmp_path: Path, protocol: int) -> None:
+    write_cifar(tmp_path)
+    marker = tmp_path / "marker"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(planted_pickle(str(marker), protocol))
+    with pytest.raises(DataError) as info:
+        cifar(tmp_path)
+    assert not marker.exists(), "reading the data ran its code"
+    assert str(info.value) == (
+        f"{batch}: not a readable CIFAR-10 pickle (it names io.open, which CIFAR-10 never does)"
+    )

@@ -253,18 +253,20 @@ def test_a_waiter_inside_the_server_starves_the_holder_of_the_pool(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
-        deadline = time.monotonic() + 30
-        while _one(watch, waiting) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the waiter is blocked in the server
+        deadline = time.monotonic() + 120  # a hang guard: the wait is for a state
+        while _one(watch, waiting) == 0:  # until the waiter is blocked in the server
+            assert time.monotonic() < deadline, "the waiter never blocked in the server"
+            time.sleep(0.05)
         answered: list[int] = []
         query = threading.Thread(target=lambda: answered.append(_one(work, "SELECT 1")))
         query.start()
-        query.join(1.0)
+        query.join(1.0)  # however long it is given, it cannot be answered before the commit
         assert not answered  # starved: no server connection for the holder's work
         holder.commit()  # the lock goes; the waiter takes it, commits, frees its connection
-        blocked.join(5)
+        blocked.join(120)
+        assert not blocked.is_alive()
         waiter.commit()
-        query.join(5)
+        query.join(120)
         assert answered == [1]
     finally:
         for conn in (holder, waiter, work, watch):

@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from job.config import load_config, parse_config
 from job.pgserver import PASSWORD, External, Server
 from job.search import open_study
+from tests.gate import Gate
 from tests.proc import ROOT
 from tests.test_search import TINY
 
@@ -85,40 +87,46 @@ def test_run_and_status_on_postgres(postgres: Server | External, tmp_path: Path)
 def test_a_killed_worker_s_trial_is_retried_and_the_budget_stays_exact(
     postgres: Server | External, tmp_path: Path
 ) -> None:
+    """SIGKILL a worker mid-trial (its trial waits at a gate, RUNNING and beating, until
+    the kill: no poll races a fast trial): the trial goes stale, is failed and retried
+    with the same candidate by the live worker; exactly the budget COMPLETE."""
     url = postgres.new_database()
     path = tmp_path / "beating.yaml"
-    text = TINY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
-    path.write_text(text.replace("epochs: 1,", "epochs: 6,"))
-    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "job", "search", "--config", str(path)]
+    path.write_text(
+        TINY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
+    )
+    gate = Gate(tmp_path / "gate")
+    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1", **gate.env()}
+    cmd = gate.command("search", "--config", str(path))
     workers = [
         subprocess.Popen(cmd, cwd=ROOT, env={**env, "SMS_WORKER_INDEX": str(i)}) for i in range(2)
     ]
     victim = workers[0]
-    study = open_study(load_config(path), url)
-    killed = None
-    deadline = time.monotonic() + 300
-    while killed is None and time.monotonic() < deadline:
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if str(trial.user_attrs.get("worker", "")).endswith(f":{victim.pid}"):
-                victim.send_signal(signal.SIGKILL)  # mid-trial, no chance to clean up
-                killed = trial.number
-        time.sleep(0.2)
-    assert killed is not None, "the victim never ran a trial"
-    assert workers[1].wait(timeout=600) == 0
-    victim.wait()
+    try:
+        gate.wait_blocked([victim], watch=workers)  # mid-trial: params drawn, beating
+        study = open_study(load_config(path), url)
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        mine = f":{victim.pid}"
+        (killed,) = [t.number for t in running if t.user_attrs.get("worker", "").endswith(mine)]
+        victim.send_signal(signal.SIGKILL)  # no chance to clean up
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+        gate.open()
+        assert workers[1].wait(timeout=600) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
     trials = study.get_trials()
     states = [t.state for t in trials]
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
     assert trials[killed].state == TrialState.FAIL  # went stale, failed by heartbeat
     assert trials[killed].user_attrs["fail_reason"] == "stale"
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
-    # the same candidate: every param the killed trial had drawn is kept (it may have died
-    # while still sampling; the retry draws the rest)
-    assert retries and retries[0].params.items() >= trials[killed].params.items()
+    # the same candidate: killed at the gate, it had drawn every param before training
+    assert retries and retries[0].params == trials[killed].params
 
 
-def _wait_for_complete(study, n: int, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+def _wait_for_complete(study: optuna.Study, n: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(study.get_trials(states=(TrialState.COMPLETE,))) >= n:
@@ -128,28 +136,48 @@ def _wait_for_complete(study, n: int, timeout: float = 300) -> None:  # type: ig
 
 
 def test_workers_ride_out_a_database_restart(postgres: Server | External, tmp_path: Path) -> None:
+    """The database stops while both workers are mid-trial (each waits at a gate,
+    RUNNING and beating) and stays down until each has had a storage call fail: their
+    writes are retried through the outage, and after the restart the budget is met."""
     if not isinstance(postgres, Server):
         pytest.skip("restarts only the suite's own throwaway server")
     url = postgres.new_database()
     path = tmp_path / "restart.yaml"
-    text = TINY.replace("budget: 4", "budget: 6").replace("epochs: 1,", "epochs: 3,")
+    text = TINY.replace("budget: 4", "budget: 6")
     # A claim cut off by the restart may leave a trial no worker knows of: it goes stale
     # after the grace period (longer than the outage, so no beating trial does) and retries.
     beats = "seed: 0, heartbeat_interval_s: 1, grace_period_s: 12}"
     path.write_text(text.replace("seed: 0}", beats))
-    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "job", "search", "--config", str(path)]
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    gate = Gate(tmp_path / "gate")
+    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1", **gate.env()}
+    cmd = gate.command("search", "--config", str(path))
+    pipe, merged = subprocess.PIPE, subprocess.STDOUT
     workers = [
-        subprocess.Popen(cmd, cwd=ROOT, env={**env, "SMS_WORKER_INDEX": str(i)}, **pipes)
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**env, "SMS_WORKER_INDEX": str(i)},
+            stdout=pipe,
+            stderr=merged,
+            text=True,
+        )
         for i in range(2)
     ]
-    study = open_study(load_config(path), url)
-    _wait_for_complete(study, 1)
-    postgres.stop("fast")  # every connection drops mid-search
-    time.sleep(3)
-    postgres.start()
     try:
+        gate.wait_blocked(workers)
+        for marker in gate.folder.glob("outage-*"):
+            marker.unlink()  # only a call that fails from now on counts
+        postgres.stop("fast")  # every connection drops mid-search
+        try:
+            gate.open()  # each trial trains on, then writes its result: into the outage
+            pids = {w.pid for w in workers}
+            gate.wait(
+                "every worker's storage call failed in the outage",
+                lambda: True if pids <= set(gate.markers("outage")) else None,
+                watch=workers,
+            )
+        finally:
+            postgres.start()
         outputs = [w.communicate(timeout=300)[0] for w in workers]
     finally:
         for worker in workers:
@@ -157,6 +185,7 @@ def test_workers_ride_out_a_database_restart(postgres: Server | External, tmp_pa
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output
         assert PASSWORD not in output
+    study = open_study(load_config(path), url)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.COMPLETE) == 6 and TrialState.RUNNING not in states
 
@@ -199,47 +228,42 @@ def test_four_workers_one_killed_one_preempted_exact_budget(
 ) -> None:
     """The issue's acceptance run: an empty database, 4 workers, SIGKILL one and SIGTERM
     another mid-trial; exactly the budget COMPLETE, the killed trial retried, the
-    preempted one resumed from its checkpoint, nothing left RUNNING."""
+    preempted one resumed from its checkpoint, nothing left RUNNING. Every trial waits at
+    a gate after its first epoch until the two are signalled: no poll races a trial."""
     url = postgres.new_database()
     path = tmp_path / "acceptance.yaml"
-    text = TINY.replace("budget: 4", "budget: 8").replace("epochs: 1,", "epochs: 20,")
+    text = TINY.replace("budget: 4", "budget: 8").replace("epochs: 1,", "epochs: 3,")
     # grace 5 s, not 3: on a loaded CI machine (through PgBouncer too) a live worker's
     # beats can lag a few seconds, and a retry that went stale would be retried in turn
     path.write_text(
         text.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 5}")
     )
-    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "job", "search", "--config", str(path), "--out", str(tmp_path)]
+    gate = Gate(tmp_path / "gate", after_epoch=1)  # a checkpoint then has an epoch in it
+    env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_TORCH_THREADS": "1", **gate.env()}
+    cmd = gate.command("search", "--config", str(path), "--out", str(tmp_path))
     workers = [
         subprocess.Popen(cmd, cwd=ROOT, env={**env, "SMS_WORKER_INDEX": str(i)}) for i in range(4)
     ]
-    study = open_study(load_config(path), url)
-    victims: dict[int, int] = {}  # trial number → signal
-    seen: set[int] = set()  # trials seen mid-trial (params drawn) by an earlier look
-    deadline = time.monotonic() + 300
-    while len(victims) < 2 and time.monotonic() < deadline:
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if "params" not in trial.user_attrs:
-                continue
-            # only a trial that has just started: one seen by an earlier look may be near
-            # its end, and a signal after its tell would stop the worker between trials
-            fresh, _ = trial.number not in seen, seen.add(trial.number)
-            pid = int(str(trial.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
-            proc = next((w for w in workers[:2] if w.pid == pid), None)
-            if not fresh or proc is None or proc.poll() is not None:
-                continue
-            sig = signal.SIGKILL if proc is workers[0] else signal.SIGTERM
-            if sig in victims.values():
-                continue
-            time.sleep(0.5)  # some epochs in
+    try:
+        gate.wait_blocked(workers[:2], watch=workers)  # both mid-trial, an epoch in
+        study = open_study(load_config(path), url)
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        victims: dict[int, signal.Signals] = {}  # trial number → signal
+        for proc, sig in ((workers[0], signal.SIGKILL), (workers[1], signal.SIGTERM)):
+            mine = f":{proc.pid}"
+            (number,) = [t.number for t in running if t.user_attrs.get("worker", "").endswith(mine)]
             proc.send_signal(sig)
-            victims[trial.number] = sig
-        time.sleep(0.2)
-    assert len(victims) == 2, "the victims never ran a trial"
-    assert workers[1].wait(timeout=60) == 143  # preempted: checkpoint, hand back, exit 143
-    for worker in workers[2:]:
-        assert worker.wait(timeout=600) == 0
-    workers[0].wait()
+            victims[number] = sig
+        # preempted: it leaves the gate on SIGTERM alone, checkpoints, hands back, exits 143
+        assert workers[1].wait(timeout=120) == 143
+        assert workers[0].wait(timeout=60) == -signal.SIGKILL
+        gate.open()
+        for worker in workers[2:]:
+            assert worker.wait(timeout=600) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
     trials = study.get_trials()
     states = [t.state for t in trials]
     assert states.count(TrialState.COMPLETE) == 8 and TrialState.RUNNING not in states
@@ -248,9 +272,11 @@ def test_four_workers_one_killed_one_preempted_exact_budget(
         retry = next(t for t in trials if t.user_attrs.get("retry_of") == number)
         if sig == signal.SIGTERM:
             assert trials[number].user_attrs["fail_reason"] == "preempted"
+            assert trials[number].user_attrs["checkpoint_epoch"] == 2  # stopped after epoch 1
             if retry.state == TrialState.COMPLETE:  # not itself gone stale (see grace)
-                checkpoint = trials[number].user_attrs["checkpoint_epoch"]
-                assert retry.user_attrs["resumed_epoch"] == checkpoint
+                assert retry.user_attrs["resumed_epoch"] == 2
+        else:
+            assert trials[number].user_attrs["fail_reason"] == "stale"
         while retry.state == TrialState.FAIL and retry.user_attrs["fail_reason"] == "stale":
             retry = next(t for t in trials if t.user_attrs.get("retry_of") == retry.number)
         assert retry.state == TrialState.COMPLETE  # the retry, or its own (stale) retry's

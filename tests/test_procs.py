@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from job.config import load_config
 from job.metrics import WorkerMetrics
 from job.procs import PodMetrics, PodOptions, child_command, exit_code, on_stop_signals
 from job.search import open_study
+from tests.gate import Gate
 from tests.proc import ROOT, free_port, journal_url
 from tests.prom import check_metrics, get, pushgateway
 from tests.test_search import TINY
@@ -57,6 +57,18 @@ def _env(**updates: str) -> dict[str, str]:
 
 def _pod(config: Path, out: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "job", "search", "--config", str(config), "--out", str(out)]
+    return _start(cmd, log, env)
+
+
+def _gated_pod(
+    gate: Gate, config: Path, out: Path, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    """`_pod`, whose children's trials wait at `gate` (tests/gate.py)."""
+    cmd = gate.command("search", "--config", str(config), "--out", str(out))
+    return _start(cmd, log, env | gate.env())
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("wb") as sink:  # a file: a pipe nobody reads would block the children
         return subprocess.Popen(cmd, cwd=ROOT, env=_env(**env), stdout=sink, stderr=sink)
 
@@ -185,31 +197,36 @@ def test_two_processes_spend_the_exact_budget_with_distinct_indexes(tmp_path: Pa
 def test_sigterm_mid_trial_stops_both_children_and_one_endpoint_served_both(
     tmp_path: Path,
 ) -> None:
-    (config := tmp_path / "long.yaml").write_text(TINY.replace("epochs: 1,", "epochs: 1000,"))
+    """Both children mid-trial (each waits at a gate after its first epoch: no poll races
+    a trial), seen through the pod's one endpoint; SIGTERM to the pod checkpoints and
+    hands back both trials and stops both children."""
+    (config := tmp_path / "long.yaml").write_text(TINY.replace("epochs: 1,", "epochs: 2,"))
     out, log, port = tmp_path / "out", tmp_path / "pod.log", free_port()
-    pod = _pod(config, out, log, SMS_WORKERS_PER_POD="2", SMS_METRICS_PORT=str(port))
+    gate = Gate(tmp_path / "gate", after_epoch=1)
+    pod = _gated_pod(gate, config, out, log, SMS_WORKERS_PER_POD="2", SMS_METRICS_PORT=str(port))
     study = open_study(load_config(config), journal_url(out))
     try:
-        deadline, text = time.monotonic() + 240, ""
-        running: dict[str, float] = {}
-        both = {"0": 1.0, "1": 1.0}  # not just every proc seen so far: one may start later
-        while time.monotonic() < deadline and running != both:
-            time.sleep(0.3)
-            assert pod.poll() is None, log.read_text()
-            try:  # both children mid-trial, seen through the pod's one endpoint
+        both_blocked = lambda: True if len(gate.markers()) == 2 else None  # noqa: E731
+        gate.wait("both children blocked mid-trial", both_blocked, watch=[pod])
+        children = _children(pod.pid)
+        assert sorted(children) == sorted(gate.markers()), log.read_text()
+        both = {"0": 1.0, "1": 1.0}  # every child mid-trial, seen through the one endpoint
+
+        def scraped() -> str | None:
+            try:
                 text = get(f"http://127.0.0.1:{port}/metrics")
-                running = _by(_samples(text, "sms_trial_running"), "proc")
             except OSError:
-                continue
-        assert running == both, log.read_text()
+                return None  # not serving yet
+            return text if _by(_samples(text, "sms_trial_running"), "proc") == both else None
+
+        text = gate.wait("both children running on the pod's endpoint", scraped, watch=[pod])
         assert _by(_samples(text, "sms_pod_proc_up"), "proc") == {"0": 1.0, "1": 1.0}
         assert len({dict(k)["worker"] for k in _samples(text, "sms_worker_info")}) == 2
         assert check_metrics(text) == ""
-        children = _children(pod.pid)
-        assert len(children) == 2
         pod.send_signal(signal.SIGTERM)
-        assert pod.wait(timeout=60) == 143, log.read_text()
+        assert pod.wait(timeout=120) == 143, log.read_text()
     finally:
+        gate.open()  # nothing left waiting for ever, whatever failed
         if pod.poll() is None:
             pod.kill()
             pod.wait()
@@ -217,4 +234,5 @@ def test_sigterm_mid_trial_stops_both_children_and_one_endpoint_served_both(
     trials = study.get_trials()
     preempted = [t for t in trials if t.user_attrs.get("fail_reason") == "preempted"]
     assert len(preempted) == 2 and all(t.state == TrialState.FAIL for t in preempted)
+    assert all(t.user_attrs["checkpoint_epoch"] == 2 for t in preempted)  # an epoch in
     assert [t.state for t in trials].count(TrialState.WAITING) == 2  # handed back

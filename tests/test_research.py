@@ -285,3 +285,39 @@ def test_research_bad_input_is_one_line(tmp_path: Path) -> None:
     env = {"SMS_STUDY": "bad name!"}
     proc = run_job("status", "--config", str(config), "--out", str(tmp_path), env=env)
     assert proc.returncode == 2 and "SMS_STUDY" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["", "journal:///{tmp}/j/x.journal", "sqlite:///{tmp}/s/x.db"])
+def test_a_dry_run_on_a_missing_study_creates_nothing_anywhere(
+    tmp_path: Path, storage: str
+) -> None:
+    """No journal, folder, lock or database file: run where `runs/<study>` would go."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.proc import ROOT
+
+    (tmp_path / "c.yaml").write_text(TINY)
+    argv = ["research", "--config", "c.yaml", "--dry-run"]
+    argv += ["--storage", storage.format(tmp=tmp_path)] if storage else []
+    env = {k: v for k, v in os.environ.items() if k not in ("OPTUNA_STORAGE", "POSTGRES_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "job", *argv], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, env=env | {"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "new version tiny (version 1" in done.stdout
+    assert "--dry-run: nothing created" in done.stdout
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.yaml"]
+
+
+def test_research_refuses_study_with_the_reason(tmp_path: Path) -> None:
+    """research decides its study (the next version of study.name); README "Re-search"."""
+    (tmp_path / "c.yaml").write_text(TINY)
+    proc = run_job("research", "--config", str(tmp_path / "c.yaml"), "--study", "tiny-v2")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --study tiny-v2: research picks its study itself")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "study.name" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -116,6 +116,63 @@ def test_redact_masks_the_password_in_urls_and_messages() -> None:
     masked = runtime.redact(message, url)
     assert ODD_PASSWORD not in masked and encoded not in masked and "***" in masked
     assert runtime.redact("no secret here", url) == "no secret here"
+
+
+# pieces no URL or message here holds by chance: none of them may ever be shown
+AMBIGUOUS = (
+    "Qa1@Zb2",
+    "Qa1/Zb2",
+    "Qa1#Zb2",
+    "Qa1?Zb2",
+    "Qa1@Zb2/Xc3",
+    "Qa1 Zb2@Xc3",
+    "Qa1:Zb2@Xc3/Yd4?Ve5#Wf6",
+)
+
+
+@pytest.mark.parametrize("password", AMBIGUOUS)
+def test_an_unencoded_password_is_never_shown_in_part_and_is_refused(password: str) -> None:
+    """Parsers disagree on these (urllib ends the password at the authority's last "@",
+    SQLAlchemy at its first; both end the authority at the first "/", "?" or "#"): the
+    URL is refused at once (exit 2) and no piece of the password is ever shown."""
+    from job.storage import check_storage_url
+
+    url = f"postgresql+psycopg2://us:{password}@dbhost:5432/db"
+    pieces = [p for p in re.split(r"[@/#? :]", password) if p]
+    with pytest.raises(StorageURLError, match="percent-encode it") as caught:
+        check_storage_url(url)
+    for shown in (runtime.redact(url), str(caught.value), runtime.redact(f"see {url} now", url)):
+        assert not [p for p in pieces if p in shown], shown
+    assert runtime.ambiguous_url(url)
+    # percent-encoded, the same password is one URL to every reader, and masked whole
+    encoded = f"postgresql+psycopg2://us:{quote(password, safe='')}@dbhost:5432/db"
+    check_storage_url(encoded)
+    assert runtime.redact(encoded) == "postgresql+psycopg2://us:***@dbhost:5432/db"
+    assert not runtime.ambiguous_url(encoded)
+
+
+def test_redact_works_from_the_url_s_parts() -> None:
+    cases = {
+        # no authority: an "@" in a path is no password
+        "journal:///home/a@b/study.journal": "journal:///home/a@b/study.journal",
+        "sqlite:////data/x@y.db": "sqlite:////data/x@y.db",
+        # a user with an "@" (Azure's user@server), a password-like query parameter
+        "postgresql://me@srv:pw@h/d": "postgresql://me@srv:***@h/d",
+        "postgresql://u@h/d?sslmode=require&password=pw": (
+            "postgresql://u@h/d?sslmode=require&password=***"
+        ),
+        "postgresql://u:pw@h/d?connect_timeout=3": "postgresql://u:***@h/d?connect_timeout=3",
+        # an "@" past the authority: unsure, so everything before the last "@" is masked
+        "postgresql://u:pw@h/d@b": "postgresql://***@b",
+    }
+    for url, shown in cases.items():
+        assert runtime.redact(url) == shown
+        assert runtime.redact(shown) == shown  # masking twice changes nothing
+    # URLs inside a message, whatever surrounds them; the rest of the text as it was
+    text = "failed: (postgresql://u:pw@h/d)\tthen 'mysql://v:pw2@h2/x', done"
+    assert runtime.redact(text) == (
+        "failed: (postgresql://u:***@h/d)\tthen 'mysql://v:***@h2/x', done"
+    )
 
 
 def test_db_wait_s() -> None:

@@ -33,6 +33,7 @@ from job.search import (
 )
 from job.storage import Heartbeat, budget_lock
 from job.train import TrainError, train
+from tests.gate import Gate
 from tests.proc import ROOT, free_port, journal_url, run_job
 
 # A tiny search: digits at 8x8, two narrow blocks, one epoch per trial (a second or two).
@@ -134,10 +135,11 @@ def test_wait_and_done_need_no_lock_a_stale_trial_is_claimed_under_it(
     holder.start()
     assert held.wait(20)
     try:
-        with Heartbeat(study, first):
+        # both beat (however long this machine took since they were claimed): none is stale
+        with Heartbeat(study, first), Heartbeat(study, second):
             assert _in_a_thread(lambda: claim_trial(study, 2, url)) == "wait"
             study.tell(first, [0.5, 10.0])
-        # `second` never beat: past the grace period it is stale, and the claim queues
+        # `second` stopped beating: past the grace period it is stale, and the claim queues
         time.sleep(3.5)
         claim = threading.Thread(target=lambda: claimed.append(claim_trial(study, 2, url)))
         claimed: list[object] = []
@@ -294,29 +296,34 @@ def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) -> None:
+    """SIGTERM mid-trial (the trial waits at a gate after its first epoch until then: no
+    sleep guesses how far it got): checkpoint, hand back, exit 143; the next worker
+    resumes the trial from its checkpoint and records it once."""
     config_path = tmp_path / "long.yaml"
     config_path.write_text(
-        TINY.replace("budget: 4", "budget: 2").replace("epochs: 1,", "epochs: 60,")
+        TINY.replace("budget: 4", "budget: 2").replace("epochs: 1,", "epochs: 3,")
     )
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "job", "search", "--config", str(config_path), "--out", str(out)]
-    first = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SMS_TORCH_THREADS": "1"})
+    out, gate = tmp_path / "out", Gate(tmp_path / "gate", after_epoch=1)
+    args = ["search", "--config", str(config_path), "--out", str(out)]
+    env = {**os.environ, "SMS_TORCH_THREADS": "1"}
+    first = subprocess.Popen(gate.command(*args), cwd=ROOT, env=env | gate.env())
+    try:
+        gate.wait_blocked([first])  # an epoch in, the gate shut: it cannot finish the trial
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 143  # stopped early, not finished
+    finally:
+        gate.open()
+        if first.poll() is None:
+            first.kill()
     study = open_study(load_config(config_path), journal_url(out))
-    deadline = time.monotonic() + 120
-    while not study.get_trials(states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2.0)  # some epochs in
-    stopped_at = time.monotonic()
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=30) == 143  # stopped early, not finished
-    assert time.monotonic() - stopped_at < 30
     preempted = study.get_trials()[0]
     assert preempted.state == TrialState.FAIL
     assert preempted.user_attrs["fail_reason"] == "preempted"
     epoch = preempted.user_attrs["checkpoint_epoch"]
+    assert epoch == 2  # stopped at the first step after epoch 1
     assert [t.state for t in study.get_trials()].count(TrialState.WAITING) == 1
 
-    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    second = run_job(*args, env={"SMS_TORCH_THREADS": "1"})  # the product itself, ungated
     assert second.returncode == 0, second.stdout + second.stderr
     trials = study.get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2  # recorded once

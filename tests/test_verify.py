@@ -8,9 +8,7 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,10 @@ from optuna.trial import TrialState, create_trial
 
 from job.config import Config, load_config, parse_config
 from job.data import load_data
-from job.model import ModelError, load_model_spec
+from job.model import ModelError, build_model, load_model_spec
+from job.publish import publish
 from job.search import Worker, open_study
 from job.selection import gather, write_selection
-from job.storage import StudyNotFoundError
 from job.train import TrainResult
 from job.verify import (
     SPEC_ATTR,
@@ -38,6 +36,7 @@ from job.verify import (
     retrain_data,
     verify_study_name,
 )
+from tests.gate import Gate
 from tests.proc import ROOT, journal_url, run_job
 from tests.test_search import TINY
 
@@ -170,9 +169,11 @@ def test_retrain_data_is_train_plus_validation_and_baselines_fit_the_classes() -
 
 def _fake_train(accuracy: float) -> Any:
     def fake(spec, augment, recipe, data, *, weights=None, **kwargs):  # type: ignore[no-untyped-def]
-        if weights is not None:
+        if weights is not None:  # the network's real state dict, its first weight the seed
             weights.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"seed": torch.tensor(recipe.seed)}, weights)
+            state = build_model(spec).state_dict()
+            next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = recipe.seed
+            torch.save(state, weights)
         acc = accuracy + recipe.seed / 100
         return TrainResult(acc, acc, acc, acc, 1, 1, 0.5, 0.01, 1.0, 0.1, "cpu", resumed_epoch=0)
 
@@ -198,6 +199,9 @@ def test_workers_retrain_then_collect_writes_every_file(tmp_path: Path) -> None:
     planned = plan_retrains(study.get_trials(), config, models)
     report = write_selection(study.get_trials(), verify_trials, planned, config, "tiny", out)
     assert not report["problems"] and not report["failed"] and not report["pending"]
+    export = config.export.model_copy(update={"onnx": False, "artifacts": False})
+    published = config.model_copy(update={"export": export})  # the picks' files, no ONNX
+    assert publish(out, study, study.get_trials(), published, data, report) == []
     selection = json.loads((out / "selection.json").read_text())
     assert selection["best"]["trial"] == 1
     # every verified search model scores 0.80/0.81 and ResNet-8 as much: the smallest
@@ -207,8 +211,8 @@ def test_workers_retrain_then_collect_writes_every_file(tmp_path: Path) -> None:
     assert card["verified"]["mean"] == pytest.approx(0.805)
     assert card["verified"]["std"] == pytest.approx(math.sqrt(0.01**2 / 2))
     assert card["recipe"]["seed"] == 1 and card["weights"] == "weights.pt"  # the best seed
-    weights = torch.load(out / "selected" / "best" / "weights.pt")
-    assert int(weights["seed"]) == 1
+    weights = torch.load(out / "selected" / "best" / "weights.pt", weights_only=True)
+    assert next(v for v in weights.values() if v.is_floating_point()).view(-1)[0] == 1
     assert (out / "selected" / "best" / "model.yaml").read_text() == card["model_yaml"]
     verify = json.loads((out / "verify.json").read_text())
     assert verify["correlated_over"] == 2 and "kendall_tau" in verify
@@ -281,7 +285,7 @@ def test_run_selects_verifies_and_train_card_reproduces(tmp_path: Path) -> None:
 def test_a_worker_killed_during_a_retrain_is_retried_and_recorded_once(tmp_path: Path) -> None:
     text = VERIFY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
     text = text.replace("budget: 4", "budget: 2").replace(
-        "epochs: 1, seeds: 2", "epochs: 8, seeds: 1"
+        "epochs: 1, seeds: 2", "epochs: 1, seeds: 1"
     )
     text = text.replace("verify_top_k: 2", "verify_top_k: 0")
     config_path = tmp_path / "kill.yaml"
@@ -289,34 +293,39 @@ def test_a_worker_killed_during_a_retrain_is_retried_and_recorded_once(tmp_path:
     config = load_config(config_path)
     out = tmp_path / "out"
     url = journal_url(out)
+    # a baseline retrain waits at a gate, RUNNING and beating, until its worker is killed:
+    # no poll races a retrain (tests/gate.py)
+    gate = Gate(tmp_path / "gate", on="baseline")
     procs = []
     for index in range(2):
         env = {**os.environ, "OPTUNA_STORAGE": url, "SMS_WORKER_INDEX": str(index)}
         env |= {"SMS_METRICS_PORT": "off", "OMP_NUM_THREADS": "1", "SMS_TORCH_THREADS": "1"}
-        cmd = [sys.executable, "-m", "job", "search", "--config", str(config_path)]
+        cmd = gate.command("search", "--config", str(config_path), "--out", str(out))
         log = (tmp_path / f"w{index}.log").open("wb")
-        procs.append(
-            subprocess.Popen([*cmd, "--out", str(out)], cwd=ROOT, env=env, stdout=log, stderr=log)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env | gate.env(), stdout=log, stderr=log))
+    try:
+        pid = gate.wait(
+            "a worker blocked in a baseline retrain",
+            lambda: min(gate.markers(), default=None),
+            watch=procs,
         )
-    name = verify_study_name("tiny")
-    deadline, victim = time.monotonic() + 300, None
-    while victim is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            verify = open_study(config, url, name, create=False, verify=True)
-        except StudyNotFoundError:
-            continue
-        for trial in verify.get_trials(states=(TrialState.RUNNING,)):
-            spec = Retrain.of(trial)
-            worker = trial.user_attrs.get("worker")
-            if spec is not None and spec.role == "baseline" and worker:
-                victim = (trial.number, spec.key, int(str(worker).rsplit(":", 1)[1]))
-    assert victim is not None, "no baseline retrain ever ran"
-    number, key, pid = victim
-    os.kill(pid, signal.SIGKILL)
-    codes = [proc.wait(timeout=600) for proc in procs]
+        verify = open_study(config, url, verify_study_name("tiny"), create=False, verify=True)
+        running = verify.get_trials(states=(TrialState.RUNNING,))
+        (trial,) = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+        spec = Retrain.of(trial)
+        assert spec is not None and spec.role == "baseline"
+        number, key = trial.number, spec.key
+        os.kill(pid, signal.SIGKILL)
+        next(p for p in procs if p.pid == pid).wait(timeout=60)
+        gate.open()
+        codes = [proc.wait(timeout=600) for proc in procs]
+    finally:
+        gate.open()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     assert sorted(codes) == [-signal.SIGKILL, 0], codes
-    verify = open_study(config, url, name, create=False, verify=True)
+    verify = open_study(config, url, verify_study_name("tiny"), create=False, verify=True)
     runs = [t for t in verify.get_trials() if Retrain.of(t) and Retrain.of(t).key == key]  # type: ignore[union-attr]
     assert [t.state for t in runs].count(TrialState.COMPLETE) == 1
     killed = next(t for t in runs if t.number == number)

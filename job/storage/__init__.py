@@ -13,8 +13,9 @@ connections. Passwords are masked by `job.runtime.redact` in every message.
 One package, so that Optuna's internals stay inside it: `base` (URL forms, errors,
 `persist`), `heartbeat` (heartbeats and stale trials on every storage), `locks` (run,
 advisory and budget locks), `writes` (a trial's batched writes), `artifacts` (a trial's
-files as Optuna artifacts), `store` (resolving, checking and opening a storage, waiting
-for it). Import from `job.storage`.
+files as Optuna artifacts), `journal` (the embedded journal file: torn records cut off,
+damaged lines named and repaired; free space), `store` (resolving, checking and opening a
+storage, waiting for it). Import from `job.storage`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from job.storage.base import (
     DEFAULT_JOURNAL,
     JOURNAL,
     SUPPORTED,
+    TRANSIENT,
     StorageDownError,
     StorageError,
     StorageURLError,
@@ -42,8 +44,22 @@ from job.storage.heartbeat import (
     has_stale_trials,
     silent_trials,
 )
-from job.storage.locks import budget_lock, database_lock, fresh_study, hold_study
+from job.storage.journal import (
+    JournalDamagedError,
+    check_free_space,
+    check_journal,
+    repair_journal,
+)
+from job.storage.locks import (
+    FolderInUseError,
+    budget_lock,
+    database_lock,
+    fresh_study,
+    hold_run_folder,
+    hold_study,
+)
 from job.storage.store import (
+    check_storage,
     check_storage_url,
     open_storage,
     refused,
@@ -60,8 +76,11 @@ __all__ = [
     "DEFAULT_JOURNAL",
     "JOURNAL",
     "SUPPORTED",
+    "TRANSIENT",
     "BeatingJournalStorage",
+    "FolderInUseError",
     "Heartbeat",
+    "JournalDamagedError",
     "ParamHold",
     "StorageDownError",
     "StorageError",
@@ -69,6 +88,9 @@ __all__ = [
     "StudyInUseError",
     "StudyNotFoundError",
     "budget_lock",
+    "check_free_space",
+    "check_journal",
+    "check_storage",
     "check_storage_url",
     "count_states",
     "database_lock",
@@ -76,11 +98,13 @@ __all__ = [
     "fresh_study",
     "frozen_trial",
     "has_stale_trials",
+    "hold_run_folder",
     "hold_study",
     "open_storage",
     "persist",
     "redact",
     "refused",
+    "repair_journal",
     "resolve_storage",
     "save_user_attrs",
     "silent_trials",

@@ -56,21 +56,31 @@ class StorageDownError(RuntimeError):
 
 
 T = TypeVar("T")
-_TRANSIENT = (
+# What a database outage raises from a storage call: retried by `persist`, waited out by
+# `run`'s progress (job.local).
+TRANSIENT: tuple[type[Exception], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     optuna.exceptions.StorageInternalError,
 )
 
 
-def persist(call: Callable[[], T], deadline_s: float, what: str, url: str) -> T:
+def persist(
+    call: Callable[[], T],
+    deadline_s: float,
+    what: str,
+    url: str,
+    also: tuple[type[Exception], ...] = (),
+) -> T:
     """`call()`, retried with exponential backoff while the database is unreachable (a
-    restart, a failover); past `deadline_s` a `StorageDownError` naming the redacted URL."""
+    restart, a failover); past `deadline_s` a `StorageDownError` naming the redacted URL.
+    `also`: more exceptions that mean an outage here (`StorageDownError` from opening a
+    storage)."""
     give_up, wait = time.monotonic() + deadline_s, 0.5
     while True:
         try:
             return call()
-        except _TRANSIENT as exc:
+        except (*TRANSIENT, *also) as exc:
             if time.monotonic() + wait > give_up:
                 cause = redact(str(exc).splitlines()[0], url) if str(exc) else type(exc).__name__
                 raise StorageDownError(

@@ -16,11 +16,12 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config
 from job.storage.base import _rdb
+from job.storage.journal import JournalBackend
 
 
 def _retry(max_retry: int) -> Any:
@@ -47,7 +48,7 @@ class BeatingJournalStorage(JournalStorage, BaseHeartbeat):
     Without a config heartbeats are off, as for `RDBStorage` without `heartbeat_interval`."""
 
     def __init__(self, path: Path, config: Config | None = None) -> None:
-        super().__init__(JournalFileBackend(str(path)))
+        super().__init__(JournalBackend(str(path)))  # never appends onto a torn record
         self.beats = Path(str(path) + BEATS)
         study = config.study if config is not None else None
         self._interval = study.heartbeat_interval_s if study is not None else None

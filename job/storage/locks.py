@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy
 
-from job.storage.base import JOURNAL, StorageURLError, StudyInUseError
+from job.storage.base import JOURNAL, StorageError, StorageURLError, StudyInUseError
 from job.storage.heartbeat import BEATS
 
 # --- the run lock: `run --fresh` never deletes a study another process is using ---------
@@ -97,6 +97,47 @@ def fresh_study(url: str) -> None:
     finally:
         fcntl.flock(fd, fcntl.LOCK_SH)
         _HELD[str(path)] = fd
+
+
+# --- the folder lock: one `run` (or local `research`) per output folder ------------------
+#
+# `<out>/run.lock`, flock'd exclusively by the run for as long as it lives (a lock that
+# dies with its process: a killed run's file blocks nothing), its pid written in it. The
+# descriptor is close-on-exec: the workers do not inherit it. Never deleted.
+
+FOLDER_LOCK = "run.lock"
+
+
+class FolderInUseError(StorageError):
+    """A second `run` on an output folder that a live run holds: exit 2."""
+
+
+def hold_run_folder(folder: Path) -> None:
+    """This process is the one run writing into `folder` until it exits (made when
+    missing); `FolderInUseError` naming the folder and the holder's pid when another live
+    process is. Once per process and folder."""
+    path = (folder / FOLDER_LOCK).absolute()
+    if str(path) in _HELD:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise StorageURLError(f"--out {folder}: cannot write there: {why}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pids = _holders(path)
+        who = f"pid {', '.join(map(str, pids))}" if pids else "another process"
+        raise FolderInUseError(
+            f"--out {folder}: another run ({who}) is writing there; wait for it to end, "
+            "stop it, or give another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[str(path)] = fd
 
 
 def _holders(path: Path) -> list[int]:

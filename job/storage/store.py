@@ -15,7 +15,7 @@ import sqlalchemy
 
 from job import runtime
 from job.config import Config
-from job.runtime import redact
+from job.runtime import ambiguous_url, redact
 from job.storage.base import (
     DEFAULT_JOURNAL,
     JOURNAL,
@@ -25,6 +25,7 @@ from job.storage.base import (
     StorageURLError,
 )
 from job.storage.heartbeat import BeatingJournalStorage, _retry
+from job.storage.journal import check_journal
 from job.storage.locks import _lock_engine, database_lock
 
 
@@ -57,6 +58,12 @@ def check_storage_url(url: str) -> None:
         shown = f" ({scheme}://…)" if scheme.replace("+", "").isalnum() else ""
         raise StorageURLError(f"the storage is not a valid database URL{shown}") from None
     shown = redact(url)
+    if ambiguous_url(url):  # SQLAlchemy would connect to another host or with another password
+        raise StorageURLError(
+            f"storage {shown}: its user, password or database holds a character that a URL "
+            "reserves (@ / ? #): percent-encode it (@ as %40, / as %2F, ? as %3F, # as %23), "
+            "or set POSTGRES_* instead"
+        )
     backend = parsed.get_backend_name()
     if backend not in ("postgresql", "sqlite"):
         raise StorageURLError(f"storage {shown}: {backend!r} is not supported; use {SUPPORTED}")
@@ -105,11 +112,59 @@ def _storage_failure(url: str, exc: BaseException) -> StorageError | StorageDown
     """One line for an error raised while opening an RDB storage: final (exit 2) or an
     outage (exit 1); the password masked."""
     cause = getattr(exc, "orig", None) or exc
-    reason = redact(" ".join(str(cause).split()) or type(cause).__name__, url)
+    reason = redact(" ".join(str(cause).split()) or type(cause).__name__, url)[:200]
     shown = redact(url)
-    if url.startswith("sqlite") or refused(reason):  # no server to wait for
+    transient = isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+    if url.startswith("sqlite") or refused(reason) or not transient:  # no wait changes it
         return StorageURLError(f"storage {shown}: {reason}")
     return StorageDownError(f"database {shown} not reachable: {reason}")
+
+
+def _schema_problem(conn: sqlalchemy.Connection) -> str | None:
+    """Why the database behind `conn` cannot hold Optuna's studies, or None: a `studies`
+    table of another application (Optuna would add its tables beside it, then fail)."""
+    inspector = sqlalchemy.inspect(conn)
+    if not inspector.has_table("studies"):
+        return None  # empty, or other applications' tables only: Optuna adds its own
+    columns = {column["name"] for column in inspector.get_columns("studies")}
+    if {"study_id", "study_name"} <= columns and inspector.has_table("version_info"):
+        return None
+    return (
+        "its `studies` table is not Optuna's (another application's schema); "
+        "name a database of its own"
+    )
+
+
+def check_schema(url: str) -> None:
+    """`StorageURLError` naming the URL when its database is no database (an SQLite URL
+    naming another kind of file) or holds a foreign `studies` table; creates nothing (an
+    SQLite file that is not there is left so). `StorageDownError` for an outage."""
+    from sqlalchemy.engine import make_url
+
+    if url.startswith(JOURNAL):
+        return
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).is_file():
+        return  # connecting would create it
+    try:
+        with _lock_engine(url).connect() as conn:
+            problem = _schema_problem(conn)
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise _storage_failure(url, exc) from None
+    if problem is not None:
+        raise StorageURLError(f"storage {redact(url)}: {problem}")
+
+
+def check_storage(url: str) -> None:
+    """Everything about the storage at `url` that can be checked without writing to it:
+    the URL (`check_storage_url`), a journal's records (`check_journal`: no damaged line,
+    no other kind of file), a database's schema (`check_schema`). `run` calls it before it
+    takes its folder; the database must answer (`wait_for_database` first)."""
+    check_storage_url(url)
+    if url.startswith(JOURNAL):
+        check_journal(Path(url[len(JOURNAL) :]))
+    else:
+        check_schema(url)
 
 
 def open_storage(url: str, config: Config | None = None) -> optuna.storages.BaseStorage:
@@ -135,9 +190,10 @@ def open_storage(url: str, config: Config | None = None) -> optuna.storages.Base
             "heartbeat_stale_trial_callback": _retry(config.study.max_retry),
         }
     try:
-        with database_lock(url, "schema"):
+        with database_lock(url, "schema"):  # no half-made schema is seen as a foreign one
+            check_schema(url)  # a foreign `studies` table: refused before Optuna adds a table
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beats)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+    except sqlalchemy.exc.DBAPIError as exc:
         raise _storage_failure(url, exc) from None
 
 
@@ -158,9 +214,11 @@ def study_exists(url: str, name: str) -> bool:
         with _lock_engine(url).connect() as conn:
             if not sqlalchemy.inspect(conn).has_table("studies"):
                 return False
+            if (problem := _schema_problem(conn)) is not None:
+                raise StorageURLError(f"storage {redact(url)}: {problem}")
             query = sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :name")
             return conn.execute(query, {"name": name}).first() is not None
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+    except sqlalchemy.exc.DBAPIError as exc:
         raise _storage_failure(url, exc) from None
 
 
@@ -212,10 +270,14 @@ def wait_for_database(url: str, wait_s: float, poll_s: float = 2.0) -> None:
         "dbname": parsed.database,
     }
     params = {k: v for k, v in args.items() if v is not None} | dict(parsed.query)
+    # the URL's own connect_timeout (libpq's option) caps each attempt; ours stays bounded
+    # (libpq's 0, "wait for ever", would hold a wait that must end)
+    given = params.pop("connect_timeout", None)
+    cap = _connect_timeout(given, shown) if given is not None else 5
     deadline = time.monotonic() + wait_s
     waiting = False
     while True:
-        timeout = max(2, min(5, math.ceil(deadline - time.monotonic())))
+        timeout = max(2, min(cap, math.ceil(deadline - time.monotonic())))
         reason = _attempt(params, timeout)
         if reason is None:
             return
@@ -229,6 +291,19 @@ def wait_for_database(url: str, wait_s: float, poll_s: float = 2.0) -> None:
             print(f"waiting for database {shown}", file=sys.stderr, flush=True)
             waiting = True
         time.sleep(min(poll_s, left))
+
+
+def _connect_timeout(given: object, shown: str) -> int:
+    """A URL's `connect_timeout` (whole seconds, as libpq reads it), capped at 5 s; 0 or
+    less (libpq: no limit) is our 5 s too. `StorageURLError` for anything else."""
+    text = given if isinstance(given, str) else str(given)
+    digits = text.strip().lstrip("-")
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+        raise StorageURLError(
+            f"storage {shown}: connect_timeout must be whole seconds, got {text[:20]!r}"
+        )
+    seconds = int(text)
+    return 5 if seconds <= 0 else min(5, seconds)
 
 
 def _attempt(params: dict[str, Any], timeout: int) -> str | None:
