@@ -859,4 +859,3 @@ def cmd_repair_journal(args: argparse.Namespace) -> int:
 
     print(repair_journal(Path(args.journal)))
     return EXIT_OK
-
