@@ -14,7 +14,7 @@ and ``grace_period_s`` 3 (3 S) a live worker's claim fails the trial as stale an
 Optuna's retry callback queues a copy for the next claim.
 
 PostgreSQL: a throwaway server (``job.pgserver``, ``max_connections`` 100, its default).
-PgBouncer (``tests/pgbouncer.py``) as ``k8s/components/pgbouncer`` sets it: transaction
+PgBouncer (``job/pgbouncer.py``) as ``k8s/components/pgbouncer`` sets it: transaction
 pool mode, 40 pooled and at most 50 server connections, 1,000 clients. Per W and way
 in, a fresh database; the clock runs from all workers open (or refused) to the last
 done. Reported: trials/s; ms of the ``claim_trial`` calls that got a trial (p50/p99),
@@ -55,11 +55,11 @@ from optuna.trial import TrialState
 
 from job import search
 from job.config import Config, parse_config
+from job.pgbouncer import bouncer
 from job.pgserver import PASSWORD, USER, Server, throwaway_server
 from job.search import claim_trial, open_study
 from job.storage import Heartbeat, StorageDownError, frozen_trial, locks, open_storage, persist
 from job.storage.base import _rdb
-from tests.pgbouncer import bouncer
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -21,6 +21,7 @@ import torch
 from job import __version__, logs
 from job.config import ConfigError, study_name_problem
 from job.data import DataError
+from job.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_STOPPED, UsageError
 from job.model import ModelError
 from job.outputs import OutputError, OutputFolderError
 from job.runtime import MAX_WORKERS_PER_POD, EnvError
@@ -30,10 +31,6 @@ from job.train import (
     TrainError,
 )
 from job.verbs import (
-    EXIT_BAD_INPUT,
-    EXIT_ERROR,
-    EXIT_STOPPED,
-    UsageError,
     cmd_augment_preview,
     cmd_collect,
     cmd_dashboard,

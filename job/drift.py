@@ -62,7 +62,6 @@ from job.model import load_model_spec, output_shape
 from job.outputs import writing
 from job.research import (
     IN_PROGRESS,
-    LINEAGE,
     NEW_VERSION,
     RESULTS_DIR,
     UNCHANGED,
@@ -71,6 +70,7 @@ from job.research import (
 from job.selection import SELECTED, SELECTION_JSON
 from job.study import front_hypervolume, pareto_trials, snapshot
 from job.train import Normalize, accuracy_and_f1, predict
+from job.versions import LINEAGE
 
 DRIFT_JSON, DRIFT_PROM, RESEARCH_PROM = "drift.json", "drift.prom", "research.prom"
 DECISIONS = (UNCHANGED, NEW_VERSION, IN_PROGRESS)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from job import runtime
 from job.config import Config
+from job.errors import EXIT_STOPPED
 from job.runtime import url_secrets
 from job.search import open_study
 from job.storage import (
@@ -48,7 +49,6 @@ from job.study import is_feasible, progress_text, snapshot, summarise
 from job.verify import Retrain, verify_study_name
 
 STOP_GRACE_S = 30.0  # matches a pod's terminationGracePeriodSeconds
-EXIT_STOPPED = 143  # SIGTERM, as a worker's (job.verbs.EXIT_STOPPED)
 
 
 class Terminated(KeyboardInterrupt):

@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from job import logs
+from job.errors import EXIT_STOPPED, UsageError
 from job.local import (
     STOP_GRACE_S,
     lost_worker,
@@ -58,7 +59,6 @@ from job.local import (
     worker_env,
 )
 from job.metrics import serve_registry
-from job.verbs import EXIT_STOPPED, UsageError
 
 PROC_LABEL = "proc"  # the child's position in the pod, 0..K-1, on every merged series
 SCRAPE_TIMEOUT_S = 2.0

@@ -29,7 +29,6 @@ lock; a file lock beside a journal), so two `research` at once make one version.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -48,33 +47,18 @@ from job.storage import budget_lock, open_storage
 from job.study import pareto_trials
 from job.train import TrainError
 from job.verify import records
+from job.versions import (
+    LINEAGE,
+    Fingerprints,
+    recorded,
+    version_name,
+    version_number,
+)
 
-LINEAGE = "research"  # study user attr of a version research made
 WARM_START = "warm_start"  # trial user attr of an enqueued warm-start trial
 RESULTS_DIR = "results_dir"  # study user attr: where its collector wrote (job.drift reads it)
 RESEARCH_JSON = "research.json"
-CHANGES = ("data", "config", "code")
 UNCHANGED, IN_PROGRESS, NEW_VERSION = "unchanged", "in_progress", "new_version"
-
-
-@dataclass(frozen=True)
-class Fingerprints:
-    """What a search's results depend on (the module doc)."""
-
-    data: str
-    config: str
-    code: str
-
-    def changed(self, before: Fingerprints) -> list[str]:
-        """The names of CHANGES that differ from `before`, in that order."""
-        return [name for name in CHANGES if getattr(self, name) != getattr(before, name)]
-
-    @classmethod
-    def of(cls, value: object) -> Fingerprints | None:
-        """From a lineage's dict; None for anything else."""
-        if isinstance(value, dict) and all(isinstance(value.get(n), str) for n in CHANGES):
-            return cls(**{n: str(value[n]) for n in CHANGES})
-        return None
 
 
 def current(config: Config, data: Dataset) -> Fingerprints:
@@ -83,41 +67,7 @@ def current(config: Config, data: Dataset) -> Fingerprints:
     return Fingerprints(data.fingerprint, config_fingerprint(config), code_version())
 
 
-def recorded(attrs: dict[str, Any], trials: Sequence[FrozenTrial]) -> Fingerprints | None:
-    """A version's fingerprints: its lineage's, else the most common among its COMPLETE
-    trials (a version `run` made); None when nothing is recorded."""
-    if (found := Fingerprints.of(attrs.get(LINEAGE, {}).get("fingerprints"))) is not None:
-        return found
-    keys = ("data_fingerprint", "config_fingerprint", "code_version")
-    seen = Counter(
-        tuple(str(t.user_attrs.get(k, "unknown")) for k in keys)
-        for t in trials
-        if t.state == TrialState.COMPLETE
-    )
-    return Fingerprints(*seen.most_common(1)[0][0]) if seen else None
-
-
 # --- versions ----------------------------------------------------------------------
-
-
-def version_name(base: str, number: int) -> str:
-    return base if number == 1 else f"{base}-v{number}"
-
-
-def version_folder(home: Path, base: str, name: str) -> Path:
-    """A study's own folder: `home` for version 1 (and any other study), `home/<name>` for
-    version N >= 2 of `base`, beside the others, never over them."""
-    return home / name if (version_number(base, name) or 1) > 1 else home
-
-
-def version_number(base: str, name: str) -> int | None:
-    """N when `name` is version N of `base`, else None."""
-    if name == base:
-        return 1
-    head, sep, tail = name.rpartition("-v")
-    if sep and head == base and tail.isascii() and tail.isdigit() and int(tail) >= 2:
-        return int(tail) if f"{base}-v{int(tail)}" == name else None
-    return None
 
 
 def versions(storage: optuna.storages.BaseStorage, base: str) -> list[tuple[int, str]]:

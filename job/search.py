@@ -133,7 +133,7 @@ def open_study(
     nothing is created. A process that may create the study holds it (`hold_study`:
     `run --fresh` elsewhere then refuses to delete it). `verify`: a verification study
     (`job.verify`): one objective, the retrained test accuracy, and no sampling."""
-    from job.research import version_number
+    from job.versions import version_number
 
     name = name or config.study.name
     sampler = make_sampler(config, worker_index, version_number(config.study.name, name) or 1)
@@ -274,7 +274,7 @@ def data_preparation(config: Config) -> dict[str, Any]:
 def _recorded_data(study: optuna.Study) -> str | None:
     """A study from before STUDY_DATA: its lineage's data fingerprint (job.research),
     else its COMPLETE trials' most common one; None when nothing is recorded."""
-    from job.research import recorded
+    from job.versions import recorded
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     found = recorded(study.user_attrs, complete)

@@ -29,6 +29,7 @@ import torch
 from job import __version__, logs, runtime
 from job.config import AugmentConfig, Config, TrainConfig, load_config
 from job.data import Dataset, load_data
+from job.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, EXIT_STOPPED, UsageError
 from job.files import write_atomic
 from job.model import ModelError, ModelSpec, load_model_spec, model_spec_yaml
 from job.storage import ARTIFACTS, JOURNAL, redact
@@ -47,15 +48,6 @@ from job.verify import model_files
 if TYPE_CHECKING:  # imported where used: `train` and `status` need no Optuna worker
     from job.local import RunOptions
     from job.search import Worker
-
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
-# A worker stopped by SIGTERM before the budget was spent: 128 + 15, as a shell reports it,
-# so a Kubernetes Job reruns that pod's index instead of counting it as finished.
-EXIT_STOPPED = 143
-
-
-class UsageError(ValueError):
-    """Bad command-line input; exit 2."""
 
 
 def _print_epoch(record: EpochRecord) -> None:
@@ -261,7 +253,7 @@ def _study_name(args: argparse.Namespace, config: Config) -> str:
 
 def _is_version(args: argparse.Namespace, config: Config) -> bool:
     """Whether the study is version >= 2 of the config's (job.research)."""
-    from job.research import version_number
+    from job.versions import version_number
 
     return (version_number(config.study.name, _study_name(args, config)) or 1) > 1
 
@@ -278,7 +270,7 @@ def _home(args: argparse.Namespace, config: Config) -> Path:
 def _out_dir(args: argparse.Namespace, config: Config) -> Path:
     """The study's own folder (results, checkpoints, retrained weights): job.research's
     `version_folder` of the home."""
-    from job.research import version_folder
+    from job.versions import version_folder
 
     return version_folder(_home(args, config), config.study.name, _study_name(args, config))
 
@@ -683,11 +675,11 @@ def cmd_research(args: argparse.Namespace) -> int:
         NEW_VERSION,
         UNCHANGED,
         research,
-        version_folder,
         write_research_json,
     )
     from job.search import stop_on_sigterm
     from job.storage import resolve_storage, wait_for_database
+    from job.versions import version_folder
 
     stop_on_sigterm()
     if getattr(args, "study", None):  # accepted by the parser only to say this

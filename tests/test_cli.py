@@ -139,20 +139,13 @@ def test_dashboard_serves_a_local_journal_study(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from job.pgserver import free_port
+    from tests.test_dashboard import serve
 
-    journal = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
-    optuna.create_study(storage=journal, study_name="local-dash")
-    port = free_port()
+    proc, port, line, journal = serve(tmp_path, "local-dash")
     cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(tmp_path), "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert line.startswith(f"optuna-dashboard on http://127.0.0.1:{port}/"), line
         url = f"http://127.0.0.1:{port}/api/studies"
         with urllib.request.urlopen(url, timeout=30) as response:
             assert "local-dash" in response.read().decode()

@@ -41,19 +41,25 @@ def _idle_client(port: int) -> socket.socket:
     return client
 
 
+def serve(folder: Path, study: str) -> tuple[subprocess.Popen[str], int, str, JournalStorage]:
+    """`python -m job dashboard --out <folder>` on a new journal there holding `study`,
+    once it has said where it listens: the process, its port, that line, the journal."""
+    journal = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+    optuna.create_study(storage=journal, study_name=study)
+    port = free_port()
+    cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(folder), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert line.startswith(f"optuna-dashboard on http://127.0.0.1:{port}/"), line
+    return proc, port, line, journal
+
+
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`python -m job dashboard --out <folder>` on a journal holding one study, once it
-    has said where it listens."""
-    journal = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
-    optuna.create_study(storage=journal, study_name="served")
-    port = free_port()
-    cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(tmp_path), "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    """`serve` on a journal holding one study."""
+    proc, port, _, _ = serve(tmp_path, "served")
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert line.startswith(f"optuna-dashboard on http://127.0.0.1:{port}/"), line
         yield proc, port
     finally:
         proc.kill()

@@ -1,5 +1,5 @@
 """The storage stage behind a transaction-mode PgBouncer: the component's manifests, and
-a real PgBouncer (tests/pgbouncer.py) in front of the suite's PostgreSQL.
+a real PgBouncer (job/pgbouncer.py) in front of the suite's PostgreSQL.
 
 Why the locks are what they are (job/storage/locks.py): a session advisory lock leaks to
 the next client of its pooled server connection, and a client waiting for a lock inside
@@ -23,6 +23,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from job import runtime
+from job.pgbouncer import Bouncer, bouncer, find_binary
 from job.pgserver import External, Server
 from job.storage import database_lock
 from job.storage.locks import lock_key
@@ -42,7 +43,6 @@ from tests.kube import (
     render_with,
     validation_errors,
 )
-from tests.pgbouncer import Bouncer, bouncer, find_binary
 from tests.proc import ROOT
 
 COMPONENT = "components: [../../components/pgbouncer]\n"

@@ -20,22 +20,19 @@ from job.data import load_data
 from job.pgserver import External, Server
 from job.research import (
     IN_PROGRESS,
-    LINEAGE,
     NEW_VERSION,
     UNCHANGED,
     WARM_START,
     Decision,
-    Fingerprints,
     Version,
     decide,
     research,
-    version_name,
-    version_number,
     versions,
     warm_start,
 )
 from job.search import Worker
 from job.storage import JOURNAL, open_storage
+from job.versions import LINEAGE, Fingerprints, version_name, version_number
 from tests.proc import journal_url, run_job
 from tests.test_search import TINY
 

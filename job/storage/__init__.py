@@ -23,6 +23,7 @@ from __future__ import annotations
 from job.runtime import redact
 from job.storage.artifacts import ARTIFACTS, upload_trial_files
 from job.storage.base import (
+    BEATS,
     DEFAULT_JOURNAL,
     JOURNAL,
     SUPPORTED,
@@ -37,7 +38,6 @@ from job.storage.base import (
     take_trial,
 )
 from job.storage.heartbeat import (
-    BEATS,
     BeatingJournalStorage,
     Heartbeat,
     fail_stale_trials,

@@ -32,6 +32,9 @@ SUPPORTED = (
 )
 
 
+BEATS = ".beats"  # <journal>.beats/<trial id>; its mtime is the trial's last heartbeat
+
+
 class StorageError(ValueError):
     """The storage, or the study in it, cannot be used as named: exit 2 with one line
     (a URL in it redacted). Not an outage: that is `StorageDownError`, exit 1."""

@@ -20,7 +20,7 @@ from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config
-from job.storage.base import _rdb
+from job.storage.base import BEATS, _rdb
 from job.storage.journal import JournalBackend
 
 
@@ -35,8 +35,6 @@ def _retry(max_retry: int) -> Any:
 # trial's beat is the mtime of `<journal>.beats/<trial id>`. So `Heartbeat` beats,
 # `fail_stale_trials` (inside the budget lock) fails a silent trial and Optuna's own
 # `RetryHeartbeatStaleTrialCallback` queues its retry on both storages alike.
-
-BEATS = ".beats"  # <journal>.beats/<trial id>; its mtime is the trial's last heartbeat
 
 
 class BeatingJournalStorage(JournalStorage, BaseHeartbeat):

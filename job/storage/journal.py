@@ -40,6 +40,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
 from job.storage.base import StorageError, StudyInUseError
+from job.storage.locks import RUN_LOCK, holder_name
 
 # Every record Optuna writes starts so (json.dumps of {"op_code": …, "worker_id": …}).
 MAGIC = b'{"op_code"'
@@ -229,8 +230,6 @@ def repair_journal(path: Path) -> str:
     from optuna.storages import JournalStorage
     from optuna.storages.journal._file import JournalFileSymlinkLock
 
-    from job.storage.locks import RUN_LOCK, _holders
-
     if not path.is_file():
         raise JournalDamagedError(f"repair-journal: no journal file at {path}")
     check_head(path)
@@ -239,8 +238,7 @@ def repair_journal(path: Path) -> str:
         try:
             fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pids = _holders(run_lock)
-            who = f"pid {', '.join(map(str, pids))}" if pids else "another process"
+            who = holder_name(run_lock)
             raise StudyInUseError(
                 f"repair-journal: {path} is in use by {who}; stop it first"
             ) from None

@@ -25,8 +25,7 @@ from typing import Any
 
 import sqlalchemy
 
-from job.storage.base import JOURNAL, StorageError, StorageURLError, StudyInUseError
-from job.storage.heartbeat import BEATS
+from job.storage.base import BEATS, JOURNAL, StorageError, StorageURLError, StudyInUseError
 
 # --- the run lock: `run --fresh` never deletes a study another process is using ---------
 #
@@ -79,8 +78,7 @@ def fresh_study(url: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_SH)
         else:
             os.close(fd)
-        pids = _holders(path)
-        who = f"pid {', '.join(map(str, pids))}" if pids else "another process"
+        who = holder_name(path)
         raise StudyInUseError(
             f"--fresh: the study journal {journal} is in use by {who}; stop it first "
             "(or run without --fresh to continue that study)"
@@ -129,8 +127,7 @@ def hold_run_folder(folder: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        pids = _holders(path)
-        who = f"pid {', '.join(map(str, pids))}" if pids else "another process"
+        who = holder_name(path)
         raise FolderInUseError(
             f"--out {folder}: another run ({who}) is writing there; wait for it to end, "
             "stop it, or give another --out"
@@ -140,7 +137,13 @@ def hold_run_folder(folder: Path) -> None:
     _HELD[str(path)] = fd
 
 
-def _holders(path: Path) -> list[int]:
+def holder_name(path: Path) -> str:
+    """Who holds a lock on `path`, for an error line: "pid 12, 34" or "another process"."""
+    pids = lock_holders(path)
+    return f"pid {', '.join(map(str, pids))}" if pids else "another process"
+
+
+def lock_holders(path: Path) -> list[int]:
     """The pids holding a lock on `path`, other than this one: from /proc/locks (Linux),
     else the live pids written in the file."""
     me, pids = os.getpid(), []

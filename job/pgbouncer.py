@@ -1,4 +1,5 @@
-"""A real PgBouncer for the storage stage's tests and benches: never a mock.
+"""A real PgBouncer for the storage stage's tests and benches, never a mock; beside
+`job.pgserver`, the one place both import (bench/ reaches nothing under tests/).
 
 `bouncer(server)` starts Debian's `pgbouncer` (the Makefile's DEBS) on a free loopback
 port in front of a running PostgreSQL (`job.pgserver.Server`: the suite's throwaway
