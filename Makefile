@@ -31,7 +31,7 @@ format: $(STAMP)
 # Debian packages the suite drives for real: a headless Chromium renders report.html;
 # promtool checks and unit-tests monitoring/rules.yml and the metrics; a Prometheus and a
 # Pushgateway scrape and take pushes; a PgBouncer pools the suite's PostgreSQL
-# (job/pgbouncer.py, bench/fleet.py). Installed where missing (as root, or through
+# (job/testing/pgbouncer.py, bench/fleet.py). Installed where missing (as root, or through
 # sudo); services are started by the tests.
 DEBS := chromium prometheus prometheus-pushgateway pgbouncer
 

@@ -3,7 +3,7 @@
 #
 # Maps a role to a `python -m job` verb and replaces itself with Python (exec), so that
 # SIGTERM reaches Python directly. Everything else is Python's: the storage URL built
-# from POSTGRES_*, the wait for the database, the dashboard (job/runtime.py lists every
+# from POSTGRES_*, the wait for the database, the dashboard (job/settings.py lists every
 # environment variable). Exit codes: 2 unknown role, else Python's (2 bad input,
 # 1 database not reachable, 143 stopped by SIGTERM).
 set -euo pipefail
@@ -24,7 +24,7 @@ usage() {
         '                  augment-preview, dashboard, exporter (python -m job VERB --help for' \
         '                  its options)' \
         '' \
-        'environment (job/runtime.py has them all):' \
+        'environment (job/settings.py has them all):' \
         '  OPTUNA_STORAGE      storage URL; when unset and POSTGRES_HOST is set, it is built from' \
         '                      POSTGRES_HOST, POSTGRES_PORT (5432), POSTGRES_USER,' \
         '                      POSTGRES_PASSWORD and POSTGRES_DB' \

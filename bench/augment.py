@@ -2,9 +2,9 @@
 
 Both get the same random uint8 images (N, 3, 32, 32) and the same policy: 2 ops per
 image from the 14-op list, magnitude 15 of 31, nearest sampling, grey fill. Ours is
-``job.augment.rand_augment`` (every image draws its own ops) on the images as a training
+``job.ml.augment.rand_augment`` (every image draws its own ops) on the images as a training
 epoch of batches of ``--batch`` takes them: in chunks of K batches per call, K from
-``job.augment.chunk_steps`` as ``job.train.Trainer`` sizes it (``--chunk`` to override),
+``job.ml.augment.chunk_steps`` as ``job.ml.train.Trainer`` sizes it (``--chunk`` to override),
 the last chunk ragged as an epoch's is; and, for reference, one call per batch (K=1).
 torchvision's ``transforms.v2.RandAugment(num_ops=2, magnitude=15, num_magnitude_bins=31)``
 is called once per image, the usual way to get per-image draws from it. One run on one
@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from job.augment import chunk_steps, rand_augment
 from job.config import AugmentConfig
+from job.ml.augment import chunk_steps, rand_augment
 
 
 def _sync(device: torch.device) -> None:

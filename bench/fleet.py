@@ -3,7 +3,7 @@ PostgreSQL and through PgBouncer, 10% of them killed mid-trial.
 
 Each simulated worker is a thread with its own storage, as a pod has: ``open_study``
 (its own RDBStorage and pool; its own lock engine, one per thread here), then the
-product's protocol: ``job.search.claim_trial`` (budget lock, stale-trial check, count,
+product's protocol: ``job.search.worker.claim_trial`` (budget lock, stale-trial check, count,
 ``ask``), ``job.storage.Heartbeat`` around a trial that sleeps 0.2-1 s (``--sleep``)
 instead of training, ``study.tell``. Storage calls go through ``job.storage.persist``
 as a worker's do; a worker that cannot open the study ("too many clients") is refused,
@@ -13,8 +13,8 @@ close): with ``heartbeat_interval_s`` 1 (``--heartbeat S``; the product's defaul
 and ``grace_period_s`` 3 (3 S) a live worker's claim fails the trial as stale and
 Optuna's retry callback queues a copy for the next claim.
 
-PostgreSQL: a throwaway server (``job.pgserver``, ``max_connections`` 100, its default).
-PgBouncer (``job/pgbouncer.py``) as ``k8s/components/pgbouncer`` sets it: transaction
+PostgreSQL: a throwaway server (``job.testing.pgserver``, ``max_connections`` 100, its default).
+PgBouncer (``job/testing/pgbouncer.py``) as ``k8s/components/pgbouncer`` sets it: transaction
 pool mode, 40 pooled and at most 50 server connections, 1,000 clients. Per W and way
 in, a fresh database; the clock runs from all workers open (or refused) to the last
 done. Reported: trials/s; ms of the ``claim_trial`` calls that got a trial (p50/p99),
@@ -53,13 +53,13 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from job import search
 from job.config import Config, parse_config
-from job.pgbouncer import bouncer
-from job.pgserver import PASSWORD, USER, Server, throwaway_server
-from job.search import claim_trial, open_study
+from job.search import worker as search
+from job.search.worker import claim_trial, open_study
 from job.storage import Heartbeat, StorageDownError, frozen_trial, locks, open_storage, persist
 from job.storage.base import _rdb
+from job.testing.pgbouncer import bouncer
+from job.testing.pgserver import PASSWORD, USER, Server, throwaway_server
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

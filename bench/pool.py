@@ -83,7 +83,7 @@ def postgres_server(stack: ExitStack, url: str | None) -> Any:
     """The server `url` names, else a throwaway one from the local binaries (as the test
     suite starts), removed when `stack` closes; missing binaries are an error. Either makes a fresh
     database per run (`new_database()`)."""
-    from job.pgserver import External, throwaway_server
+    from job.testing.pgserver import External, throwaway_server
 
     return External(url) if url else stack.enter_context(throwaway_server(required=True))
 

@@ -1,12 +1,12 @@
 """Bench: the small network's aggregate train images/s with K worker processes on one device.
 
-What SMS_WORKERS_PER_POD=K (job/procs.py) buys: K processes ("spawn": fresh interpreters,
+What SMS_WORKERS_PER_POD=K (job/run/pod.py) buys: K processes ("spawn": fresh interpreters,
 as a pod's children are) each train the same network, "small" (bench/train.py's pick:
 the fewest MACs among the default space's random draws, seed 0), with the product's
-``job.train.Trainer`` (its step and its batch: gather, the seed's augmentation
+``job.ml.train.Trainer`` (its step and its batch: gather, the seed's augmentation
 RandAugment N=2 M=15 with flip and Cutout, normalisation; bf16 autocast and
 channels_last on CUDA) on synthetic uint8 data of CIFAR-10's shape, on one device. Each
-process gets cores / K torch threads (as job.procs splits a pod's), builds and warms up
+process gets cores / K torch threads (as job.run.pod splits a pod's), builds and warms up
 (``--warmup`` steps), then ``--rounds`` times waits for the others at a barrier, trains
 for ``--seconds`` and reads its loss back (on CUDA: waits for the device). A process's
 images/s in a round are its steps x batch over that time; a round's figure is the sum
@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train import pick_models, seed_config, sync, synthetic
-from job.model import build_model, model_spec_yaml, spec_from_yaml
-from job.train import Trainer
+from job.ml.model import build_model, model_spec_yaml, spec_from_yaml
+from job.ml.train import Trainer
 
 BARRIER_TIMEOUT_S = 600.0
 

@@ -1,11 +1,12 @@
 """Bench: after a data change, a warm-started new study version vs a cold start.
 
-What re-search (issue 15, ``job.research``) promises is that when the data changes, the
+What re-search (issue 15, ``job.collect.research``) promises is that when the data changes, the
 next study version starts from what the last one learnt (its picks and its Pareto front,
 enqueued and trained again on the new data) and so reaches a good front sooner than a
 search started from nothing. This measures that, at equal budget, with the product's
-own parts: ``job.search.Worker`` (real training on the CPU), ``job.research.research``
-(the decision and the warm start) and ``job.study``'s hypervolume (fixed normalisation,
+own parts: ``job.search.worker.Worker`` (real training on the CPU),
+``job.collect.research.research``
+(the decision and the warm start) and ``job.search.study``'s hypervolume (fixed normalisation,
 so studies compare directly).
 
 For each seed (``--seeds``, default 3; the seed is ``study.seed`` and picks which images
@@ -61,12 +62,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
+from job.collect.research import NEW_VERSION, WARM_START, research
 from job.config import Config, load_config
-from job.data import Dataset, load_data
-from job.research import NEW_VERSION, WARM_START, research
-from job.search import Worker
+from job.ml.data import Dataset, load_data
+from job.search.study import front_hypervolume, pareto_trials
+from job.search.worker import Worker
 from job.storage import JOURNAL, open_storage
-from job.study import front_hypervolume, pareto_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

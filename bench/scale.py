@@ -2,7 +2,7 @@
 
 W worker processes (``--workers``, default 1, 2, 4, 8) share one study of ``--budget``
 trials (default 48) in PostgreSQL. Each runs the product's worker loop,
-``job.search.Worker.run``: ``claim_trial`` under our budget lock (stale-trial check,
+``job.search.worker.Worker.run``: ``claim_trial`` under our budget lock (stale-trial check,
 count, ``ask``), ``sample_candidate`` (the config's sampler and space; the network is
 built once to measure it), the user attrs every trial records, ``Heartbeat``, ``tell``,
 polling while every open slot runs elsewhere. Only training is replaced, by a fixed
@@ -21,7 +21,7 @@ the 1-worker time over W times the W-worker time. Every run must end with exactl
 
 PostgreSQL: ``--database-url`` or DATABASE_URL names a server whose role may CREATE
 DATABASE; otherwise a throwaway server is started from the local binaries
-(``job.pgserver``, as the test suite does) and removed at the end.
+(``job.testing.pgserver``, as the test suite does) and removed at the end.
 
     .venv/bin/python bench/scale.py [--workers 1,2,4,8] [--budget 48] [--sleep 2]
         [--config configs/quickstart.yaml] [--database-url URL]
@@ -49,12 +49,12 @@ import optuna
 import torch
 
 from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
-from job import search
 from job.config import Config, load_config
-from job.data import Dataset, Split
-from job.search import Worker, open_study
+from job.ml.data import Dataset, Split
+from job.ml.train import TrainResult
+from job.search import worker as search
+from job.search.worker import Worker, open_study
 from job.storage import open_storage
-from job.train import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,7 +76,7 @@ def tiny_data(config: Config) -> Dataset:
 
 
 def sleeper(seconds: float) -> Any:
-    """A stand-in for `job.train.train` (model spec, augment config, train config, data,
+    """A stand-in for `job.ml.train.train` (model spec, augment config, train config, data,
     keyword options): sleeps, then reports made-up figures."""
 
     def train(spec: Any, augment: Any, recipe: Any, data: Dataset, **_: Any) -> TrainResult:

@@ -1,7 +1,7 @@
 """Bench: coordination overhead per trial, PostgreSQL vs the embedded journal file.
 
 N worker processes share one 2-objective study of ``--trials`` trials and run the real
-worker protocol around a trivial objective: ``job.search.claim_trial`` (our budget lock,
+worker protocol around a trivial objective: ``job.search.worker.claim_trial`` (our budget lock,
 stale-trial check, count, the trial's row), ``job.storage.Heartbeat`` around the
 objective (one ``suggest_float`` and one ``suggest_categorical``, no sleep), then
 ``study.tell``, until the claim says "done". Storages: the embedded journal file
@@ -27,7 +27,7 @@ Workers are separate processes started once with multiprocessing's "spawn" conte
 (fresh interpreters, as real workers are) and reused from run to run; a run uses the
 first W of them. PostgreSQL: ``--database-url`` or DATABASE_URL names a server whose
 role may CREATE DATABASE (its databases are left behind); otherwise a throwaway server
-is started from the local PostgreSQL binaries (``job.pgserver``) and removed at the
+is started from the local PostgreSQL binaries (``job.testing.pgserver``) and removed at the
 end; with neither, the PostgreSQL rows are skipped (``na`` in the RESULT line).
 
     .venv/bin/python bench/storage.py [--trials 1000] [--workers 1,4,16]
@@ -56,10 +56,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import optuna
 
 from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
-from job import search
 from job.config import Config, parse_config
-from job.search import JOURNAL, claim_trial, make_sampler, open_study
-from job.space import directions
+from job.search import worker as search
+from job.search.space import directions
+from job.search.worker import JOURNAL, claim_trial, make_sampler, open_study
 from job.storage import Heartbeat, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,7 +96,7 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
     study = open_study(config, url, worker_index=task["index"])
     sums = dict.fromkeys(PHASES, 0.0)
     inner = dict.fromkeys(PHASES, 0.0)  # parts of claim_trial, timed from inside it
-    # claim_trial calls these by job.search's names; wrapping them splits its time
+    # claim_trial calls these by job.search.worker's names; wrapping them splits its time
     search.take_trial = timed(inner, "ask", task["take_trial"])
     search.count_states = timed(inner, "count", task["count_states"])
     search.fail_stale_trials = timed(inner, "stale", task["fail_stale"])

@@ -8,7 +8,7 @@ a 28 GMAC outlier a CPU cannot step at batch 128). Deterministic. Each network t
 random uint8 images of CIFAR-10's shape (3x32x32, 10 classes) through three pipelines:
 
 * (a) ours: the images live on the training device as uint8; a batch is an index gather
-  of this epoch's permutation, then ``job.augment.train_augment`` (the seed's policy:
+  of this epoch's permutation, then ``job.ml.augment.train_augment`` (the seed's policy:
   RandAugment N=2 M=15 of 31, per-image draws, flip, Cutout), then the normalisation;
 * (b) ours with augmentation off: the same without ``train_augment``;
 * (c) conventional torchvision: a ``Dataset`` whose ``__getitem__`` applies
@@ -17,7 +17,7 @@ random uint8 images of CIFAR-10's shape (3x32x32, 10 classes) through three pipe
   ``DataLoader`` with ``--workers`` processes (default: one per core, at most 8; pinned
   memory on CUDA), each batch copied to the device.
 
-All three feed one timing loop, one model and one optimizer: ``job.train.Trainer.step``
+All three feed one timing loop, one model and one optimizer: ``job.ml.train.Trainer.step``
 itself (channels_last, bf16 autocast on CUDA, cross-entropy, SGD with the seed's recipe,
 the per-step cosine schedule, the loss summed on the device and read back at the end of
 a round), its stages named for ``--profile`` through its ``stage`` hook.
@@ -63,12 +63,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job.augment import train_augment
 from job.config import AugmentConfig, Config, TrainConfig, load_config
-from job.data import CIFAR10_MEAN, CIFAR10_STD, Dataset, Split
-from job.model import ModelError, ModelSpec, build_model, count_macs, count_params
-from job.space import sample_model
-from job.train import Trainer
+from job.ml.augment import train_augment
+from job.ml.data import CIFAR10_MEAN, CIFAR10_STD, Dataset, Split
+from job.ml.model import ModelError, ModelSpec, build_model, count_macs, count_params
+from job.ml.train import Trainer
+from job.search.space import sample_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, CLASSES = 32, 10
@@ -123,7 +123,7 @@ def synthetic(n: int, device: torch.device) -> Dataset:
     return Dataset("synthetic", train, empty, empty, classes, CIFAR10_MEAN, CIFAR10_STD, "-")
 
 
-# ---- the step: job.train.Trainer's own ------------------------------------------------
+# ---- the step: job.ml.train.Trainer's own ------------------------------------------------
 
 
 def make_trainer(spec: ModelSpec, recipe: TrainConfig, data: Dataset) -> Trainer:
@@ -165,7 +165,7 @@ class Ours:
         self.label = "(a) ours" if policy.enabled else "(b) ours, augmentation off"
         self.data, self.policy, self.batch = data, policy, batch
         device = trainer.device
-        self.norm = trainer.norm  # job.train.Normalize, in the model's memory format
+        self.norm = trainer.norm  # job.ml.train.Normalize, in the model's memory format
         self.gen = torch.Generator(device).manual_seed(0)  # pixel draws, on the device
         self.choices = torch.Generator().manual_seed(0)  # per-image op picks, on the host
         self.order, self.at = torch.empty(0, dtype=torch.long), 0

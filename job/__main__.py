@@ -1,7 +1,7 @@
-"""`python -m job VERB …`: see job/cli.py."""
+"""`python -m job VERB …`: see job/cli/main.py."""
 
 import sys
 
-from job.cli import main
+from job.cli.main import main
 
 sys.exit(main())

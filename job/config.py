@@ -31,8 +31,8 @@ from pydantic import (
 )
 
 from job.files import key_name, read_yaml, short
-from job.modules import ACTIVATIONS, MAX_CHANNELS, MAX_REPEAT
-from job.ops import DEFAULT_OPS, GREY, OPS
+from job.ml.augment_ops import DEFAULT_OPS, GREY, OPS
+from job.ml.blocks import ACTIVATIONS, MAX_CHANNELS, MAX_REPEAT
 
 # YAML's `true` is not 1 and `2.0` is not an int: numbers and flags are taken as written.
 # No float is infinite or NaN (`.inf`, `.nan`): no consumer of one has a use for either.
@@ -87,7 +87,7 @@ class StudyConfig(Section):
     storage: str | None = None
     budget: Int = Field(20, ge=1)
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
-    seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.make_sampler)
+    seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.worker.make_sampler)
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
     metrics_port: Int | None = Field(None, ge=0, le=65535)
     # Keep serving this long after the last trial, so the final values get scraped:
@@ -142,7 +142,7 @@ class DataConfig(Section):
 
 class AugmentConfig(Section):
     """The train augmentation policy (the seed's: RandAugment, flip, Cutout), consumed as
-    it is by `job.augment`; `space.augment` can search n_select and level over it.
+    it is by `job.ml.augment`; `space.augment` can search n_select and level over it.
     ``level: null`` draws a level per op and image (random magnitude)."""
 
     enabled: Bool = True
@@ -237,7 +237,7 @@ class BlockSpace(Section):
         _check_choices("v3_kernel", self.v3_kernel, lambda k: k >= 1, "a kernel size >= 1")
         known = f"one of {', '.join(sorted(ACTIVATIONS))} (any case)"
         _check_choices("activation", self.activation, lambda a: a.lower() in ACTIVATIONS, known)
-        # The model's per-layer caps (job.modules), so no sampled row can exceed them.
+        # The model's per-layer caps (job.ml.blocks), so no sampled row can exceed them.
         _check_cap("repeat", self.repeat, self.repeat[1], MAX_REPEAT)
         for key in ("channels", "ir_channels"):
             _check_cap(key, getattr(self, key), getattr(self, key)[1], MAX_CHANNELS)
@@ -320,7 +320,7 @@ class SpaceConfig(Section):
 
 class TrainConfig(Section):
     """The training recipe (SGD with Nesterov momentum, linear warm-up then cosine
-    annealing per step), consumed as it is by `job.train`; a trial's copy differs in its
+    annealing per step), consumed as it is by `job.ml.train`; a trial's copy differs in its
     seed and in whatever `space.train` searches."""
 
     epochs: Int = Field(10, ge=1)
@@ -337,7 +337,7 @@ class TrainConfig(Section):
     channels_last: Bool = True  # NHWC: faster convolutions on CUDA and on CPU
     compile: Bool = False
     measure_latency: Bool = True
-    seed: Seed = 0  # trial n trains with seed + n (job.space), retrain i with seed + i
+    seed: Seed = 0  # trial n trains with seed + n (job.search.space), retrain i with seed + i
 
     @model_validator(mode="after")
     def _warmup(self) -> TrainConfig:
@@ -384,7 +384,7 @@ _FLAG_KINDS = ("best", "knee")  # policies with no settings: written as a bare w
 
 
 class Policy(Section):
-    """One selection policy (job.select). In YAML a bare word (`best`, `knee`) or a
+    """One selection policy (job.collect.policies). In YAML a bare word (`best`, `knee`) or a
     mapping with one policy key and an optional `name` (its folder under selected/,
     by default the policy's kind): `{budget: {params: 50000}, name: tiny}`."""
 
@@ -438,7 +438,7 @@ class RetrainConfig(Section):
 
 
 class SelectConfig(Section):
-    """What `collect` keeps (job.select): named policies over the finished study; the
+    """What `collect` keeps (job.collect.policies): named policies over the finished study; the
     picks and the top `verify_top_k` front members retrained on the workers (a second
     study, `<study>-verify`), beside `baselines` (model YAMLs) trained alike."""
 
@@ -467,7 +467,7 @@ class SelectConfig(Section):
 
 
 class ExportConfig(Section):
-    """What `collect` makes of each selected model (job.export): ONNX verified by
+    """What `collect` makes of each selected model (job.ml.onnx): ONNX verified by
     onnxruntime on the test split, an int8 copy, latency where it is deployed, and the
     files uploaded as Optuna artifacts."""
 

@@ -1,8 +1,8 @@
 """Exit codes and the command line's own error, below every verb (docs/ARCHITECTURE.md).
 
 0 success; 2 bad input (config, data, arguments) with one line naming the key or file;
-1 anything else; 143 a worker stopped by SIGTERM. The verbs (`job.verbs`) and the pod's
-process group (`job.procs`) both return these, so they live below both.
+1 anything else; 143 a worker stopped by SIGTERM. The verbs (`job.cli.verbs`) and the pod's
+process group (`job.run.pod`) both return these, so they live below both.
 """
 
 from __future__ import annotations

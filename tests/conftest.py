@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from job.config import DataConfig
-from job.data import Dataset, load_data
-from job.pgserver import External, Server, throwaway_server
+from job.ml.data import Dataset, load_data
+from job.testing.pgserver import External, Server, throwaway_server
 
 ROOT = Path(__file__).resolve().parents[1]
 

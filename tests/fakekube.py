@@ -1,7 +1,7 @@
 """A fake Kubernetes API server for tests: batch/v1 Jobs in one namespace, over real HTTP.
 
 No API server runs here, so the tests drive the real `kubernetes` client against this
-one, which answers as the API server does for what `job.launch` asks: GET a Job (200 or
+one, which answers as the API server does for what `job.run.launch` asks: GET a Job (200 or
 404 NotFound), GET the Job list (JobList), POST a Job (201 with uid, resourceVersion and
 creationTimestamp added; 409 AlreadyExists when the name is taken). Two switches make it
 misbehave: `forbid_create` answers POSTs with 403 Forbidden, as RBAC does; `fail_status`
@@ -33,7 +33,7 @@ import pytest
 import yaml
 from kubernetes.config import kube_config
 
-from job import runtime
+from job import settings
 
 Obj = dict[str, Any]
 NAMESPACE = "small-model-search"
@@ -187,13 +187,13 @@ class FakeKube:
         path = self.write_kubeconfig(tmp_path / "kubeconfig", namespace or self.namespace)
         use_kubeconfig(monkeypatch, path)
         if namespace == "":
-            monkeypatch.delenv(runtime.SMS_NAMESPACE, raising=False)
+            monkeypatch.delenv(settings.SMS_NAMESPACE, raising=False)
         else:
-            monkeypatch.setenv(runtime.SMS_NAMESPACE, namespace or self.namespace)
+            monkeypatch.setenv(settings.SMS_NAMESPACE, namespace or self.namespace)
         if own_job:
-            monkeypatch.setenv(runtime.SMS_JOB_NAME, own_job)
+            monkeypatch.setenv(settings.SMS_JOB_NAME, own_job)
         else:
-            monkeypatch.delenv(runtime.SMS_JOB_NAME, raising=False)
+            monkeypatch.delenv(settings.SMS_JOB_NAME, raising=False)
         return path
 
     # --- answering ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ Test-only, in this module only: the product has no test code path. Run
 
 and, in that process only, before the verb runs:
 
-- every `job.search.Worker` is a `GatedWorker`, whose training passes a gate when the
+- every `job.search.worker.Worker` is a `GatedWorker`, whose training passes a gate when the
   environment names one (`TESTS_GATE`, a folder): the trial, RUNNING with its
   parameters saved and its heartbeat beating, writes `blocked-<pid>` there and waits
   until `open` appears there or the worker is told to stop (SIGTERM: it then goes on and
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import job.search
-from job.search import Worker
+import job.search.worker
+from job.search.worker import Worker
 
 __all__ = ["Gate", "GatedWorker", "install", "main"]
 
@@ -82,7 +82,7 @@ def _wait_at_gate(stop: threading.Event | None, where: str) -> None:
 
 
 def _gated_train(inner: Callable[..., Any], kind: str, *args: Any, **kwargs: Any) -> Any:
-    """`inner(*args, **kwargs)` (job.train.train's call), past the gate when one applies."""
+    """`inner(*args, **kwargs)` (job.ml.train.train's call), past the gate when one applies."""
     on = os.environ.get(ON, "all")
     applies = on in ("all", kind) or (on == "retrain" and kind == "baseline")
     if not os.environ.get(GATE) or not applies:
@@ -151,14 +151,14 @@ def install() -> None:
     """This process's workers are gated, and so are the worker processes it starts."""
     for name in ("_train", "_retrain", "_persist"):  # what GatedWorker hooks into
         if not hasattr(Worker, name):
-            raise RuntimeError(f"tests/gate.py: job.search.Worker has no {name} any more")
-    job.search.Worker = GatedWorker  # type: ignore[misc]
+            raise RuntimeError(f"tests/gate.py: job.search.worker.Worker has no {name} any more")
+    job.search.worker.Worker = GatedWorker  # type: ignore[misc]
     subprocess.Popen = _GatedPopen  # type: ignore[misc]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     install()
-    from job.cli import main as job_main  # after install: it finds GatedWorker
+    from job.cli.main import main as job_main  # after install: it finds GatedWorker
 
     return job_main(list(argv) if argv is not None else None)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from job.pgserver import free_port
+from job.testing.pgserver import free_port
 
 __all__ = ["ROOT", "free_port", "journal_url", "run_job"]
 

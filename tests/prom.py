@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from job.pgserver import free_port
+from job.testing.pgserver import free_port
 from tests.proc import need_binary
 
 PACKAGES = {  # binary → the Debian package that has it

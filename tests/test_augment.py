@@ -1,4 +1,4 @@
-"""job/augment.py: the policy, per-image RandAugment draws, flip and Cutout, batched."""
+"""job/ml/augment.py: the policy, per-image RandAugment draws, flip and Cutout, batched."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from job.augment import (
+from job.config import AugmentConfig
+from job.ml.augment import (
     DEFAULT_OPS,
     OPS,
     Chunk,
@@ -18,7 +19,6 @@ from job.augment import (
     sample_choices,
     train_augment,
 )
-from job.config import AugmentConfig
 from tests.test_ops import DEVICES, images
 
 N_LEVEL = 31

@@ -2,7 +2,7 @@
 deadline) with one line on stderr naming the key, flag, file or URL, no traceback, and
 nothing created or deleted in its folder.
 
-Each case runs `python -m job …` in-process (`job.cli.main`) in a fresh folder that is
+Each case runs `python -m job …` in-process (`job.cli.main.main`) in a fresh folder that is
 also the working directory, so the whole table takes seconds: every case must fail
 before any training. `{tmp}` in arguments, files and environment is that folder;
 `{cfg}` is `{tmp}/c.yaml`, written from the case's `config` (a small digits search).
@@ -26,7 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
-from job.cli import main
+from job.cli.main import main
 from tests.test_data import image_bytes, planted_pickle
 from tests.test_study_data import journal_with_study_data
 

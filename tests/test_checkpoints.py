@@ -14,9 +14,9 @@ import torch
 from optuna.trial import TrialState
 
 from job.config import load_config
-from job.data import Dataset
-from job.search import Worker
-from job.train import CHECKPOINT_FORMAT, Preempted, TrainResult, read_checkpoint, train
+from job.ml.data import Dataset
+from job.ml.train import CHECKPOINT_FORMAT, Preempted, TrainResult, read_checkpoint, train
+from job.search.worker import Worker
 from tests.proc import ROOT, journal_url
 from tests.test_search import TINY as TINY_SEARCH
 from tests.test_train import FAST, OFF, TINY, _StopAfter

@@ -1,4 +1,4 @@
-"""job/cli.py: the verbs as a user runs them — real processes, real files, exit codes."""
+"""job/cli/main.py: the verbs as a user runs them — real processes, real files, exit codes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from tests.proc import ROOT, run_job
 
 # Written by hand in the seed's format (quoted names, nulls, trailing args omitted),
-# not produced by job.model: the format is the contract.
+# not produced by job.ml.model: the format is the contract.
 SEED_STYLE_MODEL = """\
 input_channel: 3
 
@@ -97,7 +97,7 @@ def test_augment_preview_writes_the_grid(tmp_path: Path) -> None:
 
 
 def test_every_verb_documents_its_options() -> None:
-    from job.cli import build_parser
+    from job.cli.main import build_parser
 
     parser = build_parser()
     help_text = parser.format_help()
@@ -196,7 +196,7 @@ def test_the_run_banner_names_a_storage_the_dashboard_opens(tmp_path: Path) -> N
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from optuna_dashboard._storage_url import get_storage  # what its CLI calls
 
-    from job.local import RunOptions, dashboard_hint
+    from job.run.local import RunOptions, dashboard_hint
     from job.storage import JOURNAL
 
     journal = tmp_path / "study.journal"

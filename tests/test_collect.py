@@ -16,7 +16,8 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
-from job.collect import (
+from job.collect.outputs import OutputError
+from job.collect.results import (
     best_values,
     collect,
     human_duration,
@@ -29,8 +30,7 @@ from job.collect import (
     write_pareto_json,
 )
 from job.config import Config, ConfigError, parse_config
-from job.outputs import OutputError
-from job.space import directions
+from job.search.space import directions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -35,7 +35,7 @@ def test_cifar10_is_the_seed_scenario() -> None:
     c = load_config(ROOT / "configs" / "cifar10.yaml")
     assert (c.data.name, c.data.subset, c.data.image_size) == ("cifar10", 10000, 32)
     assert (c.train.batch_size, c.train.epochs, c.train.lr) == (128, 200, 0.1)
-    assert c.train.momentum > 0 and c.train.warmup_epochs == 0  # SGD, cosine: job/train.py
+    assert c.train.momentum > 0 and c.train.warmup_epochs == 0  # SGD, cosine: job/ml/train.py
     assert (c.augment.n_select, c.augment.level, c.augment.n_level) == (2, 15, 31)
     assert c.space.augment is None  # RandAugment fixed, as in the seed
 
@@ -102,7 +102,7 @@ BAD_CONFIGS: list[tuple[object, str]] = [
     ({"train": {"epochs": 2.5}}, "train.epochs: input should be a valid integer"),
     ({"augment": {"enabled": "yes"}}, "augment.enabled: "),
     ({"study": {"heartbeat_interval_s": 60}}, "study.grace_period_s: must be >"),
-    # within the model's caps (job.modules), and the study name's one rule
+    # within the model's caps (job.ml.blocks), and the study name's one rule
     ({"space": {"blocks": [{"modules": ["Conv"], "repeat": [1, 10**9]}]}}, "repeat: at most"),
     ({"space": {"blocks": [{"modules": ["Conv"], "channels": [8, 10**5, 8]}]}}, "channels:"),
     ({"space": {"blocks": [{"modules": ["Conv"], "kernel": [3, 10**5]}]}}, "kernel: at most"),
@@ -363,10 +363,10 @@ def test_a_derived_seed_folds_into_range() -> None:
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
 def test_every_sampler_takes_the_largest_seed_and_worker_index(sampler: str) -> None:
-    """study.seed 2**32-1 on worker 9,999,999 (the largest index job.runtime takes) of
+    """study.seed 2**32-1 on worker 9,999,999 (the largest index job.settings takes) of
     version 9: the sampler's seed is folded, so the worker starts."""
-    from job.runtime import MAX_WORKER_INDEX
-    from job.search import make_sampler
+    from job.search.worker import make_sampler
+    from job.settings import MAX_WORKER_INDEX
 
     config = parse_config({"study": {"seed": SEED_SPAN - 1, "sampler": sampler}})
     assert make_sampler(config, MAX_WORKER_INDEX, version=9) is not None
@@ -375,8 +375,8 @@ def test_every_sampler_takes_the_largest_seed_and_worker_index(sampler: str) -> 
 def test_trial_and_retrain_seeds_stay_in_range() -> None:
     import optuna
 
-    from job.space import sample_recipe
-    from job.verify import retrain_seeds
+    from job.search.retrain import retrain_seeds
+    from job.search.space import sample_recipe
 
     config = parse_config({"train": {"seed": SEED_SPAN - 1}, "select": {"retrain": {"seeds": 3}}})
     assert retrain_seeds(config) == [SEED_SPAN - 1, 0, 1]

@@ -1,4 +1,4 @@
-"""The dashboard's server (job.dashboard): threaded, so one client that never finishes its
+"""The dashboard's server (job.serve.dashboard): threaded, so one client that never finishes its
 request blocks no other and not SIGTERM; a socket timeout drops such a client; a bad
 `--host` or a `--port` in use is one line naming that flag. Real processes and sockets;
 every wait is on an event (a line, a reply, a closed socket, an exit), bounded only as a
@@ -21,8 +21,8 @@ import optuna
 import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from job.cli import main
-from job.dashboard import bind
+from job.cli.main import main
+from job.serve.dashboard import bind
 from tests.proc import ROOT, free_port
 
 GUARD_S = 60  # a hang guard, far above any real wait here; never a timing assertion

@@ -1,4 +1,4 @@
-"""Tests of job.data: sources, preparation, splits, fingerprint, errors.
+"""Tests of job.ml.data: sources, preparation, splits, fingerprint, errors.
 
 CIFAR-10 and ImageFolder data are written by the tests themselves (CIFAR's real
 pickle format, PNG files), since no data set can be downloaded here.
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from job.config import DataConfig
-from job.data import (
+from job.ml.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     DataError,
@@ -594,7 +594,7 @@ UNREADABLE = """\
 import os, sys
 from PIL import Image
 from job.config import DataConfig
-from job.data import DataError, load_data
+from job.ml.data import DataError, load_data
 Image.init()  # every image plugin imported while still allowed to
 if os.geteuid() == 0:
     os.setgid(65534)

@@ -1,4 +1,4 @@
-"""job.drift, the research drift report: a real parent study and its version in one Optuna
+"""job.collect.drift, the research drift report: a real parent study and its version in one Optuna
 storage, a real parent results folder holding a digits model trained here (about a
 second), evaluated on the data again; the JSON, the metrics files and the report page."""
 
@@ -17,9 +17,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 from prometheus_client.parser import text_string_to_metric_families
 
-from job.config import Config, DataConfig, parse_config
-from job.data import Dataset
-from job.drift import (
+from job.collect.drift import (
     DRIFT_JSON,
     MIN_DROP,
     drift_report,
@@ -29,11 +27,13 @@ from job.drift import (
     write_drift,
     write_drift_metrics,
 )
-from job.export import input_spec
-from job.model import model_spec_yaml, parse_model_spec
-from job.report import REPORT_HTML, write_report
-from job.study import hypervolume, normalised_losses
-from job.train import train
+from job.collect.report import REPORT_HTML, write_report
+from job.config import Config, DataConfig, parse_config
+from job.ml.data import Dataset
+from job.ml.model import model_spec_yaml, parse_model_spec
+from job.ml.onnx import input_spec
+from job.ml.train import train
+from job.search.study import hypervolume, normalised_losses
 from tests.test_report import assert_self_contained
 from tests.test_search import TINY
 
@@ -61,7 +61,7 @@ def config() -> Config:
 class Trained:
     model_yaml: str
     weights: Path
-    test_accuracy: float  # job.train's own figure, on digits16's test split
+    test_accuracy: float  # job.ml.train's own figure, on digits16's test split
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_each_pick_is_evaluated_on_the_new_data(
         row = rows[policy]
         assert row["problem"] is None
         assert 0.5 < row["accuracy_now"] <= 1.0  # a trained model, not chance (0.1)
-        # the same weights on the same split as job.train measured them (one image of slack)
+        # the same weights on the same split as job.ml.train measured them (one image of slack)
         assert row["accuracy_now"] == pytest.approx(trained.test_accuracy, abs=1.01 / 359)
         assert (row["verified_mean"], row["verified_std"]) == (mean, std)
         assert row["change"] == pytest.approx(row["accuracy_now"] - mean)

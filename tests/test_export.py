@@ -15,9 +15,11 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 import pytest
 import torch
 
+from job.collect.outputs import OutputError
 from job.config import Config, ExportConfig, load_config
-from job.data import Dataset, load_data
-from job.export import (
+from job.ml.data import Dataset, load_data
+from job.ml.model import ModelSpec, build_model, parse_model_spec
+from job.ml.onnx import (
     ExportError,
     calibration_batches,
     check_onnx,
@@ -26,9 +28,7 @@ from job.export import (
     input_spec,
     load_weights,
 )
-from job.model import ModelSpec, build_model, parse_model_spec
-from job.outputs import OutputError
-from job.train import Normalize, accuracy_and_f1, predict, train
+from job.ml.train import Normalize, accuracy_and_f1, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

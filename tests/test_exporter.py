@@ -1,4 +1,4 @@
-"""job.exporter and the pushes of job.metrics: the study's one source of study-level
+"""job.serve.exporter and the pushes of job.serve.metrics: the study's one source of study-level
 series, read at scrape time; a database outage reads as `sms_storage_up 0`; the final
 values pushed to a real Pushgateway, a rerun replacing its group."""
 
@@ -19,11 +19,11 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from job.config import load_config, parse_config
-from job.exporter import StudyCollector, last_progress, study_registry
-from job.metrics import push_final
-from job.pgserver import External, Server, free_port
-from job.runtime import EnvError, pushgateway
-from job.search import JOURNAL, open_study
+from job.search.worker import JOURNAL, open_study
+from job.serve.exporter import StudyCollector, last_progress, study_registry
+from job.serve.metrics import push_final
+from job.settings import EnvError, pushgateway
+from job.testing.pgserver import External, Server, free_port
 from tests.proc import ROOT
 from tests.prom import check_metrics, get
 from tests.prom import pushgateway as start_pushgateway

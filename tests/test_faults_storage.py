@@ -28,12 +28,12 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from job.cli import main
+from job.cli.main import main
 from job.config import load_config
-from job.pgserver import PASSWORD, External, Server
-from job.search import open_study
+from job.search.worker import open_study
 from job.storage import JournalDamagedError, check_journal, hold_run_folder
 from job.storage.locks import lock_key
+from job.testing.pgserver import PASSWORD, External, Server
 from tests.proc import ROOT, journal_url, run_job
 from tests.test_search import TINY
 
@@ -451,7 +451,7 @@ def test_a_torn_tail_that_is_no_record_is_never_moved(tmp_path: Path) -> None:
 
 
 def test_a_password_on_the_command_line_is_warned_about() -> None:
-    from job.local import password_on_command_line
+    from job.run.local import password_on_command_line
 
     warning = password_on_command_line("postgresql+psycopg2://u:s3cret@h/db")
     assert warning is not None and "OPTUNA_STORAGE" in warning and "s3cret" not in warning

@@ -16,14 +16,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from job.collect import status_report
+from job.collect.results import status_report
 from job.config import load_config
-from job.data import load_data
-from job.local import describe, lost_worker
-from job.pgserver import External, Server
-from job.search import JOURNAL, Worker, claim_trial, open_study
-from job.space import sample_candidate
+from job.ml.data import load_data
+from job.run.local import describe, lost_worker
+from job.search.space import sample_candidate
+from job.search.worker import JOURNAL, Worker, claim_trial, open_study
 from job.storage import Heartbeat, budget_lock, fail_stale_trials, silent_trials
+from job.testing.pgserver import External, Server
 from tests.gate import Gate
 from tests.proc import ROOT, journal_url
 from tests.test_search import TINY

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import torch
 
-from job.pgserver import External, Server, free_port
+from job.testing.pgserver import External, Server, free_port
 from tests.proc import ROOT
 
 BIN = Path(sys.executable).parent

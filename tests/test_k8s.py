@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from job.config import load_config, parse_config
-from job.launch import TEMPLATES
+from job.run.launch import TEMPLATES
 from tests.kube import (
     CUSTOM,
     NAMESPACE,
@@ -172,7 +172,7 @@ def test_search_job_survives_preemption_and_scales(
 def test_templates_of_research_outlive_their_run(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    # `research --launch` reads these Jobs to clone them (job/launch.py): no TTL may
+    # `research --launch` reads these Jobs to clone them (job/run/launch.py): no TTL may
     # delete them; the clones carry one. Nothing a clone could not start from either.
     for name in TEMPLATES:
         spec = find(rendered[overlay], "Job", name)["spec"]
@@ -244,7 +244,7 @@ def test_rbac_walk_grants_research_exactly_its_jobs(
     for account in accounts - {"default"}:
         assert find(objs, "ServiceAccount", account)
     walked = {account: grants(objs, account) for account in accounts}
-    # job/launch.py: get the templates and its own Job, list a version's, create clones
+    # job/run/launch.py: get the templates and its own Job, list a version's, create clones
     assert walked["research"] == {("batch", "jobs", v) for v in ("get", "list", "create")}
     assert walked["worker"] == set() and walked["default"] == set()
 
@@ -335,18 +335,18 @@ def test_gpu_only_in_the_gpu_overlay(rendered: dict[str, list[Obj]]) -> None:
 def test_gpu_pods_run_several_workers_and_research_clones_keep_them(
     rendered: dict[str, list[Obj]],
 ) -> None:
-    from job import runtime
-    from job.launch import clone
+    from job import settings
+    from job.run.launch import clone
 
     job = find(rendered["gpu"], "Job", "search")
     (worker,) = job["spec"]["template"]["spec"]["containers"]
     env = container_env(rendered["gpu"], worker)
-    procs = runtime.workers_per_pod(env)  # parsed as `search` parses it: valid
-    assert procs == 2 and (runtime.torch_threads(env) or 0) // procs >= 1
+    procs = settings.workers_per_pod(env)  # parsed as `search` parses it: valid
+    assert procs == 2 and (settings.torch_threads(env) or 0) // procs >= 1
     (cpu,) = find(rendered["local-cpu"], "Job", "search")["spec"]["template"]["spec"]["containers"]
-    assert runtime.workers_per_pod(container_env(rendered["local-cpu"], cpu)) == 1
+    assert settings.workers_per_pod(container_env(rendered["local-cpu"], cpu)) == 1
     (cloned,) = clone(job, "cifar10-v2", 2, NAMESPACE)["spec"]["template"]["spec"]["containers"]
-    assert container_env(rendered["gpu"], cloned)[runtime.SMS_WORKERS_PER_POD] == str(procs)
+    assert container_env(rendered["gpu"], cloned)[settings.SMS_WORKERS_PER_POD] == str(procs)
 
 
 def test_podmonitor_scrapes_the_workers(rendered: dict[str, list[Obj]]) -> None:

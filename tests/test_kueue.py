@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from job.launch import TEMPLATES, clone
+from job.run.launch import TEMPLATES, clone
 from tests.kube import (
     K8S,
     NAMESPACE,
@@ -254,7 +254,7 @@ def test_overlay_can_rename_the_queue_as_the_comment_says(
 
 
 def test_research_clones_stay_queued(rendered: dict[str, list[Obj]]) -> None:
-    # job/launch.py clones the live templates; Kueue's webhook suspends each clone at
+    # job/run/launch.py clones the live templates; Kueue's webhook suspends each clone at
     # creation because it keeps the template's queue-name label
     objs = rendered["gpu"]
     for name in TEMPLATES:

@@ -1,4 +1,4 @@
-"""job/launch.py: `research --launch` starts a study version's Jobs through the real
+"""job/run/launch.py: `research --launch` starts a study version's Jobs through the real
 kubernetes client, against a local server that answers like the API server
 (tests/fakekube.py), preloaded with the Jobs the overlays render.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from job.launch import (
+from job.run.launch import (
     STUDY_ANNOTATION,
     TTL_S,
     LaunchDownError,

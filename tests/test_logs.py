@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-from job import logs, runtime
-from job.runtime import EnvError
+from job import logs, settings
+from job.settings import EnvError
 from tests.proc import ROOT
 
 PASSWORD = "p@ss:w/rd é-42"  # needs percent-encoding in a URL
@@ -241,7 +241,7 @@ def test_level_rule(
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_a_password_never_appears(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
     logs.setup("search", {**JSON, "SMS_LOG_FORMAT": fmt})
-    url = runtime.postgres_url("db.example", 5432, "sms", PASSWORD, "sms")
+    url = settings.postgres_url("db.example", 5432, "sms", PASSWORD, "sms")
     assert quote(PASSWORD, safe="") in url
     other = "postgresql://u:hunter22@h/db"  # a URL with a password not in the environment
     logs.event("storage", f"storage {url}", url=url, extra={"nested": [other]})
@@ -304,7 +304,7 @@ def test_odd_characters_stay_on_one_line(capsys: pytest.CaptureFixture[str]) -> 
 
 SCRIPT = """
 import sys, threading, warnings
-import optuna  # its logging handler holds the stderr of import time, as in job.cli
+import optuna  # its logging handler holds the stderr of import time, as in job.cli.main
 from job import logs
 logs.setup("search")
 print("trial 1")
@@ -345,7 +345,7 @@ def test_a_worker_and_the_collector_log_json_on_postgresql_without_the_password(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Real roles as the manifests run them: POSTGRES_* in the environment, json logs."""
-    from job.pgserver import External, Server
+    from job.testing.pgserver import External, Server
     from tests.test_pods import database_env
     from tests.test_search import TINY
 

@@ -1,4 +1,4 @@
-"""job.metrics: a worker's Prometheus endpoint, scraped over HTTP and parsed."""
+"""job.serve.metrics: a worker's Prometheus endpoint, scraped over HTTP and parsed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from job import __version__
-from job.metrics import ENV_PORT, WorkerMetrics, metrics_port
+from job.serve.metrics import ENV_PORT, WorkerMetrics, metrics_port
 from tests.prom import check_metrics
 
 OBJECTIVES = ("accuracy", "params")
@@ -104,7 +104,7 @@ def test_trial_counter_and_histogram_match_the_trials(served: WorkerMetrics) -> 
 
 
 def test_a_worker_serves_only_its_own_and_no_created_series(served: WorkerMetrics) -> None:
-    """The study's figures have one source, the exporter (job.exporter); prometheus_client's
+    """The study's figures have one source, the exporter (job.serve.exporter); prometheus_client's
     `_created` series are off; promtool finds nothing to complain of."""
     _two_trials(served, [])
     assert served.port is not None

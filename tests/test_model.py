@@ -1,4 +1,4 @@
-"""job.model: the seed's model YAML parsed, scaled, built, measured and dumped back."""
+"""job.ml.model: the seed's model YAML parsed, scaled, built, measured and dumped back."""
 
 import time
 from pathlib import Path
@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from job.model import (
+from job.ml.blocks import Conv, FixedConv
+from job.ml.model import (
     LayerSpec,
     Measure,
     Model,
@@ -26,7 +27,6 @@ from job.model import (
     scale_depth,
     scale_width,
 )
-from job.modules import Conv, FixedConv
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_MODELS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
@@ -184,7 +184,7 @@ def test_errors_name_the_layer(rows: list[tuple[int, str, Any]], message: str) -
     ],
 )
 def test_absurd_sizes_are_refused_before_anything_is_built(spec: ModelSpec, message: str) -> None:
-    """Per-layer caps (job.modules.MAX_CHANNELS, MAX_REPEAT), checked on the spec: even
+    """Per-layer caps (job.ml.blocks.MAX_CHANNELS, MAX_REPEAT), checked on the spec: even
     the meta-device count never loops a billion times or shapes a 1e18-element weight."""
     start = time.perf_counter()
     with pytest.raises(ModelError) as caught:

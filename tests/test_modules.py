@@ -1,4 +1,4 @@
-"""Every row of job.modules.MODULES builds, runs forward and backward, and emits the
+"""Every row of job.ml.blocks.MODULES builds, runs forward and backward, and emits the
 channel count the table promises, at repeat 1 and 2 and (where it strides) stride 1 and 2."""
 
 from collections.abc import Iterator
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from job.modules import MODULES, BasicBlock, Conv, Repeat, build_layer, fill_defaults
+from job.ml.blocks import MODULES, BasicBlock, Conv, Repeat, build_layer, fill_defaults
 
 # name → (representative args, input channels, input side). Linear and Flatten get a
 # pooled (B, C, 1, 1) input, as they would after GlobalAvgPool.

@@ -1,4 +1,5 @@
-"""job/ops.py: every op in the table, on uint8 and float, and its semantics vs PIL/torchvision."""
+"""job/ml/augment_ops.py: every op in the table, on uint8 and float, and its semantics
+vs PIL/torchvision."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from job.ops import OPS, apply_op
+from job.ml.augment_ops import OPS, apply_op
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 N_LEVEL = 31

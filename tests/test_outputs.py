@@ -1,5 +1,5 @@
-"""The collector's outputs are replaced only by complete, checked sets (job.outputs,
-job.publish): a damaged retrain source leaves the published pick byte for byte as it
+"""The collector's outputs are replaced only by complete, checked sets (job.collect.outputs,
+job.collect.publish): a damaged retrain source leaves the published pick byte for byte as it
 was, a disk that fills up mid-collect is one line and exit 1 with every earlier output
 intact, and a publisher stopped between its two renames is recovered to one whole set.
 
@@ -23,10 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-from job.config import Config, load_config
-from job.data import load_data
-from job.model import build_model
-from job.outputs import (
+from job.collect.outputs import (
     OutputError,
     fresh_side,
     recover,
@@ -35,9 +32,12 @@ from job.outputs import (
     withdraw,
     writing,
 )
-from job.search import Worker, open_study
-from job.train import TrainResult
-from job.verify import ensure_plan, plan_retrains, retrain_data, verify_study_name
+from job.config import Config, load_config
+from job.ml.data import load_data
+from job.ml.model import build_model
+from job.ml.train import TrainResult
+from job.search.retrain import ensure_plan, plan_retrains, retrain_data, verify_study_name
+from job.search.worker import Worker, open_study
 from tests.proc import ROOT, journal_url
 from tests.test_search import TINY
 from tests.test_verify import ROWS, _search_trial
@@ -152,8 +152,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str
 
 def _source(out: Path, policy: str) -> Path:
     """The retrained weights file the pick's weights.pt is copied from."""
-    from job.search import open_study
-    from job.verify import Retrain
+    from job.search.retrain import Retrain
+    from job.search.worker import open_study
 
     card = json.loads((out / "selected" / policy / "card.json").read_text())
     root = out.parent
@@ -371,7 +371,7 @@ def test_augment_preview_makes_a_missing_out_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """As every verb's --out: the folder is made (one it cannot make: tests/test_bad_inputs.py)."""
-    from job.cli import main
+    from job.cli.main import main
     from tests.test_bad_inputs import QUICK
 
     (tmp_path / "c.yaml").write_text(QUICK)

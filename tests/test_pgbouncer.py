@@ -1,5 +1,5 @@
 """The storage stage behind a transaction-mode PgBouncer: the component's manifests, and
-a real PgBouncer (job/pgbouncer.py) in front of the suite's PostgreSQL.
+a real PgBouncer (job/testing/pgbouncer.py) in front of the suite's PostgreSQL.
 
 Why the locks are what they are (job/storage/locks.py): a session advisory lock leaks to
 the next client of its pooled server connection, and a client waiting for a lock inside
@@ -22,11 +22,11 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from job import runtime
-from job.pgbouncer import Bouncer, bouncer, find_binary
-from job.pgserver import External, Server
+from job import settings
 from job.storage import database_lock
 from job.storage.locks import lock_key
+from job.testing.pgbouncer import Bouncer, bouncer, find_binary
+from job.testing.pgserver import External, Server
 from tests import test_postgres
 from tests.kube import (
     NAMESPACE,
@@ -93,7 +93,7 @@ def test_our_pods_reach_postgres_through_pgbouncer(pooled: list[Obj]) -> None:
             where = (obj["kind"], obj["metadata"]["name"], container["name"])
             assert env["POSTGRES_HOST"] == service["metadata"]["name"], where
             assert env["POSTGRES_PORT"] == str(port["port"]), where
-            url = make_url(str(runtime.storage_url(env)))
+            url = make_url(str(settings.storage_url(env)))
             assert (url.host, url.port) == ("pgbouncer", 6432), where
             seen.add(where)
     assert seen == CLIENTS

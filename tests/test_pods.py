@@ -25,8 +25,8 @@ import yaml
 from optuna.trial import TrialState
 
 from job.config import parse_config
-from job.pgserver import External, Server, free_port
-from job.verify import verify_study_name
+from job.search.retrain import verify_study_name
+from job.testing.pgserver import External, Server, free_port
 from tests.fakekube import FakeKube
 from tests.kube import (
     VERSIONS,

@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from job.config import load_config, parse_config
-from job.pgserver import PASSWORD, External, Server
-from job.search import open_study
+from job.search.worker import open_study
+from job.testing.pgserver import PASSWORD, External, Server
 from tests.gate import Gate
 from tests.proc import ROOT
 from tests.test_search import TINY

@@ -1,4 +1,4 @@
-"""job/procs.py: K `search` worker processes in one pod (SMS_WORKERS_PER_POD, --procs),
+"""job/run/pod.py: K `search` worker processes in one pod (SMS_WORKERS_PER_POD, --procs),
 with their own worker indexes, ONE metrics endpoint, and stopped as one."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from optuna.trial import TrialState
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from job import runtime
-from job.cli import main
+from job import settings
+from job.cli.main import main
 from job.config import load_config
-from job.metrics import WorkerMetrics
-from job.procs import PodMetrics, PodOptions, child_command, exit_code, on_stop_signals
-from job.search import open_study
+from job.run.pod import PodMetrics, PodOptions, child_command, exit_code, on_stop_signals
+from job.search.worker import open_study
+from job.serve.metrics import WorkerMetrics
 from tests.gate import Gate
 from tests.proc import ROOT, free_port, journal_url
 from tests.prom import check_metrics, get, pushgateway
@@ -51,8 +51,8 @@ def _complete(text: str) -> Samples:
 
 def _env(**updates: str) -> dict[str, str]:
     """This environment without any of the product's variables, plus `updates`."""
-    kept = {k: v for k, v in os.environ.items() if k not in runtime.VARIABLES}
-    return kept | {runtime.SMS_TORCH_THREADS: "1"} | updates
+    kept = {k: v for k, v in os.environ.items() if k not in settings.VARIABLES}
+    return kept | {settings.SMS_TORCH_THREADS: "1"} | updates
 
 
 def _pod(config: Path, out: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -93,17 +93,17 @@ def test_each_child_gets_its_own_index_threads_and_a_loopback_port(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")  # the pod's: not inherited
-    url = runtime.postgres_url("db", 5432, "sms", "s3cret-pw", "sms")
+    url = settings.postgres_url("db", 5432, "sms", "s3cret-pw", "sms")
     options = PodOptions(tmp_path / "c.yaml", 2, 3, 8, 9100, ("--out", "o"), url)
     for i in range(2):
         cmd, env = child_command(options, i, tmp_path / f"{i}.port")
-        assert runtime.worker_index(env) == 6 + i  # pod index * K + i: sampler seeds differ
-        assert runtime.torch_threads(env) == 4 and env[runtime.OMP_NUM_THREADS] == "4"
-        assert runtime.metrics_port(9100, env) == 0  # a free one; the pod's is the parent's
+        assert settings.worker_index(env) == 6 + i  # pod index * K + i: sampler seeds differ
+        assert settings.torch_threads(env) == 4 and env[settings.OMP_NUM_THREADS] == "4"
+        assert settings.metrics_port(9100, env) == 0  # a free one; the pod's is the parent's
         assert cmd[cmd.index("--procs") + 1] == "1" and str(tmp_path / f"{i}.port") in cmd
-        assert "s3cret-pw" not in " ".join(cmd) and runtime.storage_url(env) == url
+        assert "s3cret-pw" not in " ".join(cmd) and settings.storage_url(env) == url
     _, off = child_command(options, 0, None)
-    assert runtime.metrics_port(9100, off) is None  # metrics off: the children only push
+    assert settings.metrics_port(9100, off) is None  # metrics off: the children only push
 
 
 def test_the_exit_code_says_stopped_before_anything_else() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from job.config import load_config
-from job.pgserver import free_port
-from job.search import open_study
+from job.search.worker import open_study
+from job.testing.pgserver import free_port
 from tests.proc import ROOT, journal_url
 from tests.prom import prometheus, pushgateway, query, values
 from tests.test_search import TINY

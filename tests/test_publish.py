@@ -1,4 +1,4 @@
-"""Publishing the picks (job.publish): ONNX verified by onnxruntime in every card, the
+"""Publishing the picks (job.collect.publish): ONNX verified by onnxruntime in every card, the
 files as Optuna artifacts that the dashboard we deploy lists and serves, a failed
 verification that makes `collect` exit 1. One real local run, real processes."""
 
@@ -123,7 +123,7 @@ def test_collect_again_uploads_no_copy_and_a_failed_verification_exits_1(
     again = run_job("collect", "--config", str(config), "--out", str(out))
     assert again.returncode == 0, again.stderr + again.stdout
     from job.config import load_config
-    from job.search import open_study
+    from job.search.worker import open_study
     from tests.proc import journal_url
 
     study = open_study(load_config(config), journal_url(out), create=False)

@@ -17,10 +17,10 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
+from job.collect.report import REPORT_HTML, hypervolume_curve, write_report
 from job.config import Config, load_config, parse_config
-from job.report import REPORT_HTML, hypervolume_curve, write_report
-from job.search import open_study
-from job.study import summarise
+from job.search.study import summarise
+from job.search.worker import open_study
 from tests.browser import Browser, Rendered
 from tests.proc import ROOT, journal_url, run_job
 from tests.test_search import TINY

@@ -1,4 +1,4 @@
-"""Research (job.research): fingerprints, versions, the decision, the warm start, one
+"""Research (job.collect.research): fingerprints, versions, the decision, the warm start, one
 version under concurrency, and `python -m job research` end to end on an ImageFolder
 made from digits (real worker processes, a real journal and a real PostgreSQL)."""
 
@@ -15,10 +15,7 @@ import yaml
 from optuna.trial import TrialState
 from PIL import Image
 
-from job.config import config_fingerprint, parse_config
-from job.data import load_data
-from job.pgserver import External, Server
-from job.research import (
+from job.collect.research import (
     IN_PROGRESS,
     NEW_VERSION,
     UNCHANGED,
@@ -30,9 +27,12 @@ from job.research import (
     versions,
     warm_start,
 )
-from job.search import Worker
+from job.config import config_fingerprint, parse_config
+from job.ml.data import load_data
+from job.search.versions import LINEAGE, Fingerprints, version_name, version_number
+from job.search.worker import Worker
 from job.storage import JOURNAL, open_storage
-from job.versions import LINEAGE, Fingerprints, version_name, version_number
+from job.testing.pgserver import External, Server
 from tests.proc import journal_url, run_job
 from tests.test_search import TINY
 

@@ -1,4 +1,4 @@
-"""job/runtime.py: every environment variable the product reads, parsed in one place."""
+"""job/settings.py: every environment variable the product reads, parsed in one place."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 from sqlalchemy.engine import make_url
 
-from job import runtime
-from job.local import RunOptions, worker_command
-from job.pgserver import External, Server, free_port
-from job.runtime import EnvError
+from job import settings
+from job.run.local import RunOptions, worker_command
+from job.settings import EnvError
 from job.storage import StorageDownError, StorageURLError, wait_for_database
+from job.testing.pgserver import External, Server, free_port
 from tests.proc import ROOT, run_job
 
 ODD_PASSWORD = "p@ss:w/rd%40 #?&='\"é"  # needs percent-encoding in a URL, every char of it
@@ -27,25 +27,27 @@ POSTGRES = {
 
 
 def test_every_variable_is_in_the_table_and_only_runtime_reads_the_environment() -> None:
-    doc = runtime.__doc__ or ""
-    for name in runtime.VARIABLES:
+    doc = settings.__doc__ or ""
+    for name in settings.VARIABLES:
         assert re.search(rf"^    {name} ", doc, re.M), name
     for path in sorted((ROOT / "job").rglob("*.py")):
-        if path.name != "runtime.py":
+        if path.name != "settings.py":
             text = path.read_text()
             assert not re.search(r"\bos\.environ|\bgetenv\b|from os import", text), path.name
 
 
 def test_storage_url_precedence() -> None:
-    assert runtime.storage_url({}) is None
-    assert runtime.storage_url({"POSTGRES_HOST": ""}) is None
-    assert runtime.storage_url({"OPTUNA_STORAGE": "sqlite:///x.db", **POSTGRES}) == "sqlite:///x.db"
-    built = runtime.storage_url(POSTGRES)
+    assert settings.storage_url({}) is None
+    assert settings.storage_url({"POSTGRES_HOST": ""}) is None
+    assert (
+        settings.storage_url({"OPTUNA_STORAGE": "sqlite:///x.db", **POSTGRES}) == "sqlite:///x.db"
+    )
+    built = settings.storage_url(POSTGRES)
     assert built is not None and built.startswith("postgresql+psycopg2://")
 
 
 def test_built_url_round_trips_an_odd_password() -> None:
-    url = runtime.storage_url(POSTGRES)
+    url = settings.storage_url(POSTGRES)
     assert url is not None
     assert ODD_PASSWORD not in url  # percent-encoded, every special character of it
     parsed = make_url(url)  # as SQLAlchemy (and Optuna) will read it
@@ -57,10 +59,10 @@ def test_built_url_round_trips_an_odd_password() -> None:
 
 
 def test_ipv6_host_is_bracketed() -> None:
-    url = runtime.storage_url({**POSTGRES, "POSTGRES_HOST": "fd00::1", "POSTGRES_PORT": "6432"})
+    url = settings.storage_url({**POSTGRES, "POSTGRES_HOST": "fd00::1", "POSTGRES_PORT": "6432"})
     assert url is not None and "@[fd00::1]:6432/" in url
     assert (make_url(url).host, make_url(url).port) == ("fd00::1", 6432)
-    already = runtime.storage_url({**POSTGRES, "POSTGRES_HOST": "[fd00::1]"})
+    already = settings.storage_url({**POSTGRES, "POSTGRES_HOST": "[fd00::1]"})
     assert already is not None and "@[fd00::1]:5432/" in already
 
 
@@ -69,53 +71,53 @@ def test_ipv6_host_is_bracketed() -> None:
     [("", 5432), ("6543", 6543), ("tcp://10.96.0.12:5433", 5433), ("tcp://[fd00::9]:5434", 5434)],
 )
 def test_postgres_port_forms(raw: str, port: int) -> None:
-    url = runtime.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
+    url = settings.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
     assert url is not None and make_url(url).port == port
 
 
 @pytest.mark.parametrize("raw", ["five", "tcp://10.0.0.1:", "0", "70000", "-1", "5432x"])
 def test_bad_postgres_port_names_the_variable(raw: str) -> None:
     with pytest.raises(EnvError, match=r"^POSTGRES_PORT: .*" + re.escape(repr(raw))):
-        runtime.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
+        settings.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
 
 
 @pytest.mark.parametrize("missing", ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"])
 def test_missing_postgres_variable_is_named(missing: str) -> None:
     env = {k: v for k, v in POSTGRES.items() if k != missing}
     with pytest.raises(EnvError, match=rf"^{missing} is not set \(needed with POSTGRES_HOST"):
-        runtime.storage_url(env)
+        settings.storage_url(env)
     with pytest.raises(EnvError, match=missing):
-        runtime.storage_url({**env, missing: ""})
+        settings.storage_url({**env, missing: ""})
 
 
 def test_the_example_password_is_refused() -> None:
     example = (ROOT / "k8s" / "base" / "database.env.example").read_text()
-    assert f"POSTGRES_PASSWORD={runtime.EXAMPLE_PASSWORD}\n" in example
+    assert f"POSTGRES_PASSWORD={settings.EXAMPLE_PASSWORD}\n" in example
     with pytest.raises(EnvError, match=r"^POSTGRES_PASSWORD: still the example's value"):
-        runtime.storage_url({**POSTGRES, "POSTGRES_PASSWORD": runtime.EXAMPLE_PASSWORD})
+        settings.storage_url({**POSTGRES, "POSTGRES_PASSWORD": settings.EXAMPLE_PASSWORD})
     # as a role meets it: exit 2, one line, before any connection is tried
-    env = {**POSTGRES, "POSTGRES_PASSWORD": runtime.EXAMPLE_PASSWORD, "OPTUNA_STORAGE": ""}
+    env = {**POSTGRES, "POSTGRES_PASSWORD": settings.EXAMPLE_PASSWORD, "OPTUNA_STORAGE": ""}
     proc = run_job("status", "--config", "configs/quickstart.yaml", env=env, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "POSTGRES_PASSWORD" in proc.stderr and "database.env" in proc.stderr
 
 
 def test_redact_masks_the_password_in_urls_and_messages() -> None:
-    url = runtime.storage_url(POSTGRES)
+    url = settings.storage_url(POSTGRES)
     assert url is not None
-    shown = runtime.redact(url)
+    shown = settings.redact(url)
     assert shown == "postgresql+psycopg2://sms%20user:***@db.example:5432/sms%2Fdb"
-    assert runtime.redact("postgresql://u:s3cret@[fd00::1]:5432/d") == (
+    assert settings.redact("postgresql://u:s3cret@[fd00::1]:5432/d") == (
         "postgresql://u:***@[fd00::1]:5432/d"
     )
     for url_ in ("sqlite:///x.db", "journal:///tmp/a b/study.journal", "postgresql://u@h/d"):
-        assert runtime.redact(url_) == url_
+        assert settings.redact(url_) == url_
     # in an error message: the raw password and its encoded form, wherever they are
     encoded = urlsplit(url).password or ""
     message = f"FATAL: password {ODD_PASSWORD} rejected ({encoded})"
-    masked = runtime.redact(message, url)
+    masked = settings.redact(message, url)
     assert ODD_PASSWORD not in masked and encoded not in masked and "***" in masked
-    assert runtime.redact("no secret here", url) == "no secret here"
+    assert settings.redact("no secret here", url) == "no secret here"
 
 
 # pieces no URL or message here holds by chance: none of them may ever be shown
@@ -141,14 +143,14 @@ def test_an_unencoded_password_is_never_shown_in_part_and_is_refused(password: s
     pieces = [p for p in re.split(r"[@/#? :]", password) if p]
     with pytest.raises(StorageURLError, match="percent-encode it") as caught:
         check_storage_url(url)
-    for shown in (runtime.redact(url), str(caught.value), runtime.redact(f"see {url} now", url)):
+    for shown in (settings.redact(url), str(caught.value), settings.redact(f"see {url} now", url)):
         assert not [p for p in pieces if p in shown], shown
-    assert runtime.ambiguous_url(url)
+    assert settings.ambiguous_url(url)
     # percent-encoded, the same password is one URL to every reader, and masked whole
     encoded = f"postgresql+psycopg2://us:{quote(password, safe='')}@dbhost:5432/db"
     check_storage_url(encoded)
-    assert runtime.redact(encoded) == "postgresql+psycopg2://us:***@dbhost:5432/db"
-    assert not runtime.ambiguous_url(encoded)
+    assert settings.redact(encoded) == "postgresql+psycopg2://us:***@dbhost:5432/db"
+    assert not settings.ambiguous_url(encoded)
 
 
 def test_redact_works_from_the_url_s_parts() -> None:
@@ -166,67 +168,67 @@ def test_redact_works_from_the_url_s_parts() -> None:
         "postgresql://u:pw@h/d@b": "postgresql://***@b",
     }
     for url, shown in cases.items():
-        assert runtime.redact(url) == shown
-        assert runtime.redact(shown) == shown  # masking twice changes nothing
+        assert settings.redact(url) == shown
+        assert settings.redact(shown) == shown  # masking twice changes nothing
     # URLs inside a message, whatever surrounds them; the rest of the text as it was
     text = "failed: (postgresql://u:pw@h/d)\tthen 'mysql://v:pw2@h2/x', done"
-    assert runtime.redact(text) == (
+    assert settings.redact(text) == (
         "failed: (postgresql://u:***@h/d)\tthen 'mysql://v:***@h2/x', done"
     )
 
 
 def test_db_wait_s() -> None:
-    assert runtime.db_wait_s({}) == 120.0
-    assert runtime.db_wait_s({"SMS_DB_WAIT_S": "0"}) == 0.0
-    assert runtime.db_wait_s({"SMS_DB_WAIT_S": " 2.5 "}) == 2.5
+    assert settings.db_wait_s({}) == 120.0
+    assert settings.db_wait_s({"SMS_DB_WAIT_S": "0"}) == 0.0
+    assert settings.db_wait_s({"SMS_DB_WAIT_S": " 2.5 "}) == 2.5
     for raw in ("soon", "-1", "inf", "nan", "1e3", "1."):
         with pytest.raises(EnvError, match=r"^SMS_DB_WAIT_S: .*number of seconds"):
-            runtime.db_wait_s({"SMS_DB_WAIT_S": raw})
+            settings.db_wait_s({"SMS_DB_WAIT_S": raw})
 
 
 def test_metrics_port() -> None:
-    assert runtime.metrics_port(9100, {}) == 9100
-    assert runtime.metrics_port(None, {"SMS_METRICS_PORT": ""}) is None
-    assert runtime.metrics_port(9100, {"SMS_METRICS_PORT": " 9200 "}) == 9200
-    assert runtime.metrics_port(9100, {"SMS_METRICS_PORT": "0"}) == 0
-    assert runtime.metrics_port(9100, {"SMS_METRICS_PORT": "Off"}) is None
+    assert settings.metrics_port(9100, {}) == 9100
+    assert settings.metrics_port(None, {"SMS_METRICS_PORT": ""}) is None
+    assert settings.metrics_port(9100, {"SMS_METRICS_PORT": " 9200 "}) == 9200
+    assert settings.metrics_port(9100, {"SMS_METRICS_PORT": "0"}) == 0
+    assert settings.metrics_port(9100, {"SMS_METRICS_PORT": "Off"}) is None
     for raw in ("nine", "9100.5", "-1", "70000"):
         with pytest.raises(EnvError, match=r"^SMS_METRICS_PORT: "):
-            runtime.metrics_port(9100, {"SMS_METRICS_PORT": raw})
+            settings.metrics_port(9100, {"SMS_METRICS_PORT": raw})
 
 
 def test_torch_threads() -> None:
-    assert runtime.torch_threads({}) is None
-    assert runtime.torch_threads({"SMS_TORCH_THREADS": "3"}) == 3
+    assert settings.torch_threads({}) is None
+    assert settings.torch_threads({"SMS_TORCH_THREADS": "3"}) == 3
     for raw in ("0", "two", "-2", "1.5"):
         with pytest.raises(EnvError, match=r"^SMS_TORCH_THREADS: "):
-            runtime.torch_threads({"SMS_TORCH_THREADS": raw})
+            settings.torch_threads({"SMS_TORCH_THREADS": raw})
 
 
 def test_worker_index() -> None:
-    assert runtime.worker_index({}) == 0
-    assert runtime.worker_index({"SMS_WORKER_INDEX": "3"}) == 3
+    assert settings.worker_index({}) == 0
+    assert settings.worker_index({"SMS_WORKER_INDEX": "3"}) == 3
     both = {"JOB_COMPLETION_INDEX": "5", "SMS_WORKER_INDEX": "3"}
-    assert runtime.worker_index(both) == 5  # the Indexed Job's index wins
-    assert runtime.worker_index({"JOB_COMPLETION_INDEX": "", "SMS_WORKER_INDEX": "2"}) == 2
+    assert settings.worker_index(both) == 5  # the Indexed Job's index wins
+    assert settings.worker_index({"JOB_COMPLETION_INDEX": "", "SMS_WORKER_INDEX": "2"}) == 2
     for name in ("JOB_COMPLETION_INDEX", "SMS_WORKER_INDEX"):
         with pytest.raises(EnvError, match=rf"^{name}: .*'x'"):
-            runtime.worker_index({name: "x"})
+            settings.worker_index({name: "x"})
 
 
 def test_code_version_and_dashboard_port() -> None:
-    assert runtime.code_version({}) is None
-    assert runtime.code_version({"SMS_CODE_VERSION": "1.2.3+abc"}) == "1.2.3+abc"
-    assert runtime.dashboard_port({}) == 8080
-    assert runtime.dashboard_port({"DASHBOARD_PORT": "9000"}) == 9000
+    assert settings.code_version({}) is None
+    assert settings.code_version({"SMS_CODE_VERSION": "1.2.3+abc"}) == "1.2.3+abc"
+    assert settings.dashboard_port({}) == 8080
+    assert settings.dashboard_port({"DASHBOARD_PORT": "9000"}) == 9000
     with pytest.raises(EnvError, match=r"^DASHBOARD_PORT: .*'http'"):
-        runtime.dashboard_port({"DASHBOARD_PORT": "http"})
+        settings.dashboard_port({"DASHBOARD_PORT": "http"})
 
 
 def test_errors_are_value_errors_of_one_line() -> None:
     assert issubclass(EnvError, ValueError)
     with pytest.raises(EnvError) as info:
-        runtime.storage_url({**POSTGRES, "POSTGRES_PORT": "x\ny"})
+        settings.storage_url({**POSTGRES, "POSTGRES_PORT": "x\ny"})
     assert "\n" not in str(info.value).replace("\\n", "")
 
 
@@ -235,7 +237,7 @@ def test_run_passes_a_password_url_in_the_environment_only(
 ) -> None:
     """argv is visible to every process on the machine (`ps`): no password there."""
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "7")  # `run` inside a pod: not inherited
-    url = runtime.postgres_url("db", 5432, "sms", ODD_PASSWORD, "sms")
+    url = settings.postgres_url("db", 5432, "sms", ODD_PASSWORD, "sms")
     options = RunOptions(tmp_path / "c.yaml", 3, tmp_path, url, "s", metrics_port=9100)
     for index in range(3):
         cmd, env = worker_command(options, index)
@@ -243,9 +245,9 @@ def test_run_passes_a_password_url_in_the_environment_only(
         assert "postgresql" not in argv and "--storage" not in cmd
         assert ODD_PASSWORD not in argv and (urlsplit(url).password or "") not in argv
         assert env["OPTUNA_STORAGE"] == url
-        assert runtime.storage_url(env) == url and runtime.worker_index(env) == index
-        assert runtime.metrics_port(None, env) == 9100 + index
-        assert runtime.torch_threads(env) is not None
+        assert settings.storage_url(env) == url and settings.worker_index(env) == index
+        assert settings.metrics_port(None, env) == 9100 + index
+        assert settings.torch_threads(env) is not None
 
 
 def test_database_wait(postgres: Server | External, capsys: pytest.CaptureFixture[str]) -> None:
@@ -254,7 +256,7 @@ def test_database_wait(postgres: Server | External, capsys: pytest.CaptureFixtur
     url = postgres.new_database()
     wait_for_database(url, 5)
     wait_for_database("journal:///nowhere/study.journal", 5)
-    closed = runtime.postgres_url("127.0.0.1", free_port(), "sms", ODD_PASSWORD, "sms")
+    closed = settings.postgres_url("127.0.0.1", free_port(), "sms", ODD_PASSWORD, "sms")
     wait_for_database(closed, 0)
     assert capsys.readouterr().err == ""
     start = time.monotonic()
@@ -262,8 +264,8 @@ def test_database_wait(postgres: Server | External, capsys: pytest.CaptureFixtur
         wait_for_database(closed, 1.5, poll_s=0.2)
     assert 1.5 <= time.monotonic() - start < 120  # waited its 1.5 s, then gave up
     message, err = str(info.value), capsys.readouterr().err
-    assert err == f"waiting for database {runtime.redact(closed)}\n"
-    assert message.startswith(f"database {runtime.redact(closed)} not reachable after 1.5 s: ")
+    assert err == f"waiting for database {settings.redact(closed)}\n"
+    assert message.startswith(f"database {settings.redact(closed)} not reachable after 1.5 s: ")
     assert "127.0.0.1" in message and "\n" not in message
     assert ODD_PASSWORD not in message + err and (urlsplit(closed).password or "") not in message
     with pytest.raises(StorageURLError):

@@ -1,4 +1,5 @@
-"""job/search.py, job/local.py and the search verbs: real worker processes on a real study."""
+"""job/search/worker.py, job/run/local.py and the search verbs: real worker processes on a
+real study."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from optuna.trial import TrialState
 from prometheus_client.parser import text_string_to_metric_families
 
 from job.config import load_config
-from job.data import load_data
-from job.search import (
+from job.ml.data import load_data
+from job.ml.train import TrainError, train
+from job.search.worker import (
     MAX_ERRORS_IN_A_ROW,
     TrialsKeepFailing,
     Worker,
@@ -32,7 +34,6 @@ from job.search import (
     resolve_storage,
 )
 from job.storage import Heartbeat, budget_lock
-from job.train import TrainError, train
 from tests.gate import Gate
 from tests.proc import ROOT, free_port, journal_url, run_job
 
@@ -373,7 +374,7 @@ def test_misfit_networks_are_search_outcomes_until_too_many_in_a_row(
     worker = Worker(config, journal_url(tmp_path), train_fn=misfits_then_one_trains, log=print)
     assert worker.run(data) == 20  # 16 misfits never stop it: a COMPLETE resets the count
 
-    monkeypatch.setattr("job.search.MAX_FAILURES_IN_A_ROW", 6)
+    monkeypatch.setattr("job.search.worker.MAX_FAILURES_IN_A_ROW", 6)
     config = config.model_copy(update={"study": config.study.model_copy(update={"name": "b"})})
 
     def never_fits(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -387,8 +388,8 @@ def test_misfit_networks_are_search_outcomes_until_too_many_in_a_row(
 def test_search_exits_2_with_one_line_when_every_trial_errors(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from job.cli import main
-    from job.train import Trainer
+    from job.cli.main import main
+    from job.ml.train import Trainer
 
     def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise ValueError("a recipe that cannot run")

@@ -1,4 +1,4 @@
-"""job.select, stage 7: each policy on hand-made fronts (ties, infeasible trials, empty
+"""job.collect.policies, stage 7: each policy on hand-made fronts (ties, infeasible trials, empty
 input), the knee's definition, what to verify, the reference policy and the statistics."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from job.config import Policy
-from job.select import (
+from job.collect.policies import (
     Choice,
     Record,
     knee,
@@ -20,6 +19,7 @@ from job.select import (
     select,
     to_verify,
 )
+from job.config import Policy
 
 OBJ = ("accuracy", "params")
 NAN = float("nan")

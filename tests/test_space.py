@@ -1,4 +1,4 @@
-"""job/space.py: the seed's space as data, its stride rules, constraints, objectives."""
+"""job/search/space.py: the seed's space as data, its stride rules, constraints, objectives."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from job.config import Config, ConstraintsConfig, parse_config
-from job.data import Dataset, Split
-from job.model import build_model
-from job.space import (
+from job.ml.data import Dataset, Split
+from job.ml.model import build_model
+from job.ml.train import TrainError, TrainResult
+from job.search.space import (
     constraint_values,
     directions,
     objective_values,
@@ -18,7 +19,6 @@ from job.space import (
     sample_model,
     sample_recipe,
 )
-from job.train import TrainError, TrainResult
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

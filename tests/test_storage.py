@@ -14,11 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from optuna.trial import TrialState
 
-from job.cli import main
+from job.cli.main import main
 from job.config import load_config
-from job.data import load_data
-from job.pgserver import PASSWORD, External, Server
-from job.search import JOURNAL, Worker
+from job.ml.data import load_data
+from job.ml.train import train
+from job.search.worker import JOURNAL, Worker
 from job.storage import (
     StorageURLError,
     StudyInUseError,
@@ -28,7 +28,7 @@ from job.storage import (
     refused,
     study_exists,
 )
-from job.train import train
+from job.testing.pgserver import PASSWORD, External, Server
 from tests.proc import ROOT
 from tests.test_search import TINY
 

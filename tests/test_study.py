@@ -1,4 +1,4 @@
-"""job.study, the one view of the study: hypervolume, front, best, feasibility, rate, and
+"""job.search.study, the one view of the study: hypervolume, front, best, feasibility, rate, and
 the issue's acceptance test (a worker's metrics agree with summary.json)."""
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from job.collect import collect
+from job.collect.results import collect
 from job.config import Config, ConfigError, parse_config
-from job.exporter import study_registry
-from job.search import JOURNAL, open_study
-from job.study import (
+from job.search.study import (
     OBJECTIVES,
     directions,
     hypervolume,
@@ -33,6 +31,8 @@ from job.study import (
     summarise,
     trials_per_hour,
 )
+from job.search.worker import JOURNAL, open_study
+from job.serve.exporter import study_registry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

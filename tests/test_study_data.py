@@ -13,10 +13,11 @@ import optuna
 import pytest
 from PIL import Image
 
-from job.cli import main
+from job.cli.main import main
 from job.config import Config, load_config
-from job.data import Dataset, load_data
-from job.search import (
+from job.ml.data import Dataset, load_data
+from job.search.retrain import verify_study_name
+from job.search.worker import (
     STUDY_DATA,
     STUDY_PREPARATION,
     DataChanged,
@@ -25,7 +26,6 @@ from job.search import (
     open_study,
 )
 from job.storage import open_storage
-from job.verify import verify_study_name
 from tests.proc import journal_url
 
 # A tiny search on a real image folder: 2 classes x 12 PNGs of 8x8.

@@ -1,4 +1,5 @@
-"""job/train.py: Optuna-free training that learns, measures, fails cleanly, never syncs per step."""
+"""job/ml/train.py: Optuna-free training that learns, measures, fails cleanly, never syncs
+per step."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import job.model
-import job.train
+import job.ml.model
+import job.ml.train
 from job.config import AugmentConfig, TrainConfig
-from job.data import Dataset
-from job.model import LayerSpec, ModelSpec, build_model, count_params
-from job.train import Preempted, Trainer, TrainError, accuracy_and_f1, train
+from job.ml.data import Dataset
+from job.ml.model import LayerSpec, ModelSpec, build_model, count_params
+from job.ml.train import Preempted, Trainer, TrainError, accuracy_and_f1, train
 
 TINY = ModelSpec(
     input_channel=3,
@@ -102,8 +103,10 @@ def test_channels_last_as_configured_on_cpu_too(
 ) -> None:
     """oneDNN trains these networks 1.3-2x faster channels_last, so CPU honours the flag."""
     built: list[torch.nn.Module] = []
-    build = job.train.build_model
-    monkeypatch.setattr(job.train, "build_model", lambda *a: built.append(build(*a)) or built[-1])
+    build = job.ml.train.build_model
+    monkeypatch.setattr(
+        job.ml.train, "build_model", lambda *a: built.append(build(*a)) or built[-1]
+    )
     for flag in (True, False):
         recipe = FAST.model_copy(update=dict(epochs=1, channels_last=flag, measure_latency=False))
         assert train(TINY, AugmentConfig(), recipe, digits16).device == "cpu"
@@ -160,11 +163,11 @@ def _train_chunked(
     policy, checkpoint = AugmentConfig(level=None), out.with_suffix(".ckpt")
     with pytest.MonkeyPatch.context() as patch:
         if stop_after is not None:
-            patch.setattr(job.train, "chunk_steps", lambda batch, shape: k_before_stop)
+            patch.setattr(job.ml.train, "chunk_steps", lambda batch, shape: k_before_stop)
             with pytest.raises(Preempted):
                 stop = _StopAfter(stop_after)
                 train(TINY, policy, recipe, data, checkpoint=checkpoint, stop=stop)
-        patch.setattr(job.train, "chunk_steps", lambda batch, shape: 4)
+        patch.setattr(job.ml.train, "chunk_steps", lambda batch, shape: 4)
         result = train(TINY, policy, recipe, data, checkpoint=checkpoint, weights=out)
     return [r.train_loss for r in result.history]
 
@@ -206,7 +209,7 @@ def test_chunks_serve_each_batch_its_own_images(
 ) -> None:
     """K=4 over 15 steps: chunks 4, 4, 4, 3; batch i holds images order[32i : 32i + 32],
     augmented (here: all flipped), with their labels."""
-    monkeypatch.setattr(job.train, "chunk_steps", lambda batch, shape: 4)
+    monkeypatch.setattr(job.ml.train, "chunk_steps", lambda batch, shape: 4)
     flip = AugmentConfig(n_select=0, flip_p=1.0, cutout_p=0.0)
     for policy, expected in ((flip, lambda x: x.flip(-1)), (OFF, lambda x: x)):
         trainer = Trainer(build_model(TINY), policy, FAST, digits16, torch.device("cpu"))
@@ -224,7 +227,7 @@ def test_chunks_serve_each_batch_its_own_images(
 
 
 def test_a_chunk_is_at_most_the_rest_of_the_epoch(digits16: Dataset) -> None:
-    """K by the working set (job.augment.chunk_steps, tested in test_augment.py): 170 steps
+    """K by the working set (job.ml.augment.chunk_steps, tested in test_augment.py): 170 steps
     of 32 16x16 images, capped at the epoch's 15 steps."""
     trainer = Trainer(build_model(TINY), AugmentConfig(), FAST, digits16, torch.device("cpu"))
     assert trainer.chunk_steps == 170
@@ -240,18 +243,18 @@ def test_a_network_is_measured_once_on_meta_and_built_once(
     none at all when the caller (the search) passes the measure it already has."""
     dry_devices: list[str] = []
     builds: list[int] = []
-    dry_run, build = job.model._dry_run, job.train.build_model
+    dry_run, build = job.ml.model._dry_run, job.ml.train.build_model
 
     def counting_dry_run(model, size, channels):  # type: ignore[no-untyped-def]
         dry_devices.append(next(model.parameters()).device.type)
         return dry_run(model, size, channels)
 
-    monkeypatch.setattr(job.model, "_dry_run", counting_dry_run)
-    monkeypatch.setattr(job.train, "build_model", lambda *a: builds.append(1) or build(*a))
+    monkeypatch.setattr(job.ml.model, "_dry_run", counting_dry_run)
+    monkeypatch.setattr(job.ml.train, "build_model", lambda *a: builds.append(1) or build(*a))
     recipe = FAST.model_copy(update=dict(epochs=1, measure_latency=False))
     result = train(TINY, OFF, recipe, digits16)
     assert dry_devices == ["meta"] and builds == [1]
-    measured = job.train.check_fit(TINY, digits16)
+    measured = job.ml.train.check_fit(TINY, digits16)
     assert (measured.params, measured.macs) == (result.params, result.macs)
     assert measured.params == count_params(build_model(TINY))
     dry_devices.clear()
@@ -292,19 +295,19 @@ def test_networks_over_the_size_caps_are_rejected_from_a_meta_count(digits16: Da
     wide = _with(LayerSpec(1, "Conv", (8192, 3)), LayerSpec(1, "Conv", (8192, 3)))
     start = time.perf_counter()
     with pytest.raises(TrainError, match=r"invalid_network: 604,315,668 params, over the cap"):
-        job.train.check_fit(wide, digits16)  # 2.4 GB of float32 weights, were they allocated
+        job.ml.train.check_fit(wide, digits16)  # 2.4 GB of float32 weights, were they allocated
     assert time.perf_counter() - start < 2.0
-    assert job.model.MAX_PARAMS < 604_315_668
+    assert job.ml.model.MAX_PARAMS < 604_315_668
 
 
 def test_the_macs_cap_and_the_input_channels_are_checked(
     digits16: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(job.train, "MAX_MACS", 1000)
+    monkeypatch.setattr(job.ml.train, "MAX_MACS", 1000)
     with pytest.raises(TrainError, match=r"MACs, over the cap of 1,000"):
-        job.train.check_fit(TINY, digits16)
+        job.ml.train.check_fit(TINY, digits16)
     with pytest.raises(TrainError, match="input_channel is 1, the data has 3 channels"):
-        job.train.check_fit(replace(TINY, input_channel=1), digits16)
+        job.ml.train.check_fit(replace(TINY, input_channel=1), digits16)
 
 
 def test_a_cpu_allocator_failure_is_out_of_memory(
@@ -335,10 +338,10 @@ def test_device_and_batch_size_errors_name_the_key(digits16: Dataset) -> None:
 
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"^train\.device: 'cuda'"):
-            job.train.resolve_device("cuda")
+            job.ml.train.resolve_device("cuda")
         with pytest.raises(ConfigError, match=r"^--device: 'cuda'"):
-            job.train.resolve_device("cuda", "--device")
+            job.ml.train.resolve_device("cuda", "--device")
     n = len(digits16.train)
     with pytest.raises(ConfigError, match=rf"train\.batch_size: {n + 1} is more than the {n}"):
-        job.train.check_batch(FAST.model_copy(update={"batch_size": n + 1}), digits16)
-    job.train.check_batch(FAST.model_copy(update={"batch_size": n}), digits16)
+        job.ml.train.check_batch(FAST.model_copy(update={"batch_size": n + 1}), digits16)
+    job.ml.train.check_batch(FAST.model_copy(update={"batch_size": n}), digits16)

@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from job import search
 from job.config import Config, load_config
-from job.data import Dataset, load_data
-from job.pgserver import External, Server
-from job.search import JOURNAL, Worker, open_study
+from job.ml.data import Dataset, load_data
+from job.ml.train import TrainError, TrainResult
+from job.search import worker as search
+from job.search.worker import JOURNAL, Worker, open_study
 from job.storage import open_storage, save_user_attrs
-from job.train import TrainError, TrainResult
+from job.testing.pgserver import External, Server
 from tests.test_search import TINY
 
 BUDGET = 3  # COMPLETE trials; the second trial fails in training, so four in all

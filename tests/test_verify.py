@@ -1,4 +1,4 @@
-"""Verification (job.verify, job.selection): the plan, the second study the workers run,
+"""Verification (job.search.retrain, job.collect.picks): the plan, the second study the workers run,
 the files `collect` writes, and `train --card`. Real storages, real worker processes."""
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import torch
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from job.collect.picks import gather, write_selection
+from job.collect.publish import publish
 from job.config import Config, load_config, parse_config
-from job.data import load_data
-from job.model import ModelError, build_model, load_model_spec
-from job.publish import publish
-from job.search import Worker, open_study
-from job.selection import gather, write_selection
-from job.train import TrainResult
-from job.verify import (
+from job.ml.data import load_data
+from job.ml.model import ModelError, build_model, load_model_spec
+from job.ml.train import TrainResult
+from job.search.retrain import (
     SPEC_ATTR,
     Retrain,
     claim_retrain,
@@ -36,6 +35,7 @@ from job.verify import (
     retrain_data,
     verify_study_name,
 )
+from job.search.worker import Worker, open_study
 from tests.gate import Gate
 from tests.proc import ROOT, journal_url, run_job
 from tests.test_search import TINY
@@ -62,7 +62,7 @@ def _config(text: str = VERIFY, **select: Any) -> Config:
 def _search_trial(number: int, acc: float, params: int, feasible: bool = True) -> Any:
     """A COMPLETE search trial as a worker leaves it (the attrs verification reads)."""
     spec = load_model_spec(RESNET8)
-    from job.model import model_spec_yaml
+    from job.ml.model import model_spec_yaml
 
     return create_trial(
         params={"x": number},

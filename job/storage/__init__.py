@@ -8,7 +8,7 @@ the budget claim race-free across pods, heartbeats let a live worker retry the t
 a dead one (on the embedded journal too: `BeatingJournalStorage`, beat files), and
 `persist` retries a storage call through a database restart, up to a deadline.
 `wait_for_database` holds a verb until a PostgreSQL storage accepts
-connections. Passwords are masked by `job.runtime.redact` in every message.
+connections. Passwords are masked by `job.settings.redact` in every message.
 
 One package, so that Optuna's internals stay inside it: `base` (URL forms, errors,
 `persist`), `heartbeat` (heartbeats and stale trials on every storage), `locks` (run,
@@ -20,7 +20,7 @@ storage, waiting for it). Import from `job.storage`.
 
 from __future__ import annotations
 
-from job.runtime import redact
+from job.settings import redact
 from job.storage.artifacts import ARTIFACTS, upload_trial_files
 from job.storage.base import (
     BEATS,

@@ -13,7 +13,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from job.runtime import redact
+from job.settings import redact
 
 # Heartbeats, their retry callback and grouped TPE are marked experimental in Optuna
 # (some since 2.8); the version is pinned, and the warnings say nothing a user can act on.
@@ -60,7 +60,7 @@ class StorageDownError(RuntimeError):
 
 T = TypeVar("T")
 # What a database outage raises from a storage call: retried by `persist`, waited out by
-# `run`'s progress (job.local).
+# `run`'s progress (job.run.local).
 TRANSIENT: tuple[type[Exception], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,

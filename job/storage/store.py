@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from job import runtime
+from job import settings
 from job.config import Config
-from job.runtime import ambiguous_url, redact
+from job.settings import ambiguous_url, redact
 from job.storage.base import (
     DEFAULT_JOURNAL,
     JOURNAL,
@@ -31,10 +31,10 @@ from job.storage.locks import _lock_engine, database_lock
 
 def resolve_storage(flag: str | None, config: Config, out_dir: Path) -> str:
     """The storage URL by precedence: flag, the environment (OPTUNA_STORAGE, else built
-    from POSTGRES_*: `job.runtime.storage_url`), config, embedded journal file."""
+    from POSTGRES_*: `job.settings.storage_url`), config, embedded journal file."""
     if flag:
         return flag
-    for url in (runtime.storage_url(), config.study.storage):
+    for url in (settings.storage_url(), config.study.storage):
         if url:
             return url
     return JOURNAL + str((out_dir / DEFAULT_JOURNAL).resolve())

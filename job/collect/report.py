@@ -1,0 +1,369 @@
+"""The collector's report: one self-contained page, `report.html`, beside the files it reads.
+
+`write_report` reads what the collector wrote into its folder (summary.json, pareto.json,
+selection.json, selected/<policy>/card.json, verify.json, baselines.json: any may be
+missing, and the page says which) and the study's trials, and renders
+`templates/report.html.j2` (Jinja2, autoescaped) into one file that needs nothing else:
+no script, no network, figures inline as base64 SVG (matplotlib `Figure`s, no pyplot),
+the augmentation preview as a small PNG, links to the picks' files relative.
+
+Sections: the study at a glance (trials by state, budget, the front's hypervolume after
+each completed trial, COMPLETE trials against wall time); for a study version made by
+`research` whose folder holds drift.json (job.collect.drift), the data drift against its parent
+(lineage, the parent's picks on this data, the front kept, the hypervolume; without
+drift.json the page has no such section); the Pareto plot with the picks marked, the
+selection, the baselines, proxy vs verified accuracy, each pick's card, and the chosen
+augmentation policy at work. Every figure comes from `job.search.study`, so the page agrees
+with `summary.json` and `python -m job status`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from optuna.trial import FrozenTrial
+from PIL import Image
+
+from job.collect.drift import DRIFT_JSON, MIN_DROP
+from job.collect.outputs import writing
+from job.collect.picks import BASELINES_JSON, SELECTED, SELECTION_JSON, VERIFY_JSON
+from job.collect.results import (
+    PARETO_JSON,
+    SUMMARY_JSON,
+    draw_front,
+    draw_trials,
+    plot_axes,
+    plot_points,
+)
+from job.config import AugmentConfig, Config
+from job.files import write_atomic
+from job.search.study import (
+    complete_trials,
+    front_hypervolume,
+    human_duration,
+    pareto_trials,
+    summarise,
+)
+
+REPORT_HTML = "report.html"
+TEMPLATES = Path(__file__).with_name("templates")
+FILES = (SUMMARY_JSON, PARETO_JSON, SELECTION_JSON, VERIFY_JSON, BASELINES_JSON)
+DOWNLOADS = ("model.onnx", "model.int8.onnx", "model.yaml", "weights.pt", "card.json")
+PREVIEW_SIZE = 48  # pixels per preview tile
+PREVIEW_TILES = [0, 2, 3]  # of job.ml.preview's images: photo 1 and two images of the data
+
+
+def write_report(out: Path, trials: Sequence[FrozenTrial], config: Config, study_name: str) -> Path:
+    """Render `out/report.html` (atomically) from the files in `out` and `trials`."""
+    out = Path(out)
+    found = {name: read_json(out / name) for name in FILES}
+    selection = found[SELECTION_JSON] if isinstance(found[SELECTION_JSON], dict) else None
+    cards = read_cards(out, selection or {})
+    verify = found[VERIFY_JSON] if isinstance(found[VERIFY_JSON], dict) else None
+    drift = read_json(out / DRIFT_JSON)  # only a research version has one: never "missing"
+    page = {
+        "study": study_name,
+        "out": str(out),
+        "written": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "missing": [name for name, data in found.items() if data is None],
+        "glance": glance(found[SUMMARY_JSON], trials, config),
+        "drift": drift if isinstance(drift, dict) else None,
+        "min_drop": MIN_DROP,
+        "progress_svg": _svg(progress_figure(trials, config)),
+        "pareto_svg": _svg(pareto_figure(trials, config, selection or {})),
+        "front": found[PARETO_JSON],
+        "selection": selection,
+        "cards": cards,
+        "baselines": found[BASELINES_JSON],
+        "verify": verify,
+        "verify_svg": _svg(verify_figure(verify, found[BASELINES_JSON])) if verify else None,
+        "preview": preview(cards, config),
+    }
+    html = _environment().get_template("report.html.j2").render(page)
+    path = out / REPORT_HTML
+    with writing(path):
+        write_atomic(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    return path
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or unreadable (the page says so)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_cards(out: Path, selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """policy → its card.json (with `downloads`: relative paths of the files present, and
+    `problem`: why the chosen trial's set was not published, the folder holding the one
+    before); a pick whose card is missing gets `{"missing": True}`."""
+    cards: dict[str, dict[str, Any]] = {}
+    for policy, choice in selection.items():
+        if not isinstance(choice, dict) or choice.get("trial") is None:
+            continue
+        folder = out / SELECTED / policy
+        card = read_json(folder / "card.json")
+        found = card if isinstance(card, dict) else {"missing": True, "trial": choice["trial"]}
+        found["downloads"] = [
+            f"{SELECTED}/{policy}/{name}" for name in DOWNLOADS if (folder / name).is_file()
+        ]
+        found["problem"] = choice.get("problem")
+        cards[policy] = found
+    return cards
+
+
+def glance(summary: Any, trials: Sequence[FrozenTrial], config: Config) -> dict[str, Any]:
+    """summary.json's figures (computed from `trials` when it is missing), plus the time
+    from the first trial's start to the last completion."""
+    if not isinstance(summary, dict):
+        found = summarise(trials, config)
+        summary = {
+            "budget": found.budget,
+            "trials": dict(found.counts),
+            "complete": found.complete,
+            "feasible": found.feasible,
+            "front_size": len(found.front),
+            "best_accuracy": found.best_accuracy,
+            "best_test_accuracy": found.best_test_accuracy,
+            "hypervolume": found.hypervolume,
+            "trials_per_hour": found.trials_per_hour,
+        }
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in complete_trials(trials) if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    objectives = ", ".join(config.objectives)
+    return {**summary, "wall": None if wall is None else human_duration(wall), "obj": objectives}
+
+
+# --- figures ------------------------------------------------------------------------
+
+
+def _svg(fig: Figure) -> str:
+    """The figure as a data: URL (SVG; text as paths, so no font is needed to view it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set(xticks=[], yticks=[])
+
+
+def completion_order(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE trials in the order they finished (ties, and unknown times, by number)."""
+    return sorted(
+        complete_trials(trials),
+        key=lambda t: (t.datetime_complete is None, t.datetime_complete or datetime.min, t.number),
+    )
+
+
+def hypervolume_curve(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[float]:
+    """The front's normalised hypervolume after each completed trial, in completion order.
+    The front of a prefix and one more trial is the front of the old front and that trial,
+    so each step looks at the front only."""
+    front: list[FrozenTrial] = []
+    curve = []
+    for trial in completion_order(trials):
+        front = pareto_trials([*front, trial], objectives)
+        curve.append(front_hypervolume(front, objectives))
+    return curve
+
+
+def progress_figure(trials: Sequence[FrozenTrial], config: Config) -> Figure:
+    """Left: hypervolume after each completed trial; right: COMPLETE trials vs wall time."""
+    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    done = completion_order(trials)
+    curve = hypervolume_curve(trials, config.objectives)
+    if curve:
+        left.step(range(1, len(curve) + 1), curve, where="post", color="crimson")
+        left.set(xlabel="COMPLETE trials, in completion order", ylabel="hypervolume")
+        left.grid(True, alpha=0.3)
+    else:
+        _note(left, "no complete trials")
+    left.set_title("front hypervolume (normalised)")
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = sorted(t.datetime_complete for t in done if t.datetime_complete is not None)
+    if starts and ends:
+        seconds = [(end - min(starts)).total_seconds() for end in ends]
+        hours = seconds[-1] > 2 * 3600
+        scale, unit = (3600.0, "h") if hours else (60.0, "min")
+        right.step([0.0] + [s / scale for s in seconds], range(len(ends) + 1), where="post")
+        right.set(xlabel=f"wall time since the first trial started ({unit})", ylabel="COMPLETE")
+        right.grid(True, alpha=0.3)
+    else:
+        _note(right, "no completion times")
+    right.set_title("throughput")
+    return fig
+
+
+def pareto_figure(
+    trials: Sequence[FrozenTrial], config: Config, selection: dict[str, Any]
+) -> Figure:
+    """pareto.png's figure (job.collect.results's drawing), each pick starred and labelled."""
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    (_, _, x_label), (_, _, y_label) = plot_axes(config.objectives)
+    points = plot_points(complete_trials(trials), config.objectives)
+    if not points:
+        _note(ax, "no complete trial to plot")
+        return fig
+    draw_trials(fig, ax, points)
+    draw_front(ax, plot_points(pareto_trials(trials, config.objectives), config.objectives))
+    by_trial: dict[int, list[str]] = {}
+    for policy, choice in selection.items():
+        if isinstance(choice, dict) and isinstance(choice.get("trial"), int):
+            by_trial.setdefault(choice["trial"], []).append(policy)
+    # Picks sit high (accurate): labels hang below them, staggered, on leader lines.
+    picked = sorted((p for p in points if p[0].number in by_trial), key=lambda p: p[1])
+    box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.9, "linewidth": 0.5}
+    style: dict[str, Any] = {"fontsize": 10, "fontweight": "bold", "bbox": box, "zorder": 7}
+    style["arrowprops"] = {"arrowstyle": "-", "color": "black", "linewidth": 0.8}
+    for i, (trial, x, y) in enumerate(picked):
+        ax.scatter([x], [y], marker="*", s=260, color="orange", edgecolors="black", zorder=6)
+        label = ", ".join(by_trial[trial.number])
+        offset = (14, -28 - 26 * (i % 4))
+        ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", **style)
+    ax.set_xscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set(xlabel=f"{x_label} (log scale)", ylabel=y_label)
+    return fig
+
+
+def verify_figure(verify: dict[str, Any], baselines: Any) -> Figure:
+    """Proxy (search) accuracy vs verified (retrained, test) accuracy per retrained trial,
+    ± the seeds' std; each baseline's verified accuracy as a dashed line."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    both = ("proxy_accuracy", "verified_accuracy")
+    rows = [m for m in verify.get("models", []) if all(_num(m.get(k)) is not None for k in both)]
+    if not rows:
+        _note(ax, "no verified model yet")
+        return fig
+    for on_front, colour in ((True, "crimson"), (False, "grey")):
+        group = [m for m in rows if bool(m.get("on_front")) == on_front]
+        if group:
+            xs, ys = [m["proxy_accuracy"] for m in group], [m["verified_accuracy"] for m in group]
+            errors = [_num(m.get("verified_std")) or 0.0 for m in group]
+            label = "on the front" if on_front else "off the front"
+            ax.errorbar(xs, ys, yerr=errors, fmt="o", color=colour, capsize=3, label=label)
+    for m in rows:
+        point = (m["proxy_accuracy"], m["verified_accuracy"])
+        ax.annotate(str(m["trial"]), point, xytext=(5, 4), textcoords="offset points", fontsize=9)
+    found = baselines.get("baselines", []) if isinstance(baselines, dict) else []
+    styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
+    for i, base in enumerate(b for b in found if _num(b.get("verified_accuracy")) is not None):
+        label = f"{base['name']} (baseline)"
+        line = styles[i % len(styles)]
+        ax.axhline(base["verified_accuracy"], linestyle=line, color="steelblue", label=label)
+    ax.set(xlabel="proxy accuracy (search, validation)", ylabel="verified accuracy (test)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    return fig
+
+
+# --- the augmentation preview -----------------------------------------------------
+
+
+def preview(cards: dict[str, dict[str, Any]], config: Config) -> dict[str, Any] | None:
+    """The `best` pick's augmentation policy (else the first pick's that has one) at work:
+    job.ml.preview's grid, each op of the policy at three levels, as a PNG data: URL."""
+    order = sorted(cards, key=lambda policy: policy != "best")
+    policy = next((p for p in order if isinstance(cards[p].get("augment"), dict)), None)
+    if policy is None:
+        return None
+    from job.ml.data import DataError
+    from job.ml.preview import preview_images, render_grid
+
+    try:
+        augment = AugmentConfig.model_validate(cards[policy]["augment"])
+        if not augment.enabled or not augment.ops:
+            return {"policy": policy, "augment": augment, "problem": "augmentation is off"}
+        images, names = preview_images(config, PREVIEW_SIZE)
+        keep = PREVIEW_TILES  # one photo and the data's two images: a third of the bytes
+        grid = render_grid(images[keep], [names[i] for i in keep], augment.ops, augment.n_level)
+    except (DataError, OSError, ValueError) as exc:  # the page is still worth having
+        return {"policy": policy, "augment": cards[policy]["augment"], "problem": str(exc)}
+    buffer = io.BytesIO()
+    # 256 colours: a quarter of the bytes of RGB, and the tiles still read true
+    grid.quantize(256, Image.Quantize.FASTOCTREE).save(buffer, format="PNG", optimize=True)
+    png = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"policy": policy, "augment": augment, "png": png, "width": grid.width}
+
+
+# --- formatting (the template's filters) ------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    """A finite number, or None (missing, null, NaN, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _shown(pattern: str) -> Callable[[Any], str]:
+    """A filter: a finite number formatted by `pattern`, anything else "—"."""
+
+    def show(value: Any) -> str:
+        found = _num(value)
+        return "—" if found is None else pattern.format(found)
+
+    return show
+
+
+fmt_acc, fmt_count, fmt_signed = _shown("{:.4f}"), _shown("{:,.0f}"), _shown("{:+.4f}")
+fmt_ratio, fmt_ms = _shown("{:.3g}×"), _shown("{:.3g} ms")
+
+
+def fmt_pm(mean: Any, std: Any) -> str:
+    """0.9833 ± 0.0021; the mean alone without a std."""
+    if _num(mean) is None:
+        return "—"
+    return fmt_acc(mean) + ("" if _num(std) is None else f" ± {fmt_acc(std)}")
+
+
+def fmt_bytes(value: Any) -> str:
+    found = _num(value)
+    if found is None:
+        return "—"
+    return f"{found / 1e6:.2f} MB" if found >= 1e6 else f"{found / 1e3:.1f} kB"
+
+
+def fmt_value(value: Any) -> str:
+    """An `input` spec's value: lists joined, numbers short."""
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.ChainableUndefined,  # a field a card lacks reads as empty
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    filters = {"acc": fmt_acc, "count": fmt_count, "signed": fmt_signed, "ratio": fmt_ratio}
+    filters |= {"ms": fmt_ms, "bytes": fmt_bytes, "value": fmt_value}
+    env.filters.update(filters)
+    env.globals["pm"] = fmt_pm
+    return env

@@ -1,0 +1,74 @@
+"""Study versions and what their results depend on, below the search and research.
+
+A study's versions share a base name (`sms`, `sms-v2`, `sms-v3`, …) and each records the
+fingerprints its results depend on: the data's, the result sections of the config, the
+code's. The worker (`job.search.worker`) reads them to seed its sampler and check its data;
+`job.collect.research` decides and opens the next version from them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+LINEAGE = "research"  # study user attr of a version research made
+CHANGES = ("data", "config", "code")
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """What a search's results depend on (the module doc)."""
+
+    data: str
+    config: str
+    code: str
+
+    def changed(self, before: Fingerprints) -> list[str]:
+        """The names of CHANGES that differ from `before`, in that order."""
+        return [name for name in CHANGES if getattr(self, name) != getattr(before, name)]
+
+    @classmethod
+    def of(cls, value: object) -> Fingerprints | None:
+        """From a lineage's dict; None for anything else."""
+        if isinstance(value, dict) and all(isinstance(value.get(n), str) for n in CHANGES):
+            return cls(**{n: str(value[n]) for n in CHANGES})
+        return None
+
+
+def recorded(attrs: dict[str, Any], trials: Sequence[FrozenTrial]) -> Fingerprints | None:
+    """A version's fingerprints: its lineage's, else the most common among its COMPLETE
+    trials (a version `run` made); None when nothing is recorded."""
+    if (found := Fingerprints.of(attrs.get(LINEAGE, {}).get("fingerprints"))) is not None:
+        return found
+    keys = ("data_fingerprint", "config_fingerprint", "code_version")
+    seen = Counter(
+        tuple(str(t.user_attrs.get(k, "unknown")) for k in keys)
+        for t in trials
+        if t.state == TrialState.COMPLETE
+    )
+    return Fingerprints(*seen.most_common(1)[0][0]) if seen else None
+
+
+def version_name(base: str, number: int) -> str:
+    return base if number == 1 else f"{base}-v{number}"
+
+
+def version_folder(home: Path, base: str, name: str) -> Path:
+    """A study's own folder: `home` for version 1 (and any other study), `home/<name>` for
+    version N >= 2 of `base`, beside the others, never over them."""
+    return home / name if (version_number(base, name) or 1) > 1 else home
+
+
+def version_number(base: str, name: str) -> int | None:
+    """N when `name` is version N of `base`, else None."""
+    if name == base:
+        return 1
+    head, sep, tail = name.rpartition("-v")
+    if sep and head == base and tail.isascii() and tail.isdigit() and int(tail) >= 2:
+        return int(tail) if f"{base}-v{int(tail)}" == name else None
+    return None

@@ -1,0 +1,266 @@
+"""Study exporter (stage: metrics): the study's figures for Prometheus, read at scrape time.
+
+One long-lived process (`python -m job exporter`; in a cluster the `exporter` container
+of the dashboard pod) is the ONE source of every study-level series. Workers serve only
+what is theirs (job.serve.metrics): when each worker served its own last view of the study, two
+workers disagreed at the same instant and a finished worker's view went stale.
+
+At each scrape `StudyCollector` reads the study once, through `job.search.study`'s one view
+(the figures equal summary.json's and `status`'s), at most every `min_interval_s` (a
+second Prometheus replica costs no second read). Every series carries `study`, the
+latest version of the configured study (`<name>`, `<name>-v2`, ...; job.collect.research) unless
+one is named. Series (all gauges):
+
+- `sms_storage_up{study}`: 1 when this scrape's read of the storage succeeded, 0 when the
+  database was unreachable (then no `sms_study_*` series: unknown is not zero).
+- `sms_study_trials{study,state}`: trials by state; every Optuna state, 0 when none.
+- `sms_study_budget{study}`; `sms_study_best{study,objective}`: best value of each
+  objective over feasible COMPLETE trials; `sms_study_best_accuracy{study}` (NaN until
+  known); `sms_study_pareto_front_size{study}`; `sms_study_hypervolume{study}`: the
+  front's normalised hypervolume in [0, 1] (job.search.study), NaN without a front.
+- `sms_study_trials_per_hour{study}`, `sms_study_eta_seconds{study}` (0 once the budget
+  is met; NaN while unknown).
+- `sms_study_last_progress_timestamp_seconds{study}`: when the latest trial completed,
+  or the first trial started while none has (no series without trials).
+- `sms_study_stall_after_seconds{study}`: `study.stall_after_s`, the SmsStudyStalled
+  threshold: in the series, so one rules file serves studies of any pace.
+- `sms_study_stale_trials{study}`: RUNNING trials silent past `study.grace_period_s`.
+- `sms_study_retried_trials{study}`: trials that retry a stale one (only grows).
+- `sms_study_read_duration_seconds{study}`: how long the read took.
+
+The collector pushes the same families (job.serve.metrics.push_final), so the final figures
+outlive the search; the rules take `max by (study)` over both sources.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import optuna
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from job.collect.research import versions
+from job.config import Config, ConfigError
+from job.search.study import StudySummary, snapshot, summarise
+from job.serve.metrics import STUDY_STATES
+from job.settings import redact
+from job.storage import StorageDownError, StorageError, open_storage, silent_trials
+
+# What an unreachable database raises on the way through Optuna and SQLAlchemy.
+_DOWN = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+    StorageDownError,
+    StorageError,
+    OSError,
+)
+
+
+def _timestamp(when: datetime | None) -> float | None:
+    # Optuna hands back naive local times (RDB and journal alike): timestamp() reads them so
+    return None if when is None else when.timestamp()
+
+
+def last_progress(trials: list[FrozenTrial]) -> float | None:
+    """Unix time the latest trial completed, else the first start; None with no trials."""
+    done = [_timestamp(t.datetime_complete) for t in trials if t.state == TrialState.COMPLETE]
+    if found := [d for d in done if d is not None]:
+        return max(found)
+    starts = [s for t in trials if (s := _timestamp(t.datetime_start)) is not None]
+    return min(starts) if starts else None
+
+
+def eta_seconds(summary: StudySummary) -> float:
+    """Seconds to the budget at the current rate: 0 once met, NaN while unknown."""
+    if summary.complete >= summary.budget:
+        return 0.0
+    rate = summary.trials_per_hour
+    return math.nan if not rate else (summary.budget - summary.complete) / rate * 3600.0
+
+
+def _retried(trials: list[FrozenTrial]) -> int:
+    return sum(RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None for t in trials)
+
+
+def study_families(
+    name: str, config: Config, trials: list[FrozenTrial], summary: StudySummary
+) -> list[Metric]:
+    """The `sms_study_*` families of one read (the module doc names them)."""
+    ids = {"study": name}
+
+    def gauge(metric: str, doc: str, value: float | None, **labels: str) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(metric, doc, labels=[*ids, *labels])
+        if value is not None:
+            family.add_metric([*ids.values(), *labels.values()], value)
+        return family
+
+    states = GaugeMetricFamily(
+        "sms_study_trials", "The study's trials by state.", labels=["study", "state"]
+    )
+    for state in (*STUDY_STATES, *(s for s in summary.counts if s not in STUDY_STATES)):
+        states.add_metric([name, state], summary.counts.get(state, 0))
+    best = GaugeMetricFamily(
+        "sms_study_best",
+        "Best value of each objective over the feasible COMPLETE trials.",
+        labels=["study", "objective"],
+    )
+    for objective, value in summary.best.items():
+        best.add_metric([name, objective], value)
+    accuracy, rate = summary.best_accuracy, summary.trials_per_hour
+    return [
+        states,
+        gauge("sms_study_budget", "The study's trial budget.", summary.budget),
+        best,
+        gauge(
+            "sms_study_best_accuracy",
+            "Best validation accuracy of any feasible COMPLETE trial (NaN until known).",
+            math.nan if accuracy is None else accuracy,
+        ),
+        gauge("sms_study_pareto_front_size", "Trials on the Pareto front.", len(summary.front)),
+        gauge(
+            "sms_study_hypervolume",
+            "Hypervolume of the Pareto front, objectives normalised to losses in [0, 1] "
+            "(job.search.study), reference point 1 each; NaN without a front.",
+            summary.hypervolume if summary.front else math.nan,
+        ),
+        gauge(
+            "sms_study_trials_per_hour",
+            "COMPLETE trials per hour since the first trial started (NaN until known).",
+            math.nan if rate is None else rate,
+        ),
+        gauge(
+            "sms_study_eta_seconds",
+            "Seconds until the budget is met at the current rate (0 when met, NaN unknown).",
+            eta_seconds(summary),
+        ),
+        gauge(
+            "sms_study_last_progress_timestamp_seconds",
+            "Unix time the latest trial completed, or the first started while none has.",
+            last_progress(trials),
+        ),
+        gauge(
+            "sms_study_stall_after_seconds",
+            "study.stall_after_s: no progress for this long while budget remains is a stall.",
+            config.study.stall_after_s,
+        ),
+        gauge(
+            "sms_study_stale_trials",
+            "RUNNING trials whose heartbeat is silent past the grace period.",
+            len(summary.stale),
+        ),
+        gauge(
+            "sms_study_retried_trials",
+            "Trials that retry a trial whose worker stopped beating.",
+            _retried(trials),
+        ),
+    ]
+
+
+class StudyCollector(Collector):
+    """A prometheus_client collector that reads the study when scraped (module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        url: str,
+        study: str | None = None,
+        min_interval_s: float = 5.0,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config, self.url, self.fixed = config, url, study
+        self.min_interval_s = min_interval_s
+        self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._lock = threading.Lock()  # one read at a time; scrapes may overlap
+        self._cached: tuple[float, list[Metric]] | None = None
+        self._said: str | None = None  # the last warning, said once until it changes
+
+    def describe(self) -> list[Metric]:
+        return []  # read nothing when registered: the database may not be up yet
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.min_interval_s:
+                self._cached = (now, self.read())
+            families = self._cached[1]
+        yield from families
+
+    def study_name(self, storage: optuna.storages.BaseStorage) -> str:
+        """The named study, else the latest version of the configured one."""
+        if self.fixed:
+            return self.fixed
+        found = versions(storage, self.config.study.name)
+        return found[-1][1] if found else self.config.study.name
+
+    def read(self) -> list[Metric]:
+        """One read of the study: its families, or `sms_storage_up 0` when unreachable."""
+        start = time.perf_counter()
+        name = self.fixed or self.config.study.name
+        try:
+            if self._storage is None:
+                self._storage = open_storage(self.url, self.config)
+            name = self.study_name(self._storage)
+            families = self._study(self._storage, name)
+        except _DOWN as exc:
+            self._say(f"warning: storage {redact(self.url)}: {redact(_first_line(exc))}")
+            return [_up(name, 0)]
+        except ConfigError as exc:  # a study made for other objectives: not an outage
+            self._say(f"warning: {exc}")
+            return [_up(name, 1)]
+        self._said = None
+        took = GaugeMetricFamily(
+            "sms_study_read_duration_seconds", "How long reading the study took.", labels=["study"]
+        )
+        took.add_metric([name], time.perf_counter() - start)
+        return [_up(name, 1), *families, took]
+
+    def _study(self, storage: optuna.storages.BaseStorage, name: str) -> list[Metric]:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # not created yet: the workers have not started
+            return []
+        trials = snapshot(study, self.config)
+        summary = summarise(trials, self.config, silent=silent_trials(study))
+        return study_families(name, self.config, trials, summary)
+
+    def _say(self, line: str) -> None:
+        if line != self._said:
+            self._said = line
+            self.warn(line)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _up(name: str, value: int) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "sms_storage_up",
+        "1 when this scrape's read of the study's storage succeeded, 0 when unreachable.",
+        labels=["study"],
+    )
+    family.add_metric([name], value)
+    return family
+
+
+def study_registry(
+    config: Config, url: str, study: str | None = None, min_interval_s: float = 5.0
+) -> CollectorRegistry:
+    """A registry holding one `StudyCollector`: what the exporter serves (reading at most
+    every `min_interval_s` however often it is scraped) and the collector pushes."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StudyCollector(config, url, study, min_interval_s))
+    return registry
