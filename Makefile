@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench preview status dashboard exporter clean debs
+.PHONY: run test lint format rules bench preview status dashboard exporter clean debs
 
 # The venv is (re)built whenever the pinned requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -27,6 +27,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix job tests bench
 	$(BIN)/ruff format job tests bench
+
+# monitoring/rules.yml is the one source of the alert rules: this writes the Prometheus
+# Operator's copy, k8s/components/monitoring/small-model-search-prometheusrule.yaml, from
+# it. Run after editing rules.yml; tests/deploy/test_rules_source.py fails until you do.
+rules: $(STAMP)
+	$(BIN)/python monitoring/render.py
 
 # Debian packages the suite drives for real: a headless Chromium renders report.html;
 # promtool checks and unit-tests monitoring/rules.yml and the metrics; a Prometheus and a

@@ -1,8 +1,12 @@
-"""Exit codes and the command line's own error, below every verb (docs/ARCHITECTURE.md).
+"""Exit codes and the two kinds of error the command line maps to them, below every stage.
 
-0 success; 2 bad input (config, data, arguments) with one line naming the key or file;
-1 anything else; 143 a worker stopped by SIGTERM. The verbs (`job.cli.verbs`) and the pod's
-process group (`job.run.pod`) both return these, so they live below both.
+0 success; 2 bad input (config, data, model file, arguments, environment, storage URL)
+with one line naming the key or file; 1 anything else; 143 a worker stopped by SIGTERM.
+
+Each stage raises its own error class (`ConfigError`, `DataError`, `StorageError`, …)
+derived from `BadInput` or `Failure` as well as its usual base; `job.cli.main` maps the
+two bases to exit codes without importing the stages that raise them (so `status --help`
+never loads torch for the sake of an except clause).
 """
 
 from __future__ import annotations
@@ -13,5 +17,16 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_STOPPED = 143
 
 
-class UsageError(ValueError):
+class BadInput(Exception):  # noqa: N818 — a kind of error, named by what it means
+    """Input a person must fix (exit 2): the message names the key, flag, file or value."""
+
+
+class Failure(Exception):  # noqa: N818
+    """The run failed, not its input (exit 1): a full disk, a storage outage, a network
+    that could not be trained. `prefix` starts its one line."""
+
+    prefix = ""
+
+
+class UsageError(BadInput, ValueError):
     """Bad command-line input; exit 2."""

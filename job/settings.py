@@ -56,6 +56,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
+from job.errors import BadInput
+
 OPTUNA_STORAGE = "OPTUNA_STORAGE"
 POSTGRES_HOST = "POSTGRES_HOST"
 POSTGRES_PORT = "POSTGRES_PORT"
@@ -109,7 +111,7 @@ VARIABLES: tuple[str, ...] = (
 Env = Mapping[str, str]
 
 
-class EnvError(ValueError):
+class EnvError(BadInput, ValueError):
     """A bad or missing environment variable; the message names it; exit 2."""
 
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: small real data (scikit-learn's digits) and the repo root."""
+"""Shared fixtures for every tier, and each test's tier marker from its folder:
+tests/unit/ (in-process, no servers, no sleeps: `make test-fast`), tests/integration/
+(real PostgreSQL, PgBouncer, Prometheus, worker processes), tests/deploy/ (manifests,
+image files, Chromium). Shared constants and helpers live in tests/support/; no test
+module imports another."""
 
 from __future__ import annotations
 
@@ -14,6 +18,16 @@ from job.ml.data import Dataset, load_data
 from job.testing.pgserver import External, Server, throwaway_server
 
 ROOT = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "deploy")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder under tests/ it lives in."""
+    for item in items:
+        parts = item.path.relative_to(ROOT / "tests").parts
+        if len(parts) < 2 or parts[0] not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(parts[0])
 
 
 @pytest.fixture(scope="session")

@@ -56,21 +56,16 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from job.collect.outputs import writing
 from job.collect.picks import SELECTED, SELECTION_JSON
-from job.collect.research import (
-    IN_PROGRESS,
-    NEW_VERSION,
-    RESULTS_DIR,
-    UNCHANGED,
-    WARM_START,
-)
+from job.collect.research import IN_PROGRESS, NEW_VERSION, UNCHANGED
 from job.collect.results import write_json
 from job.config import Config, ConfigError
 from job.ml.data import Dataset
 from job.ml.model import load_model_spec, output_shape
 from job.ml.onnx import load_weights
 from job.ml.train import Normalize, accuracy_and_f1, predict
+from job.search.record import RESULTS_DIR, StudyAttrs, TrialRecord, WarmStart
 from job.search.study import front_hypervolume, pareto_trials, snapshot
-from job.search.versions import LINEAGE
+from job.storage import study_beside
 
 DRIFT_JSON, DRIFT_PROM, RESEARCH_PROM = "drift.json", "drift.prom", "research.prom"
 DECISIONS = (UNCHANGED, NEW_VERSION, IN_PROGRESS)
@@ -83,8 +78,8 @@ class DriftError(ValueError):
 
 def lineage(study: optuna.Study) -> dict[str, Any] | None:
     """The study's ``research`` attr when it names a parent; None for a first version."""
-    found = study.user_attrs.get(LINEAGE)
-    return found if isinstance(found, dict) and found.get("parent") else None
+    found = StudyAttrs.read(study).lineage
+    return found if found is not None and found.get("parent") else None
 
 
 def regressed(change: float | None, std: float | None) -> bool:
@@ -112,27 +107,25 @@ def _read_json(path: Path) -> Any:
 def _parent_study(study: optuna.Study, name: str) -> optuna.Study:
     """The parent, through the storage object the study holds (no second connection)."""
     try:
-        return optuna.load_study(study_name=name, storage=study._storage)
+        return study_beside(study, name)
     except KeyError:
         raise DriftError(f"parent study {name!r} is not in this storage") from None
 
 
 def _results_dir(parent: optuna.Study) -> Path:
     """The folder the parent's collector wrote (its study attr ``results_dir``)."""
-    found = parent.user_attrs.get(RESULTS_DIR)
-    if not isinstance(found, str) or not found:
+    found = StudyAttrs.read(parent).results_dir
+    if not found:
         raise DriftError(f"parent study {parent.study_name!r} records no {RESULTS_DIR}")
     if not Path(found).is_dir():  # moved, or on a volume this pod does not mount
         raise DriftError(f"parent results_dir {found} is missing")
     return Path(found)
 
 
-def _origin(trial: FrozenTrial, parent: str) -> dict[str, Any] | None:
+def _origin(trial: FrozenTrial, parent: str) -> WarmStart | None:
     """The trial's ``warm_start`` attr when it re-evaluates a trial of `parent`."""
-    found = trial.user_attrs.get(WARM_START)
-    if not isinstance(found, dict) or found.get("parent") != parent:
-        return None
-    return found if isinstance(found.get("trial"), int) else None
+    found = TrialRecord.from_trial(trial).warm_start
+    return found if found is not None and found.parent == parent else None
 
 
 def warm_starts(trials: Sequence[FrozenTrial], parent: str) -> dict[int, list[FrozenTrial]]:
@@ -141,7 +134,7 @@ def warm_starts(trials: Sequence[FrozenTrial], parent: str) -> dict[int, list[Fr
     for trial in trials:
         origin = _origin(trial, parent)
         if origin is not None and trial.state == TrialState.COMPLETE:
-            found.setdefault(origin["trial"], []).append(trial)
+            found.setdefault(origin.trial, []).append(trial)
     return found
 
 
@@ -158,7 +151,7 @@ def _picked(folder: Path | None, trials: Sequence[FrozenTrial], parent: str) -> 
             for policy, choice in selection.items()
             if isinstance(choice, dict) and isinstance(choice.get("trial"), int)
         ]
-    whys = [(str(o.get("why")), o["trial"]) for t in trials if (o := _origin(t, parent))]
+    whys = [(o.why, o.trial) for t in trials if (o := _origin(t, parent))]
     return sorted({(why.removeprefix("pick:"), n) for why, n in whys if why.startswith("pick:")})
 
 

@@ -34,18 +34,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from job.errors import BadInput, Failure
+
 NEW, OLD, GONE = "new", "old", "gone"
 LOCK = ".publish.lock"
 _SIDE = re.compile(rf"^\.(.+)\.({NEW}|{OLD}|{GONE})$")  # a pick's folder mid-swap
 _TEMP = re.compile(r"^\.(.+?)\.\d+\.(?:tmp|pre\.onnx)$")  # write_atomic's, int8's temporaries
 
 
-class OutputError(Exception):
+class OutputError(Failure):
     """An output could not be written (disk full, quota, size limit, read-only): one line
     naming the file and the OS's reason; exit 1."""
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(BadInput, ValueError):
     """An output folder named on the command line cannot be made there: exit 2, one line
     naming the flag."""
 

@@ -1,7 +1,8 @@
 """Stage 7 of the data path, select: named policies pick the trials worth keeping.
 
-A pure module: `Record`s in (one per COMPLETE search trial), `Choice`s out; no Optuna
-calls and no I/O, so every rule below is tested on hand-made fronts. Only a *feasible*
+A pure module: `Record`s in (one per COMPLETE search trial: the view of its
+`job.search.record.TrialRecord` that the policies rank, `Record.of`), `Choice`s out; no
+Optuna calls and no I/O, so every rule below is tested on hand-made fronts. Only a *feasible*
 record (every constraint satisfied) is ever chosen. "Accuracy" is the proxy accuracy
 (the search trial's validation accuracy) except in `resolve_reference`.
 
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from scipy import stats  # type: ignore[import-untyped]
 
 from job.config import Policy
+from job.search.record import TrialRecord
 from job.search.study import normalised_losses
 
 # A trial exactly `accuracy_drop` below the best must not be lost to float rounding.
@@ -56,6 +58,21 @@ class Record:
     feasible: bool  # every constraint satisfied
     on_front: bool  # on the study's Pareto front (feasible, non-dominated)
     values: tuple[float, ...]  # the objective values, in `objectives` order
+
+    @classmethod
+    def of(cls, trial: TrialRecord, on_front: bool) -> Record:
+        """A COMPLETE trial's record as the policies see it (`on_front`: whether the
+        study's front holds it); what it did not record reads as 0 or nan."""
+        return cls(
+            number=trial.number,
+            accuracy=math.nan if trial.val_accuracy is None else trial.val_accuracy,
+            params=trial.params or 0,
+            macs=trial.macs or 0,
+            latency_ms=math.nan if trial.latency_ms_b1 is None else trial.latency_ms_b1,
+            feasible=trial.feasible,
+            on_front=on_front,
+            values=trial.values or (),
+        )
 
 
 @dataclass(frozen=True)

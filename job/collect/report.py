@@ -1,20 +1,27 @@
-"""The collector's report: one self-contained page, `report.html`, beside the files it reads.
+"""The collector's report step: one self-contained page, `report.html`, beside its files.
 
-`write_report` reads what the collector wrote into its folder (summary.json, pareto.json,
-selection.json, selected/<policy>/card.json, verify.json, baselines.json: any may be
-missing, and the page says which) and the study's trials, and renders
-`templates/report.html.j2` (Jinja2, autoescaped) into one file that needs nothing else:
-no script, no network, figures inline as base64 SVG (matplotlib `Figure`s, no pyplot),
-the augmentation preview as a small PNG, links to the picks' files relative.
+Seventh step of the pipeline (job.collect.pipeline: study -> front -> select -> verify ->
+picks -> publish -> **report** -> push). `render_report` renders a `Page` (what the
+collector's files hold: summary.json, pareto.json, selection.json, each published
+selected/<policy>/card.json, verify.json, baselines.json, drift.json) and the study's
+trials through `templates/report.html.j2` (Jinja2, autoescaped) into one file that needs
+nothing else: no script, no network, figures inline as base64 SVG (matplotlib `Figure`s,
+no pyplot), the augmentation preview as a small PNG, links to the picks' files relative.
+
+The pipeline hands the page over from its steps' objects (`page_of`: nothing is read
+back from disk, each value as its file holds it); `write_report` renders it again from
+the files in a folder (`read_page`: any may be missing, and the page says which). The
+augmentation preview draws a few images decoded for it (`PreviewImages`), never the
+whole data set.
 
 Sections: the study at a glance (trials by state, budget, the front's hypervolume after
 each completed trial, COMPLETE trials against wall time); for a study version made by
-`research` whose folder holds drift.json (job.collect.drift), the data drift against its parent
+`research` with a drift report (job.collect.drift), the data drift against its parent
 (lineage, the parent's picks on this data, the front kept, the hypervolume; without
-drift.json the page has no such section); the Pareto plot with the picks marked, the
+one the page has no such section); the Pareto plot with the picks marked, the
 selection, the baselines, proxy vs verified accuracy, each pick's card, and the chosen
-augmentation policy at work. Every figure comes from `job.search.study`, so the page agrees
-with `summary.json` and `python -m job status`.
+augmentation policy at work. Every figure comes from `job.search.study`, so the page
+agrees with `summary.json` and `python -m job status`.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from matplotlib.axes import Axes
@@ -36,15 +45,19 @@ from PIL import Image
 
 from job.collect.drift import DRIFT_JSON, MIN_DROP
 from job.collect.outputs import writing
-from job.collect.picks import BASELINES_JSON, SELECTED, SELECTION_JSON, VERIFY_JSON
+from job.collect.picks import BASELINES_JSON, SELECTED, SELECTION_JSON, Picks
+from job.collect.publish import Publication
 from job.collect.results import (
     PARETO_JSON,
     SUMMARY_JSON,
+    Front,
+    as_written,
     draw_front,
     draw_trials,
     plot_axes,
     plot_points,
 )
+from job.collect.verified import VERIFY_JSON, Verification
 from job.config import AugmentConfig, Config
 from job.files import write_atomic
 from job.search.study import (
@@ -55,48 +68,128 @@ from job.search.study import (
     summarise,
 )
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 REPORT_HTML = "report.html"
-TEMPLATES = Path(__file__).with_name("templates")
+TEMPLATES = Path(__file__).parents[1] / "templates"
 FILES = (SUMMARY_JSON, PARETO_JSON, SELECTION_JSON, VERIFY_JSON, BASELINES_JSON)
 DOWNLOADS = ("model.onnx", "model.int8.onnx", "model.yaml", "weights.pt", "card.json")
 PREVIEW_SIZE = 48  # pixels per preview tile
 PREVIEW_TILES = [0, 2, 3]  # of job.ml.preview's images: photo 1 and two images of the data
 
+# The preview's images at a tile size: uint8 (n, 3, size, size) and a name per image, as
+# job.ml.preview gives them (two photos, then images of the data).
+PreviewImages = Callable[[int], tuple["Tensor", list[str]]]
 
-def write_report(out: Path, trials: Sequence[FrozenTrial], config: Config, study_name: str) -> Path:
-    """Render `out/report.html` (atomically) from the files in `out` and `trials`."""
+
+def preview_images(config: Config) -> PreviewImages:
+    """A few images of the config's data, decoded when the page draws them."""
+    from job.ml.preview import sampled_preview_images
+
+    return partial(sampled_preview_images, config)
+
+
+@dataclass(frozen=True)
+class Page:
+    """What the page shows: each file's content as its file holds it (None: missing)."""
+
+    study: str
+    summary: Any  # summary.json
+    front: Any  # pareto.json
+    selection: dict[str, Any] | None  # selection.json
+    cards: dict[str, dict[str, Any]]  # `card_entry` per policy that chose a trial
+    verify: dict[str, Any] | None  # verify.json
+    baselines: Any  # baselines.json
+    drift: dict[str, Any] | None  # drift.json (a research version's), never "missing"
+    missing: tuple[str, ...] = ()  # of FILES
+
+
+def render_report(
+    out: Path, page: Page, trials: Sequence[FrozenTrial], config: Config, images: PreviewImages
+) -> Path:
+    """The report step: `out/report.html` (atomically) from `page` and `trials`."""
     out = Path(out)
-    found = {name: read_json(out / name) for name in FILES}
-    selection = found[SELECTION_JSON] if isinstance(found[SELECTION_JSON], dict) else None
-    cards = read_cards(out, selection or {})
-    verify = found[VERIFY_JSON] if isinstance(found[VERIFY_JSON], dict) else None
-    drift = read_json(out / DRIFT_JSON)  # only a research version has one: never "missing"
-    page = {
-        "study": study_name,
+    page_vars = {
+        "study": page.study,
         "out": str(out),
         "written": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "missing": [name for name, data in found.items() if data is None],
-        "glance": glance(found[SUMMARY_JSON], trials, config),
-        "drift": drift if isinstance(drift, dict) else None,
+        "missing": list(page.missing),
+        "glance": glance(page.summary, trials, config),
+        "drift": page.drift,
         "min_drop": MIN_DROP,
         "progress_svg": _svg(progress_figure(trials, config)),
-        "pareto_svg": _svg(pareto_figure(trials, config, selection or {})),
-        "front": found[PARETO_JSON],
-        "selection": selection,
-        "cards": cards,
-        "baselines": found[BASELINES_JSON],
-        "verify": verify,
-        "verify_svg": _svg(verify_figure(verify, found[BASELINES_JSON])) if verify else None,
-        "preview": preview(cards, config),
+        "pareto_svg": _svg(pareto_figure(trials, config, page.selection or {})),
+        "front": page.front,
+        "selection": page.selection,
+        "cards": page.cards,
+        "baselines": page.baselines,
+        "verify": page.verify,
+        "verify_svg": _svg(verify_figure(page.verify, page.baselines)) if page.verify else None,
+        "preview": preview(page.cards, images),
     }
-    html = _environment().get_template("report.html.j2").render(page)
+    html = _environment().get_template("report.html.j2").render(page_vars)
     path = out / REPORT_HTML
     with writing(path):
         write_atomic(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return path
 
 
-# --- reading ------------------------------------------------------------------------
+def write_report(out: Path, trials: Sequence[FrozenTrial], config: Config, study_name: str) -> Path:
+    """`out/report.html` rendered again from the files in `out` (`read_page`)."""
+    return render_report(out, read_page(out, study_name), trials, config, preview_images(config))
+
+
+# --- the page -----------------------------------------------------------------------
+
+
+def page_of(
+    out: Path, study: str, front: Front, picks: Picks, verification: Verification,
+    publication: Publication, drift: dict[str, Any] | None,
+) -> Page:  # fmt: skip
+    """The page of one collect, from its steps' objects, each as its file holds it."""
+    selection = as_written(publication.selection)
+    cards = {}
+    for policy, choice in selection.items():
+        if choice.get("trial") is None:
+            continue
+        result = publication.results.get(policy)
+        card = as_written(result.card) if result is not None else None
+        cards[policy] = card_entry(out, policy, choice, card)
+    return Page(
+        study,
+        summary=as_written(front.summary),
+        front=as_written(front.pareto),
+        selection=selection,
+        cards=cards,
+        verify=as_written(verification.report),
+        baselines=as_written(picks.baselines),
+        drift=None if drift is None else as_written(drift),
+    )
+
+
+def read_page(out: Path, study: str) -> Page:
+    """The page from the files in `out`; what is missing (or unreadable) is said."""
+    found = {name: read_json(out / name) for name in FILES}
+    selection = found[SELECTION_JSON] if isinstance(found[SELECTION_JSON], dict) else None
+    cards = {}
+    for policy, choice in (selection or {}).items():
+        if isinstance(choice, dict) and choice.get("trial") is not None:
+            card = read_json(out / SELECTED / policy / "card.json")
+            cards[policy] = card_entry(out, policy, choice, card)
+    verify = found[VERIFY_JSON] if isinstance(found[VERIFY_JSON], dict) else None
+    drift = read_json(out / DRIFT_JSON)
+    return Page(
+        study,
+        summary=found[SUMMARY_JSON],
+        front=found[PARETO_JSON],
+        selection=selection,
+        cards=cards,
+        verify=verify,
+        baselines=found[BASELINES_JSON],
+        drift=drift if isinstance(drift, dict) else None,
+        missing=tuple(name for name, data in found.items() if data is None),
+    )
 
 
 def read_json(path: Path) -> Any:
@@ -107,23 +200,17 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def read_cards(out: Path, selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """policy → its card.json (with `downloads`: relative paths of the files present, and
-    `problem`: why the chosen trial's set was not published, the folder holding the one
-    before); a pick whose card is missing gets `{"missing": True}`."""
-    cards: dict[str, dict[str, Any]] = {}
-    for policy, choice in selection.items():
-        if not isinstance(choice, dict) or choice.get("trial") is None:
-            continue
-        folder = out / SELECTED / policy
-        card = read_json(folder / "card.json")
-        found = card if isinstance(card, dict) else {"missing": True, "trial": choice["trial"]}
-        found["downloads"] = [
-            f"{SELECTED}/{policy}/{name}" for name in DOWNLOADS if (folder / name).is_file()
-        ]
-        found["problem"] = choice.get("problem")
-        cards[policy] = found
-    return cards
+def card_entry(out: Path, policy: str, choice: dict[str, Any], card: Any) -> dict[str, Any]:
+    """A pick's card as the page shows it: the card its folder holds, with `downloads`
+    (relative paths of the files present) and `problem` (why the chosen trial's set was
+    not published, the folder holding the one before); `{"missing": True}` without one."""
+    folder = out / SELECTED / policy
+    found = dict(card) if isinstance(card, dict) else {"missing": True, "trial": choice["trial"]}
+    found["downloads"] = [
+        f"{SELECTED}/{policy}/{name}" for name in DOWNLOADS if (folder / name).is_file()
+    ]
+    found["problem"] = choice.get("problem")
+    return found
 
 
 def glance(summary: Any, trials: Sequence[FrozenTrial], config: Config) -> dict[str, Any]:
@@ -281,23 +368,24 @@ def verify_figure(verify: dict[str, Any], baselines: Any) -> Figure:
 # --- the augmentation preview -----------------------------------------------------
 
 
-def preview(cards: dict[str, dict[str, Any]], config: Config) -> dict[str, Any] | None:
+def preview(cards: dict[str, dict[str, Any]], images: PreviewImages) -> dict[str, Any] | None:
     """The `best` pick's augmentation policy (else the first pick's that has one) at work:
-    job.ml.preview's grid, each op of the policy at three levels, as a PNG data: URL."""
+    job.ml.preview's grid of `images`, each op of the policy at three levels, as a PNG
+    data: URL."""
     order = sorted(cards, key=lambda policy: policy != "best")
     policy = next((p for p in order if isinstance(cards[p].get("augment"), dict)), None)
     if policy is None:
         return None
     from job.ml.data import DataError
-    from job.ml.preview import preview_images, render_grid
+    from job.ml.preview import render_grid
 
     try:
         augment = AugmentConfig.model_validate(cards[policy]["augment"])
         if not augment.enabled or not augment.ops:
             return {"policy": policy, "augment": augment, "problem": "augmentation is off"}
-        images, names = preview_images(config, PREVIEW_SIZE)
+        tiles, names = images(PREVIEW_SIZE)
         keep = PREVIEW_TILES  # one photo and the data's two images: a third of the bytes
-        grid = render_grid(images[keep], [names[i] for i in keep], augment.ops, augment.n_level)
+        grid = render_grid(tiles[keep], [names[i] for i in keep], augment.ops, augment.n_level)
     except (DataError, OSError, ValueError) as exc:  # the page is still worth having
         return {"policy": policy, "augment": cards[policy]["augment"], "problem": str(exc)}
     buffer = io.BytesIO()

@@ -36,29 +36,26 @@ from pathlib import Path
 from typing import Any, cast
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from job.collect.policies import select
 from job.config import Config, config_fingerprint
 from job.ml.data import Dataset
 from job.ml.train import TrainError
-from job.search.retrain import records
+from job.search.record import RESULTS_DIR as RESULTS_DIR  # where its collector wrote
+from job.search.record import WARM_START as WARM_START  # a warm-start trial's attr
+from job.search.record import StudyAttrs, TrialAttrs, TrialRecord, WarmStart, enqueue
+from job.collect.verify import records
 from job.search.space import sample_candidate
 from job.search.study import pareto_trials
 from job.search.versions import (
-    LINEAGE,
     Fingerprints,
     recorded,
     version_name,
     version_number,
 )
-from job.storage import budget_lock, open_storage
+from job.storage import InRangeTrial, budget_lock, open_storage
 
-WARM_START = "warm_start"  # trial user attr of an enqueued warm-start trial
-RESULTS_DIR = (
-    "results_dir"  # study user attr: where its collector wrote (job.collect.drift reads it)
-)
 RESEARCH_JSON = "research.json"
 UNCHANGED, IN_PROGRESS, NEW_VERSION = "unchanged", "in_progress", "new_version"
 
@@ -91,11 +88,10 @@ class Version:
 
 def read_version(storage: optuna.storages.BaseStorage, number: int, name: str) -> Version:
     study_id = storage.get_study_id_from_name(name)
-    attrs = storage.get_study_user_attrs(study_id)
+    attrs = StudyAttrs.stored(storage, study_id)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    lineage = attrs.get(LINEAGE) if isinstance(attrs.get(LINEAGE), dict) else {}
-    return Version(name, number, complete, recorded(attrs, trials), dict(lineage or {}))
+    return Version(name, number, complete, recorded(attrs, trials), dict(attrs.lineage or {}))
 
 
 def latest_version(storage: optuna.storages.BaseStorage, base: str) -> Version | None:
@@ -164,25 +160,12 @@ def _fits(params: dict[str, Any], config: Config, data: Dataset) -> dict[str, An
     """The params the current space takes from `params` (a trial of another version), or
     None when it cannot take them: a value out of its range, a parameter missing, a
     network that no longer fits the images."""
-    fixed = _InRange(params)
+    fixed = InRangeTrial(params)  # a value out of range: ValueError
     try:
         sample_candidate(cast(optuna.Trial, fixed), data, config)
     except (ValueError, TypeError, TrainError):
         return None
     return dict(fixed.params)
-
-
-class _InRange(optuna.trial.FixedTrial):
-    """A FixedTrial whose value out of its distribution's range is a ValueError, not a
-    warning: turning warnings into errors (`warnings.catch_warnings`) is process-wide, and
-    raised another thread's harmless warnings (a second research, a heartbeat)."""
-
-    def _suggest(self, name: str, distribution: BaseDistribution) -> Any:
-        if name in self._params:
-            value = self._params[name]
-            if not distribution._contains(distribution.to_internal_repr(value)):
-                raise ValueError(f"{name}={value!r} is out of {distribution}")
-        return super()._suggest(name, distribution)
 
 
 def warm_start(
@@ -198,7 +181,7 @@ def warm_start(
         if c.number is not None
     ]
     front = pareto_trials(trials, config.objectives)
-    by_accuracy = sorted(front, key=lambda t: -float(t.user_attrs.get("val_accuracy", -math.inf)))
+    by_accuracy = sorted(front, key=lambda t: -_val_accuracy(t))
     order += [(t.number, "front") for t in by_accuracy]
     limit = max(1, config.study.budget // 2)
     chosen: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -208,10 +191,16 @@ def warm_start(
         if params is None or params in seen:
             continue
         seen.append(params)
-        chosen.append((params, {WARM_START: {"parent": parent, "trial": number, "why": why}}))
+        origin = WarmStart(parent=parent, trial=number, why=why)
+        chosen.append((params, TrialAttrs(warm_start=origin).to_attrs()))
         if len(chosen) == limit:
             break
     return chosen
+
+
+def _val_accuracy(trial: FrozenTrial) -> float:
+    found = TrialRecord.from_trial(trial).val_accuracy
+    return -math.inf if found is None else found
 
 
 # --- research ----------------------------------------------------------------------
@@ -251,9 +240,9 @@ def research(config: Config, url: str, data: Dataset, dry_run: bool = False) -> 
         if decision.parent is not None:
             parent = optuna.load_study(study_name=decision.parent, storage=storage)
             warm = warm_start(decision.parent, parent.get_trials(deepcopy=False), config, data)
-        study.set_user_attr(LINEAGE, lineage(decision, base, len(warm)))
+        StudyAttrs(research=lineage(decision, base, len(warm))).write(study)
         for params, attrs in warm:
-            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+            enqueue(study, params, TrialAttrs.of(attrs), skip_if_exists=True)
     return replace(decision, warm_start_trials=len(warm))
 
 

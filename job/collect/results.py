@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from job.collect.outputs import writing
 from job.config import Config
 from job.files import write_atomic
+from job.search.record import TrialRecord
 from job.search.study import (
     StudySummary,
     complete_trials,
@@ -56,8 +57,8 @@ from job.search.study import human_duration as human_duration
 from job.search.study import is_feasible as is_feasible
 
 PARETO_JSON, PARETO_PNG, SUMMARY_JSON = "pareto.json", "pareto.png", "summary.json"
-# User attrs copied into pareto.json when a trial has them; the count of weights is
-# `params_count` there, since `params` already names the Optuna parameters.
+# Trial record fields copied into pareto.json when a trial has them; the count of weights
+# is `params_count` there, since `params` already names the Optuna parameters.
 _EXTRA_ATTRS = {
     "test_accuracy": "test_accuracy",
     "params_count": "params",
@@ -178,16 +179,17 @@ def write_json(path: Path, data: Any) -> None:
 
 def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
     """One pareto.json object: enough to rebuild and retrain the model without the study."""
+    record = TrialRecord.from_trial(trial)
     entry: dict[str, Any] = {
         "number": trial.number,
         "params": dict(trial.params),
         "values": dict(zip(config.objectives, values_of(trial), strict=True)),
-        "model_yaml": trial.user_attrs.get("model_yaml"),
-        "augment": trial.user_attrs.get("augment"),
+        "model_yaml": record.model_yaml,
+        "augment": record.augment,
     }
     for key, attr in _EXTRA_ATTRS.items():
-        if attr in trial.user_attrs:
-            entry[key] = trial.user_attrs[attr]
+        if attr in record.model_fields_set:
+            entry[key] = getattr(record, attr)
     return entry
 
 
@@ -196,7 +198,8 @@ def write_pareto_json(front: Sequence[FrozenTrial], config: Config, path: Path) 
     write_json(Path(path), [front_entry(t, config) for t in front])
 
 
-# An axis of the plot: (objective index, or None to read the user attr), user attr, label.
+# An axis of the plot: (objective index, or None to read the trial record's field), that
+# field, label.
 Axis = tuple[int | None, str, str]
 Point = tuple[FrozenTrial, float, float]
 _FRONT_STYLE: dict[str, Any] = dict(s=90, facecolors="none", edgecolors="crimson", linewidths=2)
@@ -216,7 +219,7 @@ def _value(trial: FrozenTrial, axis: Axis) -> float | None:
     index, attr, _ = axis
     if index is not None:
         return values_of(trial)[index]
-    found = trial.user_attrs.get(attr)
+    found = getattr(TrialRecord.from_trial(trial), attr)
     return float(found) if isinstance(found, int | float) else None
 
 
@@ -292,7 +295,7 @@ def plot_pareto(study: optuna.Study, config: Config, path: Path) -> None:
 def _summary(trials: Sequence[FrozenTrial], name: str, summary: StudySummary) -> dict[str, Any]:
     """summary.json; a model over a hard limit is no answer however accurate, so every
     best, the front and its hypervolume count feasible COMPLETE trials only."""
-    fingerprints = {t.user_attrs.get("data_fingerprint") for t in trials}
+    fingerprints = {TrialRecord.from_trial(t).data_fingerprint for t in trials}
     return {
         "study": name,
         "budget": summary.budget,

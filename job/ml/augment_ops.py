@@ -4,9 +4,14 @@
 whole float batch ``(B, C, H, W)`` in [0, 1] with one magnitude per image ``m`` (B,), so
 every image can take its own strength. A level's magnitude is
 ``low + (high - low) * level / n_level``, negated for a random half of the images when
-``signed``. Adding an op is adding a row. Semantics follow PIL / torchvision (checked
-against torchvision in the tests); the code is our own, batched, for CPU and CUDA alike.
-``job.ml.augment`` builds RandAugment, flip and Cutout on top of this table.
+``signed``. Semantics follow PIL / torchvision (checked against torchvision in the
+tests); the code is our own, batched, for CPU and CUDA alike. ``job.ml.augment`` builds
+RandAugment, flip and Cutout on top of this table.
+
+The names, ranges and signs come from the torch-free table ``job.ml.vocab.OPS`` (what
+the config validates against); this module adds the function of each (``_FUNCTIONS``)
+and refuses to import unless the two tables name exactly the same ops. Adding an op is
+a row in ``job.ml.vocab.OPS``, a row in ``_FUNCTIONS`` and the function.
 """
 
 from __future__ import annotations
@@ -19,7 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GREY = 128  # fill colour outside rotated/sheared/translated images and in Cutout boxes
+from job.ml.vocab import DEFAULT_OPS, GREY, same_names
+from job.ml.vocab import OPS as RANGES
+
+__all__ = [
+    "DEFAULT_OPS",
+    "FILL",
+    "GREY",
+    "OPS",
+    "AffineOp",
+    "Gen",
+    "OpFn",
+    "OpSpec",
+    "affine",
+    "apply_op",
+    "box",
+    "from_float",
+    "to_float",
+]
+
 FILL = GREY / 255.0
 Gen = torch.Generator | None
 
@@ -200,26 +223,28 @@ def _cutout(x: Tensor, m: Tensor, *, fill: float = FILL, generator: Gen = None) 
     return x.lerp(grey, box(h, w, side, centre, x.dtype))
 
 
-OPS: dict[str, OpSpec] = {
-    "Identity": OpSpec(_identity, 0.0, 0.0, False),
-    "AutoContrast": OpSpec(_auto_contrast, 0.0, 0.0, False),
-    "Equalize": OpSpec(_equalize, 0.0, 0.0, False),
-    "Rotate": OpSpec(AffineOp(_MATRICES["Rotate"]), 0.0, 30.0, True),  # degrees
-    "Solarize": OpSpec(_solarize, 256.0, 0.0, False),  # threshold, uint8 units
-    "Color": OpSpec(_color, 0.0, 0.9, True),  # factor 1 ± m
-    "Contrast": OpSpec(_contrast, 0.0, 0.9, True),
-    "Brightness": OpSpec(_brightness, 0.0, 0.9, True),
-    "Sharpness": OpSpec(_sharpness, 0.0, 0.9, True),
-    "Posterize": OpSpec(_posterize, 8.0, 4.0, False),  # bits kept
-    "ShearX": OpSpec(AffineOp(_MATRICES["ShearX"]), 0.0, 0.3, True),
-    "ShearY": OpSpec(AffineOp(_MATRICES["ShearY"]), 0.0, 0.3, True),
-    "TranslateX": OpSpec(AffineOp(_MATRICES["TranslateX"]), 0.0, 0.45, True),  # of the side
-    "TranslateY": OpSpec(AffineOp(_MATRICES["TranslateY"]), 0.0, 0.45, True),
-    "Invert": OpSpec(_invert, 0.0, 0.0, False),
-    "Cutout": OpSpec(_cutout, 0.0, 0.45, False),  # box side, fraction of the side
+_FUNCTIONS: dict[str, OpFn] = {
+    "Identity": _identity,
+    "AutoContrast": _auto_contrast,
+    "Equalize": _equalize,
+    "Rotate": AffineOp(_MATRICES["Rotate"]),
+    "Solarize": _solarize,
+    "Color": _color,
+    "Contrast": _contrast,
+    "Brightness": _brightness,
+    "Sharpness": _sharpness,
+    "Posterize": _posterize,
+    "ShearX": AffineOp(_MATRICES["ShearX"]),
+    "ShearY": AffineOp(_MATRICES["ShearY"]),
+    "TranslateX": AffineOp(_MATRICES["TranslateX"]),
+    "TranslateY": AffineOp(_MATRICES["TranslateY"]),
+    "Invert": _invert,
+    "Cutout": _cutout,
 }
+same_names("job.ml.vocab.OPS", RANGES, "job.ml.augment_ops._FUNCTIONS", _FUNCTIONS)
 
-DEFAULT_OPS: tuple[str, ...] = tuple(n for n in OPS if n not in ("Invert", "Cutout"))
+# In job.ml.vocab's order (the config's messages list the ops so).
+OPS: dict[str, OpSpec] = {name: OpSpec(_FUNCTIONS[name], *RANGES[name]) for name in RANGES}
 
 
 def to_float(x: Tensor, out: Tensor | None = None) -> Tensor:

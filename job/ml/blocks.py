@@ -5,6 +5,10 @@ a model YAML to a ``ModuleDef`` row: how to build one copy, how many channels it
 its arguments (names, defaults, checks), which of them width_multiple scales, and which
 copy strides on repeat. Adding a module is adding a row; ``job.ml.model`` reads only the
 table. Knows nothing of Optuna, YAML files or training.
+
+``ACTIVATIONS`` maps each activation name of the torch-free ``job.ml.vocab.ACTIVATIONS``
+(what the config accepts) to its module; the two must name the same ones (checked at
+import). The per-layer caps ``MAX_CHANNELS`` and ``MAX_REPEAT`` are ``job.ml.vocab``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from job.ml import vocab
+from job.ml.vocab import MAX_CHANNELS as MAX_CHANNELS  # the caps of one layer: see there
+from job.ml.vocab import MAX_REPEAT as MAX_REPEAT
+
+# Each name of job.ml.vocab.ACTIVATIONS (what the config accepts) → its module.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -28,6 +37,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leakyrelu": nn.LeakyReLU,
     "identity": nn.Identity,
 }
+vocab.same_names("job.ml.vocab.ACTIVATIONS", vocab.ACTIVATIONS, "job.ml.blocks", ACTIVATIONS)
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -46,15 +56,6 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     """MobileNet's rounding to a multiple of ``divisor``, never more than 10% below ``value``."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-# Size caps of one layer, checked before anything is built (docs: README "Models"): no
-# channel count (after width_multiple, an expansion's hidden width included) and no other
-# int arg is larger than MAX_CHANNELS, and no row repeats more than MAX_REPEAT times
-# (after depth_multiple). The network as a whole has its caps in job.ml.model (MAX_PARAMS,
-# MAX_MACS), counted on the meta device; these keep that count itself cheap.
-MAX_CHANNELS = 8192
-MAX_REPEAT = 100
 
 
 def _check_hidden(hidden: int) -> None:

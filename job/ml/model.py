@@ -45,6 +45,7 @@ from job.ml.blocks import (
     build_layer,
     fill_defaults,
 )
+from job.ml.errors import ModelError as ModelError  # torch-free, for the CLI
 
 # A network over either cap is rejected from its meta-device count (`measure`), before a
 # weight is allocated: `job.ml.train.check_fit` (a trial fails as invalid_network; `train
@@ -53,10 +54,6 @@ from job.ml.blocks import (
 # (channels, repeats) are job.ml.blocks.MAX_CHANNELS and MAX_REPEAT.
 MAX_PARAMS = 200_000_000
 MAX_MACS = 50_000_000_000  # multiply-accumulates for one image
-
-
-class ModelError(ValueError):
-    """A model YAML or spec that cannot become a network; the message names the layer."""
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ from job.collect.outputs import OutputError, writing
 from job.config import DataConfig, ExportConfig
 from job.files import write_atomic
 from job.ml.data import FILL, Dataset, Split
+from job.ml.errors import ExportError as ExportError  # torch-free, for callers
+from job.ml.evaluate import Normalize, accuracy_and_f1
 from job.ml.model import ModelSpec, build_model
-from job.ml.train import Normalize, accuracy_and_f1
 
 INPUT, OUTPUT, BATCH_AXIS = "input", "logits", "batch"
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -61,10 +62,6 @@ _INT8 = {  # onnxruntime.quantization.quantize_static's settings, as INT8_FORMAT
 Array = NDArray[np.float32]
 
 
-class ExportError(ValueError):
-    """An export step that failed; the message is one line naming the step and file."""
-
-
 def _one_line(exc: BaseException, first_sentence: bool = False) -> str:
     text = " ".join(str(exc).split())  # torch and onnxruntime errors run over many lines
     if first_sentence:  # torch's load errors go on with paragraphs of advice
@@ -78,7 +75,7 @@ def _one_line(exc: BaseException, first_sentence: bool = False) -> str:
 
 def input_spec(data: Dataset, cfg: DataConfig) -> dict[str, Any]:
     """The card's ``input``: everything a caller needs to feed model.onnx without our code
-    (job.ml.data's `prepare_images`, then job.ml.train's `Normalize`, in words and numbers)."""
+    (job.ml.data's `prepare_images`, then job.ml.evaluate's `Normalize`, in words and numbers)."""
     size = cfg.image_size
     resize = (
         f"decode to RGB (grey replicated to 3 channels); pad the short side to a square "

@@ -5,6 +5,8 @@ the config's policy list, and for each of four images (the two photos scikit-lea
 ships, two images of the configured data set) the op at levels n_level/3, 2n_level/3
 and n_level. Signed ops are shown with the positive sign. It runs the very functions
 training runs (`job.ml.augment.apply_op`), so what you see is what the network sees.
+`sampled_preview_images` gives the same tiles from a few decoded images (the report's
+preview), `preview_images` from the loaded data set's train split (the verb's).
 """
 
 from __future__ import annotations
@@ -21,25 +23,43 @@ from job.config import Config
 from job.files import write_atomic
 from job.ml.augment import OPS, apply_op
 from job.ml.data import load_data, real_photos
+from job.ml.sources import sample_images
 
 LABEL_WIDTH = 120
 HEADER = 36
 
 
 def preview_images(config: Config, size: int) -> tuple[Tensor, list[str]]:
-    """Two real photos and two data images of different classes, uint8 (4, 3, s, s)."""
-    photos = real_photos(size)  # (2, 3, size, size)
+    """Two real photos and two data images of different classes, uint8 (4, 3, s, s); the
+    data images are the train split's first and the first of another class (the whole
+    data set is loaded: `sampled_preview_images` decodes only what it shows)."""
     data = load_data(config.data)
     y = data.train.y
     first = 0
     second = int((y != y[first]).nonzero()[0]) if bool((y != y[first]).any()) else 1
-    picked = data.train.x[[first, second]].float()  # (2, 3, S, S)
+    return _with_photos(
+        data.train.x[[first, second]], y[[first, second]], data.classes, config, size
+    )
+
+
+def sampled_preview_images(config: Config, size: int, n: int = 2) -> tuple[Tensor, list[str]]:
+    """As `preview_images`: two real photos, then `n` images of the data (of `n` classes
+    when it has them), uint8 (2 + n, 3, s, s), and a name per tile; only those `n` images
+    are decoded (`job.ml.sources.sample_images`), never the whole data set, so they are
+    the source's first of each class, not necessarily of the train split. `DataError`
+    for a missing or unreadable source."""
+    sample, classes = sample_images(config.data, n)
+    return _with_photos(sample.x, sample.y, classes, config, size)
+
+
+def _with_photos(
+    x: Tensor, y: Tensor, classes: tuple[str, ...], config: Config, size: int
+) -> tuple[Tensor, list[str]]:
+    """The two photos, then data images x (n, 3, S, S) uint8 of labels y (n,), at `size`."""
     # Nearest upscaling keeps the data's real pixels visible at tile size.
-    picked = F.interpolate(picked, size=(size, size), mode="nearest").round().to(torch.uint8)
-    names = ["photo 1", "photo 2"] + [
-        f"{data.name}: {data.classes[int(y[i])]}" for i in (first, second)
-    ]
-    return torch.cat([photos, picked]), names
+    picked = F.interpolate(x.float(), size=(size, size), mode="nearest").round().to(torch.uint8)
+    names = ["photo 1", "photo 2"] + [f"{config.data.name}: {classes[int(c)]}" for c in y]
+    return torch.cat([real_photos(size), picked]), names
 
 
 def preview_levels(n_level: int) -> list[int]:

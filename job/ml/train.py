@@ -4,7 +4,9 @@
 measures it. It knows nothing of Optuna: the search layer (`job.search.space`) maps a trial to
 these typed values (the config's own `AugmentConfig` and `TrainConfig`) and the result
 back to objective values. `Trainer` is the training step and loop that `train` runs and
-`bench/train.py` times: `step()`, `run_epoch()`, `save()` / `load()`.
+`bench/train.py` times: `step()`, `run_epoch()`, `save()` / `load()`. Beside it:
+`job.ml.checkpoint` (what a checkpoint holds, read back safely), `job.ml.evaluate`
+(accuracy, predictions, latency), `job.ml.errors` (`TrainError`, `Preempted`, torch-free).
 
 The hot loop keeps the GPU fed without the host: the data set already lives on the
 device as uint8, batches are index gathers, augmentation is batched per image on the
@@ -21,17 +23,13 @@ step lies in: a resumed run augments that chunk again, bit for bit, and goes on 
 from __future__ import annotations
 
 import math
-import os
-import pickle
-import re
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +39,25 @@ from job import logs
 from job.config import AugmentConfig, ConfigError, TrainConfig
 from job.files import write_atomic
 from job.ml.augment import Chunk, chunk_steps
+from job.ml.checkpoint import (
+    CHECKPOINT_FORMAT,
+    EpochRecord,
+    Position,
+    byte_tensor,
+    check_checkpoint_dir,
+    is_out_of_memory,
+    read_checkpoint,
+)
 from job.ml.data import Dataset, Split
+from job.ml.errors import CheckpointError, FailReason, Preempted, TrainError
+from job.ml.evaluate import (
+    Normalize,
+    accuracy_and_f1,
+    autocast,
+    measure_latency,
+    predict,
+    val_split,
+)
 from job.ml.model import (
     MAX_MACS,
     MAX_PARAMS,
@@ -52,43 +68,35 @@ from job.ml.model import (
     measure,
 )
 
-FailReason = Literal["nan_loss", "out_of_memory", "invalid_network"]
+__all__ = [  # what callers import from here, some of it defined beside this module
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "EpochRecord",
+    "FailReason",
+    "Normalize",
+    "Position",
+    "Preempted",
+    "Stage",
+    "TrainError",
+    "TrainResult",
+    "Trainer",
+    "accuracy_and_f1",
+    "autocast",
+    "check_batch",
+    "check_checkpoint_dir",
+    "check_fit",
+    "measure_latency",
+    "predict",
+    "read_checkpoint",
+    "resolve_device",
+    "train",
+    "val_split",
+]
+
 # A stage of the step by name ("forward", "loss", "backward", "optimizer") → a context to
 # run it in: none in the product, torch.profiler's named ranges in bench/train.py.
 Stage = Callable[[str], AbstractContextManager[Any]]
 _no_stage: Stage = lambda name: nullcontext()  # noqa: E731
-
-
-class Preempted(Exception):  # noqa: N818 — a request honoured, not an error
-    """Stopped on request; the state is in `path` (None: unsaved), resumable at epoch, step."""
-
-    def __init__(self, path: Path | None, epoch: int, step: int) -> None:
-        super().__init__(f"preempted at epoch {epoch}, step {step}")
-        self.path, self.epoch, self.step = path, epoch, step
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (damaged, from another network or
-    version, or holding anything but tensors and plain values); the message is one line
-    naming the file. `train` starts such a trial over instead."""
-
-
-class TrainError(RuntimeError):
-    """A trial that cannot finish; `reason` is what the search layer records."""
-
-    def __init__(self, reason: FailReason, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason: FailReason = reason
-        self.message = message  # without the reason: for a message naming a file instead
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int  # 1-based
-    train_loss: float
-    val_accuracy: float
-    lr: float
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -135,41 +143,6 @@ def check_batch(recipe: TrainConfig, data: Dataset, key: str = "train.batch_size
         )
 
 
-def check_checkpoint_dir(path: Path, key: str = "study.checkpoint_dir") -> None:
-    """`ConfigError` naming `key` and `path` unless a checkpoint could be written there now:
-    tried for real (a probe made and removed at once), since permission bits do not tell
-    (root passes them; /proc, read-only or full volumes refuse anyway). The CLI checks it
-    before the first trial: a checkpoint is only written at preemption, too late to find
-    out. Nothing is left behind."""
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        within = f" (making {path})" if probe != path else ""
-        raise ConfigError(f"{key}: {probe} is not a folder{within}")
-    try:
-        if probe == path:  # a checkpoint file goes in it
-            handle, name = tempfile.mkstemp(prefix=".sms-probe-", dir=probe)
-            os.close(handle)
-            os.unlink(name)
-        else:  # the folder (and any between) is made at the first checkpoint
-            os.rmdir(tempfile.mkdtemp(prefix=".sms-probe-", dir=probe))
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        where = f"{probe}: " if probe != path else ""
-        raise ConfigError(f"{key}: cannot write checkpoints in {path} ({where}{why})") from None
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """A CUDA OOM, or the CPU allocator's "can't allocate memory" RuntimeError."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text
-    )
-
-
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """No weight decay on BatchNorm and biases: decaying them only hurts small nets."""
     decay: list[nn.Parameter] = []
@@ -193,77 +166,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-class Normalize:
-    """uint8 (B, C, H, W) → float, normalised, in the model's memory format."""
-
-    def __init__(self, data: Dataset, device: torch.device, channels_last: bool) -> None:
-        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * 255.0
-        self.format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, x: Tensor) -> Tensor:
-        x = (x.float() - self.mean) / self.std  # (B, C, H, W) float32
-        return x.contiguous(memory_format=self.format)
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast where asked and on CUDA; a no-op context elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, split: Split, norm: Normalize, batch: int, amp: bool) -> Tensor:
-    """Class predictions for a whole split, batched large; stays on the device."""
-    model.eval()
-    device = split.x.device
-    out = torch.empty(len(split), dtype=torch.long, device=device)
-    for start in range(0, len(split), batch):
-        with autocast(device, amp):
-            logits = model(norm(split.x[start : start + batch]))  # (b, classes)
-        out[start : start + batch] = logits.argmax(dim=1)
-    return out
-
-
-def accuracy_and_f1(pred: Tensor, target: Tensor, num_classes: int) -> tuple[float, float]:
-    """Accuracy and macro-F1 from one confusion matrix built on the device."""
-    if len(target) == 0:
-        return float("nan"), float("nan")
-    cm = torch.bincount(target * num_classes + pred, minlength=num_classes**2)
-    cm = cm.view(num_classes, num_classes).double()  # (true, predicted)
-    tp = cm.diag()
-    precision = tp / cm.sum(0).clamp(min=1)
-    recall = tp / cm.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    present = cm.sum(1) > 0  # macro-F1 over the classes this split holds
-    return float(tp.sum() / cm.sum()), float(f1[present].mean())
-
-
-def measure_latency(
-    model: nn.Module, shape: Sequence[int], device: torch.device, amp: bool
-) -> tuple[float, float]:
-    """Milliseconds per image of ``shape`` (C, S, S) at batch 1 and at batch 256, after a
-    warm-up; ``amp``: in bf16 autocast (CUDA)."""
-    model.eval()
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
-    results = []
-    for batch, reps in ((1, 20), (256, 3)):
-        x = torch.randn(batch, *shape, device=device)
-        with torch.inference_mode(), autocast(device, amp):
-            model(x)  # warm-up: allocator, cuDNN autotune, lazy init
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                model(x)
-            sync(device)
-        results.append((time.perf_counter() - start) * 1000.0 / (reps * batch))
-    return results[0], results[1]
-
-
-def val_split(data: Dataset) -> Split:
-    """The split the search selects on; the test split stands in when there is none."""
-    return data.val if len(data.val) else data.test
 
 
 def check_fit(spec: ModelSpec, data: Dataset) -> Measure:
@@ -290,106 +192,6 @@ def check_fit(spec: ModelSpec, data: Dataset) -> Measure:
             f"the network outputs {found.outputs} classes, the data has {data.num_classes}",
         )
     return found
-
-
-@dataclass
-class Position:
-    """Where the loop stands: what a checkpoint holds besides the weights and RNGs."""
-
-    epoch: int = 1
-    step: int = 0
-    order: Tensor | None = None  # this epoch's permutation of the train set
-    loss_sum: Tensor | None = None
-    train_seconds: float = 0.0
-    history: list[EpochRecord] = field(default_factory=list)
-
-    def state(self) -> dict[str, Any]:
-        """Tensors and plain values only: what `torch.load(weights_only=True)` reads."""
-        return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "order": self.order,
-            "loss_sum": self.loss_sum,
-            "train_seconds": self.train_seconds,
-            "history": [
-                [r.epoch, r.train_loss, r.val_accuracy, r.lr, r.seconds] for r in self.history
-            ],
-        }
-
-    @classmethod
-    def of(cls, state: object) -> Position:
-        """Back from `state()`; `CheckpointError` for anything of another shape."""
-        if not isinstance(state, dict):
-            raise CheckpointError(f"position is a {type(state).__name__}, not a dict")
-        epoch, step, order, loss_sum = (
-            state.get(k) for k in ("epoch", "step", "order", "loss_sum")
-        )
-        seconds, history = state.get("train_seconds"), state.get("history")
-        if not (
-            type(epoch) is int
-            and type(step) is int
-            and (order is None or isinstance(order, Tensor))
-            and (loss_sum is None or isinstance(loss_sum, Tensor))
-            and type(seconds) is float
-            and isinstance(history, list)
-            and all(_is_record(r) for r in history)
-        ):
-            raise CheckpointError("position: not the fields this version writes")
-        records = [EpochRecord(r[0], r[1], r[2], r[3], r[4]) for r in history]
-        return cls(epoch, step, order, loss_sum, seconds, records)
-
-
-def _is_record(value: object) -> bool:
-    """An EpochRecord as `Position.state` writes it: [epoch, loss, accuracy, lr, seconds]."""
-    return (
-        isinstance(value, list)
-        and len(value) == 5
-        and type(value[0]) is int
-        and all(type(v) is float for v in value[1:])
-    )
-
-
-# A checkpoint holds tensors and plain values only (no pickled objects: `torch.load` with
-# weights_only=True reads it and refuses anything else, so a file planted on the shared
-# checkpoint volume cannot run code); this tag says which layout.
-CHECKPOINT_FORMAT = "sms-checkpoint-2"
-_CHECKPOINT_KEYS = ("model", "optimizer", "schedule", "gen", "choices", "torch", "position")
-
-
-def _why_unreadable(exc: BaseException) -> str:
-    """One short line for what `torch.load` raised."""
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError):
-        found = re.search(r"\bGLOBAL ([\w.]+)", text)  # the first object it names
-        named = f" ({found[1]})" if found else ""
-        return f"it holds objects other than tensors and plain values{named}: refused unread"
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
-    if isinstance(exc, OSError) and exc.strerror:
-        line = exc.strerror
-    line = line[:120] + ("…" if len(line) > 120 else "")
-    return f"not a readable checkpoint ({type(exc).__name__}{': ' + line if line else ''})"
-
-
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The state `Trainer.save` wrote to `path`, loaded with `weights_only=True` (tensors
-    and plain containers only: nothing in the file can run code) and checked for shape;
-    `CheckpointError`, one line naming the file, for anything else."""
-    if not path.is_file():  # a FIFO or a device planted there would block or never end
-        raise CheckpointError(f"checkpoint {path}: not a regular file")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # a damaged file raises almost any type
-        if _is_out_of_memory(exc):
-            raise
-        raise CheckpointError(f"checkpoint {path}: {_why_unreadable(exc)}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"checkpoint {path}: not a checkpoint of this version (no format {CHECKPOINT_FORMAT!r})"
-        )
-    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path}: no {', '.join(missing)}")
-    return state
 
 
 class Trainer:
@@ -559,24 +361,17 @@ class Trainer:
             self._chunk = None  # batch(pos.step) augments its chunk again from the states
             for name, part in self._parts().items():
                 if isinstance(part, torch.Generator):
-                    part.set_state(_byte_tensor(state[name], name).cpu())
+                    part.set_state(byte_tensor(state[name], name).cpu())
                 else:
                     part.load_state_dict(state[name])
-            torch.set_rng_state(_byte_tensor(state["torch"], "torch").cpu())
+            torch.set_rng_state(byte_tensor(state["torch"], "torch").cpu())
         except Exception as exc:  # another network's weights, a wrong type, ...
-            if _is_out_of_memory(exc):
+            if is_out_of_memory(exc):
                 raise
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise CheckpointError(f"checkpoint {path}: cannot resume from it ({line})") from None
         self.pos = position
         return self.pos.epoch
-
-
-def _byte_tensor(value: object, name: str) -> Tensor:
-    """A generator's state as saved: a uint8 tensor."""
-    if not isinstance(value, Tensor) or value.dtype != torch.uint8:
-        raise CheckpointError(f"{name}: not a generator state (a uint8 tensor)")
-    return value
 
 
 def train(
@@ -627,7 +422,7 @@ def train(
             weights.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(weights, lambda tmp: torch.save(state, tmp))
     except RuntimeError as exc:  # torch.OutOfMemoryError among them
-        if not _is_out_of_memory(exc):
+        if not is_out_of_memory(exc):
             raise
         raise TrainError("out_of_memory", (str(exc).splitlines() or [""])[0]) from None
     return TrainResult(

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from job import settings
 from job.config import Config
 from job.errors import EXIT_STOPPED
+from job.search.record import TrialRecord
 from job.search.retrain import Retrain, verify_study_name
 from job.search.study import is_feasible, progress_text, snapshot, summarise
 from job.search.worker import open_study
@@ -79,6 +80,7 @@ class RunOptions:
     study_name: str
     metrics_port: int | None = None  # worker i serves on metrics_port + i
     home: Path | None = None  # the workers' --out when not out_dir: a version's home
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE: passed on to every worker
     poll_s: float = 1.0
 
 
@@ -130,7 +132,8 @@ def worker_command(options: RunOptions, index: int) -> tuple[list[str], dict[str
     """The command line and environment of local worker `index` (as a pod would get)."""
     # --out: the worker's checkpoints go under the run's folder, not runs/<study>
     home = str(options.home or options.out_dir)
-    cmd = search_command(options.config_path, "--study", options.study_name, "--out", home)
+    sets = [word for kv in options.overrides for word in ("--set", kv)]
+    cmd = search_command(options.config_path, "--study", options.study_name, "--out", home, *sets)
     port = str(options.metrics_port + index) if options.metrics_port is not None else "off"
     threads = threads_per_worker(options.workers)
     return cmd, worker_env(index, threads, port, options.storage)
@@ -185,7 +188,7 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
             else f"{name} {value:,.4f}"
             for name, value in zip(objectives, trial.values, strict=True)
         )
-        acc = trial.user_attrs.get("test_accuracy")
+        acc = TrialRecord.from_trial(trial).test_accuracy
         extra = f"  test acc {acc:.4f}" if isinstance(acc, float) else ""
         extra += "" if is_feasible(trial) else "  infeasible"
         extra += _retry_of(trial)
@@ -196,8 +199,8 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
 
 def _why(trial: FrozenTrial) -> str:
     """`reason: message` of a trial that did not complete (either part may be missing)."""
-    reason = str(trial.user_attrs.get("fail_reason", ""))
-    message = short(str(trial.user_attrs.get("fail_message", "")))
+    reason, message = TrialRecord.from_trial(trial).failure
+    message = short(message)
     return f"{reason}: {message}" if reason and message else reason or message
 
 
@@ -213,7 +216,7 @@ def describe_retrain(trial: FrozenTrial) -> str:
 
 
 def _retry_of(trial: FrozenTrial) -> str:
-    retry_of = trial.user_attrs.get("retry_of")
+    retry_of = TrialRecord.from_trial(trial).retry_of
     return f"  (retry of trial {retry_of})" if isinstance(retry_of, int) else ""
 
 

@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, ConfigError
+from job.search.record import TrialRecord
 from job.storage import silent_trials
 
 Point = tuple[float, ...]
@@ -167,10 +168,11 @@ def best_per_objective(
 
 def _accuracy(trial: FrozenTrial, objectives: Sequence[str], attr: str) -> float | None:
     """Validation accuracy is the `accuracy` objective when there is one (so it always
-    equals `best["accuracy"]`), else the user attr; test accuracy is the user attr."""
+    equals `best["accuracy"]`), else the trial record's (`job.search.record`); test
+    accuracy is the record's."""
     if attr == "val_accuracy" and "accuracy" in objectives:
         return values_of(trial)[list(objectives).index("accuracy")]
-    found = trial.user_attrs.get(attr)
+    found = getattr(TrialRecord.from_trial(trial), attr)
     return float(found) if isinstance(found, int | float) else None
 
 

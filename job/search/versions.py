@@ -9,14 +9,16 @@ code's. The worker (`job.search.worker`) reads them to seed its sampler and chec
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-LINEAGE = "research"  # study user attr of a version research made
+from job.search.record import LINEAGE as LINEAGE  # the study attr of a version research made
+from job.search.record import StudyAttrs, TrialRecord
+
 CHANGES = ("data", "config", "code")
 
 
@@ -40,16 +42,24 @@ class Fingerprints:
         return None
 
 
-def recorded(attrs: dict[str, Any], trials: Sequence[FrozenTrial]) -> Fingerprints | None:
-    """A version's fingerprints: its lineage's, else the most common among its COMPLETE
-    trials (a version `run` made); None when nothing is recorded."""
-    if (found := Fingerprints.of(attrs.get(LINEAGE, {}).get("fingerprints"))) is not None:
+def recorded(
+    attrs: StudyAttrs | Mapping[str, Any], trials: Sequence[FrozenTrial]
+) -> Fingerprints | None:
+    """A version's fingerprints (`attrs`: its study's, or their stored dict): its lineage's,
+    else the most common among its COMPLETE trials (a version `run` made); None when
+    nothing is recorded."""
+    attrs = attrs if isinstance(attrs, StudyAttrs) else StudyAttrs.of(attrs)
+    if (found := Fingerprints.of((attrs.lineage or {}).get("fingerprints"))) is not None:
         return found
-    keys = ("data_fingerprint", "config_fingerprint", "code_version")
+
+    def prints(r: TrialRecord) -> tuple[str, str, str]:
+        def known(value: str | None) -> str:
+            return "unknown" if value is None else value
+
+        return known(r.data_fingerprint), known(r.config_fingerprint), known(r.code_version)
+
     seen = Counter(
-        tuple(str(t.user_attrs.get(k, "unknown")) for k in keys)
-        for t in trials
-        if t.state == TrialState.COMPLETE
+        prints(TrialRecord.from_trial(t)) for t in trials if t.state == TrialState.COMPLETE
     )
     return Fingerprints(*seen.most_common(1)[0][0]) if seen else None
 

@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 
 from job import __version__, logs, settings
 from job.config import Config, config_fingerprint, derive_seed
+from job.errors import BadInput
 from job.ml.data import DataError, Dataset, load_data
 from job.ml.model import model_spec_yaml
 from job.ml.train import EpochRecord, Preempted, TrainError, TrainResult, check_fit, train
@@ -94,7 +95,7 @@ MAX_ERRORS_IN_A_ROW = 3
 MAX_FAILURES_IN_A_ROW = 25
 
 
-class TrialsKeepFailing(Exception):  # noqa: N818 — a verdict on the config, not a crash
+class TrialsKeepFailing(BadInput):
     """Every trial of a streak failed; the message quotes the first one's reason."""
 
 

@@ -11,11 +11,14 @@ a dead one (on the embedded journal too: `BeatingJournalStorage`, beat files), a
 connections. Passwords are masked by `job.settings.redact` in every message.
 
 One package, so that Optuna's internals stay inside it: `base` (URL forms, errors,
-`persist`), `heartbeat` (heartbeats and stale trials on every storage), `locks` (run,
-advisory and budget locks), `writes` (a trial's batched writes), `artifacts` (a trial's
-files as Optuna artifacts), `journal` (the embedded journal file: torn records cut off,
-damaged lines named and repaired; free space), `store` (resolving, checking and opening a
-storage, waiting for it). Import from `job.storage`.
+`persist`, claiming a trial), `heartbeat` (heartbeats and stale trials on every storage),
+`locks` (run, advisory and budget locks), `writes` (a trial's batched writes), `artifacts`
+(a trial's files as Optuna artifacts), `journal` (the embedded journal file: torn records
+cut off, damaged lines named and repaired; free space), `store` (resolving, checking and
+opening a storage, waiting for it), `handle` (`Store`: one opened storage with its
+redacted URL, lock engine and outage deadline, what workers pass around), `fixed` (a
+fixed trial that refuses values out of range). Import from `job.storage`; the Optuna
+internals these use are listed, with why, in docs/DEPENDENCIES.md.
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ from job.storage.base import (
     StorageURLError,
     StudyInUseError,
     StudyNotFoundError,
+    asked,
     count_states,
     persist,
+    study_beside,
     take_trial,
 )
+from job.storage.fixed import InRangeTrial
+from job.storage.handle import Store, budget_lock
 from job.storage.heartbeat import (
     BeatingJournalStorage,
     Heartbeat,
@@ -52,7 +59,6 @@ from job.storage.journal import (
 )
 from job.storage.locks import (
     FolderInUseError,
-    budget_lock,
     database_lock,
     fresh_study,
     hold_run_folder,
@@ -80,13 +86,16 @@ __all__ = [
     "BeatingJournalStorage",
     "FolderInUseError",
     "Heartbeat",
+    "InRangeTrial",
     "JournalDamagedError",
     "ParamHold",
     "StorageDownError",
     "StorageError",
     "StorageURLError",
+    "Store",
     "StudyInUseError",
     "StudyNotFoundError",
+    "asked",
     "budget_lock",
     "check_free_space",
     "check_journal",
@@ -108,6 +117,7 @@ __all__ = [
     "resolve_storage",
     "save_user_attrs",
     "silent_trials",
+    "study_beside",
     "study_exists",
     "take_trial",
     "upload_trial_files",

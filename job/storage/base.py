@@ -13,6 +13,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from job.errors import BadInput, Failure
 from job.settings import redact
 
 # Heartbeats, their retry callback and grouped TPE are marked experimental in Optuna
@@ -35,7 +36,7 @@ SUPPORTED = (
 BEATS = ".beats"  # <journal>.beats/<trial id>; its mtime is the trial's last heartbeat
 
 
-class StorageError(ValueError):
+class StorageError(BadInput, ValueError):
     """The storage, or the study in it, cannot be used as named: exit 2 with one line
     (a URL in it redacted). Not an outage: that is `StorageDownError`, exit 1."""
 
@@ -54,7 +55,7 @@ class StudyInUseError(StorageError):
     """`run --fresh` on a journal study that a live process holds."""
 
 
-class StorageDownError(RuntimeError):
+class StorageDownError(Failure, RuntimeError):
     """The database stayed unreachable past the deadline; the message has no password."""
 
 
@@ -133,3 +134,17 @@ def take_trial(study: optuna.Study, waiting: int) -> int:
         if popped is not None:
             return popped
     return study._storage.create_new_trial(study._study_id)
+
+
+def asked(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The second half of `study.ask()`, outside the budget lock: the trial `take_trial`
+    made RUNNING, with the study's cached trial list dropped, so that the sampler reads
+    the study afresh (as `ask` does)."""
+    study._thread_local.cached_all_trials = None
+    return optuna.Trial(study, trial_id)
+
+
+def study_beside(study: optuna.Study, name: str) -> optuna.Study:
+    """Study `name` through the storage object `study` holds (no second connection);
+    `KeyError` when that storage has no such study."""
+    return optuna.load_study(study_name=name, storage=study._storage)

@@ -207,9 +207,16 @@ _LONGEST_PAUSE_S = 0.2
 
 @functools.cache
 def _lock_engine(url: str) -> sqlalchemy.Engine:
-    """One small engine per URL for advisory locks, apart from Optuna's own pool. Locks
-    nest (research's lock, then the one that creates a study), one connection each."""
+    """One small engine per URL and process for advisory locks, apart from Optuna's own
+    pool (a `Store` carries it: `Store.engine`; the URL-only entry points find the same
+    one here). Locks nest (research's lock, then the one that creates a study), one
+    connection each."""
     return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=3)
+
+
+def lock_engine(url: str) -> sqlalchemy.Engine | None:
+    """The advisory locks' engine of a PostgreSQL URL; None for any other storage."""
+    return _lock_engine(url) if url.startswith("postgresql") else None
 
 
 def lock_key(name: str) -> int:
@@ -256,17 +263,18 @@ def _looks_free(conn: sqlalchemy.Connection, key: int) -> bool:
 
 
 @contextmanager
-def database_lock(url: str, name: str) -> Iterator[None]:
+def database_lock(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> Iterator[None]:
     """A PostgreSQL advisory lock named `name`, held by an open transaction on a
     connection of its own until the block ends (COMMIT; ROLLBACK when it raises); a no-op
     on other databases (SQLite serialises writers itself). Transaction-scoped and waited
     for by retrying, never inside the server: it holds through a transaction-mode pooler
     such as PgBouncer (the comment above says why both). Blocks of one process nest, each
-    lock on its own connection; taking a lock this thread already holds waits for ever."""
+    lock on its own connection; taking a lock this thread already holds waits for ever.
+    `engine`: the URL's lock engine when the caller has it (`Store.engine`)."""
     if not url.startswith("postgresql"):
         yield
         return
-    with _lock_engine(url).connect() as conn:
+    with (engine or _lock_engine(url)).connect() as conn:
         transaction = _take(conn, lock_key(name))
         try:
             yield
@@ -279,13 +287,15 @@ def database_lock(url: str, name: str) -> Iterator[None]:
 
 
 @contextmanager
-def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
+def budget_lock(
+    storage_url: str, study_name: str, engine: sqlalchemy.Engine | None = None
+) -> Iterator[None]:
     """Serialise count-and-ask among all workers of one study: a transaction-scoped
     advisory lock in PostgreSQL (workers on many machines, directly or through a
     transaction-mode PgBouncer: `database_lock`), a file lock beside a journal (one
     machine)."""
     if not storage_url.startswith(JOURNAL):
-        with database_lock(storage_url, f"budget:{study_name}"):
+        with database_lock(storage_url, f"budget:{study_name}", engine):
             yield
         return
     # not "<journal>.lock": that name is the journal backend's own lock file

@@ -1,0 +1,176 @@
+"""The collector's report page: built from a real (tiny) run, read as HTML, and rendered by
+a real headless Chromium (tests/browser.py), which must fetch nothing and log no error."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from PIL import Image
+
+from job.collect.report import REPORT_HTML, hypervolume_curve, write_report
+from job.config import Config, load_config, parse_config
+from job.search.study import summarise
+from job.search.worker import open_study
+from job.testing.browser import Browser, Rendered
+from tests.support.configs import TINY
+from tests.support.html import assert_self_contained, links_of
+from tests.support.proc import ROOT, journal_url, run_job
+
+RESNET8 = str(ROOT / "configs" / "models" / "resnet8.yaml")
+CONFIG = TINY.replace("select: {verify: false}", "") + (
+    "select:\n"
+    "  policies: [best, knee]\n"
+    "  retrain: {epochs: 1, seeds: 2}\n"
+    "  verify_top_k: 2\n"
+    f"  baselines: [{RESNET8}]\n"
+    "export: {latency_runs: 20}\n"
+)
+
+
+# --- a real run -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """A tiny search with two picks, their retrains and a ResNet-8 baseline, collected;
+    the report written by the collector, or here until the collector writes it."""
+    root = tmp_path_factory.mktemp("report")
+    config_path = root / "tiny.yaml"
+    config_path.write_text(CONFIG)
+    out = root / "out"
+    args = ("run", "--config", str(config_path), "--workers", "2", "--out", str(out), "--fresh")
+    done = run_job(*args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    config = load_config(config_path)
+    if not (out / REPORT_HTML).is_file():
+        study = open_study(config, journal_url(out), create=False)
+        write_report(out, study.get_trials(), config, config.study.name)
+    return out, config
+
+
+@pytest.fixture(scope="module")
+def rendered(run: tuple[Path, Config]) -> Rendered:
+    with Browser() as browser:
+        return browser.render(run[0] / REPORT_HTML)
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_the_page_is_one_self_contained_file(run: tuple[Path, Config]) -> None:
+    out, _ = run
+    html = (out / REPORT_HTML).read_text(encoding="utf-8")
+    assert_self_contained(html, out)
+    images = [v for tag, _, v in links_of(html).links if tag == "img"]
+    assert len(images) >= 4  # progress, Pareto, verification, augmentation preview
+    downloads = {v for tag, _, v in links_of(html).links if tag == "a" and "/" in v}
+    for policy in ("best", "knee"):
+        for name in ("model.yaml", "weights.pt", "card.json"):
+            assert f"selected/{policy}/{name}" in downloads
+
+
+@pytest.mark.slow
+def test_the_hypervolume_curve_ends_at_the_summary(run: tuple[Path, Config]) -> None:
+    out, config = run
+    trials = open_study(config, journal_url(out), create=False).get_trials()
+    curve = hypervolume_curve(trials, config.objectives)
+    assert len(curve) == _json(out / "summary.json")["complete"]
+    assert curve == sorted(curve)  # a front only ever gains
+    assert curve[-1] == pytest.approx(_json(out / "summary.json")["hypervolume"])
+
+
+@pytest.mark.slow
+def test_chromium_renders_it_without_errors_or_requests(
+    run: tuple[Path, Config], rendered: Rendered
+) -> None:
+    assert rendered.errors == []
+    assert [m for m in rendered.console if m.level == "warning"] == []
+    page = (run[0] / REPORT_HTML).resolve().as_uri()
+    assert page in rendered.requests
+    assert [u for u in rendered.requests if u != page and not u.startswith("data:")] == []
+
+
+@pytest.mark.slow
+def test_the_key_numbers_are_on_the_page(run: tuple[Path, Config], rendered: Rendered) -> None:
+    out, _ = run
+    text = rendered.text
+    summary = _json(out / "summary.json")
+    assert f"{summary['hypervolume']:.4f}" in text
+    assert f"COMPLETE / budget\n{summary['complete']} / {summary['budget']}" in text
+    for policy, choice in _json(out / "selection.json").items():
+        card = _json(out / "selected" / policy / "card.json")
+        assert choice["trial"] == card["trial"]
+        assert f"{policy} — trial {card['trial']}" in text
+        assert f"{card['verified']['mean']:.4f} ± {card['verified']['std']:.4f}" in text
+        if card.get("onnx"):  # exported: verified against PyTorch, and its accuracy
+            assert f"{card['onnx']['test_accuracy']:.4f}" in text
+            assert f"layout\n{card['input']['layout']}" in text
+    baselines = _json(out / "baselines.json")["baselines"]
+    assert [b["name"] for b in baselines] == ["resnet8"]
+    assert "resnet8" in text and f"{baselines[0]['verified_accuracy']:.4f}" in text
+    assert "Kendall's τ" in text
+    assert "Not found in this folder" not in text
+
+
+@pytest.mark.slow
+def test_the_screenshot_shows_a_page(rendered: Rendered) -> None:
+    image = Image.open(io.BytesIO(rendered.screenshot)).convert("RGB")
+    assert image.width == 1280 and image.height > 2000  # the whole page, figures included
+    colours = image.getcolors(maxcolors=1 << 24) or []
+    assert len(colours) > 500  # figures and text, not a blank page
+    assert float(np.asarray(image).std()) > 20.0
+
+
+# --- what is missing -------------------------------------------------------------------
+
+
+def _trial(number: int, accuracy: float, params: int, minutes: int) -> FrozenTrial:
+    start = datetime(2025, 1, 1, 12, 0)
+    trial = optuna.trial.create_trial(
+        state=TrialState.COMPLETE,
+        values=[accuracy, float(params)],
+        user_attrs={"params": params, "val_accuracy": accuracy},
+    )
+    trial.number = number
+    trial.datetime_start = start + timedelta(minutes=minutes)
+    trial.datetime_complete = start + timedelta(minutes=minutes + 2)
+    return trial
+
+
+def test_a_folder_with_only_a_summary_renders_and_says_what_is_missing(tmp_path: Path) -> None:
+    config = parse_config(yaml.safe_load(TINY))
+    trials = [_trial(0, 0.80, 5000, 0), _trial(1, 0.90, 20000, 1), _trial(2, 0.85, 4000, 3)]
+    summary = {"budget": 4, "trials": {"COMPLETE": 3}, "complete": 3, "feasible": 3}
+    summary |= {"front_size": 2, "hypervolume": 0.123456, "trials_per_hour": 36.0}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    path = write_report(tmp_path, trials, config, "tiny")
+    assert path == tmp_path / REPORT_HTML
+    html = path.read_text(encoding="utf-8")
+    assert_self_contained(html, tmp_path)
+    missing = "pareto.json, selection.json, verify.json, baselines.json"
+    assert f"Not found in this folder: {missing}" in " ".join(html.split())
+    assert "selection.json is missing" in html and "verify.json is missing" in html
+    assert "baselines.json is missing" in html and "No selected model" in html
+    assert "0.1235" in html and "<b>3 / 4</b>" in html and "36.0 trials/h" in html
+    curve = hypervolume_curve(trials, config.objectives)
+    assert len(curve) == 3 and curve == sorted(curve)
+    assert curve[-1] == pytest.approx(summarise(trials, config).hypervolume)
+
+
+def test_an_empty_folder_without_trials_still_renders(tmp_path: Path) -> None:
+    config = parse_config(yaml.safe_load(TINY))
+    html = write_report(tmp_path, [], config, "tiny").read_text(encoding="utf-8")
+    assert_self_contained(html, tmp_path)
+    assert "summary.json is missing: these figures are computed from the study" in html
+    assert "<b>0 / 4</b>" in html

@@ -1,0 +1,278 @@
+"""job.serve.exporter and the pushes of job.serve.metrics: the study's one source of study-level
+series, read at scrape time; a database outage reads as `sms_storage_up 0`; the final
+values pushed to a real Pushgateway, a rerun replacing its group."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from optuna.trial import FrozenTrial, TrialState, create_trial
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from job.config import load_config, parse_config
+from job.search.worker import JOURNAL, open_study
+from job.serve.exporter import StudyCollector, last_progress, study_registry
+from job.serve.metrics import push_final
+from job.settings import EnvError, pushgateway
+from job.testing.pgserver import External, Server, free_port
+from job.testing.prom import check_metrics, get
+from job.testing.prom import pushgateway as start_pushgateway
+from tests.support.configs import TINY
+from tests.support.proc import ROOT
+
+
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name
+    }
+
+
+def _one(text: str, name: str, **labels: str) -> float:
+    found = [v for k, v in _samples(text, name).items() if labels.items() <= dict(k).items()]
+    assert len(found) == 1, (name, labels, text)
+    return found[0]
+
+
+def _scrape(config_budget: int, url: str, study: str | None = None) -> str:
+    config = parse_config({"study": {"name": "exp", "budget": config_budget}})
+    return generate_latest(study_registry(config, url, study, min_interval_s=0.0)).decode()
+
+
+def _finished(acc: float, params: float, start: datetime, minutes: int) -> FrozenTrial:
+    done = create_trial(values=[acc, params], user_attrs={"val_accuracy": acc})
+    done.datetime_start, done.datetime_complete = start, start + timedelta(minutes=minutes)
+    return done
+
+
+def test_every_study_series_from_one_read(tmp_path: Path) -> None:
+    url = JOURNAL + str(tmp_path / "study.journal")
+    config = parse_config({"study": {"name": "exp", "budget": 6, "stall_after_s": 900}})
+    study = open_study(config, url)
+    start = datetime.now() - timedelta(hours=1)
+    study.add_trial(_finished(0.8, 1000.0, start, 10))
+    study.add_trial(_finished(0.9, 4000.0, start, 30))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    retry = create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 2})
+    study.add_trial(retry)
+
+    text = generate_latest(study_registry(config, url, min_interval_s=0.0)).decode()
+    assert check_metrics(text) == ""
+    assert _one(text, "sms_storage_up", study="exp") == 1
+    states = {dict(k)["state"]: v for k, v in _samples(text, "sms_study_trials").items()}
+    assert states == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 2, "PRUNED": 0, "FAIL": 1}
+    assert _one(text, "sms_study_budget") == 6
+    assert _one(text, "sms_study_best", objective="accuracy") == 0.9
+    assert _one(text, "sms_study_best", objective="params") == 1000
+    assert _one(text, "sms_study_best_accuracy") == 0.9
+    assert _one(text, "sms_study_pareto_front_size") == 2
+    assert 0 < _one(text, "sms_study_hypervolume") < 1
+    rate = _one(text, "sms_study_trials_per_hour")
+    assert rate == pytest.approx(2.0, rel=0.05)  # 2 COMPLETE in the hour since the start
+    assert _one(text, "sms_study_eta_seconds") == pytest.approx(4 / rate * 3600)
+    last = (start + timedelta(minutes=30)).timestamp()
+    assert _one(text, "sms_study_last_progress_timestamp_seconds") == pytest.approx(last)
+    assert _one(text, "sms_study_stall_after_seconds") == 900
+    assert _one(text, "sms_study_stale_trials") == 0
+    assert _one(text, "sms_study_retried_trials") == 1
+    assert not [n for n in text.split() if n.endswith("_created")]
+
+
+def test_progress_is_the_first_start_until_a_trial_completes() -> None:
+    start = datetime(2026, 1, 1, 12, 0)
+    running = create_trial(state=TrialState.RUNNING)
+    running.datetime_start = start
+    assert last_progress([]) is None
+    assert last_progress([running]) == start.timestamp()
+    done = _finished(0.5, 10.0, start, 5)
+    assert last_progress([running, done]) == (start + timedelta(minutes=5)).timestamp()
+
+
+def test_the_latest_version_unless_one_is_named(tmp_path: Path) -> None:
+    url = JOURNAL + str(tmp_path / "study.journal")
+    config = parse_config({"study": {"name": "exp", "budget": 3}})
+    open_study(config, url).add_trial(_finished(0.5, 10.0, datetime.now(), 1))
+    open_study(config, url, "exp-v2")
+    text = _scrape(3, url)
+    assert _one(text, "sms_study_trials", state="COMPLETE") == 0  # v2: nothing yet
+    assert {dict(k)["study"] for k in _samples(text, "sms_study_budget")} == {"exp-v2"}
+    named = _scrape(3, url, "exp")
+    assert _one(named, "sms_study_trials", study="exp", state="COMPLETE") == 1
+
+
+def test_no_study_yet_is_up_with_no_study_series(tmp_path: Path) -> None:
+    text = _scrape(3, JOURNAL + str(tmp_path / "study.journal"))
+    assert _one(text, "sms_storage_up", study="exp") == 1
+    assert not _samples(text, "sms_study_trials")
+
+
+def test_an_unreachable_database_is_up_0_said_once_then_recovers(
+    postgres: Server | External,
+) -> None:
+    url = postgres.new_database()
+    config = parse_config({"study": {"name": "exp", "budget": 3}})
+    open_study(config, url)
+    port = free_port()  # nothing listens there: a database that is down
+    down = url.replace(f":{url.split('@')[1].split('/')[0].split(':')[-1]}/", f":{port}/")
+    said: list[str] = []
+    collector = StudyCollector(config, down, min_interval_s=0.0, warn=said.append)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    for _ in range(2):
+        text = generate_latest(registry).decode()
+        assert _one(text, "sms_storage_up", study="exp") == 0
+        assert not _samples(text, "sms_study_trials")  # unknown, not zero
+    assert len(said) == 1 and said[0].startswith("warning: storage postgresql")
+    password = url.split("://")[1].split("@")[0].split(":")[1]
+    assert password not in said[0] and "***" in said[0]
+    collector.url, collector._storage = url, None  # the database is back
+    text = generate_latest(registry).decode()
+    assert _one(text, "sms_storage_up", study="exp") == 1
+    assert _one(text, "sms_study_trials", state="COMPLETE") == 0
+
+
+def test_scrapes_within_the_interval_read_once(tmp_path: Path) -> None:
+    url = JOURNAL + str(tmp_path / "study.journal")
+    config = parse_config({"study": {"name": "exp", "budget": 3}})
+    study = open_study(config, url)
+    registry = study_registry(config, url, min_interval_s=60.0)
+    first = generate_latest(registry).decode()
+    study.add_trial(_finished(0.5, 10.0, datetime.now(), 1))
+    assert generate_latest(registry).decode() == first  # cached: no second read
+    fresh = generate_latest(study_registry(config, url, min_interval_s=0.0)).decode()
+    assert _one(fresh, "sms_study_trials", state="COMPLETE") == 1
+
+
+# --- the verb ---------------------------------------------------------------------------
+
+
+def test_the_exporter_verb_serves_until_sigterm(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    study = open_study(load_config(path), JOURNAL + str(tmp_path / "study.journal"))
+    study.add_trial(_finished(0.5, 10.0, datetime.now(), 1))
+    port = free_port()
+    argv = [sys.executable, "-m", "job", "exporter", "--config", str(path), "--out", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline, text = time.monotonic() + 60, ""
+        while not text and time.monotonic() < deadline:
+            try:
+                text = get(f"http://127.0.0.1:{port}/metrics")
+            except OSError:
+                time.sleep(0.3)
+        assert _one(text, "sms_study_trials", study="tiny", state="COMPLETE") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    assert f"study exporter on http://127.0.0.1:{port}/metrics" in output
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--storage", "mysql://x"], "storage"),
+        (["--out", "/nonexistent/folder"], "/nonexistent/folder"),
+    ],
+)
+def test_the_exporter_verb_refuses_bad_input_in_one_line(
+    tmp_path: Path, extra: list[str], said: str
+) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    done = subprocess.run(
+        [sys.executable, "-m", "job", "exporter", "--config", str(path), *extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "OPTUNA_STORAGE"}
+        | {"PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- pushes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["pushgateway:9091", "ftp://gw:9091", "http://", "http://gw:99999", "http://gw:9091/?a=1"],
+)
+def test_a_bad_pushgateway_url_names_the_variable(raw: str) -> None:
+    with pytest.raises(EnvError, match=r"^SMS_PUSHGATEWAY: "):
+        pushgateway({"SMS_PUSHGATEWAY": raw})
+
+
+def test_pushgateway_url_forms() -> None:
+    assert pushgateway({}) is None
+    assert pushgateway({"SMS_PUSHGATEWAY": " "}) is None
+    assert pushgateway({"SMS_PUSHGATEWAY": "http://gw:9091/"}) == "http://gw:9091"
+    assert pushgateway({"SMS_PUSHGATEWAY": "https://gw.example"}) == "https://gw.example"
+
+
+def _registry(value: float) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Gauge("sms_collect_picks", "Models picked.", ["study"], registry=registry).labels(
+        study="exp"
+    ).set(value)
+    return registry
+
+
+def test_a_rerun_replaces_its_group_on_a_real_pushgateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with start_pushgateway(tmp_path) as url:
+        monkeypatch.setenv("SMS_PUSHGATEWAY", url)
+        assert push_final(_registry(3), "collect", "exp")
+        assert push_final(_registry(4), "collect", "exp")  # the rerun
+        assert push_final(_registry(1), "worker", "exp", index="0")
+        text = get(f"{url}/metrics")
+    assert check_metrics(text) == ""  # the Pushgateway's endpoint is clean too
+    picks = _samples(text, "sms_collect_picks")
+    assert sorted(picks.values()) == [1, 4]  # one series per group: replaced, not added
+    groups = {dict(k)["role"]: dict(k) for k in picks}
+    assert groups["collect"]["job"] == "small-model-search"
+    assert groups["worker"]["index"] == "0"
+
+
+def test_a_failed_push_is_one_warning_never_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()  # nothing listens
+    monkeypatch.setenv("SMS_PUSHGATEWAY", f"http://user:secret-pw@127.0.0.1:{port}")
+    said: list[str] = []
+    assert not push_final(_registry(1), "collect", "exp", say=said.append)
+    assert len(said) == 1 and said[0].startswith("warning: metrics push to http://")
+    assert "secret-pw" not in said[0]
+    monkeypatch.delenv("SMS_PUSHGATEWAY")
+    assert not push_final(_registry(1), "collect", "exp", say=said.append)  # unset: no push
+    assert len(said) == 1
+
+
+def test_nan_survives_the_push_as_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with start_pushgateway(tmp_path) as url:
+        monkeypatch.setenv("SMS_PUSHGATEWAY", url)
+        assert push_final(_registry(math.nan), "collect", "exp")
+        text = get(f"{url}/metrics")
+    assert math.isnan(next(iter(_samples(text, "sms_collect_picks").values())))

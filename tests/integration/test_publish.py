@@ -1,0 +1,149 @@
+"""Publishing the picks (job.collect.publish): ONNX verified by onnxruntime in every card, the
+files as Optuna artifacts that the dashboard we deploy lists and serves, a failed
+verification that makes `collect` exit 1. One real local run, real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.configs import VERIFY
+from tests.support.proc import ROOT, free_port, run_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished local run with verification: (its config, its output folder)."""
+    root = tmp_path_factory.mktemp("publish")
+    config = root / "publish.yaml"
+    # the search measures latency here: its agreement with onnxruntime's is checked
+    text = VERIFY.replace("measure_latency: false", "measure_latency: true")
+    config.write_text(text + "export: {latency_runs: 20}\n")
+    out = root / "out"
+    proc = run_job("run", "--config", str(config), "--workers", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "onnx   best" in proc.stdout and "verified (max |logit diff|" in proc.stdout
+    return config, out
+
+
+def test_every_pick_has_a_verified_onnx_and_int8_in_its_card(run_out: tuple[Path, Path]) -> None:
+    _, out = run_out
+    selection = json.loads((out / "selection.json").read_text())
+    for policy, choice in selection.items():
+        if choice["trial"] is None:
+            continue
+        folder = out / "selected" / policy
+        card = json.loads((folder / "card.json").read_text())
+        onnx = card["onnx"]
+        assert onnx["verified"] is True and onnx["max_logit_diff"] <= 1e-4
+        assert onnx["top1_agreement"] == 1.0 and onnx["test_images"] > 0
+        assert (folder / "model.onnx").stat().st_size == onnx["bytes"]
+        assert onnx["latency_ms"]["threads"] == 1
+        assert onnx["latency_ms"]["median_ms"] <= onnx["latency_ms"]["p90_ms"]
+        int8 = onnx["int8"]
+        assert (folder / "model.int8.onnx").is_file() and isinstance(int8["accuracy_drop"], float)
+        spec = card["input"]
+        assert spec["layout"] == "NCHW" and spec["classes"] == [str(d) for d in range(10)]
+        assert len(spec["mean"]) == 3 and spec["scale"] == pytest.approx(1 / 255)
+    verify = json.loads((out / "verify.json").read_text())
+    agreement = verify["latency_agreement"]
+    assert agreement["models"] and "spearman_rho" in agreement
+    assert (out / "report.html").is_file()
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+@pytest.fixture
+def dashboard(run_out: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
+    """`python -m job dashboard --out <run>` as a user starts it: the artifact store
+    beside the results is found on its own."""
+    _, out = run_out
+    port = free_port()
+    cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(out), "--port", str(port)]
+    log = (tmp_path / "dashboard.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get(base + "/api/meta")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "dashboard.log"
+                ).read_text()
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _trial_artifacts(base: str, study: str) -> dict[int, Any]:
+    studies = json.loads(_get(base + "/api/studies"))["study_summaries"]
+    study_id = next(s["study_id"] for s in studies if s["study_name"] == study)
+    detail = json.loads(_get(f"{base}/api/studies/{study_id}"))
+    return {t["number"]: (study_id, t) for t in detail["trials"]}
+
+
+def test_the_dashboard_lists_and_serves_each_picks_files(
+    run_out: tuple[Path, Path], dashboard: str
+) -> None:
+    _, out = run_out
+    trials = _trial_artifacts(dashboard, "tiny")
+    best = json.loads((out / "selection.json").read_text())["best"]["trial"]
+    study_id, trial = trials[best]
+    names = {a["filename"] for a in trial["artifacts"]}
+    wanted = ("model.onnx", "model.int8.onnx", "model.yaml", "card.json")
+    assert {f"trial-{best}-{name}" for name in wanted} <= names
+    onnx = next(a for a in trial["artifacts"] if a["filename"] == f"trial-{best}-model.onnx")
+    url = f"{dashboard}/artifacts/{study_id}/{trial['trial_id']}/{onnx['artifact_id']}"
+    assert _get(url) == (out / "selected" / "best" / "model.onnx").read_bytes()
+
+
+def test_collect_again_uploads_no_copy_and_a_failed_verification_exits_1(
+    run_out: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, out = run_out
+    again = run_job("collect", "--config", str(config), "--out", str(out))
+    assert again.returncode == 0, again.stderr + again.stdout
+    from job.config import load_config
+    from job.search.worker import open_study
+    from tests.support.proc import journal_url
+
+    study = open_study(load_config(config), journal_url(out), create=False)
+    best = json.loads((out / "selection.json").read_text())["best"]["trial"]
+    from optuna.artifacts import get_all_artifact_meta
+
+    metas = get_all_artifact_meta(study)
+    names = [m.filename for m in metas]
+    assert names.count(f"trial-{best}-model.onnx") == 1  # the same bytes: not again
+
+    strict = tmp_path / "strict.yaml"  # no fp32 export is this exact: verification fails
+    strict.write_text(config.read_text().replace("latency_runs: 20}", "latency_runs: 20, "
+                                                 "max_logit_diff: 1.0e-15}"))  # fmt: skip
+    published = {p.name: p.read_bytes() for p in (out / "selected" / "best").iterdir()}
+    failed = run_job("collect", "--config", str(strict), "--out", str(out))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    warned = [line for line in failed.stdout.splitlines() if line.startswith("warning: best: ")]
+    assert len(warned) == 1 and "ONNX FAILED verification" in warned[0], failed.stdout
+    # an unverified set never replaces a published one: the verified set stays, whole
+    assert {p.name: p.read_bytes() for p in (out / "selected" / "best").iterdir()} == published
+    problem = json.loads((out / "selection.json").read_text())["best"]["problem"]
+    assert "model.onnx: max logit diff" in problem and "over 1e-15" in problem
+    assert "not published" in (out / "report.html").read_text().lower()
