@@ -3,7 +3,7 @@ PostgreSQL and through PgBouncer, 10% of them killed mid-trial.
 
 Each simulated worker is a thread with its own storage, as a pod has: ``open_study``
 (its own RDBStorage and pool; its own lock engine, one per thread here), then the
-product's protocol: ``job.search.worker.claim_trial`` (budget lock, stale-trial check, count,
+product's protocol: ``job.search.tasks.claim_trial`` (budget lock, stale-trial check, count,
 ``ask``), ``job.storage.Heartbeat`` around a trial that sleeps 0.2-1 s (``--sleep``)
 instead of training, ``study.tell``. Storage calls go through ``job.storage.persist``
 as a worker's do; a worker that cannot open the study ("too many clients") is refused,
@@ -54,10 +54,18 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from job.config import Config, parse_config
-from job.search import worker as search
-from job.search.worker import claim_trial, open_study
-from job.storage import Heartbeat, StorageDownError, frozen_trial, locks, open_storage, persist
-from job.storage.base import _rdb
+from job.search import tasks as search
+from job.search.studies import open_study
+from job.search.tasks import claim_trial
+from job.storage import (
+    Heartbeat,
+    StorageDownError,
+    close_study,
+    frozen_trial,
+    locks,
+    open_storage,
+    persist,
+)
 from job.testing.pgbouncer import bouncer
 from job.testing.pgserver import PASSWORD, USER, Server, throwaway_server
 
@@ -130,9 +138,7 @@ def worker(i: int, task: dict[str, Any], out: dict[str, Any], ready: Any, go: An
     except StorageDownError as exc:
         out["gave_up"].append(f"…{' '.join(str(exc).split())[-120:]}")
     # done, killed or gave up: a pod's connections close when it ends
-    backend = _rdb(study._storage)
-    if backend is not None:
-        backend.engine.dispose()
+    close_study(study)
     locks._lock_engine(url).dispose()
 
 
@@ -166,7 +172,7 @@ def serve(task: dict[str, Any], results: Any, go: Any) -> None:
         return mine_engine.engine
 
     locks._lock_engine = lock_engine  # type: ignore[assignment]
-    product_lock = search.budget_lock  # type: ignore[attr-defined]
+    product_lock = search.budget_lock
 
     @contextmanager
     def timed_lock(url: str, name: str) -> Iterator[None]:
@@ -180,7 +186,7 @@ def serve(task: dict[str, Any], results: Any, go: Any) -> None:
                 out["held"].append((time.perf_counter() - t1) * 1000)
                 out["lock_waits"].append((t1 - t0) * 1000)
 
-    search.budget_lock = timed_lock  # type: ignore[assignment,attr-defined]  # claim_trial's, by name
+    search.budget_lock = timed_lock  # type: ignore[assignment]  # claim_trial's, by name
     mine = task["workers"]
     ready = threading.Barrier(len(mine) + 1)
     started = threading.Event()

@@ -52,8 +52,10 @@ from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
 from job.config import Config, load_config
 from job.ml.data import Dataset, Split
 from job.ml.train import TrainResult
-from job.search import worker as search
-from job.search.worker import Worker, open_study
+from job.search import tasks as search
+from job.search.studies import open_study
+from job.search.tasks import TrialRun
+from job.search.worker import Worker
 from job.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,12 +99,11 @@ SUMS = dict.fromkeys(PHASES, 0.0)
 def _instrument() -> None:
     """Time the worker loop's phases; once per process (the loop calls these by name)."""
     search.claim_trial = timed(SUMS, "claim", search.claim_trial)  # lock wait + stale + count + ask
-    sample = search.sample_candidate  # type: ignore[attr-defined]
-    search.sample_candidate = timed(SUMS, "sample", sample)  # type: ignore[attr-defined]
+    search.sample_candidate = timed(SUMS, "sample", search.sample_candidate)
     hold = getattr(search, "ParamHold", None)  # the sampled parameters' one write
     if hold is not None:
         hold.write = timed(SUMS, "sample", hold.write)
-    Worker._save = timed(SUMS, "record", Worker._save)  # type: ignore[method-assign]
+    TrialRun.record = timed(SUMS, "record", TrialRun.record)  # type: ignore[method-assign]
     Worker._tell = timed(SUMS, "tell", Worker._tell)  # type: ignore[method-assign]
 
 

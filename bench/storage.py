@@ -1,7 +1,7 @@
 """Bench: coordination overhead per trial, PostgreSQL vs the embedded journal file.
 
 N worker processes share one 2-objective study of ``--trials`` trials and run the real
-worker protocol around a trivial objective: ``job.search.worker.claim_trial`` (our budget lock,
+worker protocol around a trivial objective: ``job.search.tasks.claim_trial`` (our budget lock,
 stale-trial check, count, the trial's row), ``job.storage.Heartbeat`` around the
 objective (one ``suggest_float`` and one ``suggest_categorical``, no sleep), then
 ``study.tell``, until the claim says "done". Storages: the embedded journal file
@@ -57,10 +57,11 @@ import optuna
 
 from bench.pool import Pool, add_run_args, postgres_server, timed, worker_counts
 from job.config import Config, parse_config
-from job.search import worker as search
+from job.search import tasks as search
 from job.search.space import directions
-from job.search.worker import JOURNAL, claim_trial, make_sampler, open_study
-from job.storage import Heartbeat, open_storage
+from job.search.studies import make_sampler, open_study
+from job.search.tasks import claim_trial
+from job.storage import JOURNAL, Heartbeat, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -96,7 +97,7 @@ def run_worker(task: dict[str, Any], go: Any, results: Any) -> dict[str, Any]:
     study = open_study(config, url, worker_index=task["index"])
     sums = dict.fromkeys(PHASES, 0.0)
     inner = dict.fromkeys(PHASES, 0.0)  # parts of claim_trial, timed from inside it
-    # claim_trial calls these by job.search.worker's names; wrapping them splits its time
+    # claim_trial calls these by job.search.tasks's names; wrapping them splits its time
     search.take_trial = timed(inner, "ask", task["take_trial"])
     search.count_states = timed(inner, "count", task["count_states"])
     search.fail_stale_trials = timed(inner, "stale", task["fail_stale"])

@@ -19,7 +19,7 @@ on stderr, where diagnostics go unprefixed (tracebacks, warnings). `\\r` redraws
 bars) collapse: a line is what it shows last, written at its `\\n`. Blank lines are
 dropped. What bypasses sys.stdout (a child process, a write to the fd) stays plain.
 
-Secrets: messages and string fields pass through `job.settings.redact` (so does any URL in
+Secrets: messages and string fields pass through `job.urls.redact` (so does any URL in
 them) and POSTGRES_PASSWORD's value (4+ characters), raw or percent-encoded, becomes `***`:
 through `event()` in both formats, and on every wrapped line in json mode.
 """
@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Literal, TextIO, cast
 from urllib.parse import quote
 
-from job import settings
+from job import settings, urls
 
 SMS_LOG_FORMAT = settings.SMS_LOG_FORMAT
 FORMATS = settings.LOG_FORMATS
@@ -73,11 +73,13 @@ _LEVEL_OF: dict[str, Level] = {"e": "error", "c": "error", "w": "warning", "i": 
 
 
 def _read_format(env: Mapping[str, str] | None) -> str:
-    return settings.log_format(env)  # runtime alone reads the environment
+    return (
+        settings.current() if env is None else settings.Settings(env)
+    ).log_format()  # runtime alone reads the environment
 
 
 def _read_secrets(env: Mapping[str, str] | None) -> tuple[str, ...]:
-    password = settings.postgres_password(env)
+    password = (settings.current() if env is None else settings.Settings(env)).postgres_password()
     # Masking "ab" everywhere would mangle lines, hiding nothing; URLs hold it encoded.
     spellings = {password, quote(password, safe="")} if len(password) >= 4 else set()
     return tuple(sorted(spellings, key=len, reverse=True))
@@ -85,7 +87,7 @@ def _read_secrets(env: Mapping[str, str] | None) -> tuple[str, ...]:
 
 def mask(text: str) -> str:
     """`text` as it may be logged: URL passwords and the POSTGRES_PASSWORD value as ***."""
-    text = _URL.sub(lambda m: settings.redact(m.group()), settings.redact(text))
+    text = _URL.sub(lambda m: urls.redact(m.group()), urls.redact(text))
     if _state.secrets is None:
         _state.secrets = _read_secrets(None)
     for secret in _state.secrets:

@@ -50,13 +50,13 @@ the one that masks it again, in URLs and in error messages alike.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from job.errors import BadInput
+from job.urls import redact
 
 OPTUNA_STORAGE = "OPTUNA_STORAGE"
 POSTGRES_HOST = "POSTGRES_HOST"
@@ -115,11 +115,6 @@ class EnvError(BadInput, ValueError):
     """A bad or missing environment variable; the message names it; exit 2."""
 
 
-def _get(env: Env | None, name: str) -> str:
-    """The variable's value, stripped; "" when unset."""
-    return (os.environ if env is None else env).get(name, "").strip()
-
-
 def _port(name: str, raw: str, low: int = 0) -> int:
     if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= 65535:
         raise EnvError(f"{name}: expected a port number ({low}-65535), got {raw!r}")
@@ -151,332 +146,173 @@ def postgres_url(host: str, port: int, user: str, password: str, db: str) -> str
     return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{db}"
 
 
-def storage_url(env: Env | None = None) -> str | None:
-    """OPTUNA_STORAGE; else, when POSTGRES_HOST is set, the URL built from POSTGRES_*
-    (POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB then required); else None. The
-    values are taken as they are, spaces included: they are the server's."""
-    raw = dict(os.environ if env is None else env)
-    if url := raw.get(OPTUNA_STORAGE):
-        return url
-    host = raw.get(POSTGRES_HOST)
-    if not host:
-        return None
-    for name in (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB):
-        if not raw.get(name):
-            raise EnvError(f"{name} is not set (needed with {POSTGRES_HOST} to build the URL)")
-    if raw[POSTGRES_PASSWORD] == EXAMPLE_PASSWORD:  # a deploy that skipped the step
-        raise EnvError(
-            f"{POSTGRES_PASSWORD}: still the example's value; set a real password in "
-            "k8s/base/database.env (docs/OPERATING.md, 2. The database password)"
-        )
-    port = raw.get(POSTGRES_PORT) or str(DEFAULT_POSTGRES_PORT)
-    # Kubernetes' service links set POSTGRES_PORT=tcp://IP:PORT for a Service named
-    # "postgres" (unless enableServiceLinks is false): the port is after the last colon.
-    number = port.rpartition(":")[2] if port.startswith("tcp://") else port
-    if not number.isascii() or not number.isdigit() or not 1 <= int(number) <= 65535:
-        raise EnvError(f"{POSTGRES_PORT}: expected a port number or tcp://IP:PORT, got {port!r}")
-    return postgres_url(
-        host, int(number), raw[POSTGRES_USER], raw[POSTGRES_PASSWORD], raw[POSTGRES_DB]
-    )
-
-
-# Redaction works from the URL's parts, never from a pattern over the text. A URL's
-# credentials are what lies between "://" and the "@" that ends its authority (the part
-# up to the first "/", "?" or "#"); urllib and SQLAlchemy agree on that when the user and
-# password are percent-encoded. When they are not (an "@", "/", "?" or "#" in a password)
-# the parsers disagree, and a later "@" shows it: then everything between "://" and the
-# last "@" is masked, the user too. Unsure means masked.
-
-_SECRET_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "token", "secret"})
-
-
-@dataclass(frozen=True)
-class URLParts:
-    """A URL split for display: `scheme://` + `user` + (`:***` for a password) + `@` +
-    `rest`. `secret`: what is masked (the password as written, or the whole credentials
-    when `sure` is False); None when the URL has no credentials."""
-
-    scheme: str
-    user: str | None
-    secret: str | None
-    rest: str  # after the credentials' "@" (or after "://" without credentials)
-    sure: bool  # False: the credentials' end is ambiguous; all of them are masked
-
-
-def url_parts(url: str) -> URLParts | None:
-    """`url` split at its credentials, or None when it is no `scheme://` URL. A URL
-    with no authority (`journal:///path`, `sqlite:///path`) has no credentials, whatever
-    its path holds."""
-    scheme, sep, rest = url.partition("://")
-    if (
-        not sep
-        or not scheme
-        or not all(c.isascii() and (c.isalnum() or c in "+.-") for c in scheme)
-    ):
-        return None
-    if "@" not in rest or rest.startswith("/"):
-        return URLParts(scheme, None, None, rest, sure=True)
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    if "@" in rest[end:]:  # an "@" past the authority: a reserved character in a password
-        at = rest.rfind("@")
-        return URLParts(scheme, None, rest[:at], rest[at + 1 :], sure=False)
-    userinfo, _, hostport = rest[:end].rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    return URLParts(scheme, user, password if colon else None, hostport + rest[end:], sure=True)
-
-
-def _mask_query(rest: str) -> str:
-    """`rest` with the values of password-like query parameters (`?password=`) as ***."""
-    base, mark, query = rest.partition("?")
-    if not mark:
-        return rest
-    items = []
-    for item in query.split("&"):
-        key, eq, value = item.partition("=")
-        masked = eq and value and unquote(key).lower() in _SECRET_KEYS
-        items.append(f"{key}=***" if masked else item)
-    return f"{base}?{'&'.join(items)}"
-
-
-def redact_url(url: str) -> str:
-    """One URL with its password masked, from its parts (`url_parts`); a URL whose
-    credentials are ambiguous shows none of them: `postgresql://***@host/db`."""
-    parts = url_parts(url)
-    if parts is None:
-        return url
-    rest = _mask_query(parts.rest)
-    if not parts.sure:
-        return f"{parts.scheme}://***@{rest}"
-    if parts.user is None and parts.secret is None:
-        return f"{parts.scheme}://{rest}"
-    shown = parts.user or ""
-    if parts.secret is not None:
-        shown += ":***"
-    return f"{parts.scheme}://{shown}@{rest}"
-
-
-def url_secrets(url: str) -> set[str]:
-    """Every spelling of `url`'s password that a message may quote: as written,
-    decoded, encoded; as SQLAlchemy reads it too (it may end it elsewhere); the values of
-    password-like query parameters. Empty for a URL without one."""
-    found: set[str] = set()
-    parts = url_parts(url)
-    if parts is None:
-        return found
-    if parts.secret:
-        # unsure: the credentials as a whole, and what follows the user's colon
-        found.add(parts.secret)
-        if not parts.sure and ":" in parts.secret:
-            found.add(parts.secret.partition(":")[2])
-    query = parts.rest.partition("?")[2]
-    for item in query.split("&") if query else ():
-        key, _, value = item.partition("=")
-        if value and unquote(key).lower() in _SECRET_KEYS:
-            found.add(value)
-    if parts.secret is not None and parts.scheme.split("+")[0] not in ("journal", "sqlite"):
-        try:  # what the driver would be given: SQLAlchemy's own reading of the URL
-            from sqlalchemy.engine import make_url
-
-            password = make_url(url).password
-        except Exception:
-            password = None
-        if password:
-            found.add(str(password))
-    spellings = set()
-    for secret in found:
-        spellings |= {secret, unquote(secret), quote(unquote(secret), safe="")}
-    return {s for s in spellings if s}
-
-
-def _redact_word(word: str) -> str:
-    """A whitespace-free piece of text, with any URL in it redacted (`redact_url`): the
-    URL starts at its scheme, just before "://", and runs to the end of the piece."""
-    mark = word.find("://")
-    if mark <= 0:
-        return word
-    start = mark
-    while (
-        start > 0
-        and word[start - 1].isascii()
-        and (word[start - 1].isalnum() or word[start - 1] in "+.-")
-    ):
-        start -= 1
-    if start == mark:
-        return word
-    return word[:start] + redact_url(word[start:])
-
-
-def redact(text: str, url: str | None = None) -> str:
-    """`text` with passwords masked as ***: every URL's own (`postgresql://u:***@h/db`,
-    from its parts: `redact_url`) and, given `url`, that URL's password anywhere in
-    `text` (an error message), raw, decoded or percent-encoded. For logs, reports and
-    errors; the one masking function."""
-    secrets = url_secrets(url) if url else set()
-    if text.count("://") == 1 and url_parts(text) is not None:
-        secrets |= url_secrets(text)  # a URL alone, even with a space in its password
-    if "://" in text:  # else no URL: most log lines
-        words = ["".join(group) for _, group in itertools.groupby(text, str.isspace)]
-        text = "".join(_redact_word(word) for word in words)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def ambiguous_url(url: str) -> bool:
-    """Whether `url`'s credentials or host mean different things to different readers:
-    an unencoded "@", "/", "?" or "#" in a user or password (urllib ends the password at
-    the last "@" of the authority, SQLAlchemy at the first "@", and both end the
-    authority at the first "/"). Such a URL is refused, never guessed at."""
-    parts = url_parts(url)
-    if parts is None or (parts.secret is None and parts.user is None):
-        return False
-    if not parts.sure:
-        return True
-    try:
-        from sqlalchemy.engine import make_url
-
-        read = make_url(url)
-        split = urlsplit(url)
-        hostname = split.hostname
-    except ValueError:
-        return False  # unparsable: the caller's own check says so
-    theirs = (read.username, read.password, (read.host or "").lower())
-    ours = (
-        unquote(split.username) if split.username is not None else None,
-        unquote(split.password) if split.password is not None else None,
-        hostname or "",
-    )
-    return theirs != ours or "@" in (read.host or "")
-
-
-# --- the other variables ---------------------------------------------------------------
-
-
 MAX_DB_WAIT_S = 86400.0
 
 
-def db_wait_s(env: Env | None = None) -> float:
-    """SMS_DB_WAIT_S: seconds to wait for a PostgreSQL storage; 0 means do not wait."""
-    raw = _get(env, SMS_DB_WAIT_S)
-    if not raw:
-        return DEFAULT_DB_WAIT_S
-    head, dot, tail = raw.partition(".")
-    if not (head.isascii() and head.isdigit() and (not dot or (tail.isascii() and tail.isdigit()))):
-        raise EnvError(f"{SMS_DB_WAIT_S}: expected a number of seconds (>= 0), got {raw!r}")
-    value = float(raw)
-    if value > MAX_DB_WAIT_S:  # a sleep past this overflows (and no outage lasts a day)
-        raise EnvError(f"{SMS_DB_WAIT_S}: must be at most {MAX_DB_WAIT_S:.0f} s, got {raw[:20]}")
-    return value
+@dataclass(frozen=True)
+class Settings:
+    """The environment as typed values: one attribute per variable of the table above,
+    each parsed when read (a bad SMS_METRICS_PORT does not stop `status`), a bad one an
+    `EnvError` naming it. `current()` reads this process's environment; tests and the
+    pod launcher pass any mapping."""
 
+    env: Env
 
-def metrics_port(config_port: int | None, env: Env | None = None) -> int | None:
-    """The port to serve a worker's metrics on, or None for off: SMS_METRICS_PORT
-    overrides the config (pods set it; `run` sets it per worker): unset → `config_port`;
-    "off" → None; else 0-65535 (0 = any free port)."""
-    raw = _get(env, SMS_METRICS_PORT)
-    if not raw:
-        return config_port
-    if raw.lower() == "off":
-        return None
-    if not raw.isascii() or not raw.isdigit() or int(raw) > 65535:
-        raise EnvError(
-            f"{SMS_METRICS_PORT}: expected a port number (0-65535) or 'off', got {raw!r}"
+    def get(self, name: str) -> str:
+        """The variable's value, stripped; "" when unset."""
+        return self.env.get(name, "").strip()
+
+    def storage_url(self) -> str | None:
+        """OPTUNA_STORAGE; else, when POSTGRES_HOST is set, the URL built from POSTGRES_*
+        (POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB then required); else None. The
+        values are taken as they are, spaces included: they are the server's."""
+        raw = self.env
+        if url := raw.get(OPTUNA_STORAGE):
+            return url
+        host = raw.get(POSTGRES_HOST)
+        if not host:
+            return None
+        for name in (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB):
+            if not raw.get(name):
+                raise EnvError(f"{name} is not set (needed with {POSTGRES_HOST} to build the URL)")
+        if raw[POSTGRES_PASSWORD] == EXAMPLE_PASSWORD:  # a deploy that skipped the step
+            raise EnvError(
+                f"{POSTGRES_PASSWORD}: still the example's value; set a real password in "
+                "k8s/base/database.env (docs/OPERATING.md, 2. The database password)"
+            )
+        port = raw.get(POSTGRES_PORT) or str(DEFAULT_POSTGRES_PORT)
+        # Kubernetes' service links set POSTGRES_PORT=tcp://IP:PORT for a Service named
+        # "postgres" (unless enableServiceLinks is false): the port is after the last colon.
+        number = port.rpartition(":")[2] if port.startswith("tcp://") else port
+        if not number.isascii() or not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise EnvError(
+                f"{POSTGRES_PORT}: expected a port number or tcp://IP:PORT, got {port!r}"
+            )
+        return postgres_url(
+            host, int(number), raw[POSTGRES_USER], raw[POSTGRES_PASSWORD], raw[POSTGRES_DB]
         )
-    return int(raw)
+
+    def db_wait_s(self) -> float:
+        """SMS_DB_WAIT_S: seconds to wait for a PostgreSQL storage; 0 means do not wait."""
+        raw = self.get(SMS_DB_WAIT_S)
+        if not raw:
+            return DEFAULT_DB_WAIT_S
+        head, dot, tail = raw.partition(".")
+        if not (
+            head.isascii() and head.isdigit() and (not dot or (tail.isascii() and tail.isdigit()))
+        ):
+            raise EnvError(f"{SMS_DB_WAIT_S}: expected a number of seconds (>= 0), got {raw!r}")
+        value = float(raw)
+        if value > MAX_DB_WAIT_S:  # a sleep past this overflows (and no outage lasts a day)
+            raise EnvError(
+                f"{SMS_DB_WAIT_S}: must be at most {MAX_DB_WAIT_S:.0f} s, got {raw[:20]}"
+            )
+        return value
+
+    def metrics_port(self, config_port: int | None) -> int | None:
+        """The port to serve a worker's metrics on, or None for off: SMS_METRICS_PORT
+        overrides the config (pods set it; `run` sets it per worker): unset → `config_port`;
+        "off" → None; else 0-65535 (0 = any free port)."""
+        raw = self.get(SMS_METRICS_PORT)
+        if not raw:
+            return config_port
+        if raw.lower() == "off":
+            return None
+        if not raw.isascii() or not raw.isdigit() or int(raw) > 65535:
+            raise EnvError(
+                f"{SMS_METRICS_PORT}: expected a port number (0-65535) or 'off', got {raw!r}"
+            )
+        return int(raw)
+
+    def torch_threads(self) -> int | None:
+        """SMS_TORCH_THREADS: torch's CPU threads, >= 1; None: torch's default."""
+        raw = self.get(SMS_TORCH_THREADS)
+        if not raw:
+            return None
+        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+            raise EnvError(f"{SMS_TORCH_THREADS}: expected a number of threads (>= 1), got {raw!r}")
+        return int(raw)
+
+    def workers_per_pod(self) -> int:
+        """SMS_WORKERS_PER_POD: `search`'s worker processes in this pod, 1..64; 1 when unset."""
+        raw = self.get(SMS_WORKERS_PER_POD)
+        if not raw:
+            return 1
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS_PER_POD:
+            raise EnvError(
+                f"{SMS_WORKERS_PER_POD}: expected an integer 1..{MAX_WORKERS_PER_POD} "
+                f"(worker processes per pod), got {raw!r}"
+            )
+        return int(raw)
+
+    def worker_index(self) -> int:
+        """The pod's index in an Indexed Job (JOB_COMPLETION_INDEX), else the local worker's
+        (SMS_WORKER_INDEX), else 0."""
+        for name in (JOB_COMPLETION_INDEX, SMS_WORKER_INDEX):
+            if raw := self.get(name):
+                return _index(name, raw)
+        return 0
+
+    def code_version(self) -> str | None:
+        """SMS_CODE_VERSION, or None: the caller then asks git."""
+        return self.get(SMS_CODE_VERSION) or None
+
+    def dashboard_port(self) -> int:
+        """DASHBOARD_PORT: the dashboard's port (0 = any free one)."""
+        raw = self.get(DASHBOARD_PORT)
+        return _port(DASHBOARD_PORT, raw) if raw else DEFAULT_DASHBOARD_PORT
+
+    def study_name(self) -> str | None:
+        """SMS_STUDY: the study (version) to work on, or None: --study, then study.name.
+        Checked by the caller with the rule of study names (job.config)."""
+        return self.get(SMS_STUDY) or None
+
+    def namespace(self) -> str | None:
+        """SMS_NAMESPACE: where `research --launch` creates Jobs, or None (job.run.launch looks
+        further: the pod's service account, then the kubeconfig)."""
+        return self.get(SMS_NAMESPACE) or None
+
+    def own_job(self) -> str | None:
+        """SMS_JOB_NAME: the research pod's own Job, or None outside a pod."""
+        return self.get(SMS_JOB_NAME) or None
+
+    def pushgateway(self) -> str | None:
+        """SMS_PUSHGATEWAY: the Pushgateway's base URL (http or https, a host, an optional
+        port, no query), or None: no push. Checked before the first trial, not at the push."""
+        raw = self.get(SMS_PUSHGATEWAY)
+        if not raw:
+            return None
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018  # raises ValueError on a port out of range or not a number
+        except ValueError as exc:
+            raise EnvError(f"{SMS_PUSHGATEWAY}: {exc}, got {redact(raw)!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EnvError(
+                f"{SMS_PUSHGATEWAY}: expected http(s)://host[:port], got {redact(raw)!r}"
+            )
+        if parts.query or parts.fragment:
+            raise EnvError(f"{SMS_PUSHGATEWAY}: no query or fragment, got {redact(raw)!r}")
+        return raw.rstrip("/")
+
+    def postgres_password(self) -> str:
+        """POSTGRES_PASSWORD as set, "" when unset: job.logs masks it in every line."""
+        return self.get(POSTGRES_PASSWORD)
+
+    def log_format(self) -> str:
+        """SMS_LOG_FORMAT: `text` (the default) or `json`, any case."""
+        raw = self.get(SMS_LOG_FORMAT).lower() or "text"
+        if raw not in LOG_FORMATS:
+            raise EnvError(
+                f"{SMS_LOG_FORMAT}: expected one of {', '.join(LOG_FORMATS)}, "
+                f"got {self.get(SMS_LOG_FORMAT)!r}"
+            )
+        return raw
 
 
-def torch_threads(env: Env | None = None) -> int | None:
-    """SMS_TORCH_THREADS: torch's CPU threads, >= 1; None: torch's default."""
-    raw = _get(env, SMS_TORCH_THREADS)
-    if not raw:
-        return None
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
-        raise EnvError(f"{SMS_TORCH_THREADS}: expected a number of threads (>= 1), got {raw!r}")
-    return int(raw)
-
-
-def workers_per_pod(env: Env | None = None) -> int:
-    """SMS_WORKERS_PER_POD: `search`'s worker processes in this pod, 1..64; 1 when unset."""
-    raw = _get(env, SMS_WORKERS_PER_POD)
-    if not raw:
-        return 1
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS_PER_POD:
-        raise EnvError(
-            f"{SMS_WORKERS_PER_POD}: expected an integer 1..{MAX_WORKERS_PER_POD} "
-            f"(worker processes per pod), got {raw!r}"
-        )
-    return int(raw)
-
-
-def worker_index(env: Env | None = None) -> int:
-    """The pod's index in an Indexed Job (JOB_COMPLETION_INDEX), else the local worker's
-    (SMS_WORKER_INDEX), else 0."""
-    for name in (JOB_COMPLETION_INDEX, SMS_WORKER_INDEX):
-        if raw := _get(env, name):
-            return _index(name, raw)
-    return 0
-
-
-def code_version(env: Env | None = None) -> str | None:
-    """SMS_CODE_VERSION, or None: the caller then asks git."""
-    return _get(env, SMS_CODE_VERSION) or None
-
-
-def dashboard_port(env: Env | None = None) -> int:
-    """DASHBOARD_PORT: the dashboard's port (0 = any free one)."""
-    raw = _get(env, DASHBOARD_PORT)
-    return _port(DASHBOARD_PORT, raw) if raw else DEFAULT_DASHBOARD_PORT
-
-
-def study_name(env: Env | None = None) -> str | None:
-    """SMS_STUDY: the study (version) to work on, or None: --study, then study.name.
-    Checked by the caller with the rule of study names (job.config)."""
-    return _get(env, SMS_STUDY) or None
-
-
-def namespace(env: Env | None = None) -> str | None:
-    """SMS_NAMESPACE: where `research --launch` creates Jobs, or None (job.run.launch looks
-    further: the pod's service account, then the kubeconfig)."""
-    return _get(env, SMS_NAMESPACE) or None
-
-
-def own_job(env: Env | None = None) -> str | None:
-    """SMS_JOB_NAME: the research pod's own Job, or None outside a pod."""
-    return _get(env, SMS_JOB_NAME) or None
-
-
-def pushgateway(env: Env | None = None) -> str | None:
-    """SMS_PUSHGATEWAY: the Pushgateway's base URL (http or https, a host, an optional
-    port, no query), or None: no push. Checked before the first trial, not at the push."""
-    raw = _get(env, SMS_PUSHGATEWAY)
-    if not raw:
-        return None
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018  # raises ValueError on a port out of range or not a number
-    except ValueError as exc:
-        raise EnvError(f"{SMS_PUSHGATEWAY}: {exc}, got {redact(raw)!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EnvError(f"{SMS_PUSHGATEWAY}: expected http(s)://host[:port], got {redact(raw)!r}")
-    if parts.query or parts.fragment:
-        raise EnvError(f"{SMS_PUSHGATEWAY}: no query or fragment, got {redact(raw)!r}")
-    return raw.rstrip("/")
-
-
-def postgres_password(env: Env | None = None) -> str:
-    """POSTGRES_PASSWORD as set, "" when unset: job.logs masks it in every line."""
-    return _get(env, POSTGRES_PASSWORD)
-
-
-def log_format(env: Env | None = None) -> str:
-    """SMS_LOG_FORMAT: `text` (the default) or `json`, any case."""
-    raw = _get(env, SMS_LOG_FORMAT).lower() or "text"
-    if raw not in LOG_FORMATS:
-        raise EnvError(
-            f"{SMS_LOG_FORMAT}: expected one of {', '.join(LOG_FORMATS)}, "
-            f"got {_get(env, SMS_LOG_FORMAT)!r}"
-        )
-    return raw
+def current() -> Settings:
+    """This process's environment, as read now."""
+    return Settings(os.environ)
 
 
 def child_env(updates: Mapping[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import job.search.worker
+from job.search.retrain import Retrain
 from job.search.worker import Worker
 
 __all__ = ["Gate", "GatedWorker", "install", "main"]
@@ -118,13 +119,12 @@ class GatedWorker(Worker):
         gated.gate_inner = inner  # type: ignore[attr-defined]
         self.train_fn = gated
 
-    def _train(self, *args: Any, **kwargs: Any) -> Any:
-        self._gate_kind = "search"
-        return super()._train(*args, **kwargs)
-
-    def _retrain(self, trial: Any, spec: Any, *args: Any, **kwargs: Any) -> Any:
-        self._gate_kind = "baseline" if getattr(spec, "role", None) == "baseline" else "retrain"
-        return super()._retrain(trial, spec, *args, **kwargs)
+    def _run(self, run: Any, data: Any) -> Any:
+        spec = Retrain.of(run.frozen)  # None: a search trial
+        self._gate_kind = "search" if spec is None else "retrain"
+        if spec is not None and spec.role == "baseline":
+            self._gate_kind = "baseline"
+        return super()._run(run, data)
 
     def _persist(self, call: Callable[[], T], what: str) -> T:
         def noted() -> T:
@@ -149,7 +149,7 @@ class _GatedPopen(subprocess.Popen):  # type: ignore[type-arg]
 
 def install() -> None:
     """This process's workers are gated, and so are the worker processes it starts."""
-    for name in ("_train", "_retrain", "_persist"):  # what GatedWorker hooks into
+    for name in ("_run", "_persist"):  # what GatedWorker hooks into
         if not hasattr(Worker, name):
             raise RuntimeError(f"tests/gate.py: job.search.worker.Worker has no {name} any more")
     job.search.worker.Worker = GatedWorker  # type: ignore[misc]

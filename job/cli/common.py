@@ -46,7 +46,7 @@ def arg_study_name(args: argparse.Namespace, config: Config) -> str:
     """--study, then SMS_STUDY (the Jobs `research --launch` makes), then study.name."""
     from job.config import study_name_problem
 
-    name = getattr(args, "study", None) or settings.study_name()
+    name = getattr(args, "study", None) or settings.current().study_name()
     if name and not getattr(args, "study", None) and (problem := study_name_problem(name)):
         raise settings.EnvError(f"{settings.SMS_STUDY}: {problem}")
     return str(name or config.study.name)
@@ -83,7 +83,7 @@ def storage_url_of(args: argparse.Namespace, config: Config) -> str:
     from job.storage import resolve_storage, wait_for_database
 
     url = resolve_storage(args.storage, config, home_of(args, config))
-    wait_for_database(url, settings.db_wait_s())
+    wait_for_database(url, settings.current().db_wait_s())
     return url
 
 
@@ -92,7 +92,7 @@ def study_of(
 ) -> tuple[optuna.Study, str]:
     """The study and its storage URL; with `create` False (status, collect) a study that
     is not there is an error (exit 2) and nothing is created."""
-    from job.search.worker import open_study
+    from job.search.studies import open_study
 
     url = storage_url_of(args, config)
     return open_study(config, url, arg_study_name(args, config), create=create), url

@@ -13,24 +13,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from job import logs, settings
-from job.collect.pipeline import (
-    clear_outputs,
-    collect_line,
-    run_and_collect,
-    select_and_publish,
-)
+from job.collect.pipeline import clear_outputs
+from job.collect.verify import model_files
 from job.config import Config, load_config
-from job.errors import EXIT_ERROR, EXIT_OK, EXIT_STOPPED, UsageError
+from job.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, EXIT_STOPPED, UsageError
 from job.files import write_atomic
 from job.ml.data import Dataset, load_data
 from job.ml.model import ModelSpec
 from job.ml.train import (
     check_batch,
 )
-from job.collect.verify import model_files
 from job.storage import JOURNAL, redact
 
 if TYPE_CHECKING:  # imported where used: `train` and `status` need no Optuna worker
+    from job.run.local import RunOptions
     from job.search.worker import Worker
 
 
@@ -53,16 +49,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from job.search.worker import Worker, stop_on_sigterm
     from job.serve.metrics import WorkerMetrics, push_final
 
-    procs = getattr(args, "procs", None) or settings.workers_per_pod()  # the flag wins
+    procs = getattr(args, "procs", None) or settings.current().workers_per_pod()  # the flag wins
     config = load_config(args.config, args.set)
-    gateway = settings.pushgateway()  # a bad SMS_PUSHGATEWAY fails now, not after the search
+    gateway = (
+        settings.current().pushgateway()
+    )  # a bad SMS_PUSHGATEWAY fails now, not after the search
     checkpoints = checkpoint_dir_of(args, config)
-    threads = settings.torch_threads()
-    port = settings.metrics_port(config.study.metrics_port)
+    threads = settings.current().torch_threads()
+    port = settings.current().metrics_port(config.study.metrics_port)
     if port is not None:
-        from_env = settings.metrics_port(None) == port
+        from_env = settings.current().metrics_port(None) == port
         check_port_free(port, settings.SMS_METRICS_PORT if from_env else "study.metrics_port")
-    index = settings.worker_index()
+    index = settings.current().worker_index()
     if procs > 1:
         from job.run.pod import PodOptions, run_pod
 
@@ -117,22 +115,20 @@ def _run_retrains(
     """The search is done: queue the verification plan (unless another worker did) and
     run retrains until none is left (job.search.retrain); returns how many this worker ran."""
     from job.collect.verify import ensure_plan, plan_retrains
-    from job.search.retrain import retrain_data, verify_study_name
+    from job.search.retrain import RetrainTask, retrain_data, verify_study_name
     from job.search.worker import Worker
-    from job.storage import persist
 
-    config, url = worker.config, worker.storage_url
+    config, store = worker.config, worker.store
     name = verify_study_name(worker.study.study_name)
-    index = settings.worker_index()
+    index = settings.current().worker_index()
     retrainer = Worker(
-        config, url, name, index, worker.metrics, worker.train_fn, worker.log,
-        worker.checkpoint_dir, retrain=True, weights_dir=weights_dir,
+        config, store, name, index, worker.metrics, worker.train_fn, worker.log,
+        worker.checkpoint_dir, task=RetrainTask.opener(weights_dir),
     )  # fmt: skip
     retrainer.stop = worker.stop  # one SIGTERM stops either loop
-    deadline = config.study.db_outage_deadline_s
-    trials = persist(lambda: worker.study.get_trials(deepcopy=False), deadline, "reading", url)
+    trials = store.persist(lambda: worker.study.get_trials(deepcopy=False), "reading")
     _, plan = plan_retrains(trials, config, models)
-    queued = persist(lambda: ensure_plan(retrainer.study, url, plan), deadline, "queueing", url)
+    queued = store.persist(lambda: ensure_plan(retrainer.study, store, plan), "queueing")
     print(f"verification: {len(plan)} retrains in the plan, {queued} queued here", flush=True)
     return retrainer.run(retrain_data(data))
 
@@ -144,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # SIGTERM: exit 143 (job.cli.main); once the workers run, they are stopped first (job.run.local)
     config = load_config(args.config, args.set)
-    settings.pushgateway()  # the workers' and the collector's push: a bad one fails now
+    settings.current().pushgateway()  # the workers' and the collector's push: a bad one fails now
     checkpoint_dir_of(args, config)
     if args.metrics_port is not None:  # worker i serves on --metrics-port + i
         last = args.metrics_port + args.workers - 1
@@ -176,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--fresh: deleted the later versions too: {', '.join(later)}", flush=True)
     elif args.fresh:
         print(f"--fresh: {redact(url)} is no embedded journal; its study is kept", flush=True)
-    from job.search.worker import check_existing_study_data
+    from job.search.studies import check_existing_study_data
 
     check_existing_study_data(url, config, arg_study_name(args, config), data)  # data changed?
     logs.bind(study=arg_study_name(args, config))
@@ -185,6 +181,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         home=home_of(args, config), overrides=tuple(args.set),
     )  # fmt: skip
     return run_and_collect(config, options, models, data)
+
+
+def run_and_collect(
+    config: Config, options: RunOptions, models: dict[str, ModelSpec], data: Dataset
+) -> int:
+    """`run`'s (and `research`'s) work once everything is checked: the workers
+    (job.run.local), then the collector (job.collect.pipeline); the exit code of both."""
+    from job.collect.pipeline import collect
+    from job.run.local import run_local, study_after_run
+
+    code = run_local(config, options)
+    # one read for every file of the collector, once the database answers (an outage)
+    study, trials = study_after_run(config, options)
+    ok = collect(study, config, options.storage, models, data, options.out_dir, trials)
+    if code == EXIT_OK and not ok:
+        code = EXIT_ERROR
+    # a worker's bad input (every trial failing alike: exit 2) is the run's bad input too
+    return code if code in (EXIT_OK, EXIT_BAD_INPUT) else EXIT_ERROR
 
 
 def _later_versions(url: str, config: Config) -> list[str]:
@@ -198,14 +212,15 @@ def _later_versions(url: str, config: Config) -> list[str]:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """Pareto front, plot and summary of the study."""
-    from job.collect.results import collect, wait_for_budget
-    from job.search.study import snapshot
-    from job.search.worker import check_study_data, open_study
+    """The collector's pipeline (job.collect.pipeline) on the study, once it is there,
+    checked and (--wait) its budget met."""
+    from job.collect.pipeline import collect
+    from job.collect.results import wait_for_budget
+    from job.search.studies import check_study_data, open_study
     from job.storage import wait_for_study
 
     config = load_config(args.config, args.set)
-    settings.pushgateway()  # a bad SMS_PUSHGATEWAY fails now, not after the selection
+    settings.current().pushgateway()  # a bad SMS_PUSHGATEWAY fails now, not after the selection
     out = out_dir_of(args, config)
     check_folder(out, "--out")
     data = load_data(config.data)  # the test split: ONNX exports are verified on it
@@ -225,8 +240,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     if args.wait:  # the first worker may have recorded the study's data only meanwhile
         check_study_data(study, data, config)
-    trials = snapshot(study, config)  # one read for every file of the collector
-    logs.event("collected", collect_line(collect(study, config, out, trials), out))
     left = None if args.timeout is None else max(0.0, args.timeout - (time.monotonic() - start))
-    done = select_and_publish(study, trials, config, url, models, data, out, args.wait, left)
+    done = collect(study, config, url, models, data, out, wait=args.wait, timeout_s=left)
     return EXIT_OK if done else EXIT_ERROR

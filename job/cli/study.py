@@ -16,8 +16,8 @@ from job import logs, settings
 from job.cli.common import arg_study_name, check_folder, home_of, storage_url_of, study_of
 from job.config import Config, config_fingerprint, load_config
 from job.errors import EXIT_ERROR, EXIT_OK, UsageError
-from job.settings import redact_url
 from job.storage import ARTIFACTS, JOURNAL, redact
+from job.urls import redact_url
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         storage = open_storage(url, config)
         found = versions(storage, base)
         lineage = lineage_text(storage, found)
-        if not args.study and not settings.study_name():
+        if not args.study and not settings.current().study_name():
             args.study = found[-1][1]  # the latest version
     study, url = study_of(args, config, create=False)  # a missing study: exit 2, nothing made
     print(f"storage {redact(url)}")
@@ -47,18 +47,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_research(args: argparse.Namespace) -> int:
     """A new study version when the data, config or code changed (job.collect.research); run here
     like `run`, or launched as Jobs (--launch); unchanged: nothing at all."""
+    from job.cli.search import run_and_collect
     from job.collect.drift import decision_registry, write_decision_metrics
-    from job.collect.pipeline import run_and_collect
     from job.collect.research import (
         NEW_VERSION,
         UNCHANGED,
         research,
         write_research_json,
     )
+    from job.collect.verify import model_files
     from job.ml.data import load_data
     from job.ml.train import check_batch
     from job.run.local import RunOptions
-    from job.collect.verify import model_files
     from job.search.versions import version_folder
     from job.search.worker import stop_on_sigterm
     from job.serve.metrics import push_final
@@ -71,7 +71,7 @@ def cmd_research(args: argparse.Namespace) -> int:
             "the config's study.name; to research another study, set study.name"
         )
     config = load_config(args.config, args.set)
-    settings.pushgateway()  # a bad SMS_PUSHGATEWAY fails now
+    settings.current().pushgateway()  # a bad SMS_PUSHGATEWAY fails now
     home = Path(args.out) if args.out else Path("runs") / config.study.name
     check_folder(home, "--out")
     url = resolve_storage(args.storage, config, home)
@@ -83,7 +83,7 @@ def cmd_research(args: argparse.Namespace) -> int:
     data = load_data(config.data)  # its fingerprint decides; bad data fails here
     check_batch(config.train, data)
     models = model_files(config, data)
-    wait_for_database(url, settings.db_wait_s())
+    wait_for_database(url, settings.current().db_wait_s())
     logs.bind(study=config.study.name)
     decision = research(config, url, data, dry_run=args.dry_run)
     logs.event(
@@ -143,7 +143,7 @@ def _dashboard_url(args: argparse.Namespace) -> str:
     if args.config:
         url = storage_url_of(args, load_config(args.config, args.set))
     else:
-        url = args.storage or settings.storage_url() or ""
+        url = args.storage or settings.current().storage_url() or ""
         if not url and args.out:
             url = JOURNAL + str((Path(args.out) / DEFAULT_JOURNAL).resolve())
         if not url:
@@ -151,7 +151,7 @@ def _dashboard_url(args: argparse.Namespace) -> str:
                 "dashboard: no storage: give --storage, --config or --out, "
                 "or set OPTUNA_STORAGE or POSTGRES_HOST and its POSTGRES_* companions"
             )
-        wait_for_database(url, settings.db_wait_s())
+        wait_for_database(url, settings.current().db_wait_s())
     if url.startswith(JOURNAL) and not Path(url[len(JOURNAL) :]).is_file():
         raise UsageError(f"dashboard: no study journal at {url[len(JOURNAL) :]}")
     return url
@@ -161,7 +161,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard on the study's storage until SIGTERM (exit 0) or Ctrl-C."""
     from job.serve.dashboard import address_problem, bind, serve_dashboard
 
-    port = settings.dashboard_port() if args.port is None else args.port
+    port = settings.current().dashboard_port() if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port: expected 0-65535, got {port}")
     artifacts = _artifact_dir(args)
@@ -187,7 +187,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     check_storage_url(url)  # a malformed URL is bad input; an unreachable one is a reading
     if url.startswith(JOURNAL) and not Path(url[len(JOURNAL) :]).parent.is_dir():
         raise UsageError(f"exporter: no folder {Path(url[len(JOURNAL) :]).parent} for the journal")
-    study = arg_study_name(args, config) if args.study or settings.study_name() else None
+    study = arg_study_name(args, config) if args.study or settings.current().study_name() else None
     try:
         server, _ = serve_registry(study_registry(config, url, study), args.port, args.host)
     except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
@@ -243,12 +243,12 @@ def effective_config(config: Config) -> tuple[dict[str, Any], list[str]]:
     names of the environment variables that changed something."""
     doc = config.model_dump(mode="json")
     study, changed = doc["study"], list[str]()
-    env_url = settings.storage_url()
+    env_url = settings.current().storage_url()
     if env_url is not None:
         study["storage"], changed = env_url, [*changed, "storage (OPTUNA_STORAGE/POSTGRES_*)"]
-    if (name := settings.study_name()) is not None:
+    if (name := settings.current().study_name()) is not None:
         study["name"], changed = name, [*changed, settings.SMS_STUDY]
-    port = settings.metrics_port(config.study.metrics_port)
+    port = settings.current().metrics_port(config.study.metrics_port)
     if port != config.study.metrics_port:
         study["metrics_port"], changed = port, [*changed, settings.SMS_METRICS_PORT]
     if study["storage"] is not None:

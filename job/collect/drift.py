@@ -1,4 +1,6 @@
-"""Research, after the collector: how a new data version changed the picks and the front.
+"""The collector's drift step: how a new data version changed the picks and the front.
+
+Run by the pipeline (job.collect.pipeline) after the picks step, before publish.
 
 A study version made by `research` (`<name>-v<N>`) has its lineage in the study user
 attr ``research`` (parent, what changed, fingerprints); its warm-start trials carry
@@ -315,6 +317,23 @@ def write_drift(out: Path, report: dict[str, Any]) -> Path:
     """``out/drift.json``, written atomically (non-finite numbers as null)."""
     write_json(path := Path(out) / DRIFT_JSON, report)
     return path
+
+
+def drift_step(
+    study: optuna.Study, trials: Sequence[FrozenTrial], config: Config, data: Dataset, out: Path
+) -> dict[str, Any] | None:
+    """The collector's drift step (job.collect.pipeline): where this collector writes,
+    recorded on the study (a later version's drift report finds the picks there), and for
+    a version `research` made, its drift report against its parent: drift.json and
+    drift.prom written, a few lines printed, the report returned."""
+    if StudyAttrs.read(study).results_dir != str(out.resolve()):  # no write per collect
+        StudyAttrs(results_dir=str(out.resolve())).write(study)
+    report = drift_report(study, trials, config, data, out)
+    if report is not None:
+        write_drift(out, report)
+        write_drift_metrics(out, report)
+        print(drift_text(report))
+    return report
 
 
 def _fmt(value: Any, form: str = "{:.4f}") -> str:

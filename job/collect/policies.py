@@ -36,8 +36,6 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy import stats  # type: ignore[import-untyped]
-
 from job.config import Policy
 from job.search.record import TrialRecord
 from job.search.study import normalised_losses
@@ -317,6 +315,8 @@ def rank_agreement(
     # Checked first: scipy would warn (ConstantInputWarning) and return nan.
     if len(proxy) < 2 or len(set(proxy)) < 2 or len(set(verified)) < 2:
         return None, None
+    from scipy import stats  # type: ignore[import-untyped]  # 65 MiB: not for the exporter
+
     tau = stats.kendalltau(proxy, verified).statistic
     rho = stats.spearmanr(proxy, verified).statistic
     return _finite(tau), _finite(rho)

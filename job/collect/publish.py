@@ -89,7 +89,9 @@ def read_card(folder: Path) -> dict[str, Any] | None:
 Built = dict[int, tuple[Path, dict[str, Any]]]
 
 
-def _onnx(staged: Path, pick: Pick, network: Any, data: Dataset, config: Config, built: Built) -> dict[str, Any]:  # fmt: skip
+def _onnx(
+    staged: Path, pick: Pick, network: Any, data: Dataset, config: Config, built: Built
+) -> dict[str, Any]:
     """The card's `onnx` section, its files in `staged`; a trial published already for
     another policy in this collect is copied from there, not exported twice."""
     first = built.get(pick.trial.number)

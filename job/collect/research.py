@@ -3,7 +3,7 @@ the next study version, warm-started from the last one (`python -m job research`
 
 What a search's results depend on has three fingerprints: the data's content
 (`Dataset.fingerprint`), the config's result sections (`job.config.config_fingerprint`)
-and the code version (`job.search.worker.code_version`). Every trial records all three; a
+and the code version (`job.search.studies.code_version`). Every trial records all three; a
 version that `research` made also records them (and its lineage) in the study's user
 attr `research`.
 
@@ -33,20 +33,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.collect.policies import select
 from job.config import Config, config_fingerprint
-from job.ml.data import Dataset
-from job.ml.train import TrainError
+from job.ml.errors import TrainError
 from job.search.record import RESULTS_DIR as RESULTS_DIR  # where its collector wrote
 from job.search.record import WARM_START as WARM_START  # a warm-start trial's attr
 from job.search.record import StudyAttrs, TrialAttrs, TrialRecord, WarmStart, enqueue
-from job.collect.verify import records
-from job.search.space import sample_candidate
 from job.search.study import pareto_trials
 from job.search.versions import (
     Fingerprints,
@@ -56,12 +53,15 @@ from job.search.versions import (
 )
 from job.storage import InRangeTrial, budget_lock, open_storage
 
+if TYPE_CHECKING:  # torch: `status` reads versions without it
+    from job.ml.data import Dataset
+
 RESEARCH_JSON = "research.json"
 UNCHANGED, IN_PROGRESS, NEW_VERSION = "unchanged", "in_progress", "new_version"
 
 
 def current(config: Config, data: Dataset) -> Fingerprints:
-    from job.search.worker import code_version
+    from job.search.studies import code_version
 
     return Fingerprints(data.fingerprint, config_fingerprint(config), code_version())
 
@@ -160,6 +160,8 @@ def _fits(params: dict[str, Any], config: Config, data: Dataset) -> dict[str, An
     """The params the current space takes from `params` (a trial of another version), or
     None when it cannot take them: a value out of its range, a parameter missing, a
     network that no longer fits the images."""
+    from job.search.space import sample_candidate  # torch: only a warm start needs it
+
     fixed = InRangeTrial(params)  # a value out of range: ValueError
     try:
         sample_candidate(cast(optuna.Trial, fixed), data, config)
@@ -173,6 +175,8 @@ def warm_start(
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, user attrs) to enqueue: the parent's picks (policy order), then its Pareto
     front by accuracy, once each, those the current space takes, at most half the budget."""
+    from job.collect.verify import records  # torch: only a warm start needs it
+
     found = records(trials, config)
     by_number = {t.number: t for t in trials}
     order: list[tuple[int, str]] = [
@@ -224,7 +228,7 @@ def lineage(decision: Decision, base: str, warm: int) -> dict[str, Any]:
 def research(config: Config, url: str, data: Dataset, dry_run: bool = False) -> Decision:
     """Decide, and unless `dry_run` make the new version (lineage, warm start): under the
     research lock, so that concurrent callers agree on one version."""
-    from job.search.worker import open_study
+    from job.search.studies import open_study
 
     base, now = config.study.name, current(config, data)
     if dry_run:  # reads only: a storage that is not there yet is not made to read it

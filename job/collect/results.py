@@ -1,7 +1,10 @@
-"""The collector role: the study's results as files, and its progress as text.
+"""The collector's front step: the study's results as files, and its progress as text.
 
-Reads an already-opened Optuna study (journal file, SQLite or PostgreSQL: opening it is
-`job.search.worker`'s job) together with the search config, and writes into one folder:
+Second step of the pipeline (job.collect.pipeline: study -> **front** -> select ->
+verify -> picks -> publish -> report -> push). `write_front` takes one read of an
+already-opened Optuna study (journal file, SQLite or PostgreSQL: opening it is
+`job.search.worker`'s job) with the search config, writes into one folder, and returns
+what it wrote as a `Front`:
 
 - `pareto.json`: every trial of the Pareto front — COMPLETE, feasible (every Optuna 5
   constraint value <= 0) and dominated by no other such trial under the directions of
@@ -13,9 +16,10 @@ Reads an already-opened Optuna study (journal file, SQLite or PostgreSQL: openin
   objective, best validation and test accuracy, the front's normalised hypervolume,
   trials per hour, data fingerprints — what an operator reads and the metrics push sends.
 
-Each file is written atomically (a temporary file beside it, then renamed over it); a
-write that fails (disk full, quota, read-only) is `job.collect.outputs.OutputError`, one line
-naming the file, and leaves the file's last complete content.
+Each file is written atomically (a temporary file beside it, then renamed over it,
+`write_json` for every JSON file of the collector); a write that fails (disk full,
+quota, read-only) is `job.collect.outputs.OutputError`, one line naming the file, and
+leaves the file's last complete content.
 
 Every figure is `job.search.study`'s (`summarise` of one snapshot), the same view the workers'
 metrics and the `run` progress bar show. `status_report` is the text of
@@ -28,7 +32,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,14 +62,18 @@ from job.search.study import human_duration as human_duration
 from job.search.study import is_feasible as is_feasible
 
 PARETO_JSON, PARETO_PNG, SUMMARY_JSON = "pareto.json", "pareto.png", "summary.json"
-# Trial record fields copied into pareto.json when a trial has them; the count of weights
-# is `params_count` there, since `params` already names the Optuna parameters.
-_EXTRA_ATTRS = {
-    "test_accuracy": "test_accuracy",
-    "params_count": "params",
-    "macs": "macs",
-    "latency_ms_b1": "latency_ms_b1",
-}
+
+
+def _extras(record: TrialRecord) -> dict[str, Any]:
+    """What pareto.json adds of a trial's record when the trial has it; the count of
+    weights is `params_count` there, since `params` already names the Optuna parameters."""
+    found = {
+        "test_accuracy": record.test_accuracy,
+        "params_count": record.params,
+        "macs": record.macs,
+        "latency_ms_b1": record.latency_ms_b1,
+    }
+    return {key: value for key, value in found.items() if value is not None}
 
 
 # --- trials -------------------------------------------------------------------------
@@ -170,9 +179,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json_text(data: Any) -> str:
+    return json.dumps(_plain(data), indent=2, allow_nan=False, default=str)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON, atomically; a failed write is `OutputError` naming the file."""
-    text = json.dumps(_plain(data), indent=2, allow_nan=False, default=str)
+    text = _json_text(data)
     with writing(path):
         write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
@@ -187,10 +200,7 @@ def front_entry(trial: FrozenTrial, config: Config) -> dict[str, Any]:
         "model_yaml": record.model_yaml,
         "augment": record.augment,
     }
-    for key, attr in _EXTRA_ATTRS.items():
-        if attr in record.model_fields_set:
-            entry[key] = getattr(record, attr)
-    return entry
+    return entry | _extras(record)
 
 
 def write_pareto_json(front: Sequence[FrozenTrial], config: Config, path: Path) -> None:
@@ -198,9 +208,9 @@ def write_pareto_json(front: Sequence[FrozenTrial], config: Config, path: Path) 
     write_json(Path(path), [front_entry(t, config) for t in front])
 
 
-# An axis of the plot: (objective index, or None to read the trial record's field), that
-# field, label.
-Axis = tuple[int | None, str, str]
+# An axis of the plot: (objective index, or None to read the trial's record), what to read
+# of the record, label.
+Axis = tuple[int | None, Callable[[TrialRecord], float | None], str]
 Point = tuple[FrozenTrial, float, float]
 _FRONT_STYLE: dict[str, Any] = dict(s=90, facecolors="none", edgecolors="crimson", linewidths=2)
 
@@ -212,15 +222,15 @@ def plot_axes(objectives: Sequence[str]) -> tuple[Axis, Axis]:
     x = names.index("params") if "params" in names else None
     y = names.index("accuracy") if "accuracy" in names else next(iter(maximised), None)
     y_label = f"validation {'accuracy' if y is None else names[y]}"
-    return (x, "params", "parameters"), (y, "val_accuracy", y_label)
+    return (x, lambda r: r.params, "parameters"), (y, lambda r: r.val_accuracy, y_label)
 
 
 def _value(trial: FrozenTrial, axis: Axis) -> float | None:
-    index, attr, _ = axis
+    index, read, _ = axis
     if index is not None:
         return values_of(trial)[index]
-    found = getattr(TrialRecord.from_trial(trial), attr)
-    return float(found) if isinstance(found, int | float) else None
+    found = read(TrialRecord.from_trial(trial))
+    return None if found is None else float(found)
 
 
 def plot_points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Point]:
@@ -315,24 +325,54 @@ def _summary(trials: Sequence[FrozenTrial], name: str, summary: StudySummary) ->
     }
 
 
+def as_written(data: Any) -> Any:
+    """`data` as a reader of the file `write_json` makes of it finds it (NaN as null,
+    keys as strings, tuples as lists), without the file."""
+    return json.loads(_json_text(data))
+
+
+@dataclass(frozen=True)
+class Front:
+    """The front step's outcome: summary.json's and pareto.json's content, as written."""
+
+    summary: dict[str, Any]
+    pareto: list[dict[str, Any]]
+
+    def line(self, out: Path) -> str:
+        """What `collect` logs: trials by state, the front, the best test accuracy, the files."""
+        best = self.summary.get("best_test_accuracy")
+        shown = f"{best:.4f}" if isinstance(best, float) else "—"
+        counts = ", ".join(f"{n} {state}" for state, n in self.summary["trials"].items())
+        files = ", ".join(str(out / name) for name in self.summary["files"])
+        return (
+            f"trials: {counts or 'none'}; Pareto front of {self.summary['front_size']}; "
+            f"best test accuracy {shown}\nwrote {files}"
+        )
+
+
+def write_front(
+    study: optuna.Study, config: Config, out: Path, trials: Sequence[FrozenTrial]
+) -> Front:
+    """The front step: pareto.json, pareto.png and summary.json in `out`, all three from
+    one read of the study (`trials`, which the later steps read too), so they agree."""
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(trials, config)
+    pareto = [front_entry(t, config) for t in summary.front]
+    write_json(out / PARETO_JSON, pareto)
+    _plot(trials, summary, study.study_name, out / PARETO_PNG)
+    data = _summary(trials, study.study_name, summary)
+    write_json(out / SUMMARY_JSON, data)
+    return Front(data, pareto)
+
+
 def collect(
     study: optuna.Study,
     config: Config,
     out_dir: Path,
     trials: Sequence[FrozenTrial] | None = None,
 ) -> dict[str, Any]:
-    """Write pareto.json, pareto.png and summary.json into `out_dir`; return the summary.
-
-    All three come from one read of the study (`trials`, when the caller has read it:
-    the selection files then describe the same trials), so they agree.
-    """
-    out = Path(out_dir)
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
+    """The front step alone (`write_front`) on `trials`, or on a read of the study now;
+    returns summary.json's content."""
     trials = snapshot(study, config) if trials is None else trials
-    summary = summarise(trials, config)
-    write_pareto_json(summary.front, config, out / PARETO_JSON)
-    _plot(trials, summary, study.study_name, out / PARETO_PNG)
-    data = _summary(trials, study.study_name, summary)
-    write_json(out / SUMMARY_JSON, data)
-    return data
+    return write_front(study, config, Path(out_dir), trials).summary

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from job.collect.policies import Choice, Record
+from job.collect.verify import plan_retrains, records
 from job.config import Config
 from job.ml.model import ModelSpec
-from job.collect.verify import plan_retrains, records
 from job.search.retrain import Retrain
 
 

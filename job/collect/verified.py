@@ -2,17 +2,23 @@
 
 Fourth step of the pipeline (job.collect.pipeline: study -> front -> select -> **verify**
 -> picks -> publish -> report -> push). The plan of retrains (`Selection.plan`, made by
-the select step, job.collect.selection) is queued on the verification study once the budget is met; with
+the select step, job.collect.selection; how it is queued and waited for:
+job.collect.verify) is queued on the verification study once the budget is met; with
 `collect --wait` it is waited for. Then its trials are read once and matched with the
 plan (`gather`): per model (a search trial, or a baseline file) its finished seeds,
 failures and what is still to come.
 
-`verify.json`, written once here: per retrained model, proxy vs verified accuracy, and
-Kendall's tau and Spearman's rho between the two over the top `select.verify_top_k`
-front members; with ONNX export on, `latency_agreement`: how well the search's latency
-objective (PyTorch, on the workers) ranks the verified models as onnxruntime on a CPU
-does. The `Verification` returned goes on to the picks step (a `reference` policy is
-resolved by it, each card carries its model's seeds) and to the report.
+The `Verification` goes on to the picks step (a `reference` policy is resolved by it,
+each card carries its model's seeds), then to `write_verify`, then to the report.
+
+`verify.json`, written once, by `write_verify`: per retrained model, proxy vs verified
+accuracy, and Kendall's tau and Spearman's rho between the two over the top
+`select.verify_top_k` front members; with ONNX export on, `latency_agreement`: how well
+the search's latency objective (PyTorch, on the workers) ranks the verified models as
+onnxruntime on a CPU does. The pipeline calls it once the picks are published: the
+agreement exports every verified model to a temporary ONNX file, and a disk that is
+full (or a file size limit) must stop the collect at a published file first, named
+as such, with every output of the collect before intact.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,15 +138,15 @@ class Verification:
 
 
 def verify(
-    study: optuna.Study, selection: Selection, config: Config, url: str, data: Dataset,
-    out: Path, wait: bool = False, timeout_s: float | None = None,
+    study: optuna.Study, selection: Selection, config: Config, url: str, wait: bool = False,
+    timeout_s: float | None = None,
 ) -> Verification | None:  # fmt: skip
     """The verify step (the module doc): the plan queued once the budget is met (with
     `wait`, waited for: `timeout_s` None for ever; None returned when it ran out), the
-    retrains gathered, verify.json written."""
+    retrains gathered; verify.json's content, less the latency agreement."""
     from job.collect.verify import ensure_plan, wait_for_retrains
     from job.search.retrain import verify_study_name
-    from job.search.worker import open_study
+    from job.search.studies import open_study
 
     verify_trials: list[FrozenTrial] = []
     if config.select.verify and selection.finished:
@@ -153,14 +159,23 @@ def verify(
         verify_trials = verification.get_trials(deepcopy=False)
     models = gather(selection.plan, verify_trials)
     by_trial = {m.trial: m for m in models.values() if m.role == "search"}
-    report = verify_report(by_trial, selection.records, config)
-    if config.export.onnx and by_trial:
+    return Verification(models, verify_report(by_trial, selection.records, config))
+
+
+def write_verify(
+    out: Path, verification: Verification, selection: Selection, config: Config, data: Dataset
+) -> Verification:
+    """verify.json, written once: the verification's report and, with `export.onnx` and
+    a retrained model, the latency agreement (`latency_agreement`, on `data`'s image
+    size); returns the verification with that report."""
+    report = dict(verification.report)
+    if config.export.onnx and (by_trial := verification.by_trial):
         size = int(data.test.x.shape[-1])
         report["latency_agreement"] = latency_agreement(by_trial, selection.trials, config, size)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     write_json(out / VERIFY_JSON, report)
-    return Verification(models, report)
+    return replace(verification, report=report)
 
 
 def gather(plan: Sequence[Retrain], verify_trials: Sequence[FrozenTrial]) -> dict[str, Verified]:

@@ -39,7 +39,7 @@ from job.config.sections import (
 )
 from job.config.space import SpaceConfig
 from job.files import key_name, parse_yaml, read_yaml, short
-from job.settings import url_secrets
+from job.urls import url_secrets
 
 
 class Config(Section):

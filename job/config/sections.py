@@ -34,7 +34,7 @@ class StudyConfig(Section):
     storage: str | None = None
     budget: Int = Field(20, ge=1)
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
-    seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.worker.make_sampler)
+    seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.studies.make_sampler)
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
     metrics_port: Int | None = Field(None, ge=0, le=65535)
     # Keep serving this long after the last trial, so the final values get scraped:

@@ -238,7 +238,7 @@ def _load(configuration: client.Configuration) -> str:
                 f"usable kubeconfig (KUBECONFIG, else ~/.kube/config): {_line(exc)}"
             ) from None
         found = (current or {}).get("context", {}).get("namespace")
-    return settings.namespace() or found or DEFAULT_NAMESPACE
+    return settings.current().namespace() or found or DEFAULT_NAMESPACE
 
 
 def _read(path: Path) -> str | None:
@@ -372,7 +372,7 @@ def launch(study: str, version: int) -> list[str]:
     with connect() as cluster:
         templates = [read_job(cluster, t, _no_template(cluster, t)) for t in TEMPLATES]
         own = None
-        if (own_name := settings.own_job()) is not None:
+        if (own_name := settings.current().own_job()) is not None:
             missing = (
                 f"this pod's own Job {own_name} ({settings.SMS_JOB_NAME}) is not in "
                 f"namespace {cluster.namespace}"

@@ -37,17 +37,18 @@ from job.config import Config
 from job.errors import EXIT_STOPPED
 from job.search.record import TrialRecord
 from job.search.retrain import Retrain, verify_study_name
+from job.search.studies import open_study
 from job.search.study import is_feasible, progress_text, snapshot, summarise
-from job.search.worker import open_study
-from job.settings import url_secrets
 from job.storage import (
     JOURNAL,
     TRANSIENT,
     StorageDownError,
+    Store,
     hold_run_folder,
     persist,
     redact,
 )
+from job.urls import url_secrets
 
 STOP_GRACE_S = 30.0  # matches a pod's terminationGracePeriodSeconds
 
@@ -277,26 +278,26 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRA
 
 class Outage:
     """`run`'s view of a database outage: one line when its reads start failing, one
-    when they work again, and a `StorageDownError` past `deadline_s` (the workers' own
-    deadline, `study.db_outage_deadline_s`: they give up then too)."""
+    when they work again, and a `StorageDownError` past the store's deadline (the
+    workers' own, `study.db_outage_deadline_s`: they give up then too)."""
 
-    def __init__(self, deadline_s: float, url: str) -> None:
-        self.deadline_s, self.url = deadline_s, url
+    def __init__(self, store: Store) -> None:
+        self.store, self.deadline_s = store, store.deadline_s
         self.since: float | None = None
 
     def down(self, exc: BaseException) -> str | None:
         """A read failed: the line to print at the first failure, else None."""
         now = time.monotonic()
-        cause = redact(" ".join(str(exc).split())[:160], self.url) or type(exc).__name__
+        cause = redact(" ".join(str(exc).split())[:160], self.store.url) or type(exc).__name__
         if self.since is None:
             self.since = now
             return (
-                f"storage {redact(self.url)} unreachable ({cause}); the workers ride it out, "
+                f"storage {self.store.shown} unreachable ({cause}); the workers ride it out, "
                 f"waiting up to {self.deadline_s:g} s"
             )
         if now - self.since > self.deadline_s:
             raise StorageDownError(
-                f"storage {redact(self.url)} unreachable for {self.deadline_s:g}s while "
+                f"storage {self.store.shown} unreachable for {self.deadline_s:g}s while "
                 f"watching the run: {cause}"
             )
         return None
@@ -306,7 +307,7 @@ class Outage:
         if self.since is None:
             return None
         seconds, self.since = time.monotonic() - self.since, None
-        return f"storage {redact(self.url)} reachable again after {seconds:.0f} s"
+        return f"storage {self.store.shown} reachable again after {seconds:.0f} s"
 
 
 def watch(
@@ -314,9 +315,9 @@ def watch(
     config: Config,
     procs: list[subprocess.Popen[bytes]],
     poll_s: float,
+    store: Store,
     logs: Sequence[Path] = (),
     verify: optuna.Study | None = None,
-    storage: str = "",
 ) -> list[int]:
     """Progress bar over COMPLETE trials and a line per finished trial, until workers exit;
     returns the indexes of the workers that ended badly (killed, or a non-zero exit).
@@ -327,13 +328,13 @@ def watch(
     The bar's figures (best accuracy, front size, hypervolume) are `job.search.study`'s summary
     of the same read of the study: what `status`, summary.json and the metrics show.
     `verify`: the verification study, whose retrains (run once the budget is met) get a
-    line each too. While the database at `storage` does not answer, the workers are
+    line each too. While the database of `store` does not answer, the workers are
     still watched, and the outage is said in one line (`Outage`)."""
     seen: set[int] = set()
     seen_retrains: set[int] = set()
     lost: list[int] = []
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-    outage = Outage(config.study.db_outage_deadline_s, storage)
+    outage = Outage(store)
     with tqdm(total=config.study.budget, unit="trial", dynamic_ncols=True) as bar:
         while True:
             codes = [proc.poll() for proc in procs]  # every one: any() would stop early
@@ -403,14 +404,15 @@ def _run(config: Config, options: RunOptions, procs: list[subprocess.Popen[bytes
     """`run_local`'s work; each worker started is in `procs` at once, to be stopped."""
     # Create the study once before the workers start: a bad storage fails here, once,
     # before anything is written (an unwritable journal path: exit 2 naming it).
-    study = open_study(config, options.storage, options.study_name)
+    store = Store.open(options.storage, config)  # this process's one storage for both
+    study = open_study(config, store, options.study_name)
     verify = None
     if config.select.verify:  # its retrains start once the budget is met (job.search.retrain)
         name = verify_study_name(options.study_name)
-        verify = open_study(config, options.storage, name, verify=True)
+        verify = open_study(config, store, name, verify=True)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"study {study.study_name} on {redact(options.storage)}: budget "
+        f"study {study.study_name} on {store.shown}: budget "
         f"{config.study.budget}, {options.workers} workers, "
         f"{threads_per_worker(options.workers)} thread(s) each; logs in {options.out_dir}"
     )
@@ -418,7 +420,7 @@ def _run(config: Config, options: RunOptions, procs: list[subprocess.Popen[bytes
     for index in range(options.workers):
         procs.append(spawn(*worker_command(options, index), log=worker_log(options, index)))
     logs = [worker_log(options, index) for index in range(options.workers)]
-    watch(study, config, procs, options.poll_s, logs, verify, options.storage)
+    watch(study, config, procs, options.poll_s, store, logs, verify)
     codes = [proc.wait() for proc in procs]
     # a killed worker's code is negative (-9): it is a failure all the same
     return max((1 if code < 0 else code for code in codes), default=0)
@@ -429,7 +431,8 @@ def study_after_run(config: Config, options: RunOptions) -> tuple[optuna.Study, 
     waiting for the database as the workers would (`study.db_outage_deadline_s`)."""
 
     def read() -> tuple[optuna.Study, list[FrozenTrial]]:
-        study = open_study(config, options.storage, options.study_name)
+        store = Store.open(options.storage, config)  # opened afresh: it may have been down
+        study = open_study(config, store, options.study_name)
         return study, snapshot(study, config)
 
     deadline = config.study.db_outage_deadline_s

@@ -18,6 +18,7 @@ search is done, or the collector: `job.collect.verify.ensure_plan`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -110,13 +111,12 @@ class RetrainTask:
     folder the collector reads: in Kubernetes, the shared artifacts volume), their path
     into the trial's `weights` user attr."""
 
-    objectives = ("verified_accuracy",)
-
     def __init__(
         self, config: Config, store: Store, study: optuna.Study, weights_dir: Path | None = None
     ) -> None:
         self.config, self.store, self.study = config, store, study
         self.weights_dir = weights_dir or Path("verified")
+        self.objectives: Sequence[str] = ("verified_accuracy",)  # one value: test accuracy
 
     @classmethod
     def open(

@@ -91,7 +91,7 @@ def open_study(
 def code_version() -> str:
     """SMS_CODE_VERSION when set, else the git commit of the code when there is one, else
     the package version."""
-    if version := settings.code_version():
+    if version := settings.current().code_version():
         return version
     try:
         sha = subprocess.run(

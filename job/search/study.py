@@ -166,21 +166,21 @@ def best_per_objective(
     return best
 
 
-def _accuracy(trial: FrozenTrial, objectives: Sequence[str], attr: str) -> float | None:
+def _accuracy(trial: FrozenTrial, objectives: Sequence[str], test: bool) -> float | None:
     """Validation accuracy is the `accuracy` objective when there is one (so it always
     equals `best["accuracy"]`), else the trial record's (`job.search.record`); test
     accuracy is the record's."""
-    if attr == "val_accuracy" and "accuracy" in objectives:
+    if not test and "accuracy" in objectives:
         return values_of(trial)[list(objectives).index("accuracy")]
-    found = getattr(TrialRecord.from_trial(trial), attr)
-    return float(found) if isinstance(found, int | float) else None
+    record = TrialRecord.from_trial(trial)
+    return record.test_accuracy if test else record.val_accuracy
 
 
 def best_accuracy(
-    ranked: Sequence[FrozenTrial], objectives: Sequence[str], attr: str = "val_accuracy"
+    ranked: Sequence[FrozenTrial], objectives: Sequence[str], test: bool = False
 ) -> float | None:
-    """Highest `attr` (val_accuracy or test_accuracy) over `ranked`; None when unknown."""
-    found = [a for t in ranked if (a := _accuracy(t, objectives, attr)) is not None]
+    """Highest validation (`test`: test) accuracy over `ranked`; None when unknown."""
+    found = [a for t in ranked if (a := _accuracy(t, objectives, test)) is not None]
     return max(found) if found else None
 
 
@@ -344,7 +344,7 @@ def summarise(
         front=tuple(front),
         best=best_per_objective(ranked, objectives),
         best_accuracy=best_accuracy(ranked, objectives),
-        best_test_accuracy=best_accuracy(ranked, objectives, "test_accuracy"),
+        best_test_accuracy=best_accuracy(ranked, objectives, test=True),
         trials_per_hour=rate,
         eta=eta_text(len(complete), budget, rate),
         hypervolume=front_hypervolume(front, objectives),

@@ -34,7 +34,7 @@ from job.config import Config
 from job.ml.data import Dataset
 from job.ml.model import model_spec_yaml
 from job.ml.train import EpochRecord, TrainResult
-from job.search.record import TrialAttrs
+from job.search.record import TrialAttrs, save
 from job.search.space import constraint_values, objective_values, sample_candidate
 from job.search.studies import open_study
 from job.storage import (
@@ -45,7 +45,6 @@ from job.storage import (
     count_states,
     fail_stale_trials,
     has_stale_trials,
-    save_user_attrs,
     take_trial,
 )
 
@@ -73,8 +72,9 @@ class Task(Protocol):
         line. Raises as training does (`TrainError`, `Preempted`, anything)."""
         ...
 
-    def hand_back(self, run: TrialRun) -> dict[str, Any]:
-        """The user attrs a preempted trial's retry needs besides its params."""
+    def hand_back(self, run: TrialRun) -> TrialAttrs:
+        """The user attrs a preempted trial's retry needs besides its params and its
+        checkpoint (the loop's: `retry_of`, `resume_from`)."""
         ...
 
 
@@ -111,27 +111,22 @@ class TrialRun:
     def number(self) -> int:
         return self.trial.number
 
-    def record(self, attrs: dict[str, Any], write: bool = True) -> None:
+    def record(self, attrs: TrialAttrs, write: bool = True) -> None:
         """Record user attrs: with `write`, these and all held back so far in one write
         (one transaction on PostgreSQL, retried whole through an outage); else hold them
         back. A trial writes twice: base + candidate attrs before training, the result's
         or the failure's + `seconds` before tell."""
-        self.unsaved.update(attrs)
+        self.unsaved.update(attrs.to_attrs())
         if not write or not self.unsaved:
             return
         unsaved, self.unsaved = self.unsaved, {}
-        self.persist(lambda: save_user_attrs(self.study, self.trial, unsaved), "saving user attrs")
+        self.persist(lambda: save(self.study, self.trial, unsaved), "saving user attrs")
 
     def train(self, *args: Any, **kwargs: Any) -> TrainResult:
         """`train_fn(model, augment, recipe, data, …)` with this trial's epoch reports,
         checkpoint and stop event."""
         kwargs |= {"on_epoch": self.on_epoch, "checkpoint": self.checkpoint, "stop": self.stop}
         return self.train_fn(*args, **kwargs)
-
-
-def result_attrs(result: TrainResult, weights: str | None = None) -> dict[str, Any]:
-    """What a training run measured, as user attrs (`job.search.record.TrialAttrs`)."""
-    return TrialAttrs.from_result(result, weights).to_attrs()
 
 
 # --- the search task ------------------------------------------------------------------
@@ -188,8 +183,8 @@ class SearchTask:
     def epochs(self, frozen: FrozenTrial) -> int:
         return self.config.train.epochs
 
-    def hand_back(self, run: TrialRun) -> dict[str, Any]:
-        return {}  # its params are the candidate
+    def hand_back(self, run: TrialRun) -> TrialAttrs:
+        return TrialAttrs()  # its params are the candidate
 
     def run(self, run: TrialRun, data: Dataset) -> tuple[list[float], str]:
         trial = run.trial
@@ -200,18 +195,18 @@ class SearchTask:
             run.persist(hold.write, "saving the parameters")
         augment, measured = candidate.augment, candidate.measured
         run.record(
-            {
-                "model_yaml": model_spec_yaml(candidate.model),
-                "augment": augment.model_dump(mode="json", exclude={"enabled"})
+            TrialAttrs(
+                model_yaml=model_spec_yaml(candidate.model),
+                augment=augment.model_dump(mode="json", exclude={"enabled"})
                 if augment.enabled
-                else None,
-                "recipe": candidate.recipe.model_dump(mode="json"),
-                "params": measured.params,
-                "macs": measured.macs,
-            }
+                else None,  # None: no augmentation
+                recipe=candidate.recipe.model_dump(mode="json"),
+                params=measured.params,
+                macs=measured.macs,
+            )
         )
         result = run.train(candidate.model, augment, candidate.recipe, data, measured=measured)
-        run.record(result_attrs(result), write=False)  # written with `seconds`
+        run.record(TrialAttrs.from_result(result), write=False)  # written with `seconds`
         limits = self.config.constraints
         latency = constraint_values(limits, measured.params, measured.macs, result.latency_ms_b1)
         if "latency" in latency:  # known only now; params and MACs were set before training

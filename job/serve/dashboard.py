@@ -42,8 +42,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import optuna_dashboard  # type: ignore[import-untyped]  # no stubs
 from optuna.artifacts import FileSystemArtifactStore
 
-from job.settings import redact
 from job.storage import open_storage
+from job.urls import redact
 
 REQUEST_TIMEOUT_S = 30.0  # a connection silent this long (mid-request or idle) is closed
 POLL_S = 0.5  # serve_forever's check for shutdown: SIGTERM takes effect within this

@@ -53,8 +53,8 @@ from job.collect.research import versions
 from job.config import Config, ConfigError
 from job.search.study import StudySummary, snapshot, summarise
 from job.serve.metrics import STUDY_STATES
-from job.settings import redact
 from job.storage import StorageDownError, StorageError, open_storage, silent_trials
+from job.urls import redact
 
 # What an unreachable database raises on the way through Optuna and SQLAlchemy.
 _DOWN = (

@@ -65,8 +65,9 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from job import __version__
-from job.settings import SMS_METRICS_PORT, metrics_port, pushgateway, redact
+from job import __version__, settings
+from job.settings import SMS_METRICS_PORT
+from job.urls import redact
 
 __all__ = [
     "ENV_PORT",
@@ -74,14 +75,13 @@ __all__ = [
     "PUSH_JOB",
     "STUDY_STATES",
     "WorkerMetrics",
-    "metrics_port",
     "push_final",
     "serve_registry",
 ]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide: every registry of ours, served or pushed
 
-ENV_PORT = SMS_METRICS_PORT  # parsed by job.settings.metrics_port, re-exported here
+ENV_PORT = SMS_METRICS_PORT  # parsed by job.settings.Settings.metrics_port, re-exported here
 
 # The states a trial can end in; anything else passed to `trial_finished` is a caller
 # bug, and rejecting it keeps the `state` label's cardinality bounded.
@@ -280,7 +280,7 @@ def push_final(
     which its rerun keeps); not `worker`, the info metric's label (host:pid) it would
     overwrite. A failed push is one warning line, never a failed job: the
     job's own result stands. True when pushed."""
-    gateway = pushgateway()
+    gateway = settings.current().pushgateway()
     if gateway is None:
         return False
     group = {"role": role, "study": study} | ({"index": index} if index is not None else {})

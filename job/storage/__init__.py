@@ -8,7 +8,7 @@ the budget claim race-free across pods, heartbeats let a live worker retry the t
 a dead one (on the embedded journal too: `BeatingJournalStorage`, beat files), and
 `persist` retries a storage call through a database restart, up to a deadline.
 `wait_for_database` holds a verb until a PostgreSQL storage accepts
-connections. Passwords are masked by `job.settings.redact` in every message.
+connections. Passwords are masked by `job.urls.redact` in every message.
 
 One package, so that Optuna's internals stay inside it: `base` (URL forms, errors,
 `persist`, claiming a trial), `heartbeat` (heartbeats and stale trials on every storage),
@@ -23,7 +23,6 @@ internals these use are listed, with why, in docs/DEPENDENCIES.md.
 
 from __future__ import annotations
 
-from job.settings import redact
 from job.storage.artifacts import ARTIFACTS, upload_trial_files
 from job.storage.base import (
     BEATS,
@@ -37,6 +36,7 @@ from job.storage.base import (
     StudyInUseError,
     StudyNotFoundError,
     asked,
+    close_study,
     count_states,
     persist,
     study_beside,
@@ -75,6 +75,7 @@ from job.storage.store import (
     wait_for_study,
 )
 from job.storage.writes import ParamHold, frozen_trial, save_user_attrs
+from job.urls import redact
 
 __all__ = [
     "ARTIFACTS",
@@ -101,6 +102,7 @@ __all__ = [
     "check_journal",
     "check_storage",
     "check_storage_url",
+    "close_study",
     "count_states",
     "database_lock",
     "fail_stale_trials",

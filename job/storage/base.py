@@ -14,7 +14,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from job.errors import BadInput, Failure
-from job.settings import redact
+from job.urls import redact
 
 # Heartbeats, their retry callback and grouped TPE are marked experimental in Optuna
 # (some since 2.8); the version is pinned, and the warnings say nothing a user can act on.
@@ -148,3 +148,11 @@ def study_beside(study: optuna.Study, name: str) -> optuna.Study:
     """Study `name` through the storage object `study` holds (no second connection);
     `KeyError` when that storage has no such study."""
     return optuna.load_study(study_name=name, storage=study._storage)
+
+
+def close_study(study: optuna.Study) -> None:
+    """Close the database connections of the storage `study` holds (a pod's close when
+    it ends; bench/fleet.py's simulated pods); nothing for a journal."""
+    backend = _rdb(study._storage)
+    if backend is not None:
+        backend.engine.dispose()

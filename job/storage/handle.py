@@ -18,10 +18,10 @@ import optuna
 import sqlalchemy
 
 from job.config import Config
-from job.settings import redact
 from job.storage import locks
 from job.storage.base import JOURNAL, persist
 from job.storage.store import open_storage, study_exists
+from job.urls import redact
 
 T = TypeVar("T")
 

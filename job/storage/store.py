@@ -15,7 +15,6 @@ import sqlalchemy
 
 from job import settings
 from job.config import Config
-from job.settings import ambiguous_url, redact
 from job.storage.base import (
     DEFAULT_JOURNAL,
     JOURNAL,
@@ -27,6 +26,7 @@ from job.storage.base import (
 from job.storage.heartbeat import BeatingJournalStorage, _retry
 from job.storage.journal import check_journal
 from job.storage.locks import _lock_engine, database_lock
+from job.urls import ambiguous_url, redact
 
 
 def resolve_storage(flag: str | None, config: Config, out_dir: Path) -> str:
@@ -34,7 +34,7 @@ def resolve_storage(flag: str | None, config: Config, out_dir: Path) -> str:
     from POSTGRES_*: `job.settings.storage_url`), config, embedded journal file."""
     if flag:
         return flag
-    for url in (settings.storage_url(), config.study.storage):
+    for url in (settings.current().storage_url(), config.study.storage):
         if url:
             return url
     return JOURNAL + str((out_dir / DEFAULT_JOURNAL).resolve())

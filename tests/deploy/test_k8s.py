@@ -62,12 +62,6 @@ FIELDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
-    tree = copy_tree(tmp_path_factory.mktemp("k8s"))
-    return {overlay: render(tree, overlay) for overlay in OVERLAYS}
-
-
 def workloads(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
     return [(o, spec) for o in objs if (spec := pod_spec(o)) is not None]
 
@@ -341,10 +335,10 @@ def test_gpu_pods_run_several_workers_and_research_clones_keep_them(
     job = find(rendered["gpu"], "Job", "search")
     (worker,) = job["spec"]["template"]["spec"]["containers"]
     env = container_env(rendered["gpu"], worker)
-    procs = settings.workers_per_pod(env)  # parsed as `search` parses it: valid
-    assert procs == 2 and (settings.torch_threads(env) or 0) // procs >= 1
+    procs = settings.Settings(env).workers_per_pod()  # parsed as `search` parses it: valid
+    assert procs == 2 and (settings.Settings(env).torch_threads() or 0) // procs >= 1
     (cpu,) = find(rendered["local-cpu"], "Job", "search")["spec"]["template"]["spec"]["containers"]
-    assert settings.workers_per_pod(container_env(rendered["local-cpu"], cpu)) == 1
+    assert settings.Settings(container_env(rendered["local-cpu"], cpu)).workers_per_pod() == 1
     (cloned,) = clone(job, "cifar10-v2", 2, NAMESPACE)["spec"]["template"]["spec"]["containers"]
     assert container_env(rendered["gpu"], cloned)[settings.SMS_WORKERS_PER_POD] == str(procs)
 

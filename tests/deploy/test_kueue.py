@@ -28,12 +28,10 @@ from tests.support.kube import (
     NAMESPACE,
     VERSIONS,
     Obj,
-    copy_tree,
+    RenderOverlay,
     find,
     kubectl,
     pod_spec,
-    render,
-    render_with,
     validation_errors,
 )
 from tests.support.proc import ROOT
@@ -75,15 +73,14 @@ def rename_patch() -> str:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
+def rendered(render_overlay: RenderOverlay) -> dict[str, list[Obj]]:
     """base and gpu with the component, gpu without it, gpu with it and the rename."""
-    tree = copy_tree(tmp_path_factory.mktemp("k8s"))
     return {
-        "base": render_with(tree, "base-kueue", "resources: [../../base]\n" + WITH_COMPONENT),
-        "gpu": render_with(tree, "gpu-kueue", "resources: [../gpu]\n" + WITH_COMPONENT),
-        "gpu-plain": render(tree, "gpu"),
-        "renamed": render_with(
-            tree, "renamed", "resources: [../gpu]\n" + WITH_COMPONENT + rename_patch()
+        "base": render_overlay("base-kueue", "resources: [../../base]\n" + WITH_COMPONENT),
+        "gpu": render_overlay("gpu-kueue", "resources: [../gpu]\n" + WITH_COMPONENT),
+        "gpu-plain": render_overlay("gpu"),
+        "renamed": render_overlay(
+            "renamed", "resources: [../gpu]\n" + WITH_COMPONENT + rename_patch()
         ),
     }
 

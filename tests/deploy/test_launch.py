@@ -1,6 +1,6 @@
 """job/run/launch.py: `research --launch` starts a study version's Jobs through the real
 kubernetes client, against a local server that answers like the API server
-(tests/fakekube.py), preloaded with the Jobs the overlays render.
+(tests/support/fakekube.py), preloaded with the Jobs the overlays render.
 
 What is checked on the wire: the Job bodies the client sent (each passes
 `kubernetes-validate --strict`), the answers it copes with (201, 409, 403, 404, 5xx, no
@@ -38,10 +38,8 @@ from tests.support.kube import (
     OVERLAYS,
     VERSIONS,
     Obj,
-    copy_tree,
     find,
     grants,
-    render,
     validation_errors,
 )
 
@@ -50,12 +48,6 @@ OWN = "research-manual-1700000000"  # `kubectl create job --from=cronjob/researc
 OWN_IMAGE = "registry.example/sms/small-model-search:0.2.0"
 OWN_CONFIG = "search-config-newhash42"
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
-    tree = copy_tree(tmp_path_factory.mktemp("k8s"))
-    return {overlay: render(tree, overlay) for overlay in OVERLAYS}
 
 
 def own_job(objs: list[Obj]) -> Obj:

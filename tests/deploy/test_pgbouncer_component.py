@@ -16,6 +16,7 @@ from tests.support.kube import (
     NAMESPACE,
     VERSIONS,
     Obj,
+    RenderOverlay,
     container_env,
     containers,
     copy_tree,
@@ -47,12 +48,11 @@ CLIENTS = {
 
 
 @pytest.fixture(scope="module")
-def pooled(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+def pooled(render_overlay: RenderOverlay) -> list[Obj]:
     """The base with the component, as an overlay would add it (a real password: the
     example's is refused when the URL is built)."""
     database = example_env() | {"POSTGRES_PASSWORD": "n0t-the-example"}
-    tree = copy_tree(tmp_path_factory.mktemp("k8s"), database)
-    return render_with(tree, "pooled", "resources: [../../base]\n" + COMPONENT)
+    return render_overlay("pooled", "resources: [../../base]\n" + COMPONENT, database)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -74,7 +74,7 @@ def test_our_pods_reach_postgres_through_pgbouncer(pooled: list[Obj]) -> None:
             where = (obj["kind"], obj["metadata"]["name"], container["name"])
             assert env["POSTGRES_HOST"] == service["metadata"]["name"], where
             assert env["POSTGRES_PORT"] == str(port["port"]), where
-            url = make_url(str(settings.storage_url(env)))
+            url = make_url(str(settings.Settings(env).storage_url()))
             assert (url.host, url.port) == ("pgbouncer", 6432), where
             seen.add(where)
     assert seen == CLIENTS

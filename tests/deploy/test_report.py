@@ -1,5 +1,5 @@
 """The collector's report page: built from a real (tiny) run, read as HTML, and rendered by
-a real headless Chromium (tests/browser.py), which must fetch nothing and log no error."""
+a real headless Chromium (job/testing/browser.py), which must fetch nothing and log no error."""
 
 from __future__ import annotations
 

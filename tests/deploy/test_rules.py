@@ -24,7 +24,7 @@ PROMETHEUS_RULE = (
     ROOT / "k8s" / "components" / "monitoring" / "small-model-search-prometheusrule.yaml"
 )
 OPERATING = ROOT / "docs" / "OPERATING.md"
-EXPORTER = ROOT / "job" / "exporter.py"
+EXPORTER = ROOT / "job" / "serve" / "exporter.py"
 SEVERITIES = {"critical", "warning", "info"}
 # The job label of what the collector pushed, kept by the Pushgateway's honorLabels scrape.
 PUSHED_JOB = 'job="small-model-search"'

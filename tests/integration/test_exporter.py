@@ -22,7 +22,7 @@ from job.config import load_config, parse_config
 from job.search.worker import JOURNAL, open_study
 from job.serve.exporter import StudyCollector, last_progress, study_registry
 from job.serve.metrics import push_final
-from job.settings import EnvError, pushgateway
+from job.settings import EnvError, Settings
 from job.testing.pgserver import External, Server, free_port
 from job.testing.prom import check_metrics, get
 from job.testing.prom import pushgateway as start_pushgateway
@@ -223,14 +223,14 @@ def test_the_exporter_verb_refuses_bad_input_in_one_line(
 )
 def test_a_bad_pushgateway_url_names_the_variable(raw: str) -> None:
     with pytest.raises(EnvError, match=r"^SMS_PUSHGATEWAY: "):
-        pushgateway({"SMS_PUSHGATEWAY": raw})
+        Settings({"SMS_PUSHGATEWAY": raw}).pushgateway()
 
 
 def test_pushgateway_url_forms() -> None:
-    assert pushgateway({}) is None
-    assert pushgateway({"SMS_PUSHGATEWAY": " "}) is None
-    assert pushgateway({"SMS_PUSHGATEWAY": "http://gw:9091/"}) == "http://gw:9091"
-    assert pushgateway({"SMS_PUSHGATEWAY": "https://gw.example"}) == "https://gw.example"
+    assert Settings({}).pushgateway() is None
+    assert Settings({"SMS_PUSHGATEWAY": " "}).pushgateway() is None
+    assert Settings({"SMS_PUSHGATEWAY": "http://gw:9091/"}).pushgateway() == "http://gw:9091"
+    assert Settings({"SMS_PUSHGATEWAY": "https://gw.example"}).pushgateway() == "https://gw.example"
 
 
 def _registry(value: float) -> CollectorRegistry:

@@ -159,7 +159,7 @@ def test_a_journal_built_upon_a_torn_record_is_refused_until_repaired(tmp_path: 
     line = before.count(b"\n") + 1
     config = str(_config(tmp_path, 3))
 
-    for verb in ("status", "search"):  # every verb: tests/test_bad_inputs.py's rows
+    for verb in ("status", "search"):  # every verb: tests/unit/test_bad_inputs.py's rows
         proc = run_job(verb, "--config", config, "--out", str(out), timeout=300)
         assert proc.returncode == 2, (verb, proc.stdout, proc.stderr)
         said = _one_error_line(proc)

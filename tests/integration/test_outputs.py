@@ -32,12 +32,12 @@ from job.collect.outputs import (
     withdraw,
     writing,
 )
+from job.collect.verify import ensure_plan, plan_retrains
 from job.config import Config, load_config
 from job.ml.data import load_data
 from job.ml.model import build_model
 from job.ml.train import TrainResult
-from job.collect.verify import ensure_plan, plan_retrains
-from job.search.retrain import retrain_data, verify_study_name
+from job.search.retrain import RetrainTask, retrain_data, verify_study_name
 from job.search.worker import Worker, open_study
 from tests.support.configs import TINY
 from tests.support.proc import ROOT, journal_url
@@ -79,7 +79,7 @@ def _retrained(root: Path) -> tuple[Path, Config, str]:
     _, plan = plan_retrains(study.get_trials(), config, {})
     worker = Worker(
         config, url, verify_study_name(study.study_name), train_fn=_train_fn,
-        log=lambda _: None, retrain=True, weights_dir=root / "verified",
+        log=lambda _: None, task=RetrainTask.opener(root / "verified"),
     )  # fmt: skip
     ensure_plan(worker.study, url, plan)
     assert worker.run(retrain_data(load_data(config.data))) == len(plan)
@@ -371,7 +371,7 @@ def test_a_failed_write_names_the_published_file(tmp_path: Path) -> None:
 def test_augment_preview_makes_a_missing_out_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """As every verb's --out: the folder is made (one it cannot make: tests/test_bad_inputs.py)."""
+    """As every verb's --out: the folder is made (one it cannot make: tests/unit/test_bad_inputs.py)."""
     from job.cli.main import main
     from tests.support.configs import QUICK
 

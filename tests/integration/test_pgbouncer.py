@@ -26,28 +26,7 @@ from job.storage import database_lock
 from job.storage.locks import lock_key
 from job.testing.pgbouncer import Bouncer, bouncer, find_binary
 from job.testing.pgserver import External, Server
-from tests.support.kube import (
-    Obj,
-    copy_tree,
-    example_env,
-    render_with,
-)
 from tests.support.scenarios import four_workers_one_killed_one_preempted_exact_budget
-
-COMPONENT = "components: [../../components/pgbouncer]\n"
-
-
-# --- the component: k8s/components/pgbouncer ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pooled(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
-    """The base with the component, as an overlay would add it (a real password: the
-    example's is refused when the URL is built)."""
-    database = example_env() | {"POSTGRES_PASSWORD": "n0t-the-example"}
-    tree = copy_tree(tmp_path_factory.mktemp("k8s"), database)
-    return render_with(tree, "pooled", "resources: [../../base]\n" + COMPONENT)
-
 
 # --- a real PgBouncer in front of the suite's PostgreSQL ------------------------------
 

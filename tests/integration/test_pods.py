@@ -162,7 +162,7 @@ def test_research_cronjob_launches_the_next_version(
     postgres: Server | External, tmp_path: Path
 ) -> None:
     """The research CronJob's pod, with the real kubernetes client against a fake API
-    server (tests/fakekube.py): unchanged data, no request; images added, two research
+    server (tests/support/fakekube.py): unchanged data, no request; images added, two research
     pods at once make one version, whose recorded Jobs then run here to the end."""
     url = postgres.new_database()
     tree = copy_tree(tmp_path, database_env(url))

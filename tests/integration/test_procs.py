@@ -21,6 +21,7 @@ from job.config import load_config
 from job.run.pod import PodMetrics, PodOptions, child_command, exit_code, on_stop_signals
 from job.search.worker import open_study
 from job.serve.metrics import WorkerMetrics
+from job.settings import Settings
 from job.testing.prom import check_metrics, get, pushgateway
 from tests.gate import Gate
 from tests.support.configs import TINY
@@ -97,13 +98,13 @@ def test_each_child_gets_its_own_index_threads_and_a_loopback_port(
     options = PodOptions(tmp_path / "c.yaml", 2, 3, 8, 9100, ("--out", "o"), url)
     for i in range(2):
         cmd, env = child_command(options, i, tmp_path / f"{i}.port")
-        assert settings.worker_index(env) == 6 + i  # pod index * K + i: sampler seeds differ
-        assert settings.torch_threads(env) == 4 and env[settings.OMP_NUM_THREADS] == "4"
-        assert settings.metrics_port(9100, env) == 0  # a free one; the pod's is the parent's
+        assert Settings(env).worker_index() == 6 + i  # pod index * K + i: sampler seeds differ
+        assert Settings(env).torch_threads() == 4 and env[settings.OMP_NUM_THREADS] == "4"
+        assert Settings(env).metrics_port(9100) == 0  # a free one; the pod's is the parent's
         assert cmd[cmd.index("--procs") + 1] == "1" and str(tmp_path / f"{i}.port") in cmd
-        assert "s3cret-pw" not in " ".join(cmd) and settings.storage_url(env) == url
+        assert "s3cret-pw" not in " ".join(cmd) and Settings(env).storage_url() == url
     _, off = child_command(options, 0, None)
-    assert settings.metrics_port(9100, off) is None  # metrics off: the children only push
+    assert Settings(off).metrics_port(9100) is None  # metrics off: the children only push
 
 
 def test_the_exit_code_says_stopped_before_anything_else() -> None:

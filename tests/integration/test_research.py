@@ -187,7 +187,7 @@ def test_research_unchanged_then_new_version_on_added_images(tmp_path: Path) -> 
     images, out = tmp_path / "images", tmp_path / "runs"
     write_digits(images, 0, 20)
     config = tmp_path / "research.yaml"
-    # No verification here (tests/test_pods.py's research test verifies and checks the
+    # No verification here (tests/integration/test_pods.py's research test verifies and checks the
     # drift numbers): the picks' drift rows then say there are no retrained weights.
     text = RESEARCH.replace("PATH", str(images)).replace(
         VERIFIED, "{verify: false, policies: [best, knee]}"

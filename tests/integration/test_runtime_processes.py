@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from job import settings
-from job.run.local import RunOptions, worker_command
-from job.settings import EnvError
+from job import settings, urls
+from job.settings import EnvError, Settings
 from job.storage import StorageDownError, StorageURLError, wait_for_database
 from job.testing.pgserver import External, Server, free_port
 from tests.support.proc import ROOT, run_job
@@ -30,30 +28,12 @@ def test_the_example_password_is_refused() -> None:
     example = (ROOT / "k8s" / "base" / "database.env.example").read_text()
     assert f"POSTGRES_PASSWORD={settings.EXAMPLE_PASSWORD}\n" in example
     with pytest.raises(EnvError, match=r"^POSTGRES_PASSWORD: still the example's value"):
-        settings.storage_url({**POSTGRES, "POSTGRES_PASSWORD": settings.EXAMPLE_PASSWORD})
+        Settings({**POSTGRES, "POSTGRES_PASSWORD": settings.EXAMPLE_PASSWORD}).storage_url()
     # as a role meets it: exit 2, one line, before any connection is tried
     env = {**POSTGRES, "POSTGRES_PASSWORD": settings.EXAMPLE_PASSWORD, "OPTUNA_STORAGE": ""}
     proc = run_job("status", "--config", "configs/quickstart.yaml", env=env, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "POSTGRES_PASSWORD" in proc.stderr and "database.env" in proc.stderr
-
-
-def test_run_passes_a_password_url_in_the_environment_only(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """argv is visible to every process on the machine (`ps`): no password there."""
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", "7")  # `run` inside a pod: not inherited
-    url = settings.postgres_url("db", 5432, "sms", ODD_PASSWORD, "sms")
-    options = RunOptions(tmp_path / "c.yaml", 3, tmp_path, url, "s", metrics_port=9100)
-    for index in range(3):
-        cmd, env = worker_command(options, index)
-        argv = " ".join(cmd)
-        assert "postgresql" not in argv and "--storage" not in cmd
-        assert ODD_PASSWORD not in argv and (urlsplit(url).password or "") not in argv
-        assert env["OPTUNA_STORAGE"] == url
-        assert settings.storage_url(env) == url and settings.worker_index(env) == index
-        assert settings.metrics_port(None, env) == 9100 + index
-        assert settings.torch_threads(env) is not None
 
 
 def test_database_wait(postgres: Server | External, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,8 +50,8 @@ def test_database_wait(postgres: Server | External, capsys: pytest.CaptureFixtur
         wait_for_database(closed, 1.5, poll_s=0.2)
     assert 1.5 <= time.monotonic() - start < 120  # waited its 1.5 s, then gave up
     message, err = str(info.value), capsys.readouterr().err
-    assert err == f"waiting for database {settings.redact(closed)}\n"
-    assert message.startswith(f"database {settings.redact(closed)} not reachable after 1.5 s: ")
+    assert err == f"waiting for database {urls.redact(closed)}\n"
+    assert message.startswith(f"database {urls.redact(closed)} not reachable after 1.5 s: ")
     assert "127.0.0.1" in message and "\n" not in message
     assert ODD_PASSWORD not in message + err and (urlsplit(closed).password or "") not in message
     with pytest.raises(StorageURLError):

@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 from job.config import Config, load_config
 from job.ml.data import Dataset, load_data
 from job.ml.train import TrainError, TrainResult
-from job.search import worker as search
+from job.search import tasks as search
+from job.search.record import TrialAttrs
+from job.search.tasks import TrialRun
 from job.search.worker import JOURNAL, Worker, open_study
 from job.storage import open_storage, save_user_attrs
 from job.testing.pgserver import External, Server
@@ -50,13 +52,20 @@ def fake_train() -> Any:
     return train
 
 
+class PerKeyRun(TrialRun):
+    """A trial as the worker wrote it before the batching: one `set_user_attr` per key,
+    at once."""
+
+    def record(self, attrs: TrialAttrs, write: bool = True) -> None:
+        for key, value in attrs.to_attrs().items():
+            self.trial.set_user_attr(key, value)
+
+
 class PerKeyWorker(Worker):
     """The worker as it wrote before the batching: one `set_user_attr` per key, at once
     (and, with `NoHold`, each parameter as its `suggest_*` runs)."""
 
-    def _save(self, trial: optuna.Trial, attrs: dict[str, Any], write: bool = True) -> None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+    run_type = PerKeyRun
 
 
 class NoHold:

@@ -68,7 +68,7 @@ def write_digits(root: Path, start: int, per_class: int) -> None:
 
 def journal_with_study_data(name: str, fingerprint: str) -> bytes:
     """A journal holding study `name` whose first worker recorded data `fingerprint`
-    (tests/test_bad_inputs.py writes it where `collect` and `run` look)."""
+    (tests/unit/test_bad_inputs.py writes it where `collect` and `run` look)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 

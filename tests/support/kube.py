@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ NAMESPACE = "small-model-search"
 DATABASE_ENV = "base/database.env"
 
 Obj = dict[str, Any]
+# The deploy tier's `render_overlay` fixture: (name, kustomization=None, database=None) → objs
+RenderOverlay = Callable[..., list[Obj]]
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC rules spell them
 
 # Oldest Kubernetes we support (Indexed Job features GA by then) and the newest schemas shipped.

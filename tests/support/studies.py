@@ -7,8 +7,8 @@ from typing import Any
 from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
-from job.ml.model import load_model_spec
 from job.collect.verify import fit_classes
+from job.ml.model import load_model_spec
 from tests.support.configs import RESNET8
 
 

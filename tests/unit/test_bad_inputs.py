@@ -210,7 +210,7 @@ CASES: list[Case] = [
     Case("train-no-model", ("train", "--config", "{cfg}"), "--model"),
     Case("unknown-verb", ("frobnicate",), "invalid choice: 'frobnicate'"),
     # --- storage, destructive operations --------------------------------------------
-    # (a wrong password and --fresh against a live holder: tests/test_storage.py)
+    # (a wrong password and --fresh against a live holder: tests/integration/test_storage_processes.py)
     Case("storage-scheme-foo", (*STATUS, "--storage", "foo://bar"),
          "storage foo://bar: 'foo' is not supported"),
     Case("storage-mysql", (*STATUS, "--storage", "mysql://u:pw@localhost/db"),
@@ -519,7 +519,7 @@ CASES: list[Case] = [
          config=_edit(data="{name: cifar10, path: cif}"),
          files={"cif/cifar-10-batches-py/batches.meta": planted_pickle("marker")}),
     # the data changed under a study its first worker recorded: collect refuses (run and
-    # search too: tests/test_study_data.py, as they write to the journal before)
+    # search too: tests/unit/test_study_data.py, as they write to the journal before)
     Case("study-data-changed-collect", ("collect", "--config", "{cfg}"),
          "here, 000000000000 in study 'bad' (the data changed",
          files={"runs/bad/study.journal": journal_with_study_data("bad", "0" * 64)}),
@@ -554,7 +554,7 @@ CASES: list[Case] = [
 
 
 def _config_cases() -> list[Case]:
-    """Every bad config of tests/test_config.py, through `search` as a user runs it."""
+    """Every bad config of tests/unit/test_config.py, through `search` as a user runs it."""
     from tests.support.configs import BAD_CONFIGS
 
     cases = []

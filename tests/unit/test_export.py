@@ -129,7 +129,7 @@ def test_int8(trained: Trained) -> None:
     assert int8["accuracy_drop"] == pytest.approx(fp32["test_accuracy"] - int8["test_accuracy"])
     assert abs(int8["accuracy_drop"]) <= 0.03  # measured: 0.0 (static ranges, 256 images)
     assert int8["calibration_images"] == 256
-    assert int8["format"] == "QDQ, per-channel int8 weights, uint8 activations"
+    assert int8["format"] == "QDQ, per-channel int8 weights in a 7-bit range, uint8 activations"
     ops = {node.op_type for node in onnx.load(file).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert not list(trained.folder.glob(".*"))  # no temporary file left behind

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from job import settings
-from job.settings import EnvError
+from job import settings, urls
+from job.run.local import RunOptions, worker_command
+from job.settings import EnvError, Settings
 from job.storage import StorageURLError
 from tests.support.proc import ROOT
 
@@ -27,23 +29,24 @@ def test_every_variable_is_in_the_table_and_only_runtime_reads_the_environment()
     for name in settings.VARIABLES:
         assert re.search(rf"^    {name} ", doc, re.M), name
     for path in sorted((ROOT / "job").rglob("*.py")):
-        if path.name != "settings.py":
+        # job/testing: the throwaway servers of tests and benches, not the product's runtime
+        if path.name != "settings.py" and "testing" not in path.relative_to(ROOT).parts:
             text = path.read_text()
             assert not re.search(r"\bos\.environ|\bgetenv\b|from os import", text), path.name
 
 
 def test_storage_url_precedence() -> None:
-    assert settings.storage_url({}) is None
-    assert settings.storage_url({"POSTGRES_HOST": ""}) is None
+    assert Settings({}).storage_url() is None
+    assert Settings({"POSTGRES_HOST": ""}).storage_url() is None
     assert (
-        settings.storage_url({"OPTUNA_STORAGE": "sqlite:///x.db", **POSTGRES}) == "sqlite:///x.db"
+        Settings({"OPTUNA_STORAGE": "sqlite:///x.db", **POSTGRES}).storage_url() == "sqlite:///x.db"
     )
-    built = settings.storage_url(POSTGRES)
+    built = Settings(POSTGRES).storage_url()
     assert built is not None and built.startswith("postgresql+psycopg2://")
 
 
 def test_built_url_round_trips_an_odd_password() -> None:
-    url = settings.storage_url(POSTGRES)
+    url = Settings(POSTGRES).storage_url()
     assert url is not None
     assert ODD_PASSWORD not in url  # percent-encoded, every special character of it
     parsed = make_url(url)  # as SQLAlchemy (and Optuna) will read it
@@ -55,10 +58,10 @@ def test_built_url_round_trips_an_odd_password() -> None:
 
 
 def test_ipv6_host_is_bracketed() -> None:
-    url = settings.storage_url({**POSTGRES, "POSTGRES_HOST": "fd00::1", "POSTGRES_PORT": "6432"})
+    url = Settings({**POSTGRES, "POSTGRES_HOST": "fd00::1", "POSTGRES_PORT": "6432"}).storage_url()
     assert url is not None and "@[fd00::1]:6432/" in url
     assert (make_url(url).host, make_url(url).port) == ("fd00::1", 6432)
-    already = settings.storage_url({**POSTGRES, "POSTGRES_HOST": "[fd00::1]"})
+    already = Settings({**POSTGRES, "POSTGRES_HOST": "[fd00::1]"}).storage_url()
     assert already is not None and "@[fd00::1]:5432/" in already
 
 
@@ -67,41 +70,41 @@ def test_ipv6_host_is_bracketed() -> None:
     [("", 5432), ("6543", 6543), ("tcp://10.96.0.12:5433", 5433), ("tcp://[fd00::9]:5434", 5434)],
 )
 def test_postgres_port_forms(raw: str, port: int) -> None:
-    url = settings.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
+    url = Settings({**POSTGRES, "POSTGRES_PORT": raw}).storage_url()
     assert url is not None and make_url(url).port == port
 
 
 @pytest.mark.parametrize("raw", ["five", "tcp://10.0.0.1:", "0", "70000", "-1", "5432x"])
 def test_bad_postgres_port_names_the_variable(raw: str) -> None:
     with pytest.raises(EnvError, match=r"^POSTGRES_PORT: .*" + re.escape(repr(raw))):
-        settings.storage_url({**POSTGRES, "POSTGRES_PORT": raw})
+        Settings({**POSTGRES, "POSTGRES_PORT": raw}).storage_url()
 
 
 @pytest.mark.parametrize("missing", ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"])
 def test_missing_postgres_variable_is_named(missing: str) -> None:
     env = {k: v for k, v in POSTGRES.items() if k != missing}
     with pytest.raises(EnvError, match=rf"^{missing} is not set \(needed with POSTGRES_HOST"):
-        settings.storage_url(env)
+        Settings(env).storage_url()
     with pytest.raises(EnvError, match=missing):
-        settings.storage_url({**env, missing: ""})
+        Settings({**env, missing: ""}).storage_url()
 
 
 def test_redact_masks_the_password_in_urls_and_messages() -> None:
-    url = settings.storage_url(POSTGRES)
+    url = Settings(POSTGRES).storage_url()
     assert url is not None
-    shown = settings.redact(url)
+    shown = urls.redact(url)
     assert shown == "postgresql+psycopg2://sms%20user:***@db.example:5432/sms%2Fdb"
-    assert settings.redact("postgresql://u:s3cret@[fd00::1]:5432/d") == (
+    assert urls.redact("postgresql://u:s3cret@[fd00::1]:5432/d") == (
         "postgresql://u:***@[fd00::1]:5432/d"
     )
     for url_ in ("sqlite:///x.db", "journal:///tmp/a b/study.journal", "postgresql://u@h/d"):
-        assert settings.redact(url_) == url_
+        assert urls.redact(url_) == url_
     # in an error message: the raw password and its encoded form, wherever they are
     encoded = urlsplit(url).password or ""
     message = f"FATAL: password {ODD_PASSWORD} rejected ({encoded})"
-    masked = settings.redact(message, url)
+    masked = urls.redact(message, url)
     assert ODD_PASSWORD not in masked and encoded not in masked and "***" in masked
-    assert settings.redact("no secret here", url) == "no secret here"
+    assert urls.redact("no secret here", url) == "no secret here"
 
 
 # pieces no URL or message here holds by chance: none of them may ever be shown
@@ -127,14 +130,14 @@ def test_an_unencoded_password_is_never_shown_in_part_and_is_refused(password: s
     pieces = [p for p in re.split(r"[@/#? :]", password) if p]
     with pytest.raises(StorageURLError, match="percent-encode it") as caught:
         check_storage_url(url)
-    for shown in (settings.redact(url), str(caught.value), settings.redact(f"see {url} now", url)):
+    for shown in (urls.redact(url), str(caught.value), urls.redact(f"see {url} now", url)):
         assert not [p for p in pieces if p in shown], shown
-    assert settings.ambiguous_url(url)
+    assert urls.ambiguous_url(url)
     # percent-encoded, the same password is one URL to every reader, and masked whole
     encoded = f"postgresql+psycopg2://us:{quote(password, safe='')}@dbhost:5432/db"
     check_storage_url(encoded)
-    assert settings.redact(encoded) == "postgresql+psycopg2://us:***@dbhost:5432/db"
-    assert not settings.ambiguous_url(encoded)
+    assert urls.redact(encoded) == "postgresql+psycopg2://us:***@dbhost:5432/db"
+    assert not urls.ambiguous_url(encoded)
 
 
 def test_redact_works_from_the_url_s_parts() -> None:
@@ -152,67 +155,83 @@ def test_redact_works_from_the_url_s_parts() -> None:
         "postgresql://u:pw@h/d@b": "postgresql://***@b",
     }
     for url, shown in cases.items():
-        assert settings.redact(url) == shown
-        assert settings.redact(shown) == shown  # masking twice changes nothing
+        assert urls.redact(url) == shown
+        assert urls.redact(shown) == shown  # masking twice changes nothing
     # URLs inside a message, whatever surrounds them; the rest of the text as it was
     text = "failed: (postgresql://u:pw@h/d)\tthen 'mysql://v:pw2@h2/x', done"
-    assert settings.redact(text) == (
+    assert urls.redact(text) == (
         "failed: (postgresql://u:***@h/d)\tthen 'mysql://v:***@h2/x', done"
     )
 
 
 def test_db_wait_s() -> None:
-    assert settings.db_wait_s({}) == 120.0
-    assert settings.db_wait_s({"SMS_DB_WAIT_S": "0"}) == 0.0
-    assert settings.db_wait_s({"SMS_DB_WAIT_S": " 2.5 "}) == 2.5
+    assert Settings({}).db_wait_s() == 120.0
+    assert Settings({"SMS_DB_WAIT_S": "0"}).db_wait_s() == 0.0
+    assert Settings({"SMS_DB_WAIT_S": " 2.5 "}).db_wait_s() == 2.5
     for raw in ("soon", "-1", "inf", "nan", "1e3", "1."):
         with pytest.raises(EnvError, match=r"^SMS_DB_WAIT_S: .*number of seconds"):
-            settings.db_wait_s({"SMS_DB_WAIT_S": raw})
+            Settings({"SMS_DB_WAIT_S": raw}).db_wait_s()
 
 
 def test_metrics_port() -> None:
-    assert settings.metrics_port(9100, {}) == 9100
-    assert settings.metrics_port(None, {"SMS_METRICS_PORT": ""}) is None
-    assert settings.metrics_port(9100, {"SMS_METRICS_PORT": " 9200 "}) == 9200
-    assert settings.metrics_port(9100, {"SMS_METRICS_PORT": "0"}) == 0
-    assert settings.metrics_port(9100, {"SMS_METRICS_PORT": "Off"}) is None
+    assert Settings({}).metrics_port(9100) == 9100
+    assert Settings({"SMS_METRICS_PORT": ""}).metrics_port(None) is None
+    assert Settings({"SMS_METRICS_PORT": " 9200 "}).metrics_port(9100) == 9200
+    assert Settings({"SMS_METRICS_PORT": "0"}).metrics_port(9100) == 0
+    assert Settings({"SMS_METRICS_PORT": "Off"}).metrics_port(9100) is None
     for raw in ("nine", "9100.5", "-1", "70000"):
         with pytest.raises(EnvError, match=r"^SMS_METRICS_PORT: "):
-            settings.metrics_port(9100, {"SMS_METRICS_PORT": raw})
+            Settings({"SMS_METRICS_PORT": raw}).metrics_port(9100)
 
 
 def test_torch_threads() -> None:
-    assert settings.torch_threads({}) is None
-    assert settings.torch_threads({"SMS_TORCH_THREADS": "3"}) == 3
+    assert Settings({}).torch_threads() is None
+    assert Settings({"SMS_TORCH_THREADS": "3"}).torch_threads() == 3
     for raw in ("0", "two", "-2", "1.5"):
         with pytest.raises(EnvError, match=r"^SMS_TORCH_THREADS: "):
-            settings.torch_threads({"SMS_TORCH_THREADS": raw})
+            Settings({"SMS_TORCH_THREADS": raw}).torch_threads()
 
 
 def test_worker_index() -> None:
-    assert settings.worker_index({}) == 0
-    assert settings.worker_index({"SMS_WORKER_INDEX": "3"}) == 3
+    assert Settings({}).worker_index() == 0
+    assert Settings({"SMS_WORKER_INDEX": "3"}).worker_index() == 3
     both = {"JOB_COMPLETION_INDEX": "5", "SMS_WORKER_INDEX": "3"}
-    assert settings.worker_index(both) == 5  # the Indexed Job's index wins
-    assert settings.worker_index({"JOB_COMPLETION_INDEX": "", "SMS_WORKER_INDEX": "2"}) == 2
+    assert Settings(both).worker_index() == 5  # the Indexed Job's index wins
+    assert Settings({"JOB_COMPLETION_INDEX": "", "SMS_WORKER_INDEX": "2"}).worker_index() == 2
     for name in ("JOB_COMPLETION_INDEX", "SMS_WORKER_INDEX"):
         with pytest.raises(EnvError, match=rf"^{name}: .*'x'"):
-            settings.worker_index({name: "x"})
+            Settings({name: "x"}).worker_index()
 
 
 def test_code_version_and_dashboard_port() -> None:
-    assert settings.code_version({}) is None
-    assert settings.code_version({"SMS_CODE_VERSION": "1.2.3+abc"}) == "1.2.3+abc"
-    assert settings.dashboard_port({}) == 8080
-    assert settings.dashboard_port({"DASHBOARD_PORT": "9000"}) == 9000
+    assert Settings({}).code_version() is None
+    assert Settings({"SMS_CODE_VERSION": "1.2.3+abc"}).code_version() == "1.2.3+abc"
+    assert Settings({}).dashboard_port() == 8080
+    assert Settings({"DASHBOARD_PORT": "9000"}).dashboard_port() == 9000
     with pytest.raises(EnvError, match=r"^DASHBOARD_PORT: .*'http'"):
-        settings.dashboard_port({"DASHBOARD_PORT": "http"})
+        Settings({"DASHBOARD_PORT": "http"}).dashboard_port()
 
 
 def test_errors_are_value_errors_of_one_line() -> None:
     assert issubclass(EnvError, ValueError)
     with pytest.raises(EnvError) as info:
-        settings.storage_url({**POSTGRES, "POSTGRES_PORT": "x\ny"})
+        Settings({**POSTGRES, "POSTGRES_PORT": "x\ny"}).storage_url()
     assert "\n" not in str(info.value).replace("\\n", "")
 
 
+def test_run_passes_a_password_url_in_the_environment_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """argv is visible to every process on the machine (`ps`): no password there."""
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "7")  # `run` inside a pod: not inherited
+    url = settings.postgres_url("db", 5432, "sms", ODD_PASSWORD, "sms")
+    options = RunOptions(tmp_path / "c.yaml", 3, tmp_path, url, "s", metrics_port=9100)
+    for index in range(3):
+        cmd, env = worker_command(options, index)
+        argv = " ".join(cmd)
+        assert "postgresql" not in argv and "--storage" not in cmd
+        assert ODD_PASSWORD not in argv and (urlsplit(url).password or "") not in argv
+        assert env["OPTUNA_STORAGE"] == url
+        assert Settings(env).storage_url() == url and Settings(env).worker_index() == index
+        assert Settings(env).metrics_port(None) == 9100 + index
+        assert Settings(env).torch_threads() is not None

@@ -1,5 +1,5 @@
 """job/storage/'s URL checks, refusals and the run lock; `_hand_back` of an unsaved
-checkpoint. The table of bad storage inputs is in tests/test_bad_inputs.py; these need a
+checkpoint. The table of bad storage inputs is in tests/unit/test_bad_inputs.py; these need a
 live server or a second live process."""
 
 from __future__ import annotations

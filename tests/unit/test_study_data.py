@@ -14,7 +14,7 @@ from PIL import Image
 from job.cli.main import main
 from job.config import Config, load_config
 from job.ml.data import load_data
-from job.search.retrain import verify_study_name
+from job.search.retrain import RetrainTask, verify_study_name
 from job.search.worker import (
     STUDY_DATA,
     STUDY_PREPARATION,
@@ -109,10 +109,10 @@ def test_a_retrainer_on_changed_data_refuses_too(tmp_path: Path) -> None:
     images = _images(tmp_path / "images")
     url, config = journal_url(tmp_path), _config(tmp_path, images)
     name = verify_study_name("same")
-    assert Worker(config, url, name, log=lambda line: None, retrain=True).run() == 0
+    assert Worker(config, url, name, log=lambda line: None, task=RetrainTask.open).run() == 0
     _change_one_image(images)
     with pytest.raises(DataChanged, match=f"in study '{name}'"):
-        Worker(config, url, name, log=lambda line: None, retrain=True).run()
+        Worker(config, url, name, log=lambda line: None, task=RetrainTask.open).run()
 
 
 def test_an_older_study_keeps_the_data_its_trials_recorded(tmp_path: Path) -> None:

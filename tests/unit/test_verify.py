@@ -14,16 +14,20 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from job.collect.picks import gather, write_selection
+from job.collect.picks import resolve_picks
 from job.collect.publish import publish
+from job.collect.selection import select
+from job.collect.verified import gather, write_verify
+from job.collect.verified import verify as verify_step
+from job.collect.verify import ensure_plan, fit_classes, model_file, plan_retrains
 from job.config import Config, load_config, parse_config
 from job.ml.data import load_data
 from job.ml.model import ModelError, build_model, load_model_spec
 from job.ml.train import TrainResult
-from job.collect.verify import ensure_plan, fit_classes, model_file, plan_retrains
 from job.search.retrain import (
     SPEC_ATTR,
     Retrain,
+    RetrainTask,
     claim_retrain,
     retrain_data,
     verify_study_name,
@@ -145,19 +149,21 @@ def test_workers_retrain_then_collect_writes_every_file(tmp_path: Path) -> None:
     _, plan = plan_retrains(study.get_trials(), config, models)
     name = verify_study_name(study.study_name)
     worker = Worker(
-        config, url, name, train_fn=_fake_train(0.8), log=lambda _: None, retrain=True,
-        weights_dir=tmp_path / "verified",
+        config, url, name, train_fn=_fake_train(0.8), log=lambda _: None,
+        task=RetrainTask.opener(tmp_path / "verified"),
     )  # fmt: skip
     ensure_plan(worker.study, url, plan)
     assert worker.run(retrain_data(data)) == len(plan)
     out = tmp_path / "results"
-    verify_trials = worker.study.get_trials()
-    planned = plan_retrains(study.get_trials(), config, models)
-    report = write_selection(study.get_trials(), verify_trials, planned, config, "tiny", out)
-    assert not report["problems"] and not report["failed"] and not report["pending"]
     export = config.export.model_copy(update={"onnx": False, "artifacts": False})
     published = config.model_copy(update={"export": export})  # the picks' files, no ONNX
-    assert publish(out, study, study.get_trials(), published, data, report) == []
+    chosen = select(study.get_trials(), published, models)  # the pipeline's steps, in order
+    verification = verify_step(study, chosen, published, url)
+    assert verification is not None and not verification.failed and not verification.pending
+    out.mkdir()
+    picks = resolve_picks(chosen, verification, published, "tiny", out)
+    assert publish(out, study, picks, published, data).problems == []
+    write_verify(out, verification, chosen, published, data)
     selection = json.loads((out / "selection.json").read_text())
     assert selection["best"]["trial"] == 1
     # every verified search model scores 0.80/0.81 and ResNet-8 as much: the smallest
