@@ -6,19 +6,25 @@ or the new one, never half of one. A file a user or another pod hands us (a conf
 model YAML, a card) is parsed with limits (`SafeLoader`, `json_problem`): an alias bomb,
 deep nesting, a key given twice or a 5000-digit integer is one clear line naming the
 file and line, never a hang or a traceback; and an error quotes a value, never the whole
-of one (`short`). Imports nothing of the product: config, model and the collector use it.
+of one (`short`). A write that fails is one line naming the file as it is published
+(`writing`, `OutputError`: exit 1). Imports nothing of the product but its error kinds.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from job.errors import BadInput, Failure
 
 
 class _Short(reprlib.Repr):
@@ -231,3 +237,76 @@ def read_yaml(path: str | Path, error: type[ValueError]) -> Any:
         return parse_yaml(text)
     except yaml.YAMLError as exc:
         raise error(f"{path}: {yaml_problem(exc)}") from None
+
+
+# --- a failed write, said in one line (the collector's outputs, exports, previews) --------
+# A pick's folder is built beside its published name as `.<policy>.new` and swapped in
+# (job.collect.outputs); a message names the file as it is published, never the temporary.
+
+NEW, OLD, GONE = "new", "old", "gone"
+SIDE_FOLDER = re.compile(rf"^\.(.+)\.({NEW}|{OLD}|{GONE})$")  # a pick's folder mid-swap
+TEMP_FILE = re.compile(r"^\.(.+?)\.\d+\.(?:tmp|pre\.onnx)$")  # write_atomic's, int8's temporaries
+
+
+class OutputError(Failure):
+    """An output could not be written (disk full, quota, size limit, read-only): one line
+    naming the file and the OS's reason; exit 1."""
+
+
+class OutputFolderError(BadInput, ValueError):
+    """An output folder named on the command line cannot be made there: exit 2, one line
+    naming the flag."""
+
+
+def shown(path: Path) -> str:
+    """`path` as it is published: a pick's side folder as the pick's own, a temporary
+    file as the file it becomes (`selected/.best.new/.card.json.7.tmp` →
+    `selected/best/card.json`)."""
+    parts = list(path.parts)
+    for i, part in enumerate(parts):
+        found = SIDE_FOLDER.match(part) or (TEMP_FILE.match(part) if i == len(parts) - 1 else None)
+        if found:
+            parts[i] = found.group(1)
+    return str(Path(*parts)) if parts else str(path)
+
+
+def reason(exc: OSError) -> str:
+    """The OS's reason in words and by name: `No space left on device (ENOSPC)`."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or type(exc).__name__
+    return f"{text} ({name})" if name else text
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Any OSError inside → `OutputError` naming `path` (as published) and the reason:
+    Python's own message names no file for a failed write() and the source for a
+    failed copy."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {shown(path)}: {reason(exc)}; the outputs written before are kept"
+        ) from None
+
+
+def make_folder(path: Path, flag: str) -> None:
+    """`path` and any missing parents, or `OutputFolderError` naming `flag` with nothing
+    left behind (the parents made before the failure are removed again)."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
+    except OSError as exc:
+        for folder in reversed(made):
+            with suppress(OSError):
+                folder.rmdir()
+        raise OutputFolderError(f"{flag}: cannot make {path}: {reason(exc)}") from None
+    if not path.is_dir():
+        raise OutputFolderError(f"{flag}: {path} is not a folder")

@@ -9,31 +9,47 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from job.config import DataConfig
-from job.ml.data import Dataset, load_data
 from job.testing.pgserver import External, Server, throwaway_server
+
+if TYPE_CHECKING:  # torch is imported by the tests that need it, not by xdist's controller
+    from job.ml.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "integration", "deploy")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch gets its share of the cores (two workers on
+    two cores, each with two threads, spend a third of their time spinning)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier, the folder under tests/ it lives in."""
+    """Mark each test with its tier, the folder under tests/ it lives in; a unit test
+    asks for no server."""
     for item in items:
         parts = item.path.relative_to(ROOT / "tests").parts
         if len(parts) < 2 or parts[0] not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/{{{','.join(TIERS)}}}/")
         item.add_marker(parts[0])
+        if parts[0] == "unit" and "postgres" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid}: a unit test starts no server (postgres)")
 
 
 @pytest.fixture(scope="session")
 def digits16() -> Dataset:
     """Digits at 16x16: 600 train images, stratified; loads in well under a second."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from job.config import DataConfig
+    from job.ml.data import load_data
+
     return load_data(DataConfig(name="digits", image_size=16, subset=600, val_ratio=0.2))
 
 

@@ -203,7 +203,7 @@ def run_and_collect(
 
 def _later_versions(url: str, config: Config) -> list[str]:
     """The versions >= 2 of study.name in the journal `run --fresh` is about to delete."""
-    from job.collect.research import versions
+    from job.search.versions import versions
     from job.storage import open_storage, study_exists
 
     if not study_exists(url, config.study.name):

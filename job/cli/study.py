@@ -23,8 +23,8 @@ from job.urls import redact_url
 def cmd_status(args: argparse.Namespace) -> int:
     """Trials by state, best values, front size, rate and ETA; of the latest version of
     study.name unless --study or SMS_STUDY names one, with the versions' lineage."""
-    from job.collect.research import lineage_text, versions
     from job.collect.results import status_report
+    from job.search.versions import lineage_text, versions
     from job.storage import open_storage, study_exists
 
     config = load_config(args.config, args.set)

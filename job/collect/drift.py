@@ -56,11 +56,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-from job.collect.outputs import writing
 from job.collect.picks import SELECTED, SELECTION_JSON
 from job.collect.research import IN_PROGRESS, NEW_VERSION, UNCHANGED
 from job.collect.results import write_json
 from job.config import Config, ConfigError
+from job.files import writing
 from job.ml.data import Dataset
 from job.ml.model import load_model_spec, output_shape
 from job.ml.onnx import load_weights

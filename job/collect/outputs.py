@@ -28,82 +28,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
-from job.errors import BadInput, Failure
+from job.files import GONE, NEW, OLD, SIDE_FOLDER, writing
 
-NEW, OLD, GONE = "new", "old", "gone"
 LOCK = ".publish.lock"
-_SIDE = re.compile(rf"^\.(.+)\.({NEW}|{OLD}|{GONE})$")  # a pick's folder mid-swap
-_TEMP = re.compile(r"^\.(.+?)\.\d+\.(?:tmp|pre\.onnx)$")  # write_atomic's, int8's temporaries
-
-
-class OutputError(Failure):
-    """An output could not be written (disk full, quota, size limit, read-only): one line
-    naming the file and the OS's reason; exit 1."""
-
-
-class OutputFolderError(BadInput, ValueError):
-    """An output folder named on the command line cannot be made there: exit 2, one line
-    naming the flag."""
-
-
-def shown(path: Path) -> str:
-    """`path` as it is published: a pick's side folder as the pick's own, a temporary
-    file as the file it becomes (`selected/.best.new/.card.json.7.tmp` →
-    `selected/best/card.json`)."""
-    parts = list(path.parts)
-    for i, part in enumerate(parts):
-        found = _SIDE.match(part) or (_TEMP.match(part) if i == len(parts) - 1 else None)
-        if found:
-            parts[i] = found.group(1)
-    return str(Path(*parts)) if parts else str(path)
-
-
-def reason(exc: OSError) -> str:
-    """The OS's reason in words and by name: `No space left on device (ENOSPC)`."""
-    name = errno.errorcode.get(exc.errno or 0)
-    text = exc.strerror or type(exc).__name__
-    return f"{text} ({name})" if name else text
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Any OSError inside → `OutputError` naming `path` (as published) and the reason:
-    Python's own message names no file for a failed write() and the source for a
-    failed copy."""
-    try:
-        yield
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write {shown(path)}: {reason(exc)}; the outputs written before are kept"
-        ) from None
-
-
-def make_folder(path: Path, flag: str) -> None:
-    """`path` and any missing parents, or `OutputFolderError` naming `flag` with nothing
-    left behind (the parents made before the failure are removed again)."""
-    missing = []
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        missing.append(probe)
-        probe = probe.parent
-    made: list[Path] = []
-    try:
-        for folder in reversed(missing):
-            folder.mkdir()
-            made.append(folder)
-    except OSError as exc:
-        for folder in reversed(made):
-            with suppress(OSError):
-                folder.rmdir()
-        raise OutputFolderError(f"{flag}: cannot make {path}: {reason(exc)}") from None
-    if not path.is_dir():
-        raise OutputFolderError(f"{flag}: {path} is not a folder")
 
 
 @contextmanager
@@ -135,7 +67,7 @@ def recover(selected: Path) -> list[str]:
         return []
     restored = []
     for entry in sorted(selected.iterdir()):
-        found = _SIDE.match(entry.name)
+        found = SIDE_FOLDER.match(entry.name)
         if found is None or not entry.is_dir():
             continue
         live = selected / found.group(1)

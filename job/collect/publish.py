@@ -36,10 +36,11 @@ from typing import Any
 
 import optuna
 
-from job.collect.outputs import fresh_side, recover, swap_in, withdraw, writing
+from job.collect.outputs import fresh_side, recover, swap_in, withdraw
 from job.collect.picks import SELECTED, SELECTION_JSON, Card, Pick, Picks
 from job.collect.results import write_json
 from job.config import Config
+from job.files import writing
 from job.ml.data import Dataset
 from job.ml.model import ModelError, spec_from_yaml
 from job.ml.onnx import INT8_FILE, ONNX_FILE, ExportError, export_model, input_spec, load_weights

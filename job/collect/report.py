@@ -44,13 +44,12 @@ from PIL import Image
 from job.collect.drift import DRIFT_JSON, MIN_DROP
 from job.collect.figures import hypervolume_curve as hypervolume_curve
 from job.collect.figures import pareto_figure, progress_figure, svg, verify_figure
-from job.collect.outputs import writing
 from job.collect.picks import BASELINES_JSON, SELECTED, SELECTION_JSON, Picks
 from job.collect.publish import Publication
 from job.collect.results import PARETO_JSON, SUMMARY_JSON, Front, as_written
 from job.collect.verified import VERIFY_JSON, Verification
 from job.config import AugmentConfig, Config
-from job.files import write_atomic
+from job.files import write_atomic, writing
 from job.search.study import complete_trials, human_duration, summarise
 
 if TYPE_CHECKING:

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from job.collect.policies import select
 from job.config import Config, config_fingerprint
@@ -47,9 +47,9 @@ from job.search.record import StudyAttrs, TrialAttrs, TrialRecord, WarmStart, en
 from job.search.study import pareto_trials
 from job.search.versions import (
     Fingerprints,
-    recorded,
+    Version,
+    latest_version,
     version_name,
-    version_number,
 )
 from job.storage import InRangeTrial, budget_lock, open_storage
 
@@ -67,36 +67,6 @@ def current(config: Config, data: Dataset) -> Fingerprints:
 
 
 # --- versions ----------------------------------------------------------------------
-
-
-def versions(storage: optuna.storages.BaseStorage, base: str) -> list[tuple[int, str]]:
-    """(number, study name) of every version of `base` in the storage, oldest first."""
-    found = ((version_number(base, s.study_name), s.study_name) for s in storage.get_all_studies())
-    return sorted((n, name) for n, name in found if n is not None)
-
-
-@dataclass(frozen=True)
-class Version:
-    """What `research` knows of one version."""
-
-    name: str
-    number: int
-    complete: int
-    fingerprints: Fingerprints | None
-    lineage: dict[str, Any] = field(default_factory=dict)
-
-
-def read_version(storage: optuna.storages.BaseStorage, number: int, name: str) -> Version:
-    study_id = storage.get_study_id_from_name(name)
-    attrs = StudyAttrs.stored(storage, study_id)
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    return Version(name, number, complete, recorded(attrs, trials), dict(attrs.lineage or {}))
-
-
-def latest_version(storage: optuna.storages.BaseStorage, base: str) -> Version | None:
-    found = versions(storage, base)
-    return read_version(storage, *found[-1]) if found else None
 
 
 # --- the decision ------------------------------------------------------------------
@@ -278,8 +248,8 @@ def write_research_json(
     folder: Path, decision: Decision, dry_run: bool, launched: list[str] | None
 ) -> Path:
     """research.json: the decision, the lineage, and what --launch did."""
-    from job.collect.outputs import writing
     from job.collect.results import write_json
+    from job.files import writing
 
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -290,19 +260,3 @@ def write_research_json(
     }
     write_json(path := folder / RESEARCH_JSON, body)
     return path
-
-
-def lineage_text(storage: optuna.storages.BaseStorage, found: Sequence[tuple[int, str]]) -> str:
-    """For `status`: every version of `found` (`versions`) with its trials, parent and
-    what changed; "" for version 1 alone."""
-    lines = []
-    for number, name in found:
-        v = read_version(storage, number, name)
-        parent = v.lineage.get("parent")
-        line = f"  v{number} {name}: {v.complete} COMPLETE"
-        if parent:
-            changed = ", ".join(v.lineage.get("changed", [])) or "nothing"
-            warm = v.lineage.get("warm_start_trials", 0)
-            line += f"; from {parent} ({changed} changed; {warm} warm-start trials)"
-        lines.append(line)
-    return "versions:\n" + "\n".join(lines) if len(lines) > 1 else ""

@@ -43,9 +43,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from job.collect.outputs import writing
 from job.config import Config
-from job.files import write_atomic
+from job.files import write_atomic, writing
 from job.search.record import TrialRecord
 from job.search.study import (
     StudySummary,

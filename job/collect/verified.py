@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from job.collect.outputs import writing
 from job.collect.policies import Record, mean_std, rank_agreement, top_front
 from job.collect.results import write_json
 from job.collect.selection import Selection
 from job.config import Config
+from job.files import writing
 from job.search.record import TrialRecord
 from job.search.retrain import Retrain
 

@@ -36,9 +36,8 @@ from numpy.typing import NDArray
 from onnxruntime import quantization as ortq
 from torch import Tensor, nn
 
-from job.collect.outputs import OutputError, writing
 from job.config import DataConfig, ExportConfig
-from job.files import write_atomic
+from job.files import OutputError, write_atomic, writing
 from job.ml.data import FILL, Dataset, Split
 from job.ml.errors import ExportError as ExportError  # torch-free, for callers
 from job.ml.evaluate import Normalize, accuracy_and_f1

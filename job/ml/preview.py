@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from job.collect.outputs import make_folder, writing
 from job.config import Config
-from job.files import write_atomic
+from job.files import make_folder, write_atomic, writing
 from job.ml.augment import OPS, apply_op
 from job.ml.data import load_data, real_photos
 from job.ml.sources import sample_images

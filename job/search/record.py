@@ -224,11 +224,11 @@ class TrialRecord(TrialAttrs):
 
 def save(study: optuna.Study, trial: optuna.Trial, attrs: TrialAttrs | Mapping[str, Any]) -> None:
     """Write `attrs` (a `TrialAttrs`, or the merge of several `to_attrs()`) onto `trial` as
-    one write (`job.storage.save_user_attrs`: one transaction on PostgreSQL)."""
-    from job.storage import save_user_attrs
+    one write (`job.storage.save_trial_attrs`: one transaction on PostgreSQL)."""
+    from job.storage import save_trial_attrs
 
     found = attrs.to_attrs() if isinstance(attrs, TrialAttrs) else dict(attrs)
-    save_user_attrs(study, trial, found)
+    save_trial_attrs(study, trial, found)
 
 
 def enqueue(

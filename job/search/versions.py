@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.search.record import LINEAGE as LINEAGE  # the study attr of a version research made
@@ -82,3 +83,52 @@ def version_number(base: str, name: str) -> int | None:
     if sep and head == base and tail.isascii() and tail.isdigit() and int(tail) >= 2:
         return int(tail) if f"{base}-v{int(tail)}" == name else None
     return None
+
+
+# --- the versions in a storage (status, the exporter, research) -------------------
+
+
+def versions(storage: optuna.storages.BaseStorage, base: str) -> list[tuple[int, str]]:
+    """(number, study name) of every version of `base` in the storage, oldest first."""
+    found = ((version_number(base, s.study_name), s.study_name) for s in storage.get_all_studies())
+    return sorted((n, name) for n, name in found if n is not None)
+
+
+@dataclass(frozen=True)
+class Version:
+    """What `research` knows of one version."""
+
+    name: str
+    number: int
+    complete: int
+    fingerprints: Fingerprints | None
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def read_version(storage: optuna.storages.BaseStorage, number: int, name: str) -> Version:
+    study_id = storage.get_study_id_from_name(name)
+    attrs = StudyAttrs.stored(storage, study_id)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return Version(name, number, complete, recorded(attrs, trials), dict(attrs.lineage or {}))
+
+
+def latest_version(storage: optuna.storages.BaseStorage, base: str) -> Version | None:
+    found = versions(storage, base)
+    return read_version(storage, *found[-1]) if found else None
+
+
+def lineage_text(storage: optuna.storages.BaseStorage, found: Sequence[tuple[int, str]]) -> str:
+    """For `status`: every version of `found` (`versions`) with its trials, parent and
+    what changed; "" for version 1 alone."""
+    lines = []
+    for number, name in found:
+        v = read_version(storage, number, name)
+        parent = v.lineage.get("parent")
+        line = f"  v{number} {name}: {v.complete} COMPLETE"
+        if parent:
+            changed = ", ".join(v.lineage.get("changed", [])) or "nothing"
+            warm = v.lineage.get("warm_start_trials", 0)
+            line += f"; from {parent} ({changed} changed; {warm} warm-start trials)"
+        lines.append(line)
+    return "versions:\n" + "\n".join(lines) if len(lines) > 1 else ""

@@ -49,9 +49,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from job.collect.research import versions
 from job.config import Config, ConfigError
 from job.search.study import StudySummary, snapshot, summarise
+from job.search.versions import versions
 from job.serve.metrics import STUDY_STATES
 from job.storage import StorageDownError, StorageError, open_storage, silent_trials
 from job.urls import redact

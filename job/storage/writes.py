@@ -24,7 +24,7 @@ def frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     return trial.study._storage.get_trial(trial._trial_id)
 
 
-def save_user_attrs(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+def save_trial_attrs(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """`trial.set_user_attr(key, value)` for every item, as one write: one transaction on an
     RDB storage (one upsert of all keys on PostgreSQL), so it stores all of them or none
     and may be retried whole; one `set_user_attr` per key on other storages. The stored

@@ -276,7 +276,6 @@ def odd_role(postgres: Server | External) -> dict[str, str]:
     return {**admin, "POSTGRES_USER": role, "POSTGRES_PASSWORD": ODD_PASSWORD, "POSTGRES_DB": db}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("database", ["fresh_database", "odd_role"])
 def test_built_url_reaches_postgres(
     database: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -294,7 +293,6 @@ def test_built_url_reaches_postgres(
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow
 def test_worker_is_python_itself(tmp_path: Path) -> None:
     """`exec`: the started process becomes Python, so SIGTERM reaches the worker."""
     journal = f"journal://{tmp_path / 'study.journal'}"
@@ -316,7 +314,6 @@ def test_worker_is_python_itself(tmp_path: Path) -> None:
         proc.wait(timeout=60)
 
 
-@pytest.mark.slow
 def test_dashboard_serves_the_study(postgres: Server | External, tmp_path: Path) -> None:
     url = postgres.new_database()
     optuna.create_study(storage=url, study_name="on-the-dashboard")

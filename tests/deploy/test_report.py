@@ -67,7 +67,6 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.slow
 def test_the_page_is_one_self_contained_file(run: tuple[Path, Config]) -> None:
     out, _ = run
     html = (out / REPORT_HTML).read_text(encoding="utf-8")
@@ -80,7 +79,6 @@ def test_the_page_is_one_self_contained_file(run: tuple[Path, Config]) -> None:
             assert f"selected/{policy}/{name}" in downloads
 
 
-@pytest.mark.slow
 def test_the_hypervolume_curve_ends_at_the_summary(run: tuple[Path, Config]) -> None:
     out, config = run
     trials = open_study(config, journal_url(out), create=False).get_trials()
@@ -90,7 +88,6 @@ def test_the_hypervolume_curve_ends_at_the_summary(run: tuple[Path, Config]) -> 
     assert curve[-1] == pytest.approx(_json(out / "summary.json")["hypervolume"])
 
 
-@pytest.mark.slow
 def test_chromium_renders_it_without_errors_or_requests(
     run: tuple[Path, Config], rendered: Rendered
 ) -> None:
@@ -101,7 +98,6 @@ def test_chromium_renders_it_without_errors_or_requests(
     assert [u for u in rendered.requests if u != page and not u.startswith("data:")] == []
 
 
-@pytest.mark.slow
 def test_the_key_numbers_are_on_the_page(run: tuple[Path, Config], rendered: Rendered) -> None:
     out, _ = run
     text = rendered.text
@@ -123,7 +119,6 @@ def test_the_key_numbers_are_on_the_page(run: tuple[Path, Config], rendered: Ren
     assert "Not found in this folder" not in text
 
 
-@pytest.mark.slow
 def test_the_screenshot_shows_a_page(rendered: Rendered) -> None:
     image = Image.open(io.BytesIO(rendered.screenshot)).convert("RGB")
     assert image.width == 1280 and image.height > 2000  # the whole page, figures included

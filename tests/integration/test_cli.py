@@ -41,7 +41,6 @@ train: {epochs: 2, batch_size: 64, lr: 0.05, device: cpu}
 """
 
 
-@pytest.mark.slow
 def test_train_verb_on_a_hand_written_seed_yaml(tmp_path: Path) -> None:
     (tmp_path / "model.yaml").write_text(SEED_STYLE_MODEL)
     (tmp_path / "config.yaml").write_text(TINY_CONFIG)
@@ -63,7 +62,6 @@ def test_train_verb_on_a_hand_written_seed_yaml(tmp_path: Path) -> None:
     assert (out / "model.yaml").read_text().startswith("input_channel: 3")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
@@ -83,7 +81,6 @@ def test_bad_model_yaml_exits_2_with_one_line(tmp_path: Path, model: str, expect
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_augment_preview_writes_the_grid(tmp_path: Path) -> None:
     out = tmp_path / "preview.png"
     proc = run_job(
@@ -110,7 +107,6 @@ def test_every_verb_documents_its_options() -> None:
                 assert action.help, f"{verb} --{action.dest} has no help"
 
 
-@pytest.mark.slow
 def test_missing_data_exits_2_naming_the_path(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(
         f"data: {{name: cifar10, path: {tmp_path / 'nowhere'}}}\n"
@@ -133,7 +129,6 @@ def test_dashboard_without_a_storage_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("error: DASHBOARD_PORT: ")
 
 
-@pytest.mark.slow
 def test_dashboard_serves_a_local_journal_study(tmp_path: Path) -> None:
     """Locally: `dashboard --out runs/<study>` on the embedded journal, on 127.0.0.1."""
     import urllib.error

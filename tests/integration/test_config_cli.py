@@ -1,4 +1,5 @@
-"""job/config.py: typed sections, defaults, and one clear line per bad key."""
+"""job/config.py through `python -m job`: a bad config exits 2 with one line, before any
+training (the in-process cases: tests/unit/test_config.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
 def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: 0\n")
@@ -28,7 +26,6 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_duplicate_ops_exit_2_at_load_before_any_training(tmp_path: Path) -> None:
     """`augment.ops: [Rotate, Rotate]` used to pass the config and crash `train` (exit 1)."""
     bad = tmp_path / "dup.yaml"

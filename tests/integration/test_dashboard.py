@@ -49,7 +49,6 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         proc.wait(timeout=GUARD_S)
 
 
-@pytest.mark.slow
 def test_an_idle_client_blocks_neither_other_requests_nor_sigterm(
     dashboard: tuple[subprocess.Popen[str], int],
 ) -> None:

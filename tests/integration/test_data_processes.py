@@ -1,8 +1,5 @@
-"""Tests of job.ml.data: sources, preparation, splits, fingerprint, errors.
-
-CIFAR-10 and ImageFolder data are written by the tests themselves (CIFAR's real
-pickle format, PNG files), since no data set can be downloaded here.
-"""
+"""job.ml.data in a process of another user: a class folder it may not list is named with
+the OS's reason (the rest of the data tests: tests/unit/test_data.py)."""
 
 from __future__ import annotations
 

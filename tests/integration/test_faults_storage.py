@@ -69,7 +69,6 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_a_torn_journal_is_cut_off_before_the_next_write_and_never_built_upon(
     tmp_path: Path,
 ) -> None:
@@ -116,7 +115,6 @@ def _search_limited(config: Path, out: Path, limit: int) -> subprocess.Completed
     )
 
 
-@pytest.mark.slow
 def test_a_worker_whose_journal_fills_the_disk_stops_in_one_line_and_the_next_one_goes_on(
     tmp_path: Path,
 ) -> None:
@@ -143,7 +141,6 @@ def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[-1] if lines else ""
 
 
-@pytest.mark.slow
 def test_a_journal_built_upon_a_torn_record_is_refused_until_repaired(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert _search(_config(tmp_path, 2), out).returncode == 0
@@ -209,7 +206,6 @@ def _holder(what: str, arg: str) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
 
 
-@pytest.mark.slow
 def test_repair_is_refused_while_a_process_works_on_the_study(tmp_path: Path) -> None:
     journal = tmp_path / "study.journal"
     journal.write_text(json.dumps(NOTE) + "\n")
@@ -219,7 +215,6 @@ def test_repair_is_refused_while_a_process_works_on_the_study(tmp_path: Path) ->
         assert f"is in use by pid {holder.pid}; stop it first" in _one_error_line(proc)
 
 
-@pytest.mark.slow
 def test_one_run_per_folder_and_a_killed_run_s_lock_blocks_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     with _holder("hold_run_folder", f"Path({str(folder)!r})") as first:
@@ -359,7 +354,6 @@ def _alive(pid: int) -> bool:
     return False
 
 
-@pytest.mark.slow
 def test_a_second_run_is_refused_and_sigterm_stops_the_first_with_143(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -393,7 +387,6 @@ def test_a_second_run_is_refused_and_sigterm_stops_the_first_with_143(tmp_path: 
     assert "Traceback" not in first.text()
 
 
-@pytest.mark.slow
 def test_run_rides_out_a_database_outage_and_collects(
     postgres: Server | External, tmp_path: Path
 ) -> None:

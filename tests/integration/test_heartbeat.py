@@ -166,7 +166,6 @@ def test_run_lines_say_why_a_trial_failed(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.slow
 def test_run_survives_a_sigkilled_worker_with_the_exact_budget(tmp_path: Path) -> None:
     """The issue's acceptance: SIGKILL one of `run`'s two workers mid-trial; `run` reports
     it at once and still ends with the budget met and the outputs written. Every trial

@@ -1,4 +1,6 @@
-"""job/logs.py: text stays print's bytes; json makes every line one record; no password."""
+"""job/logs.py in real processes: a process's output is only JSON lines, and a worker and
+the collector on PostgreSQL log JSON without the password (the in-process cases:
+tests/unit/test_logs.py)."""
 
 from __future__ import annotations
 
@@ -64,7 +66,6 @@ raise RuntimeError("boom")
 """
 
 
-@pytest.mark.slow
 def test_a_process_writes_only_json_lines() -> None:
     env = {**os.environ, "SMS_LOG_FORMAT": "json", "POSTGRES_PASSWORD": PASSWORD}
     done = subprocess.run(

@@ -185,7 +185,6 @@ def _run(root: Path) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_output_files_keep_their_fields(tmp_path: Path) -> None:
     have = structures(_run(tmp_path))
     if os.environ.get(UPDATE) == "1":

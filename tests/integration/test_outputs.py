@@ -23,17 +23,10 @@ from typing import Any
 import pytest
 import torch
 
-from job.collect.outputs import (
-    OutputError,
-    fresh_side,
-    recover,
-    side,
-    swap_in,
-    withdraw,
-    writing,
-)
+from job.collect.outputs import fresh_side, recover, side, swap_in, withdraw
 from job.collect.verify import ensure_plan, plan_retrains
 from job.config import Config, load_config
+from job.files import OutputError, writing
 from job.ml.data import load_data
 from job.ml.model import build_model
 from job.ml.train import TrainResult
@@ -169,7 +162,6 @@ def _source(out: Path, policy: str) -> Path:
     raise AssertionError(f"no retrain of trial {card['trial']}")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_truncate, _not_a_state_dict, _wrong_shapes])
 def test_a_damaged_source_leaves_the_published_pick_byte_identical(
     published: tuple[Path, Path, str], damage: Callable[[Path], None]
@@ -201,7 +193,6 @@ def test_a_damaged_source_leaves_the_published_pick_byte_identical(
     assert "not published" in (out / "report.html").read_text()
 
 
-@pytest.mark.slow
 def test_a_pick_is_published_again_once_its_source_is_whole(
     published: tuple[Path, Path, str],
 ) -> None:
@@ -242,7 +233,6 @@ def _assert_one_line_and_intact(
             json.loads((out / name).read_text())  # complete, whichever version it is
 
 
-@pytest.mark.slow
 def test_a_write_past_the_file_size_limit_is_one_line_and_keeps_the_outputs(
     tmp_path: Path,
 ) -> None:
@@ -280,7 +270,6 @@ def _small_filesystem(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=True)
 
 
-@pytest.mark.slow
 def test_a_full_disk_during_collect_is_one_line_and_keeps_the_outputs(tmp_path: Path) -> None:
     """A real ENOSPC: the collector's folder on a small tmpfs, filled up to 100 KB after
     a first collect (the journal stays outside, on the test's disk)."""
@@ -371,7 +360,8 @@ def test_a_failed_write_names_the_published_file(tmp_path: Path) -> None:
 def test_augment_preview_makes_a_missing_out_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """As every verb's --out: the folder is made (one it cannot make: tests/unit/test_bad_inputs.py)."""
+    """As every verb's --out: the folder is made (one it cannot make:
+    tests/unit/test_bad_inputs.py)."""
     from job.cli.main import main
     from tests.support.configs import QUICK
 

@@ -168,7 +168,6 @@ class _Pooled:
         return self.pool.url(self.server.new_database())
 
 
-@pytest.mark.slow
 def test_exact_budget_with_a_killed_and_a_preempted_worker_through_pgbouncer(
     server: Server, tmp_path: Path
 ) -> None:

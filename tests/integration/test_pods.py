@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -115,7 +114,6 @@ def run_jobs(
     return texts
 
 
-@pytest.mark.slow
 def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path: Path) -> None:
     url = postgres.new_database()
     secret = database_env(url)
@@ -157,7 +155,6 @@ def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path
     assert "kendall_tau" in json.loads((results / "verify.json").read_text())
 
 
-@pytest.mark.slow
 def test_research_cronjob_launches_the_next_version(
     postgres: Server | External, tmp_path: Path
 ) -> None:

@@ -21,8 +21,6 @@ from tests.support.configs import TINY
 from tests.support.proc import ROOT
 from tests.support.scenarios import four_workers_one_killed_one_preempted_exact_budget
 
-pytestmark = pytest.mark.slow
-
 
 def _config(tmp_path: Path, budget: int) -> Path:
     path = tmp_path / "tiny.yaml"

@@ -178,7 +178,6 @@ def test_the_flag_is_checked_alike_and_wins_over_the_variable(
 # --- real pods: a parent and its children ------------------------------------------------
 
 
-@pytest.mark.slow
 def test_two_processes_spend_the_exact_budget_with_distinct_indexes(tmp_path: Path) -> None:
     (config := tmp_path / "tiny.yaml").write_text(TINY)
     out, log = tmp_path / "out", tmp_path / "pod.log"
@@ -194,7 +193,6 @@ def test_two_processes_spend_the_exact_budget_with_distinct_indexes(tmp_path: Pa
     assert "pod: 2 worker processes (indexes 6-7), 1 thread(s) each" in log.read_text()
 
 
-@pytest.mark.slow
 def test_sigterm_mid_trial_stops_both_children_and_one_endpoint_served_both(
     tmp_path: Path,
 ) -> None:

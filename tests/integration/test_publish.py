@@ -18,8 +18,6 @@ import pytest
 from tests.support.configs import VERIFY
 from tests.support.proc import ROOT, free_port, run_job
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def run_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

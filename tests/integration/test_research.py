@@ -182,7 +182,6 @@ def test_two_researches_at_once_make_one_version(
 # --- the verb, end to end ------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_research_unchanged_then_new_version_on_added_images(tmp_path: Path) -> None:
     images, out = tmp_path / "images", tmp_path / "runs"
     write_digits(images, 0, 20)
@@ -255,7 +254,6 @@ def test_research_bad_input_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "SMS_STUDY" in proc.stderr, proc.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["", "journal:///{tmp}/j/x.journal", "sqlite:///{tmp}/s/x.db"])
 def test_a_dry_run_on_a_missing_study_creates_nothing_anywhere(
     tmp_path: Path, storage: str

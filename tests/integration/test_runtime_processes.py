@@ -1,4 +1,6 @@
-"""job/settings.py: every environment variable the product reads, parsed in one place."""
+"""job/settings.py as the roles meet it: the example password refused by `python -m job`,
+and the start-up wait against a real PostgreSQL (the parsing itself:
+tests/unit/test_runtime.py)."""
 
 from __future__ import annotations
 

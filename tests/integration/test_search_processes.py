@@ -1,5 +1,5 @@
-"""job/search/worker.py, job/run/local.py and the search verbs: real worker processes on a
-real study."""
+"""job/search/worker.py, job/run/local.py and the search verbs: real searches, worker
+processes, PostgreSQL (the in-process cases: tests/unit/test_search.py)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,6 @@ def test_wait_and_done_need_no_lock_a_stale_trial_is_claimed_under_it(
         assert _in_a_thread(lambda: claim_trial(study, 2, url), timeout_s=20) == "done"
 
 
-@pytest.mark.slow
 def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
     tiny: Path, tmp_path: Path
 ) -> None:
@@ -148,7 +147,6 @@ def test_a_nan_trial_fails_with_its_reason_and_the_worker_goes_on(
     assert any("FAIL nan_loss" in line for line in lines)
 
 
-@pytest.mark.slow
 def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_job("run", "--config", str(tiny), "--workers", "2", "--out", str(out))
@@ -170,7 +168,6 @@ def test_run_two_workers_exact_budget_then_collect(tiny: Path, tmp_path: Path) -
     assert "COMPLETE" in status.stdout and "4" in status.stdout
 
 
-@pytest.mark.slow
 def test_run_fresh_deletes_the_old_studys_outputs_and_nothing_else(
     tiny: Path, tmp_path: Path
 ) -> None:
@@ -185,7 +182,6 @@ def test_run_fresh_deletes_the_old_studys_outputs_and_nothing_else(
     assert (out / "notes.txt").read_text() == "from the old study"  # not ours: kept
 
 
-@pytest.mark.slow
 def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -> None:
     config_path = tmp_path / "lingering.yaml"
     config_path.write_text(TINY.replace("seed: 0}", "seed: 0, metrics_linger_s: 60}"))
@@ -223,7 +219,6 @@ def test_worker_metrics_endpoint_matches_the_study(tiny: Path, tmp_path: Path) -
     assert "postgresql" not in text and "password" not in text
 
 
-@pytest.mark.slow
 def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) -> None:
     """SIGTERM mid-trial (the trial waits at a gate after its first epoch until then: no
     sleep guesses how far it got): checkpoint, hand back, exit 143; the next worker

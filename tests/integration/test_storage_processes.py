@@ -1,6 +1,7 @@
-"""job/storage/'s URL checks, refusals and the run lock; `_hand_back` of an unsaved
-checkpoint. The table of bad storage inputs is in tests/unit/test_bad_inputs.py; these need a
-live server or a second live process."""
+"""job/storage/ against live servers and live processes: a wrong password or database, an
+empty database, `--fresh` against another process holding the study. The table of bad
+storage inputs is in tests/unit/test_bad_inputs.py, the in-process cases in
+tests/unit/test_storage.py."""
 
 from __future__ import annotations
 
@@ -52,7 +53,6 @@ def _holder(journal: Path) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.slow
 def test_wrong_password_or_database_exits_2_at_once(
     postgres: Server | External,
     tmp_path: Path,
@@ -80,7 +80,6 @@ def test_wrong_password_or_database_exits_2_at_once(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
-@pytest.mark.slow
 def test_status_on_an_empty_database_creates_nothing(
     postgres: Server | External, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,6 +1,5 @@
-"""One study, one data set: the first worker records the study's data (the source's
-fingerprint and how it is cut); a worker, retrainer, `run` or `collect` whose data differs
-refuses (exit 2, one line naming both), so no summary mixes two data sets."""
+"""One study, one data set, on PostgreSQL as on the journal: two workers starting together
+agree on the study's data (the rest: tests/unit/test_study_data.py)."""
 
 from __future__ import annotations
 

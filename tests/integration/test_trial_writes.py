@@ -1,5 +1,5 @@
 """A trial's user attrs and parameters are written in few, whole transactions
-(job.storage.save_user_attrs, ParamHold) and stay exactly what Optuna's per-key
+(job.storage.save_trial_attrs, ParamHold) and stay exactly what Optuna's per-key
 `set_user_attr` and per-suggest writes stored, on the journal and PostgreSQL."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from job.search import tasks as search
 from job.search.record import TrialAttrs
 from job.search.tasks import TrialRun
 from job.search.worker import JOURNAL, Worker, open_study
-from job.storage import open_storage, save_user_attrs
+from job.storage import open_storage, save_trial_attrs
 from job.testing.pgserver import External, Server
 from tests.support.configs import TINY
 
@@ -157,7 +157,7 @@ def test_user_attrs_and_params_are_the_same_as_per_key_writes(
     assert "model_yaml" in failed.user_attrs  # written before training began
 
 
-def test_save_user_attrs_is_one_transaction_on_postgres(
+def test_save_trial_attrs_is_one_transaction_on_postgres(
     config: Config, postgres: Server | External
 ) -> None:
     url = postgres.new_database()
@@ -165,22 +165,22 @@ def test_save_user_attrs_is_one_transaction_on_postgres(
     commits = _count_attr_transactions(_engine(study))
     trial = study.ask()
     attrs = {"a": 1, "b": "two", "c": [3, 4.5], "d": None, "e": {"f": True}}
-    save_user_attrs(study, trial, attrs)
+    save_trial_attrs(study, trial, attrs)
     assert commits[0] == 1
     assert trial.user_attrs == attrs  # the Trial object's view, as set_user_attr keeps it
     for key, value in attrs.items():  # the way it was: one transaction per key
         trial.set_user_attr(key, value)
     assert commits[0] == 1 + len(attrs)
-    save_user_attrs(study, trial, {"a": 10, "g": "new"})  # overwrites and adds, as set does
+    save_trial_attrs(study, trial, {"a": 10, "g": "new"})  # overwrites and adds, as set does
     assert _stored(url, "tiny")[0].user_attrs == attrs | {"a": 10, "g": "new"}
 
     # all or nothing: a value that cannot be stored leaves every key of the write unwritten
     with pytest.raises(TypeError):
-        save_user_attrs(study, trial, {"h": 1, "i": object(), "j": 2})
+        save_trial_attrs(study, trial, {"h": 1, "i": object(), "j": 2})
     assert not {"h", "j"} & set(_stored(url, "tiny")[0].user_attrs)
     study.tell(trial, [0.5, 100.0])
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        save_user_attrs(study, trial, {"k": 1})
+        save_trial_attrs(study, trial, {"k": 1})
 
 
 def test_a_worker_writes_user_attrs_twice_and_params_once_per_trial_on_postgres(

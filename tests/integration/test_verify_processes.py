@@ -1,5 +1,5 @@
-"""Verification (job.search.retrain, job.collect.picks): the plan, the second study the workers run,
-the files `collect` writes, and `train --card`. Real storages, real worker processes."""
+"""Verification end to end: `run` selects, verifies and `train --card` reproduces; a worker
+killed during a retrain (the plan and the in-process cases: tests/unit/test_verify.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
 from optuna.trial import TrialState
 
 from job.config import load_config
@@ -23,7 +22,6 @@ from tests.support.configs import VERIFY
 from tests.support.proc import ROOT, journal_url, run_job
 
 
-@pytest.mark.slow
 def test_run_selects_verifies_and_train_card_reproduces(tmp_path: Path) -> None:
     config_path = tmp_path / "verify.yaml"
     config_path.write_text(VERIFY.replace("epochs: 1, seeds: 2", "epochs: 3, seeds: 2"))
@@ -64,7 +62,6 @@ def test_run_selects_verifies_and_train_card_reproduces(tmp_path: Path) -> None:
     assert "within its std" in rerun.stdout, rerun.stdout
 
 
-@pytest.mark.slow
 def test_a_worker_killed_during_a_retrain_is_retried_and_recorded_once(tmp_path: Path) -> None:
     text = VERIFY.replace("seed: 0}", "seed: 0, heartbeat_interval_s: 1, grace_period_s: 3}")
     text = text.replace("budget: 4", "budget: 2").replace(

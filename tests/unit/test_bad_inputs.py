@@ -210,7 +210,8 @@ CASES: list[Case] = [
     Case("train-no-model", ("train", "--config", "{cfg}"), "--model"),
     Case("unknown-verb", ("frobnicate",), "invalid choice: 'frobnicate'"),
     # --- storage, destructive operations --------------------------------------------
-    # (a wrong password and --fresh against a live holder: tests/integration/test_storage_processes.py)
+    # (a wrong password, --fresh against a live holder:
+    # tests/integration/test_storage_processes.py)
     Case("storage-scheme-foo", (*STATUS, "--storage", "foo://bar"),
          "storage foo://bar: 'foo' is not supported"),
     Case("storage-mysql", (*STATUS, "--storage", "mysql://u:pw@localhost/db"),

@@ -16,7 +16,6 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
-from job.collect.outputs import OutputError
 from job.collect.results import (
     best_values,
     collect,
@@ -30,6 +29,7 @@ from job.collect.results import (
     write_pareto_json,
 )
 from job.config import Config, ConfigError, parse_config
+from job.files import OutputError
 from job.search.space import directions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,8 +15,8 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 import pytest
 import torch
 
-from job.collect.outputs import OutputError
 from job.config import Config, ExportConfig, load_config
+from job.files import OutputError
 from job.ml.data import Dataset, load_data
 from job.ml.model import ModelSpec, build_model, parse_model_spec
 from job.ml.onnx import (
@@ -86,7 +86,6 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.slow
 def test_onnx_matches_pytorch(trained: Trained) -> None:
     card, data = trained.card, trained.data
     assert card["verified"] and card["problem"] is None, card
@@ -101,7 +100,6 @@ def test_onnx_matches_pytorch(trained: Trained) -> None:
     assert card["test_accuracy"] == accuracy_and_f1(pred, data.test.y, 10)[0] > 0.5
 
 
-@pytest.mark.slow
 def test_dynamic_batch(trained: Trained) -> None:
     session = _session(trained.folder / "model.onnx")
     model = load_weights(trained.spec, trained.weights)
@@ -115,7 +113,6 @@ def test_dynamic_batch(trained: Trained) -> None:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_int8(trained: Trained) -> None:
     int8, fp32 = trained.card["int8"], trained.card
     assert int8 is not None and int8["problem"] is None, int8
@@ -135,7 +132,6 @@ def test_int8(trained: Trained) -> None:
     assert not list(trained.folder.glob(".*"))  # no temporary file left behind
 
 
-@pytest.mark.slow
 def test_latency(trained: Trained) -> None:
     for latency in (trained.card["latency_ms"], trained.card["int8"]["latency_ms"]):
         assert 0 < latency["median_ms"] <= latency["p90_ms"]
@@ -143,12 +139,10 @@ def test_latency(trained: Trained) -> None:
         assert latency["provider"] == "CPUExecutionProvider"
 
 
-@pytest.mark.slow
 def test_export_is_quiet(trained: Trained) -> None:
     assert [str(w.message) for w in trained.caught] == []
 
 
-@pytest.mark.slow
 def test_corrupted_file_is_reported(trained: Trained, tmp_path: Path) -> None:
     model = load_weights(trained.spec, trained.weights)
     good = (trained.folder / "model.onnx").read_bytes()
@@ -162,7 +156,6 @@ def test_corrupted_file_is_reported(trained: Trained, tmp_path: Path) -> None:
         assert "\n" not in result["problem"]
 
 
-@pytest.mark.slow
 def test_other_weights_fail_the_check(trained: Trained) -> None:
     torch.manual_seed(1)
     other = build_model(trained.spec)  # same network, fresh weights
@@ -171,7 +164,6 @@ def test_other_weights_fail_the_check(trained: Trained) -> None:
     assert "over" in result["problem"]
 
 
-@pytest.mark.slow
 def test_weights_that_do_not_fit_the_spec(trained: Trained, tmp_path: Path) -> None:
     cfg = ExportConfig(latency_runs=10)
     card = export_pick(tmp_path, _spec(head=64), trained.weights, trained.data, cfg)
@@ -183,7 +175,6 @@ def test_weights_that_do_not_fit_the_spec(trained: Trained, tmp_path: Path) -> N
     assert card["verified"] is False and "cannot load" in card["problem"], card
 
 
-@pytest.mark.slow
 def test_pick_prints_nothing(
     trained: Trained, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

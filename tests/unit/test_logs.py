@@ -297,5 +297,3 @@ def test_odd_characters_stay_on_one_line(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 1
     assert messages(out) == ["a\u2028b\x85c"]
-
-

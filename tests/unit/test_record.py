@@ -326,7 +326,7 @@ def _modules() -> list[tuple[str, str]]:
 
 
 def test_user_attrs_are_read_and_written_only_through_the_record() -> None:
-    """`user_attrs`, `set_user_attr`, `save_user_attrs`, `get_study_user_attrs`: only the
+    """`user_attrs`, `set_user_attr`, `save_trial_attrs`, `get_study_user_attrs`: only the
     record and the storage layer touch Optuna's user attrs."""
     offenders = [name for name, text in _modules() if "user_attr" in text]
     assert offenders == []

@@ -19,7 +19,6 @@ from job.ml.train import Preempted, Trainer, TrainError, accuracy_and_f1, train
 from tests.support.training import FAST, OFF, TINY, StopAfter
 
 
-@pytest.mark.slow
 def test_train_improves_over_chance_and_measures(digits16: Dataset) -> None:
     seen = []
     policy = AugmentConfig(n_select=1, level=3, flip_p=0.0)

@@ -200,5 +200,3 @@ def test_a_failed_retrain_is_reported_not_hidden(tmp_path: Path) -> None:
     (model,) = found.values()
     assert model.pending == 1 and model.failed[0].startswith("seed 0: nan_loss")
     assert ensure_plan(verify, url, plan) == 1  # queued once more, up to MAX_RUNS_PER_KEY
-
-
