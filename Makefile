@@ -53,11 +53,12 @@ debs:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The whole suite, the CI command: lint, the Debian packages, then every tier
-# (tests/unit, tests/integration, tests/deploy), spread over the cores by pytest-xdist,
-# one test file per worker at a time (--dist loadfile: a module's fixtures start once).
+# The whole suite, the CI command: lint, the Debian packages, then every tier, spread
+# over the cores by pytest-xdist one test file per worker at a time (--dist loadfile: a
+# module's fixtures start once); the long integration files first, the many short unit
+# files last to fill the gaps.
 test: lint debs
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/integration tests/deploy tests/unit
 
 # The loop to run while editing: the unit tier (in-process, no servers, no sleeps), in
 # under a minute on 2 cores.

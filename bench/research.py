@@ -6,7 +6,7 @@ enqueued and trained again on the new data) and so reaches a good front sooner t
 search started from nothing. This measures that, at equal budget, with the product's
 own parts: ``job.search.worker.Worker`` (real training on the CPU),
 ``job.collect.research.research``
-(the decision and the warm start) and ``job.search.study``'s hypervolume (fixed normalisation,
+(the decision and the warm start) and ``job.search.view``'s hypervolume (fixed normalisation,
 so studies compare directly).
 
 For each seed (``--seeds``, default 3; the seed is ``study.seed`` and picks which images
@@ -65,7 +65,7 @@ from PIL import Image
 from job.collect.research import NEW_VERSION, WARM_START, research
 from job.config import Config, load_config
 from job.ml.data import Dataset, load_data
-from job.search.study import front_hypervolume, pareto_trials
+from job.search.view import front_hypervolume, pareto_trials
 from job.search.worker import Worker
 from job.storage import JOURNAL, open_storage
 

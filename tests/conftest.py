@@ -23,13 +23,18 @@ TIERS = ("unit", "integration", "deploy")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, each worker's torch gets its share of the cores (two workers on
-    two cores, each with two threads, spend a third of their time spinning)."""
+    """Under pytest-xdist, each worker gets its share of the cores for torch, and so do the
+    product's processes it starts unless a test sets their threads itself (`run` splits
+    the machine among its workers as it always does): two workers on two cores, each
+    training with two threads, spend much of their CPU spinning."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers and os.environ.get("PYTEST_XDIST_WORKER"):
+        share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", share)  # read when torch is imported
+        os.environ.setdefault("SMS_TORCH_THREADS", share)
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+        torch.set_num_threads(int(share))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

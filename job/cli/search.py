@@ -14,7 +14,7 @@ import torch
 
 from job import logs, settings
 from job.collect.pipeline import clear_outputs
-from job.collect.verify import model_files
+from job.collect.retrains import model_files
 from job.config import Config, load_config
 from job.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, EXIT_STOPPED, UsageError
 from job.files import write_atomic
@@ -114,7 +114,7 @@ def _run_retrains(
 ) -> int:
     """The search is done: queue the verification plan (unless another worker did) and
     run retrains until none is left (job.search.retrain); returns how many this worker ran."""
-    from job.collect.verify import ensure_plan, plan_retrains
+    from job.collect.retrains import ensure_plan, plan_retrains
     from job.search.retrain import RetrainTask, retrain_data, verify_study_name
     from job.search.worker import Worker
 

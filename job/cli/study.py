@@ -55,7 +55,7 @@ def cmd_research(args: argparse.Namespace) -> int:
         research,
         write_research_json,
     )
-    from job.collect.verify import model_files
+    from job.collect.retrains import model_files
     from job.ml.data import load_data
     from job.ml.train import check_batch
     from job.run.local import RunOptions

@@ -19,7 +19,7 @@ attr ``research`` (parent, what changed, fingerprints); its warm-start trials ca
   ``problem`` and no numbers, and never counts as a regression.
 - ``front``: the parent's front, its members re-evaluated here (COMPLETE warm-start
   trials), and those whose re-evaluation is on this study's front (``kept``).
-- ``hypervolume``: both fronts' (`job.search.study`'s fixed normalisation: they compare).
+- ``hypervolume``: both fronts' (`job.search.view`'s fixed normalisation: they compare).
 
 Metrics for alerting: gauges written by ``prometheus_client.write_to_textfile`` (for a
 textfile collector or a Pushgateway). Gauges have no ``_created`` series; the
@@ -66,7 +66,7 @@ from job.ml.model import load_model_spec, output_shape
 from job.ml.onnx import load_weights
 from job.ml.train import Normalize, accuracy_and_f1, predict
 from job.search.record import RESULTS_DIR, StudyAttrs, TrialRecord, WarmStart
-from job.search.study import front_hypervolume, pareto_trials, snapshot
+from job.search.view import front_hypervolume, pareto_trials, snapshot
 from job.storage import study_beside
 
 DRIFT_JSON, DRIFT_PROM, RESEARCH_PROM = "drift.json", "drift.prom", "research.prom"

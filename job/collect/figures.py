@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 
 from job.collect.results import draw_front, draw_trials, plot_axes, plot_points
 from job.config import Config
-from job.search.study import complete_trials, front_hypervolume, pareto_trials
+from job.search.view import complete_trials, front_hypervolume, pareto_trials
 
 
 def svg(fig: Figure) -> str:

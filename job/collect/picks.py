@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial
 from job.collect.policies import Choice, resolve_reference
 from job.collect.results import write_json
 from job.collect.selection import Selection
-from job.collect.verified import Verification, Verified
+from job.collect.verify import Verification, Verified
 from job.config import Config
 from job.search.record import TrialRecord
 

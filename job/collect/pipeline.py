@@ -7,15 +7,16 @@ its own module in job/collect/ and hands the next a typed object; each file is w
 once, by the step that owns it:
 
     step      module         hands on        writes
-    study     search.study   the trials      (one read of the study)
+    study     search.view    the trials      (one read of the study)
     front     results        Front           pareto.json, pareto.png, summary.json
     select    selection      Selection       (nothing: choices and the retrain plan)
-    verify    verified       Verification    (nothing yet: the retrains, gathered)
+    verify    verify         Verification    (nothing yet: the retrains, gathered;
+                                             queued by retrains)
     picks     picks          Picks           baselines.json
     drift     drift          drift report    drift.json, drift.prom (a research version)
     publish   publish        Publication     selected/<policy>/ (card.json, ONNX, ...),
                                              selection.json, the trials' artifacts
-              verified       Verification    verify.json, with the deployed latency's
+              verify         Verification    verify.json, with the deployed latency's
                                              agreement (after the picks' own files)
     report    report         (Page)          report.html
     push      push           -               the Pushgateway group (SMS_PUSHGATEWAY)
@@ -43,11 +44,11 @@ from job.collect.push import push_collect
 from job.collect.report import page_of, preview_images, render_report
 from job.collect.results import write_front
 from job.collect.selection import Selection, select
-from job.collect.verified import Verification, verify, write_verify
+from job.collect.verify import Verification, verify, write_verify
 from job.config import Config
 from job.ml.data import Dataset
 from job.ml.model import ModelSpec
-from job.search.study import snapshot
+from job.search.view import snapshot
 from job.storage import ARTIFACTS
 
 

@@ -12,7 +12,7 @@ The policies (`job.config.Policy`):
 - ``smallest_within: {accuracy_drop: d}``: the fewest params among feasible trials with
   accuracy >= (best feasible accuracy - d); d = 0 keeps only the best's accuracy.
 - ``knee``: the front's knee. Among the records on the Pareto front, each objective's
-  values become losses by `job.search.study.normalised_losses` (1 - accuracy,
+  values become losses by `job.search.view.normalised_losses` (1 - accuracy,
   log10(params) / 8, …), then each objective's losses are min-max scaled over the front
   to [0, 1] (an objective constant over the front contributes 0). The knee is the member
   nearest (Euclidean) to the ideal point (0, …, 0); a front of one is its own knee. Any
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from job.config import Policy
 from job.search.record import TrialRecord
-from job.search.study import normalised_losses
+from job.search.view import normalised_losses
 
 # A trial exactly `accuracy_drop` below the best must not be lost to float rounding.
 _EPS = 1e-12

@@ -20,7 +20,7 @@ each completed trial, COMPLETE trials against wall time); for a study version ma
 (lineage, the parent's picks on this data, the front kept, the hypervolume; without
 one the page has no such section); the Pareto plot with the picks marked, the
 selection, the baselines, proxy vs verified accuracy, each pick's card, and the chosen
-augmentation policy at work. Every figure comes from `job.search.study`, so the page
+augmentation policy at work. Every figure comes from `job.search.view`, so the page
 agrees with `summary.json` and `python -m job status`.
 """
 
@@ -47,10 +47,10 @@ from job.collect.figures import pareto_figure, progress_figure, svg, verify_figu
 from job.collect.picks import BASELINES_JSON, SELECTED, SELECTION_JSON, Picks
 from job.collect.publish import Publication
 from job.collect.results import PARETO_JSON, SUMMARY_JSON, Front, as_written
-from job.collect.verified import VERIFY_JSON, Verification
+from job.collect.verify import VERIFY_JSON, Verification
 from job.config import AugmentConfig, Config
 from job.files import write_atomic, writing
-from job.search.study import complete_trials, human_duration, summarise
+from job.search.view import complete_trials, human_duration, summarise
 
 if TYPE_CHECKING:
     from torch import Tensor

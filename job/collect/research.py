@@ -44,13 +44,13 @@ from job.ml.errors import TrainError
 from job.search.record import RESULTS_DIR as RESULTS_DIR  # where its collector wrote
 from job.search.record import WARM_START as WARM_START  # a warm-start trial's attr
 from job.search.record import StudyAttrs, TrialAttrs, TrialRecord, WarmStart, enqueue
-from job.search.study import pareto_trials
 from job.search.versions import (
     Fingerprints,
     Version,
     latest_version,
     version_name,
 )
+from job.search.view import pareto_trials
 from job.storage import InRangeTrial, budget_lock, open_storage
 
 if TYPE_CHECKING:  # torch: `status` reads versions without it
@@ -145,7 +145,7 @@ def warm_start(
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, user attrs) to enqueue: the parent's picks (policy order), then its Pareto
     front by accuracy, once each, those the current space takes, at most half the budget."""
-    from job.collect.verify import records  # torch: only a warm start needs it
+    from job.collect.retrains import records  # torch: only a warm start needs it
 
     found = records(trials, config)
     by_number = {t.number: t for t in trials}

@@ -21,7 +21,7 @@ Each file is written atomically (a temporary file beside it, then renamed over i
 quota, read-only) is `job.collect.outputs.OutputError`, one line naming the file, and
 leaves the file's last complete content.
 
-Every figure is `job.search.study`'s (`summarise` of one snapshot), the same view the workers'
+Every figure is `job.search.view`'s (`summarise` of one snapshot), the same view the workers'
 metrics and the `run` progress bar show. `status_report` is the text of
 `python -m job status`; `wait_for_budget` backs `collect --wait`. Nothing here ever sees
 a storage URL, so nothing here can print a password.
@@ -46,7 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from job.config import Config
 from job.files import write_atomic, writing
 from job.search.record import TrialRecord
-from job.search.study import (
+from job.search.view import (
     StudySummary,
     complete_trials,
     counts_by_state,
@@ -57,8 +57,8 @@ from job.search.study import (
     summarise,
     values_of,
 )
-from job.search.study import human_duration as human_duration
-from job.search.study import is_feasible as is_feasible
+from job.search.view import human_duration as human_duration
+from job.search.view import is_feasible as is_feasible
 
 PARETO_JSON, PARETO_PNG, SUMMARY_JSON = "pareto.json", "pareto.png", "summary.json"
 
@@ -76,7 +76,7 @@ def _extras(record: TrialRecord) -> dict[str, Any]:
 
 
 # --- trials -------------------------------------------------------------------------
-# Every figure comes from `job.search.study`, the one view of the study that the status text,
+# Every figure comes from `job.search.view`, the one view of the study that the status text,
 # the `run` progress bar and the workers' metrics share. Each public function reads the
 # study once and summarises that one snapshot, so the numbers of one report agree with
 # each other even while workers keep finishing trials.

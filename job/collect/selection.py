@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from job.collect.policies import Choice, Record
-from job.collect.verify import plan_retrains, records
+from job.collect.retrains import plan_retrains, records
 from job.config import Config
 from job.ml.model import ModelSpec
 from job.search.retrain import Retrain

@@ -1,205 +1,304 @@
-"""The verification plan, the collector's side of stage 8 (`job.search.retrain` is the
-workers' side: what a retrain is and how one runs).
+"""The collector's verify step: what the retrains proved, as `Verification` and verify.json.
 
-The plan (`plan_retrains`): `job.collect.policies` picks per policy over the finished
-study; the picks and the top `select.verify_top_k` front members, each once per seed,
-plus every baseline and reference network (`select.baselines`, `reference:` policies:
-model YAMLs, checked at start-up by `model_files`) trained alike. Whoever gets there
-first — a worker whose search is done, or the collector — enqueues it (`ensure_plan`),
-each retrain keyed by what it trains (model, augmentation, recipe, seed), under the
-study's claim lock: a second caller, or a rerun of `collect`, finds every key there and
-retrains nothing twice. `collect --wait` then waits for them (`wait_for_retrains`).
+Fourth step of the pipeline (job.collect.pipeline: study -> front -> select -> **verify**
+-> picks -> publish -> report -> push). The plan of retrains (`Selection.plan`, made by
+the select step, job.collect.selection; how it is queued and waited for:
+job.collect.retrains) is queued on the verification study once the budget is met; with
+`collect --wait` it is waited for. Then its trials are read once and matched with the
+plan (`gather`): per model (a search trial, or a baseline file) its finished seeds,
+failures and what is still to come.
+
+The `Verification` goes on to the picks step (a `reference` policy is resolved by it,
+each card carries its model's seeds), then to `write_verify`, then to the report.
+
+`verify.json`, written once, by `write_verify`: per retrained model, proxy vs verified
+accuracy, and Kendall's tau and Spearman's rho between the two over the top
+`select.verify_top_k` front members; with ONNX export on, `latency_agreement`: how well
+the search's latency objective (PyTorch, on the workers) ranks the verified models as
+onnxruntime on a CPU does. The pipeline calls it once the picks are published: the
+agreement exports every verified model to a temporary ONNX file, and a disk that is
+full (or a file size limit) must stop the collect at a published file first, named
+as such, with every output of the collect before intact.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import time
+import statistics
+import sys
+import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from job.collect.policies import Choice, Record, select, to_verify
-from job.config import Config, derive_seed
-from job.ml.data import Dataset
-from job.ml.model import LayerSpec, ModelError, ModelSpec, load_model_spec, model_spec_yaml
-from job.ml.train import TrainError, check_fit
-from job.search.record import TrialAttrs, TrialRecord, enqueue
+from job.collect.policies import Record, mean_std, rank_agreement, top_front
+from job.collect.results import write_json
+from job.collect.selection import Selection
+from job.config import Config
+from job.files import writing
+from job.search.record import TrialRecord
 from job.search.retrain import Retrain
-from job.search.study import pareto_trials
-from job.storage import Store, budget_lock, fail_stale_trials
 
-CLASSIFIERS = ("Linear", "FixedConv")  # a last layer whose first arg is the class count
+if TYPE_CHECKING:
+    from job.ml.data import Dataset
 
-
-def _digest(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+VERIFY_JSON = "verify.json"
 
 
-def retrain_seeds(config: Config) -> list[int]:
-    return [derive_seed(config.train.seed, i) for i in range(config.select.retrain.seeds)]
+@dataclass(frozen=True)
+class Run:
+    """One finished retrain (one seed)."""
+
+    seed: int
+    test_accuracy: float
+    test_f1: float
+    latency_ms_b1: float
+    weights: str | None
 
 
-def _runs(
-    role: Literal["search", "baseline"],
-    name: str,
-    trial: int | None,
-    path: str | None,
-    model_yaml: str,
-    augment: dict[str, Any] | None,
-    recipe: dict[str, Any],
-    config: Config,
-) -> list[Retrain]:
-    """One `Retrain` per seed; the recipe takes select.retrain's epochs. The search's
-    recipe is kept otherwise (its searched lr, say): a trial is retrained as found."""
-    epochs = config.select.retrain.epochs or config.train.epochs
-    base = {**recipe, "epochs": epochs}
-    model_key = _digest(model_yaml, augment, {k: v for k, v in base.items() if k != "seed"})
-    return [
-        Retrain(
-            f"{model_key}-s{seed}",
-            model_key,
-            role,
-            name,
-            trial,
-            path,
-            model_yaml,
-            augment,
-            {**base, "seed": seed},
-            seed,
+@dataclass
+class Verified:
+    """A model's retrains: the finished ones, and what failed or is still to come
+    (filled in by `gather`, read only after)."""
+
+    name: str
+    role: str
+    trial: int | None
+    path: str | None
+    model_yaml: str
+    recipe: dict[str, Any]
+    planned: int = 0
+    runs: list[Run] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "seed 1: nan_loss: …"
+    params: int | None = None
+    macs: int | None = None
+
+    @property
+    def pending(self) -> int:
+        return self.planned - len(self.runs) - len(self.failed)
+
+    @property
+    def mean_std(self) -> tuple[float, float] | None:
+        return mean_std([r.test_accuracy for r in self.runs]) if self.runs else None
+
+    @property
+    def best_run(self) -> Run | None:
+        return max(self.runs, key=lambda r: (r.test_accuracy, -r.seed), default=None)
+
+    @property
+    def latency_ms(self) -> float:
+        found = [r.latency_ms_b1 for r in self.runs if math.isfinite(r.latency_ms_b1)]
+        return statistics.median(found) if found else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        """verify.json's and baselines.json's view of it."""
+        found = self.mean_std
+        return {
+            "verified_accuracy": None if found is None else found[0],
+            "verified_std": None if found is None else found[1],
+            "seeds": [{"seed": r.seed, "test_accuracy": r.test_accuracy} for r in self.runs],
+            "planned": self.planned,
+            "pending": self.pending,
+            "failed": self.failed,
+            "params": self.params,
+            "macs": self.macs,
+            "latency_ms_b1": self.latency_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The verify step's outcome: each planned model's retrains, and verify.json as written."""
+
+    models: dict[str, Verified]  # "trial 12" / "file <path>" → its retrains
+    report: dict[str, Any]  # verify.json's content
+
+    @property
+    def by_trial(self) -> dict[int | None, Verified]:
+        """The retrained search trials, by trial number."""
+        return {m.trial: m for m in self.models.values() if m.role == "search"}
+
+    @property
+    def baselines(self) -> list[Verified]:
+        return [m for m in self.models.values() if m.role == "baseline"]
+
+    @property
+    def pending(self) -> int:
+        """Retrains queued or running."""
+        return sum(m.pending for m in self.models.values())
+
+    @property
+    def failed(self) -> list[str]:
+        """One line per retrain that failed for good."""
+        return [f"{m.name} {f}" for m in self.models.values() for f in m.failed]
+
+
+def verify(
+    study: optuna.Study, selection: Selection, config: Config, url: str, wait: bool = False,
+    timeout_s: float | None = None,
+) -> Verification | None:  # fmt: skip
+    """The verify step (the module doc): the plan queued once the budget is met (with
+    `wait`, waited for: `timeout_s` None for ever; None returned when it ran out), the
+    retrains gathered; verify.json's content, less the latency agreement."""
+    from job.collect.retrains import ensure_plan, wait_for_retrains
+    from job.search.retrain import verify_study_name
+    from job.search.studies import open_study
+
+    verify_trials: list[FrozenTrial] = []
+    if config.select.verify and selection.finished:
+        name = verify_study_name(study.study_name)
+        verification = open_study(config, url, name, verify=True)
+        ensure_plan(verification, url, selection.plan)
+        if wait and not wait_for_retrains(verification, url, timeout_s=timeout_s):
+            print(f"error: the retrains did not finish within {timeout_s}s", file=sys.stderr)
+            return None
+        verify_trials = verification.get_trials(deepcopy=False)
+    models = gather(selection.plan, verify_trials)
+    by_trial = {m.trial: m for m in models.values() if m.role == "search"}
+    return Verification(models, verify_report(by_trial, selection.records, config))
+
+
+def write_verify(
+    out: Path, verification: Verification, selection: Selection, config: Config, data: Dataset
+) -> Verification:
+    """verify.json, written once: the verification's report and, with `export.onnx` and
+    a retrained model, the latency agreement (`latency_agreement`, on `data`'s image
+    size); returns the verification with that report."""
+    report = dict(verification.report)
+    if config.export.onnx and (by_trial := verification.by_trial):
+        size = int(data.test.x.shape[-1])
+        report["latency_agreement"] = latency_agreement(by_trial, selection.trials, config, size)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    write_json(out / VERIFY_JSON, report)
+    return replace(verification, report=report)
+
+
+def gather(plan: Sequence[Retrain], verify_trials: Sequence[FrozenTrial]) -> dict[str, Verified]:
+    """Each model of the plan (a search trial, or a baseline file) → its retrains: the
+    plan's runs matched with the verification study's trials by key; a key's COMPLETE
+    trial wins over its failed attempts. Two trials that trained the same thing (the
+    sampler proposed it twice) share one key, and so the same retrains."""
+    found: dict[str, Verified] = {}
+    keys = {spec.key for spec in plan}
+    for spec in plan:
+        model = found.setdefault(
+            _identity(spec),
+            Verified(spec.name, spec.role, spec.trial, spec.path, spec.model_yaml, spec.recipe),
         )
-        for seed in retrain_seeds(config)
+        model.planned += 1
+    by_key: dict[str, list[FrozenTrial]] = {}
+    for trial in verify_trials:
+        run = Retrain.of(trial)
+        if run is not None and run.key in keys:
+            by_key.setdefault(run.key, []).append(trial)
+    for spec in plan:
+        model = found[_identity(spec)]
+        tries = by_key.get(spec.key, [])
+        done = [t for t in tries if t.state == TrialState.COMPLETE]
+        if done:
+            ran = TrialRecord.from_trial(done[0])
+            model.runs.append(_run(spec.seed, ran))
+            model.params = model.params if ran.params is None else ran.params
+            model.macs = model.macs if ran.macs is None else ran.macs
+        elif tries and all(t.state == TrialState.FAIL for t in tries):  # none left to run
+            last = TrialRecord.from_trial(max(tries, key=lambda t: t.number))
+            reason = "failed" if last.fail_reason is None else last.fail_reason
+            message = last.fail_message or ""
+            model.failed.append(f"seed {spec.seed}: {reason}: {message}".rstrip(": "))
+    return found
+
+
+def _identity(spec: Retrain) -> str:
+    return f"trial {spec.trial}" if spec.role == "search" else f"file {spec.path}"
+
+
+def _run(seed: int, trial: TrialRecord) -> Run:
+    def number(value: float | None) -> float:
+        return math.nan if value is None else value
+
+    return Run(
+        seed,
+        number(trial.test_accuracy),
+        number(trial.test_f1),
+        number(trial.latency_ms_b1),
+        trial.weights or None,
+    )
+
+
+def verify_report(
+    by_trial: dict[int | None, Verified], records: Sequence[Record], config: Config
+) -> dict[str, Any]:
+    """verify.json: proxy vs verified per model; tau and rho over the top-k front."""
+    found = {r.number: r for r in records}
+    top = top_front(records, config.select.verify_top_k)
+    pairs = [
+        (r.accuracy, ms[0])
+        for r in top
+        if (m := by_trial.get(r.number)) is not None and (ms := m.mean_std) is not None
     ]
+    tau, rho = rank_agreement([p[0] for p in pairs], [p[1] for p in pairs])
+    models = []
+    for number, model in sorted(by_trial.items(), key=lambda kv: kv[0] or 0):
+        record = found.get(number) if number is not None else None
+        models.append(
+            {
+                "trial": number,
+                "proxy_accuracy": record.accuracy if record else None,
+                "on_front": bool(record and record.on_front),
+                **model.summary(),
+            }
+        )
+    return {
+        "models": models,
+        "kendall_tau": tau,
+        "spearman_rho": rho,
+        "correlated_over": len(pairs),
+        "top_k": config.select.verify_top_k,
+        "retrain_epochs": config.select.retrain.epochs or config.train.epochs,
+        "seeds": config.select.retrain.seeds,
+    }
 
 
-def records(trials: Sequence[FrozenTrial], config: Config) -> list[Record]:
-    """The COMPLETE search trials as `job.collect.policies` sees them."""
-    front = {t.number for t in pareto_trials(trials, config.objectives)}
-    return [
-        Record.of(r, r.number in front)
-        for t in trials
-        if t.state == TrialState.COMPLETE and t.values is not None
-        for r in [TrialRecord.from_trial(t)]
-    ]
+def latency_agreement(
+    verified: dict[int | None, Verified], trials: Sequence[FrozenTrial], config: Config,
+    image_size: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The search's latency (PyTorch, batch 1, on the workers) against onnxruntime's on
+    this machine (fp32, batch 1, `export.latency_threads`), over the verified models."""
+    from job.ml.model import spec_from_yaml
+    from job.ml.onnx import ExportError, export_onnx, load_weights, ort_latency
 
-
-def fit_classes(spec: ModelSpec, num_classes: int) -> ModelSpec:
-    """A baseline written for CIFAR-10's 10 classes, its classifier resized to the
-    data's: the last layer's output count is the class count (docs/ARCHITECTURE.md)."""
-    last = spec.backbone[-1] if spec.backbone else None
-    if last is None or last.module not in CLASSIFIERS or not last.args:
-        return spec
-    if last.args[0] == num_classes:
-        return spec
-    resized = LayerSpec(last.repeat, last.module, (num_classes, *last.args[1:]))
-    return replace(spec, backbone=(*spec.backbone[:-1], resized))
-
-
-def model_file(path: str, data: Dataset) -> ModelSpec:
-    """A baseline or reference model YAML, checked against the data before any trial:
-    `ModelError` naming the file when it cannot be read or cannot run on the images."""
-    if not Path(path).is_file():  # relative paths start where the verb runs, as data.path
-        raise ModelError(f"{path}: no such model YAML (in select; from {Path.cwd()})")
-    spec = fit_classes(load_model_spec(path), data.num_classes)
-    try:
-        check_fit(spec, data)
-    except TrainError as exc:
-        raise ModelError(f"{path}: {exc.message}") from None
-    return spec
-
-
-def model_files(config: Config, data: Dataset) -> dict[str, ModelSpec]:
-    """Every baseline and reference YAML of `select`, checked (the verbs call this at
-    start-up, so a typo in a path fails before the first trial, exit 2)."""
-    if not config.select.verify:
-        return {}
-    return {path: model_file(path, data) for path in config.select.model_files()}
-
-
-def plan_retrains(
-    trials: Sequence[FrozenTrial],
-    config: Config,
-    models: dict[str, ModelSpec],
-    found: Sequence[Record] | None = None,
-) -> tuple[list[Choice], list[Retrain]]:
-    """The choices of every policy over the finished study, and what to retrain:
-    picks and top front members (as their trials were trained), then baselines and
-    references (with the config's augmentation and recipe). `found`: the trials'
-    `records`, when the caller has them."""
-    found = records(trials, config) if found is None else found
-    choices = select(config.select.policies, found, config.objectives)
-    if not config.select.verify:
-        return choices, []
-    by_number = {t.number: t for t in trials}
-    plan: list[Retrain] = []
-    for number in to_verify(choices, found, config.select.verify_top_k):
-        attrs = TrialRecord.from_trial(by_number[number])
-        recipe = attrs.recipe or config.train.model_dump(mode="json")
-        augment = attrs.augment
-        yaml_text = attrs.model_yaml
-        if yaml_text is None:  # a search trial records its network before it trains
-            raise KeyError(f"trial {number} has no model YAML")
-        plan += _runs("search", f"trial {number}", number, None, yaml_text, augment, recipe, config)
-    augment = config.augment.model_dump(mode="json") if config.augment.enabled else None
-    recipe = config.train.model_dump(mode="json")
-    for path, spec in models.items():
-        name = Path(path).stem
-        plan += _runs("baseline", name, None, path, model_spec_yaml(spec), augment, recipe, config)
-    return choices, plan
-
-
-# A retrain that failed (not stale: the heartbeat retries those) is queued again this
-# many times in all by a later `ensure_plan`; a network that cannot train stays failed.
-MAX_RUNS_PER_KEY = 2
-
-
-def ensure_plan(verify: optuna.Study, store: Store | str, plan: Sequence[Retrain]) -> int:
-    """Enqueue every retrain of `plan` not yet there; returns how many were queued.
-    Under the verification study's claim lock: two callers never queue one key twice."""
-    with budget_lock(store, verify.study_name):
-        runs: dict[str, list[TrialState]] = {}
-        for trial in verify.get_trials(deepcopy=False):
-            spec = Retrain.of(trial)
-            if spec is not None:
-                runs.setdefault(spec.key, []).append(trial.state)
-        queued = 0
-        for retrain in plan:
-            states = runs.get(retrain.key, [])
-            live = any(s != TrialState.FAIL for s in states)
-            if live or len(states) >= MAX_RUNS_PER_KEY:
+    numbers = {t.number: t for t in trials}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sms-latency-") as tmp:
+        for number, model in sorted(verified.items(), key=lambda kv: kv[0] or 0):
+            best = model.best_run
+            trial = numbers.get(number) if number is not None else None
+            searched = TrialRecord.from_trial(trial).latency_ms_b1 if trial is not None else None
+            if best is None or not best.weights or not isinstance(searched, float):
                 continue
-            enqueue(verify, {}, TrialAttrs(retrain=retrain.attrs()))
-            runs[retrain.key] = [*states, TrialState.WAITING]
-            queued += 1
-        return queued
-
-
-def unfinished(verify: optuna.Study) -> int:
-    """Retrains queued or running."""
-    states = (TrialState.WAITING, TrialState.RUNNING)
-    return len(verify.get_trials(deepcopy=False, states=states))
-
-
-def wait_for_retrains(
-    verify: optuna.Study, store: Store | str, poll_s: float = 5.0, timeout_s: float | None = None
-) -> bool:
-    """Poll until no retrain is queued or running (True) or `timeout_s` passes (False).
-    A retrain whose worker died is failed here too, and its retry queued, so a collector
-    never waits on a trial nobody runs any more."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        with budget_lock(store, verify.study_name):
-            fail_stale_trials(verify)
-        if not unfinished(verify):
-            return True
-        left = math.inf if deadline is None else deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(poll_s, left))
+            if not math.isfinite(searched):
+                continue
+            try:
+                network = load_weights(spec_from_yaml(model.model_yaml), Path(best.weights))
+            except ExportError:  # gone or damaged: that model is left out of the ranking
+                continue
+            path = Path(tmp) / f"trial-{number}.onnx"
+            export_onnx(network, image_size, path, config.export.opset)
+            timed = ort_latency(
+                path, image_size, config.export.latency_threads, config.export.latency_runs
+            )
+            rows.append({"trial": number, "search_ms": searched, "onnx_ms": timed["median_ms"]})
+    tau, rho = rank_agreement([r["search_ms"] for r in rows], [r["onnx_ms"] for r in rows])
+    return {
+        "kendall_tau": tau,
+        "spearman_rho": rho,
+        "models": rows,
+        "search": "PyTorch, batch 1, on the search workers' device",
+        "deployed": f"onnxruntime CPU fp32, batch 1, {config.export.latency_threads} thread(s)",
+    }

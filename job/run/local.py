@@ -38,7 +38,7 @@ from job.errors import EXIT_STOPPED
 from job.search.record import TrialRecord
 from job.search.retrain import Retrain, verify_study_name
 from job.search.studies import open_study
-from job.search.study import is_feasible, progress_text, snapshot, summarise
+from job.search.view import is_feasible, progress_text, snapshot, summarise
 from job.storage import (
     JOURNAL,
     TRANSIENT,
@@ -325,7 +325,7 @@ def watch(
     A worker that ends badly is reported at once (`lost_worker`, with the end of its log
     `logs[i]`) and the others go on: its trial stops beating, and one of them fails it
     after `study.grace_period_s` and runs its retry, so the budget is still met.
-    The bar's figures (best accuracy, front size, hypervolume) are `job.search.study`'s summary
+    The bar's figures (best accuracy, front size, hypervolume) are `job.search.view`'s summary
     of the same read of the study: what `status`, summary.json and the metrics show.
     `verify`: the verification study, whose retrains (run once the budget is met) get a
     line each too. While the database of `store` does not answer, the workers are

@@ -192,7 +192,7 @@ class TrialRecord(TrialAttrs):
     state: str  # the TrialState's name: COMPLETE, FAIL, RUNNING, WAITING, PRUNED
     values: tuple[float, ...] | None = None  # the objective values (COMPLETE only)
     sampled: dict[str, Any] = {}  # the Optuna params the sampler chose (`FrozenTrial.params`)
-    feasible: bool = True  # every constraint value <= 0 (job.search.study.is_feasible)
+    feasible: bool = True  # every constraint value <= 0 (job.search.view.is_feasible)
     datetime_start: datetime | None = None
     datetime_complete: datetime | None = None
 

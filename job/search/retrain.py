@@ -12,8 +12,8 @@ This module is what a retrain is (`Retrain`, a verification trial's user attr) a
 worker runs one (`RetrainTask`, the worker loop's second task: `job.search.tasks`):
 claimed from the queue (`claim_retrain`), trained on train + validation
 (`retrain_data`). What to retrain, and queueing it, is the collector's: the plan
-(`job.collect.verify.plan_retrains`), queued by whoever gets there first (a worker whose
-search is done, or the collector: `job.collect.verify.ensure_plan`).
+(`job.collect.retrains.plan_retrains`), queued by whoever gets there first (a worker whose
+search is done, or the collector: `job.collect.retrains.ensure_plan`).
 """
 
 from __future__ import annotations

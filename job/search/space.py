@@ -31,8 +31,8 @@ from job.config import (
 from job.ml.data import Dataset
 from job.ml.model import LayerSpec, Measure, ModelSpec
 from job.ml.train import TrainResult, check_fit
-from job.search.study import OBJECTIVES
-from job.search.study import directions as directions
+from job.search.view import OBJECTIVES
+from job.search.view import directions as directions
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,24 @@ from job.storage import (
     take_trial,
 )
 
+# With the task's own names, those the search task calls by name from here: bench/storage.py,
+# bench/fleet.py and bench/scale.py wrap them in this module to time their parts.
+__all__ = [
+    "ParamHold",
+    "SearchTask",
+    "Task",
+    "TaskOpener",
+    "TrainFn",
+    "TrialRun",
+    "budget_lock",
+    "claim_trial",
+    "count_states",
+    "fail_stale_trials",
+    "has_stale_trials",
+    "sample_candidate",
+    "take_trial",
+]
+
 T = TypeVar("T")
 TrainFn = Callable[..., TrainResult]
 Persist = Callable[[Callable[[], T], str], T]

@@ -5,7 +5,7 @@ of the dashboard pod) is the ONE source of every study-level series. Workers ser
 what is theirs (job.serve.metrics): when each worker served its own last view of the study, two
 workers disagreed at the same instant and a finished worker's view went stale.
 
-At each scrape `StudyCollector` reads the study once, through `job.search.study`'s one view
+At each scrape `StudyCollector` reads the study once, through `job.search.view`'s one view
 (the figures equal summary.json's and `status`'s), at most every `min_interval_s` (a
 second Prometheus replica costs no second read). Every series carries `study`, the
 latest version of the configured study (`<name>`, `<name>-v2`, ...; job.collect.research) unless
@@ -17,7 +17,7 @@ one is named. Series (all gauges):
 - `sms_study_budget{study}`; `sms_study_best{study,objective}`: best value of each
   objective over feasible COMPLETE trials; `sms_study_best_accuracy{study}` (NaN until
   known); `sms_study_pareto_front_size{study}`; `sms_study_hypervolume{study}`: the
-  front's normalised hypervolume in [0, 1] (job.search.study), NaN without a front.
+  front's normalised hypervolume in [0, 1] (job.search.view), NaN without a front.
 - `sms_study_trials_per_hour{study}`, `sms_study_eta_seconds{study}` (0 once the budget
   is met; NaN while unknown).
 - `sms_study_last_progress_timestamp_seconds{study}`: when the latest trial completed,
@@ -50,8 +50,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from job.config import Config, ConfigError
-from job.search.study import StudySummary, snapshot, summarise
 from job.search.versions import versions
+from job.search.view import StudySummary, snapshot, summarise
 from job.serve.metrics import STUDY_STATES
 from job.storage import StorageDownError, StorageError, open_storage, silent_trials
 from job.urls import redact
@@ -131,7 +131,7 @@ def study_families(
         gauge(
             "sms_study_hypervolume",
             "Hypervolume of the Pareto front, objectives normalised to losses in [0, 1] "
-            "(job.search.study), reference point 1 each; NaN without a front.",
+            "(job.search.view), reference point 1 each; NaN without a front.",
             summary.hypervolume if summary.front else math.nan,
         ),
         gauge(

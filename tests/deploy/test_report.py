@@ -18,7 +18,7 @@ from PIL import Image
 
 from job.collect.report import REPORT_HTML, hypervolume_curve, write_report
 from job.config import Config, load_config, parse_config
-from job.search.study import summarise
+from job.search.view import summarise
 from job.search.worker import open_study
 from job.testing.browser import Browser, Rendered
 from tests.support.configs import TINY

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from job.collect.outputs import fresh_side, recover, side, swap_in, withdraw
-from job.collect.verify import ensure_plan, plan_retrains
+from job.collect.retrains import ensure_plan, plan_retrains
 from job.config import Config, load_config
 from job.files import OutputError, writing
 from job.ml.data import load_data

@@ -1,6 +1,7 @@
-"""Research (job.collect.research): fingerprints, versions, the decision, the warm start, one
-version under concurrency, and `python -m job research` end to end on an ImageFolder
-made from digits (real worker processes, a real journal and a real PostgreSQL)."""
+"""Research (job.collect.research): the warm start, one version under concurrency, and
+`python -m job research` end to end on an ImageFolder made from digits (real worker
+processes, a real journal and a real PostgreSQL; versions, fingerprints and the decision:
+tests/unit/test_research.py)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,12 @@ from job.collect.research import (
     UNCHANGED,
     WARM_START,
     Decision,
-    Version,
-    decide,
     research,
-    versions,
     warm_start,
 )
 from job.config import config_fingerprint, parse_config
 from job.ml.data import load_data
-from job.search.versions import LINEAGE, Fingerprints, version_name, version_number
+from job.search.versions import LINEAGE, versions
 from job.search.worker import Worker
 from job.storage import JOURNAL, open_storage
 from job.testing.pgserver import External, Server
@@ -42,63 +40,6 @@ def tiny(**changes: object) -> dict[str, object]:
         section, _, name = key.partition(".")
         doc[section] = {**doc[section], name: value} if name else value
     return dict(doc)
-
-
-# --- versions and fingerprints -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "number"),
-    [("q", 1), ("q-v2", 2), ("q-v10", 10), ("q-v1", None), ("q-v02", None), ("q-v", None),
-     ("qq-v2", None), ("q-verify", None), ("q-v2-verify", None), ("x", None)],
-)  # fmt: skip
-def test_version_numbers(name: str, number: int | None) -> None:
-    assert version_number("q", name) == number
-    if number is not None:
-        assert version_name("q", number) == name
-
-
-def test_config_fingerprint_tracks_what_changes_results() -> None:
-    base = config_fingerprint(parse_config(tiny()))
-    same = [
-        tiny(**{"study.budget": 99}),
-        tiny(**{"study.sampler": "tpe"}),
-        tiny(**{"data.path": "/elsewhere"}),
-        tiny(**{"train.eval_batch_size": 7}),
-        tiny(select={"verify": False, "policies": ["knee"]}),
-    ]
-    for doc in same:
-        assert config_fingerprint(parse_config(doc)) == base, doc
-    other = [
-        tiny(**{"train.lr": 0.1}),
-        tiny(**{"data.image_size": 10}),
-        tiny(**{"augment.cutout_p": 0.5}),
-        tiny(objectives=["accuracy", "macs"]),
-        tiny(constraints={"max_params": 1000}),
-    ]
-    prints = {config_fingerprint(parse_config(doc)) for doc in other}
-    assert base not in prints and len(prints) == len(other)
-
-
-NOW = Fingerprints("d1", "c1", "k1")
-
-
-def _version(number: int, complete: int, prints: Fingerprints | None = NOW) -> Version:
-    return Version(version_name("q", number), number, complete, prints, {})
-
-
-def test_decide() -> None:
-    first = decide(None, "q", 4, NOW)
-    assert (first.decision, first.study, first.version, first.parent) == (NEW_VERSION, "q", 1, None)
-    assert decide(_version(1, 4), "q", 4, NOW).decision == UNCHANGED
-    running = decide(_version(3, 2), "q", 4, NOW)
-    assert (running.decision, running.study) == (IN_PROGRESS, "q-v3")
-    assert decide(_version(1, 0, None), "q", 4, NOW).decision == IN_PROGRESS  # nothing recorded
-    moved = decide(_version(2, 4, Fingerprints("d0", "c1", "k0")), "q", 4, NOW)
-    assert (moved.decision, moved.study, moved.parent) == (NEW_VERSION, "q-v3", "q-v2")
-    assert moved.changed == ("data", "code")
-    assert "data, code changed since q-v2" in moved.line()
-    assert decide(_version(2, 1, Fingerprints("d0", "c1", "k1")), "q", 4, NOW).changed == ("data",)
 
 
 # --- the warm start and one version under concurrency --------------------------------

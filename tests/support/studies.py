@@ -7,7 +7,7 @@ from typing import Any
 from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
-from job.collect.verify import fit_classes
+from job.collect.retrains import fit_classes
 from job.ml.model import load_model_spec
 from tests.support.configs import RESNET8
 

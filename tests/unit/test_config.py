@@ -241,7 +241,7 @@ def test_every_sampler_takes_the_largest_seed_and_worker_index(sampler: str) -> 
 def test_trial_and_retrain_seeds_stay_in_range() -> None:
     import optuna
 
-    from job.collect.verify import retrain_seeds
+    from job.collect.retrains import retrain_seeds
     from job.search.space import sample_recipe
 
     config = parse_config({"train": {"seed": SEED_SPAN - 1}, "select": {"retrain": {"seeds": 3}}})

@@ -33,7 +33,7 @@ from job.ml.data import Dataset
 from job.ml.model import model_spec_yaml, parse_model_spec
 from job.ml.onnx import input_spec
 from job.ml.train import train
-from job.search.study import hypervolume, normalised_losses
+from job.search.view import hypervolume, normalised_losses
 from tests.support.configs import TINY
 from tests.support.html import assert_self_contained
 

@@ -1,4 +1,4 @@
-"""job.search.study, the one view of the study: hypervolume, front, best, feasibility, rate, and
+"""job.search.view, the one view of the study: hypervolume, front, best, feasibility, rate, and
 the issue's acceptance test (a worker's metrics agree with summary.json)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from job.collect.results import collect
 from job.config import Config, ConfigError, parse_config
-from job.search.study import (
+from job.search.view import (
     OBJECTIVES,
     directions,
     hypervolume,

@@ -14,11 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 TIERS = ("unit", "integration", "deploy")
 # What a unit test module may not import: processes, gates, and the throwaway servers
-# (job.testing.prom's check_metrics runs promtool on a text, which starts no server).
+# (job.testing.prom's check_metrics runs promtool on a text, which starts no server;
+# pgserver's free_port only asks the OS for a port).
 NOT_IN_UNIT = {
     "subprocess": "starts a process",
     "tests.gate": "gates worker processes",
-    "job.testing.pgserver": "starts PostgreSQL",
+    "job.testing.pgserver.Server": "starts PostgreSQL",
+    "job.testing.pgserver.External": "connects to PostgreSQL",
+    "job.testing.pgserver.throwaway_server": "starts PostgreSQL",
     "job.testing.pgbouncer": "starts PgBouncer",
     "job.testing.browser": "starts Chromium",
     "job.testing.prom.prometheus": "starts Prometheus",

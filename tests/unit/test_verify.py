@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from job.collect.picks import resolve_picks
 from job.collect.publish import publish
+from job.collect.retrains import ensure_plan, fit_classes, model_file, plan_retrains
 from job.collect.selection import select
-from job.collect.verified import gather, write_verify
-from job.collect.verified import verify as verify_step
-from job.collect.verify import ensure_plan, fit_classes, model_file, plan_retrains
+from job.collect.verify import gather, write_verify
+from job.collect.verify import verify as verify_step
 from job.config import Config, load_config, parse_config
 from job.ml.data import load_data
 from job.ml.model import ModelError, build_model, load_model_spec
