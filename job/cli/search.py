@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from job import logs, settings
-from job.collect.pipeline import clear_outputs
 from job.collect.retrains import model_files
 from job.config import Config, load_config
 from job.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, EXIT_STOPPED, UsageError
@@ -165,6 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.fresh and url.startswith(JOURNAL):  # refused while another process holds it
         later = _later_versions(url, config)
         fresh_study(url)
+        from job.collect.pipeline import clear_outputs  # onnx, matplotlib: not for workers
+
         clear_outputs(out)
         for name in later:  # the journal held them too: their folders go with it
             shutil.rmtree(out / name, ignore_errors=True)

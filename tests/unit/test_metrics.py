@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from job import __version__
-from job.serve.metrics import ENV_PORT, WorkerMetrics, metrics_port
+from job import __version__, settings
+from job.serve.metrics import ENV_PORT, WorkerMetrics
 from job.testing.prom import check_metrics
 
 OBJECTIVES = ("accuracy", "params")
@@ -162,26 +162,26 @@ def test_non_final_state_is_rejected() -> None:
 
 def test_metrics_port_env_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_PORT, raising=False)
-    assert metrics_port(9100) == 9100
-    assert metrics_port(None) is None
+    assert settings.current().metrics_port(9100) == 9100
+    assert settings.current().metrics_port(None) is None
     monkeypatch.setenv(ENV_PORT, "")
-    assert metrics_port(9100) == 9100
+    assert settings.current().metrics_port(9100) == 9100
     monkeypatch.setenv(ENV_PORT, " 9200 ")
-    assert metrics_port(9100) == 9200
-    assert metrics_port(None) == 9200
+    assert settings.current().metrics_port(9100) == 9200
+    assert settings.current().metrics_port(None) == 9200
     monkeypatch.setenv(ENV_PORT, "0")
-    assert metrics_port(9100) == 0
+    assert settings.current().metrics_port(9100) == 0
     monkeypatch.setenv(ENV_PORT, "off")
-    assert metrics_port(9100) is None
+    assert settings.current().metrics_port(9100) is None
     monkeypatch.setenv(ENV_PORT, "OFF")
-    assert metrics_port(None) is None
+    assert settings.current().metrics_port(None) is None
 
 
 @pytest.mark.parametrize("raw", ["nine", "9100.5", "-1", "70000"])
 def test_metrics_port_bad_env_names_the_variable(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv(ENV_PORT, raw)
     with pytest.raises(ValueError, match=ENV_PORT):
-        metrics_port(9100)
+        settings.current().metrics_port(9100)
 
 
 def test_two_instances_in_one_process_do_not_clash() -> None:
