@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -18,12 +18,15 @@ from optuna.trial import TrialState
 
 from job import __version__, settings
 from job.config import Config, derive_seed
-from job.ml.data import DataError, Dataset
+from job.ml.errors import DataError
 from job.search.record import STUDY_DATA as STUDY_DATA  # the study's data fingerprint
 from job.search.record import STUDY_PREPARATION as STUDY_PREPARATION  # and preparation
 from job.search.record import StudyAttrs
-from job.search.space import directions
+from job.search.view import directions
 from job.storage import Store, StudyNotFoundError, budget_lock, redact, study_exists
+
+if TYPE_CHECKING:  # torch: `status` opens a study without it
+    from job.ml.data import Dataset
 
 
 def make_sampler(
