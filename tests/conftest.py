@@ -64,7 +64,30 @@ def postgres() -> Iterator[Server | External]:
     if os.environ.get("DATABASE_URL"):
         yield External(os.environ["DATABASE_URL"])
         return
-    with throwaway_server(required=os.environ.get("CI") == "true") as server:
+    # Not durable: no fsync, as nothing here must survive a power cut (a restart still
+    # keeps every committed row: the page cache holds what was written).
+    with throwaway_server(required=os.environ.get("CI") == "true", durable=False) as server:
         if server is None:
             pytest.skip("no PostgreSQL server binaries here (under CI=true this fails)")
         yield server
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """tests.support.configs.TINY written to tmp_path/tiny.yaml."""
+    from tests.support.configs import TINY
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def fresh_logs() -> Iterator[None]:
+    """job.logs as a new process has it, before and after the test: never a wrapped stream
+    (or bound fields) left to the next one. Modules of log tests use it for every test."""
+    from job import logs
+
+    logs.reset()
+    yield
+    logs.reset()

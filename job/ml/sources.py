@@ -1,9 +1,10 @@
 """Stage 2 of the data path, data — its sources: a data set's images, read as stored.
 
 A loader per `data.name` reads the whole source into a `Source` on the CPU, at source
-size, before any cut: `digits` (scikit-learn), `cifar10` (torchvision's on-disk
-pickles, read directly by an unpickler that builds nothing but arrays),
-`imagefolder` (a class folder per class; `train/` and `test/` when split). Each image is
+size, before any cut: `digits` (scikit-learn's table, read without importing it),
+`cifar10` (torchvision's on-disk pickles, read directly by an unpickler that builds
+nothing but arrays), `imagefolder` (a class folder per class; `train/` and `test/` when
+split). Each image is
 digested as decoded, and `_fingerprint` hashes the digests: renaming, reordering or
 losslessly re-encoding files leaves it unchanged. `job.ml.data` cuts and prepares what
 a loader returns. `sample_images` decodes just a few images of a source, for a preview:
@@ -12,7 +13,9 @@ no whole read, no hashing.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -94,13 +97,34 @@ def _require_path(cfg: DataConfig) -> Path:
 
 def _digits() -> tuple[Pixels, Labels, tuple[str, ...]]:
     """scikit-learn's digits: x (N, 1, 8, 8) uint8, y (N,), the class names."""
-    from sklearn.datasets import load_digits  # imported late: slow, and only this source
+    values = _digits_table()  # (N, 65): 64 pixels in 0..16, then the label
+    # 0..16 → 0..255; rint of exact products gives the same bytes on every machine.
+    x = np.rint(values[:, :64].reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)  # (N, 1, 8, 8)
+    y = values[:, 64].astype(np.int64)
+    return x, y, tuple(str(c) for c in range(10))
+
+
+def _digits_table() -> np.ndarray:
+    """The table `sklearn.datasets.load_digits` parses, (N, 65): 64 pixels, then the label.
+    Read from scikit-learn's package folder without importing scikit-learn: its import
+    (scipy with it) costs a second of CPU in every worker process, for a 1,797-line CSV.
+    Where the file is not where this pinned release keeps it, scikit-learn's loader runs."""
+    file = digits_file()
+    if file is not None:
+        with gzip.open(file, "rt", encoding="utf-8") as text:
+            return np.loadtxt(text, delimiter=",")
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    # 0..16 → 0..255; rint of exact products gives the same bytes on every machine.
-    x = np.rint(np.asarray(bunch.images)[:, None] * (255 / 16)).astype(np.uint8)  # (N, 1, 8, 8)
-    y = np.asarray(bunch.target, np.int64)
-    return x, y, tuple(str(int(c)) for c in bunch.target_names)
+    return np.column_stack([bunch.data, bunch.target])
+
+
+def digits_file() -> Path | None:
+    """scikit-learn's digits.csv.gz, found without running any of scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    file = Path(folders[0], "datasets", "data", "digits.csv.gz") if folders else None
+    return file if file is not None and file.is_file() else None
 
 
 def _load_digits(cfg: DataConfig) -> Source:

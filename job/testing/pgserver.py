@@ -47,8 +47,9 @@ def _binaries() -> Path | None:
 class Server:
     """One running PostgreSQL cluster in `folder`; `url()` names a fresh database."""
 
-    def __init__(self, bindir: Path, folder: Path, port: int) -> None:
+    def __init__(self, bindir: Path, folder: Path, port: int, durable: bool = True) -> None:
         self.bindir, self.folder, self.port = bindir, folder, port
+        self.durable = durable  # False: no fsync at all, for a suite that throws it away
         self.data = folder / "data"
         self._as_postgres = os.geteuid() == 0
         self._databases = 0
@@ -70,11 +71,14 @@ class Server:
         self._run(
             str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER,
             f"--pwfile={secret}", "--auth=scram-sha-256", "-E", "UTF8",
+            *([] if self.durable else ["--no-sync"]),
         )  # fmt: skip
         secret.unlink()
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        if not self.durable:  # what survives a power cut does not matter to a test server
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
             "-o", options, "-w", "-t", "60", "start",
@@ -97,9 +101,10 @@ class Server:
 
 
 @contextmanager
-def throwaway_server(required: bool = False) -> Iterator[Server | None]:
+def throwaway_server(required: bool = False, durable: bool = True) -> Iterator[Server | None]:
     """Start a server for the session; None when there are no binaries, unless
-    `required` (the suite under CI=true), where that is an error."""
+    `required` (the suite under CI=true), where that is an error. `durable=False` skips
+    every fsync (the test suite's servers); benchmarks keep them, as a real server does."""
     bindir = _binaries()
     if bindir is None:
         if required:
@@ -107,7 +112,7 @@ def throwaway_server(required: bool = False) -> Iterator[Server | None]:
         yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="sms-pg-"))
-    server = Server(bindir, folder, free_port())
+    server = Server(bindir, folder, free_port(), durable)
     try:
         server.init()
         server.start()

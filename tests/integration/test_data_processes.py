@@ -9,25 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from tests.support.data import write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_png(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
-def write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> None:
-    """`root/<class>/<i>.png` with random pixels, mixed sizes, some grey."""
-    rng = np.random.default_rng(seed)
-    for name, count in counts.items():
-        for i in range(count):
-            h, w = (12, 12) if i % 3 else (10, 14)
-            shape = (h, w) if i % 4 == 0 else (h, w, 3)  # every 4th image grey
-            write_png(root / name / f"{i:03d}.png", rng.integers(0, 256, shape, dtype=np.uint8))
 
 
 # Run as `nobody` when the tests run as root (permission bits do not stop root): the

@@ -11,13 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from optuna.trial import FrozenTrial, create_trial
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry, generate_latest
 
 from job.config import load_config, parse_config
 from job.search.worker import JOURNAL, open_study
@@ -27,28 +25,9 @@ from job.testing.pgserver import External, Server, free_port
 from job.testing.prom import check_metrics, get
 from job.testing.prom import pushgateway as start_pushgateway
 from tests.support.configs import TINY
+from tests.support.metrics import one, picks_registry, samples
 from tests.support.proc import ROOT
-
-
-def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == name
-    }
-
-
-def _one(text: str, name: str, **labels: str) -> float:
-    found = [v for k, v in _samples(text, name).items() if labels.items() <= dict(k).items()]
-    assert len(found) == 1, (name, labels, text)
-    return found[0]
-
-
-def _finished(acc: float, params: float, start: datetime, minutes: int) -> FrozenTrial:
-    done = create_trial(values=[acc, params], user_attrs={"val_accuracy": acc})
-    done.datetime_start, done.datetime_complete = start, start + timedelta(minutes=minutes)
-    return done
+from tests.support.studies import finished_trial
 
 
 def test_an_unreachable_database_is_up_0_said_once_then_recovers(
@@ -65,15 +44,15 @@ def test_an_unreachable_database_is_up_0_said_once_then_recovers(
     registry.register(collector)
     for _ in range(2):
         text = generate_latest(registry).decode()
-        assert _one(text, "sms_storage_up", study="exp") == 0
-        assert not _samples(text, "sms_study_trials")  # unknown, not zero
+        assert one(text, "sms_storage_up", study="exp") == 0
+        assert not samples(text, "sms_study_trials")  # unknown, not zero
     assert len(said) == 1 and said[0].startswith("warning: storage postgresql")
     password = url.split("://")[1].split("@")[0].split(":")[1]
     assert password not in said[0] and "***" in said[0]
     collector.url, collector._storage = url, None  # the database is back
     text = generate_latest(registry).decode()
-    assert _one(text, "sms_storage_up", study="exp") == 1
-    assert _one(text, "sms_study_trials", state="COMPLETE") == 0
+    assert one(text, "sms_storage_up", study="exp") == 1
+    assert one(text, "sms_study_trials", state="COMPLETE") == 0
 
 
 # --- the verb ---------------------------------------------------------------------------
@@ -83,7 +62,7 @@ def test_the_exporter_verb_serves_until_sigterm(tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     study = open_study(load_config(path), JOURNAL + str(tmp_path / "study.journal"))
-    study.add_trial(_finished(0.5, 10.0, datetime.now(), 1))
+    study.add_trial(finished_trial(0.5, 10.0, datetime.now(), 1))
     port = free_port()
     argv = [sys.executable, "-m", "job", "exporter", "--config", str(path), "--out", str(tmp_path)]
     proc = subprocess.Popen(
@@ -100,7 +79,7 @@ def test_the_exporter_verb_serves_until_sigterm(tmp_path: Path) -> None:
                 text = get(f"http://127.0.0.1:{port}/metrics")
             except OSError:
                 time.sleep(0.3)
-        assert _one(text, "sms_study_trials", study="tiny", state="COMPLETE") == 1
+        assert one(text, "sms_study_trials", study="tiny", state="COMPLETE") == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]
@@ -139,25 +118,17 @@ def test_the_exporter_verb_refuses_bad_input_in_one_line(
 # --- pushes -------------------------------------------------------------------------------
 
 
-def _registry(value: float) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    Gauge("sms_collect_picks", "Models picked.", ["study"], registry=registry).labels(
-        study="exp"
-    ).set(value)
-    return registry
-
-
 def test_a_rerun_replaces_its_group_on_a_real_pushgateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with start_pushgateway(tmp_path) as url:
         monkeypatch.setenv("SMS_PUSHGATEWAY", url)
-        assert push_final(_registry(3), "collect", "exp")
-        assert push_final(_registry(4), "collect", "exp")  # the rerun
-        assert push_final(_registry(1), "worker", "exp", index="0")
+        assert push_final(picks_registry(3), "collect", "exp")
+        assert push_final(picks_registry(4), "collect", "exp")  # the rerun
+        assert push_final(picks_registry(1), "worker", "exp", index="0")
         text = get(f"{url}/metrics")
     assert check_metrics(text) == ""  # the Pushgateway's endpoint is clean too
-    picks = _samples(text, "sms_collect_picks")
+    picks = samples(text, "sms_collect_picks")
     assert sorted(picks.values()) == [1, 4]  # one series per group: replaced, not added
     groups = {dict(k)["role"]: dict(k) for k in picks}
     assert groups["collect"]["job"] == "small-model-search"
@@ -167,6 +138,6 @@ def test_a_rerun_replaces_its_group_on_a_real_pushgateway(
 def test_nan_survives_the_push_as_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with start_pushgateway(tmp_path) as url:
         monkeypatch.setenv("SMS_PUSHGATEWAY", url)
-        assert push_final(_registry(math.nan), "collect", "exp")
+        assert push_final(picks_registry(math.nan), "collect", "exp")
         text = get(f"{url}/metrics")
-    assert math.isnan(next(iter(_samples(text, "sms_collect_picks").values())))
+    assert math.isnan(next(iter(samples(text, "sms_collect_picks").values())))

@@ -37,10 +37,15 @@ from job.testing.pgserver import PASSWORD, External, Server
 from tests.support.configs import TINY
 from tests.support.proc import ROOT, journal_url, run_job
 
+# A dead worker's RUNNING trial is retried after 5 s rather than the default minute.
+QUICK_STALE = "heartbeat_interval_s: 1, grace_period_s: 5"
 
-def _config(tmp_path: Path, budget: int, name: str = "tiny.yaml") -> Path:
+
+def _config(tmp_path: Path, budget: int, name: str = "tiny.yaml", study: str = "") -> Path:
+    """TINY with its budget; `study`: more keys of its study section."""
     path = tmp_path / name
-    path.write_text(TINY.replace("budget: 4", f"budget: {budget}"))
+    text = TINY.replace("budget: 4", f"budget: {budget}")
+    path.write_text(text.replace("seed: 0}", f"seed: 0, {study}}}") if study else text)
     return path
 
 
@@ -122,16 +127,17 @@ def test_a_worker_whose_journal_fills_the_disk_stops_in_one_line_and_the_next_on
     (the disk is full), the worker says so in one line naming the journal and exits 1;
     once there is room, the next worker cuts the torn record off and spends the budget."""
     out = tmp_path / "out"
-    assert _search(_config(tmp_path, 2), out).returncode == 0
+    assert _search(_config(tmp_path, 2, study=QUICK_STALE), out).returncode == 0
     journal = out / "study.journal"
-    full = _search_limited(_config(tmp_path, 6), out, journal.stat().st_size + 3000)
+    config = _config(tmp_path, 6, study=QUICK_STALE)
+    full = _search_limited(config, out, journal.stat().st_size + 3000)
     assert full.returncode == 1, full.stdout + full.stderr
     assert f"error: {journal}: File too large (EFBIG)" in _last_line(full), full.stderr
     assert "Traceback" not in full.stderr
-    after = _search(_config(tmp_path, 6), out)
+    after = _search(config, out)  # retries the trial the full disk left RUNNING, once stale
     assert after.returncode == 0, after.stdout + after.stderr
     check_journal(journal)
-    study = open_study(load_config(_config(tmp_path, 6)), journal_url(out), create=False)
+    study = open_study(load_config(config), journal_url(out), create=False)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.COMPLETE) == 6, states
 

@@ -4,50 +4,17 @@ tests/unit/test_logs.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from job import logs
+from tests.support.logs import PASSWORD, records
 from tests.support.proc import ROOT
 
-PASSWORD = "p@ss:w/rd é-42"  # needs percent-encoding in a URL
-
-
-TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    logs.reset()
-    yield
-    logs.reset()  # never leave a wrapped stream (or bound fields) to the next test
-
-
-def _no_constant(name: str) -> Any:
-    raise AssertionError(f"bare {name} in a record: not JSON")
-
-
-def records(text: str) -> list[dict[str, Any]]:
-    """Every line of `text` as a record, checked for the fixed keys and their types."""
-    found = []
-    for line in text.splitlines():
-        record = json.loads(line, parse_constant=_no_constant)
-        assert list(record) == list(logs.KEYS), line
-        assert TIME.match(record["time"]), record["time"]
-        assert record["level"] in ("info", "warning", "error")
-        assert isinstance(record["event"], str) and isinstance(record["message"], str)
-        assert isinstance(record["fields"], dict)
-        found.append(record)
-    return found
-
+pytestmark = pytest.mark.usefixtures("fresh_logs")
 
 SCRIPT = """
 import sys, threading, warnings

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from optuna.trial import TrialState
-from prometheus_client.parser import text_string_to_metric_families
 
 from job import settings
 from job.config import load_config
@@ -18,29 +17,8 @@ from job.search.worker import open_study
 from job.testing.prom import check_metrics, get, pushgateway
 from tests.gate import Gate
 from tests.support.configs import TINY
+from tests.support.metrics import by_label, complete, samples
 from tests.support.proc import ROOT, free_port, journal_url
-
-Samples = dict[tuple[tuple[str, str], ...], float]
-
-
-def _samples(text: str, name: str) -> Samples:
-    """Sample `name`'s values by their sorted labels."""
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    }
-
-
-def _by(samples: Samples, label: str) -> dict[str, float]:
-    return {dict(labels)[label]: value for labels, value in samples.items()}
-
-
-def _complete(text: str) -> Samples:
-    """sms_trials_total{state="COMPLETE"}, by labels."""
-    found = _samples(text, "sms_trials_total")
-    return {k: v for k, v in found.items() if ("state", "COMPLETE") in k}
 
 
 def _env(**updates: str) -> dict[str, str]:
@@ -93,7 +71,7 @@ def test_two_processes_spend_the_exact_budget_with_distinct_indexes(tmp_path: Pa
         pushed = get(f"{gateway}/metrics")
     states = [t.state for t in open_study(load_config(config), journal_url(out)).get_trials()]
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
-    by_index = _by(_complete(pushed), "index")  # each child pushed its own group, by its index
+    by_index = by_label(complete(pushed), "index")  # each child pushed its own group, by its index
     assert set(by_index) == {"6", "7"} and sum(by_index.values()) == 4
     assert "pod: 2 worker processes (indexes 6-7), 1 thread(s) each" in log.read_text()
 
@@ -121,11 +99,11 @@ def test_sigterm_mid_trial_stops_both_children_and_one_endpoint_served_both(
                 text = get(f"http://127.0.0.1:{port}/metrics")
             except OSError:
                 return None  # not serving yet
-            return text if _by(_samples(text, "sms_trial_running"), "proc") == both else None
+            return text if by_label(samples(text, "sms_trial_running"), "proc") == both else None
 
         text = gate.wait("both children running on the pod's endpoint", scraped, watch=[pod])
-        assert _by(_samples(text, "sms_pod_proc_up"), "proc") == {"0": 1.0, "1": 1.0}
-        assert len({dict(k)["worker"] for k in _samples(text, "sms_worker_info")}) == 2
+        assert by_label(samples(text, "sms_pod_proc_up"), "proc") == {"0": 1.0, "1": 1.0}
+        assert len({dict(k)["worker"] for k in samples(text, "sms_worker_info")}) == 2
         assert check_metrics(text) == ""
         pod.send_signal(signal.SIGTERM)
         assert pod.wait(timeout=120) == 143, log.read_text()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from job.collect.research import (
@@ -29,18 +28,9 @@ from job.search.versions import LINEAGE, versions
 from job.search.worker import Worker
 from job.storage import JOURNAL, open_storage
 from job.testing.pgserver import External, Server
-from tests.support.configs import RESEARCH, TINY, VERIFIED
+from tests.support.configs import RESEARCH, TINY, VERIFIED, tiny
 from tests.support.data import write_digits
 from tests.support.proc import journal_url, run_job
-
-
-def tiny(**changes: object) -> dict[str, object]:
-    doc = yaml.safe_load(TINY)
-    for key, value in changes.items():
-        section, _, name = key.partition(".")
-        doc[section] = {**doc[section], name: value} if name else value
-    return dict(doc)
-
 
 # --- the warm start and one version under concurrency --------------------------------
 

@@ -13,17 +13,7 @@ from job import settings, urls
 from job.settings import EnvError, Settings
 from job.storage import StorageDownError, StorageURLError, wait_for_database
 from job.testing.pgserver import External, Server, free_port
-from tests.support.proc import ROOT, run_job
-
-ODD_PASSWORD = "p@ss:w/rd%40 #?&='\"é"  # needs percent-encoding in a URL, every char of it
-
-
-POSTGRES = {
-    "POSTGRES_HOST": "db.example",
-    "POSTGRES_USER": "sms user",
-    "POSTGRES_PASSWORD": ODD_PASSWORD,
-    "POSTGRES_DB": "sms/db",
-}
+from tests.support.proc import ODD_PASSWORD, POSTGRES, ROOT, run_job
 
 
 def test_the_example_password_is_refused() -> None:

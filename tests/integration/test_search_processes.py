@@ -35,13 +35,6 @@ from tests.support.configs import TINY
 from tests.support.proc import ROOT, free_port, journal_url, run_job
 
 
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
-
-
 def _in_a_thread(call: Callable[[], object], timeout_s: float = 20.0) -> object:
     """`call()`'s answer from another thread, or a failure if it blocks past the timeout."""
     answer: list[object] = []

@@ -6,11 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from job.config import Config, load_config
 from job.ml.data import Dataset, load_data
 from job.search.worker import (
     STUDY_DATA,
@@ -18,45 +15,9 @@ from job.search.worker import (
     fix_study_data,
     open_study,
 )
+from tests.support.configs import imagefolder_config
+from tests.support.data import change_one_image, image_folder
 from tests.support.proc import journal_url
-
-# A tiny search on a real image folder: 2 classes x 12 PNGs of 8x8.
-CONFIG = """\
-study: {{name: same, budget: {budget}, sampler: random, seed: 0}}
-data: {{name: imagefolder, path: {path}, image_size: 8, val_ratio: 0.2{extra}}}
-augment: {{enabled: false}}
-space:
-  blocks:
-    - {{modules: [Conv], repeat: [1, 1], channels: [8, 8, 8], kernel: [3]}}
-  head_channels: [16, 16, 16]
-  augment: null
-train: {{epochs: 1, batch_size: 4, device: cpu, measure_latency: false}}
-objectives: [accuracy, params]
-select: {{verify: false}}
-"""
-
-
-def _images(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        for i in range(12):
-            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
-    return root
-
-
-def _change_one_image(root: Path) -> None:
-    file = root / "b" / "05.png"
-    pixels = np.asarray(Image.open(file)).copy()
-    pixels[3, 3, 1] ^= 0x40
-    Image.fromarray(pixels).save(file)
-
-
-def _config(tmp_path: Path, images: Path, budget: int = 1, extra: str = "") -> Config:
-    path = tmp_path / f"c{budget}{len(extra)}.yaml"
-    path.write_text(CONFIG.format(budget=budget, path=images, extra=extra))
-    return load_config(path)
 
 
 @pytest.mark.parametrize("kind", ["journal", "postgres"])
@@ -65,13 +26,13 @@ def test_two_workers_starting_together_agree_on_the_study_s_data(
 ) -> None:
     """Both record and compare at once, each with other data: one study, one data set;
     exactly one of them is refused, whichever came second."""
-    images = _images(tmp_path / "images")
-    config = _config(tmp_path, images)
+    images = image_folder(tmp_path / "images")
+    config = imagefolder_config(tmp_path, images)
     url = journal_url(tmp_path)
     if kind == "postgres":
         url = request.getfixturevalue("postgres").new_database()
     ours = load_data(config.data)
-    _change_one_image(images)
+    change_one_image(images)
     theirs = load_data(config.data)
     study = open_study(config, url)
     start = threading.Barrier(2)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
+from job.config import Config, load_config
 from tests.support.proc import ROOT
 
 # A tiny search: digits at 8x8, two narrow blocks, one epoch per trial (a second or two).
@@ -19,6 +24,39 @@ train: {epochs: 1, batch_size: 32, lr: 0.05, device: cpu, measure_latency: false
 objectives: [accuracy, params]
 select: {verify: false}   # verification has its own tests (tests/unit/test_verify.py)
 """
+
+
+def tiny(**changes: object) -> dict[str, object]:
+    """TINY as a mapping, with `changes` by "section" or "section.key"."""
+    doc = yaml.safe_load(TINY)
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        doc[section] = {**doc[section], name: value} if name else value
+    return dict(doc)
+
+
+# A tiny search on a real image folder (tests.support.data.image_folder: 2 classes x 12
+# PNGs of 8x8), as a format string of budget, path and extra data keys.
+IMAGEFOLDER = """\
+study: {{name: same, budget: {budget}, sampler: random, seed: 0}}
+data: {{name: imagefolder, path: {path}, image_size: 8, val_ratio: 0.2{extra}}}
+augment: {{enabled: false}}
+space:
+  blocks:
+    - {{modules: [Conv], repeat: [1, 1], channels: [8, 8, 8], kernel: [3]}}
+  head_channels: [16, 16, 16]
+  augment: null
+train: {{epochs: 1, batch_size: 4, device: cpu, measure_latency: false}}
+objectives: [accuracy, params]
+select: {{verify: false}}
+"""
+
+
+def imagefolder_config(tmp_path: Path, images: Path, budget: int = 1, extra: str = "") -> Config:
+    """IMAGEFOLDER on `images`, written under tmp_path and loaded."""
+    path = tmp_path / f"c{budget}{len(extra)}.yaml"
+    path.write_text(IMAGEFOLDER.format(budget=budget, path=images, extra=extra))
+    return load_config(path)
 
 
 # A small, valid search: each case breaks one thing of it (or of its command line).

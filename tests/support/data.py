@@ -1,5 +1,6 @@
 """Data the tiers share: random image batches, real image files, hostile pickles, image
-folders of real digits, a journal holding a study's data fingerprint."""
+folders of real digits or random pixels, a blank data set, a journal holding a study's data
+fingerprint."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import optuna
 import torch
 from PIL import Image
 
+from job.ml.data import Dataset, Split
 from job.search.worker import STUDY_DATA
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -64,6 +66,48 @@ def write_digits(root: Path, start: int, per_class: int) -> None:
         for row in rows:
             pixels = (x[row].reshape(8, 8) * (255 / 16)).astype(np.uint8)
             Image.fromarray(pixels, mode="L").save(folder / f"{row}.png")
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> None:
+    """`root/<class>/<i>.png` with random pixels, mixed sizes, some grey."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        for i in range(count):
+            h, w = (12, 12) if i % 3 else (10, 14)
+            shape = (h, w) if i % 4 == 0 else (h, w, 3)  # every 4th image grey
+            write_png(root / name / f"{i:03d}.png", rng.integers(0, 256, shape, dtype=np.uint8))
+
+
+def image_folder(root: Path) -> Path:
+    """An image folder at `root`: 2 classes (a, b) x 12 random 8x8 RGB PNGs."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def change_one_image(root: Path) -> None:
+    """One bit of one pixel of image_folder(root)'s b/05.png flipped."""
+    file = root / "b" / "05.png"
+    pixels = np.asarray(Image.open(file)).copy()
+    pixels[3, 3, 1] ^= 0x40
+    Image.fromarray(pixels).save(file)
+
+
+def blank_dataset(size: int = 32, classes: int = 10) -> Dataset:
+    """Images of the given size and a class count: all sample_candidate reads of data."""
+    x = torch.zeros(classes, 3, size, size, dtype=torch.uint8)
+    split = Split(x, torch.arange(classes))
+    names = tuple(str(i) for i in range(classes))
+    return Dataset("t", split, split, split, names, (0.5,) * 3, (0.25,) * 3, "-")
 
 
 def journal_with_study_data(name: str, fingerprint: str) -> bytes:

@@ -1,4 +1,5 @@
-"""Run `python -m job …` as a user would: a real process in the repo root; free ports."""
+"""Run `python -m job …` as a user would: a real process in the repo root; free ports; the
+Secret's database keys."""
 
 from __future__ import annotations
 
@@ -11,9 +12,27 @@ from urllib.parse import unquote, urlsplit
 from job.testing.binaries import need_binary
 from job.testing.pgserver import free_port
 
-__all__ = ["ROOT", "database_env", "free_port", "journal_url", "need_binary", "run_job"]
+__all__ = [
+    "ODD_PASSWORD",
+    "POSTGRES",
+    "ROOT",
+    "database_env",
+    "free_port",
+    "journal_url",
+    "need_binary",
+    "run_job",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+ODD_PASSWORD = "p@ss:w/rd%40 #?&='\"é"  # needs percent-encoding in a URL, every char of it
+# The Secret's database keys, each with a character a URL must encode.
+POSTGRES = {
+    "POSTGRES_HOST": "db.example",
+    "POSTGRES_USER": "sms user",
+    "POSTGRES_PASSWORD": ODD_PASSWORD,
+    "POSTGRES_DB": "sms/db",
+}
 
 
 def run_job(

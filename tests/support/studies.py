@@ -1,11 +1,14 @@
-"""Trials as a search leaves them, for selection and verification without training."""
+"""Trials as a search leaves them, and seeded in-memory studies: for selection,
+verification, the exporter and the space without training."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+import optuna
 from optuna.distributions import IntDistribution
-from optuna.trial import create_trial
+from optuna.trial import FrozenTrial, create_trial
 
 from job.collect.retrains import fit_classes
 from job.ml.model import load_model_spec
@@ -33,6 +36,21 @@ def search_trial(number: int, acc: float, params: int, feasible: bool = True) ->
             "code_version": "test",
         },
         system_attrs={"constraints": [0.0 if feasible else 1.0]},
+    )
+
+
+def finished_trial(acc: float, params: float, start: datetime, minutes: int) -> FrozenTrial:
+    """A COMPLETE trial of (accuracy, params), from `start` for `minutes`."""
+    done = create_trial(values=[acc, params], user_attrs={"val_accuracy": acc})
+    done.datetime_start, done.datetime_complete = start, start + timedelta(minutes=minutes)
+    return done
+
+
+def random_study(seed: int = 0, n_objectives: int = 2) -> optuna.Study:
+    """An in-memory study (accuracy up, params down) with a seeded random sampler."""
+    return optuna.create_study(
+        directions=["maximize", "minimize"][:n_objectives],
+        sampler=optuna.samplers.RandomSampler(seed=seed),
     )
 
 

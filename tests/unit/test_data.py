@@ -32,7 +32,7 @@ from job.ml.data import (
     real_photos,
 )
 from job.ml.images import read_image as _read_image
-from tests.support.data import image_bytes, planted_pickle
+from tests.support.data import image_bytes, planted_pickle, write_folder, write_png
 
 CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer"]
 N_PER_BATCH = 20
@@ -59,21 +59,6 @@ def write_cifar(root: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[i
     with (folder / "batches.meta").open("wb") as f:
         pickle.dump(meta, f)
     return written
-
-
-def write_png(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
-def write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> None:
-    """`root/<class>/<i>.png` with random pixels, mixed sizes, some grey."""
-    rng = np.random.default_rng(seed)
-    for name, count in counts.items():
-        for i in range(count):
-            h, w = (12, 12) if i % 3 else (10, 14)
-            shape = (h, w) if i % 4 == 0 else (h, w, 3)  # every 4th image grey
-            write_png(root / name / f"{i:03d}.png", rng.integers(0, 256, shape, dtype=np.uint8))
 
 
 def digits(**kw: Any) -> Dataset:
@@ -119,6 +104,20 @@ def test_digits_shapes_dtypes_ranges() -> None:
     # mean/std are those of the train split
     assert ds.mean[0] == pytest.approx(x.double().mean().item() / 255, rel=1e-9)
     assert ds.std[0] == pytest.approx(x.double().std(unbiased=False).item() / 255, rel=1e-9)
+
+
+def test_digits_are_scikit_learns_read_without_importing_it() -> None:
+    """The table comes from scikit-learn's own file (no import of scikit-learn, which costs
+    every worker a second), and it is load_digits' table value for value."""
+    from sklearn.datasets import load_digits
+
+    from job.ml.sources import _digits_table, digits_file
+
+    assert digits_file() is not None  # the fast path is the one taken with the pinned release
+    bunch = load_digits()
+    table = _digits_table()
+    assert np.array_equal(table[:, :64], bunch.data)
+    assert np.array_equal(table[:, 64].astype(np.int64), bunch.target)
 
 
 def test_digits_splits_partition_and_are_stratified() -> None:

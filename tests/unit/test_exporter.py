@@ -9,9 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from optuna.trial import FrozenTrial, TrialState, create_trial
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from optuna.trial import TrialState, create_trial
+from prometheus_client import generate_latest
 
 from job.config import parse_config
 from job.search.worker import JOURNAL, open_study
@@ -20,21 +19,8 @@ from job.serve.metrics import push_final
 from job.settings import EnvError, Settings
 from job.testing.pgserver import free_port
 from job.testing.prom import check_metrics
-
-
-def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == name
-    }
-
-
-def _one(text: str, name: str, **labels: str) -> float:
-    found = [v for k, v in _samples(text, name).items() if labels.items() <= dict(k).items()]
-    assert len(found) == 1, (name, labels, text)
-    return found[0]
+from tests.support.metrics import one, picks_registry, samples
+from tests.support.studies import finished_trial
 
 
 def _scrape(config_budget: int, url: str, study: str | None = None) -> str:
@@ -42,50 +28,36 @@ def _scrape(config_budget: int, url: str, study: str | None = None) -> str:
     return generate_latest(study_registry(config, url, study, min_interval_s=0.0)).decode()
 
 
-def _finished(acc: float, params: float, start: datetime, minutes: int) -> FrozenTrial:
-    done = create_trial(values=[acc, params], user_attrs={"val_accuracy": acc})
-    done.datetime_start, done.datetime_complete = start, start + timedelta(minutes=minutes)
-    return done
-
-
-def _registry(value: float) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    Gauge("sms_collect_picks", "Models picked.", ["study"], registry=registry).labels(
-        study="exp"
-    ).set(value)
-    return registry
-
-
 def test_every_study_series_from_one_read(tmp_path: Path) -> None:
     url = JOURNAL + str(tmp_path / "study.journal")
     config = parse_config({"study": {"name": "exp", "budget": 6, "stall_after_s": 900}})
     study = open_study(config, url)
     start = datetime.now() - timedelta(hours=1)
-    study.add_trial(_finished(0.8, 1000.0, start, 10))
-    study.add_trial(_finished(0.9, 4000.0, start, 30))
+    study.add_trial(finished_trial(0.8, 1000.0, start, 10))
+    study.add_trial(finished_trial(0.9, 4000.0, start, 30))
     study.add_trial(create_trial(state=TrialState.FAIL))
     retry = create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 2})
     study.add_trial(retry)
 
     text = generate_latest(study_registry(config, url, min_interval_s=0.0)).decode()
     assert check_metrics(text) == ""
-    assert _one(text, "sms_storage_up", study="exp") == 1
-    states = {dict(k)["state"]: v for k, v in _samples(text, "sms_study_trials").items()}
+    assert one(text, "sms_storage_up", study="exp") == 1
+    states = {dict(k)["state"]: v for k, v in samples(text, "sms_study_trials").items()}
     assert states == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 2, "PRUNED": 0, "FAIL": 1}
-    assert _one(text, "sms_study_budget") == 6
-    assert _one(text, "sms_study_best", objective="accuracy") == 0.9
-    assert _one(text, "sms_study_best", objective="params") == 1000
-    assert _one(text, "sms_study_best_accuracy") == 0.9
-    assert _one(text, "sms_study_pareto_front_size") == 2
-    assert 0 < _one(text, "sms_study_hypervolume") < 1
-    rate = _one(text, "sms_study_trials_per_hour")
+    assert one(text, "sms_study_budget") == 6
+    assert one(text, "sms_study_best", objective="accuracy") == 0.9
+    assert one(text, "sms_study_best", objective="params") == 1000
+    assert one(text, "sms_study_best_accuracy") == 0.9
+    assert one(text, "sms_study_pareto_front_size") == 2
+    assert 0 < one(text, "sms_study_hypervolume") < 1
+    rate = one(text, "sms_study_trials_per_hour")
     assert rate == pytest.approx(2.0, rel=0.05)  # 2 COMPLETE in the hour since the start
-    assert _one(text, "sms_study_eta_seconds") == pytest.approx(4 / rate * 3600)
+    assert one(text, "sms_study_eta_seconds") == pytest.approx(4 / rate * 3600)
     last = (start + timedelta(minutes=30)).timestamp()
-    assert _one(text, "sms_study_last_progress_timestamp_seconds") == pytest.approx(last)
-    assert _one(text, "sms_study_stall_after_seconds") == 900
-    assert _one(text, "sms_study_stale_trials") == 0
-    assert _one(text, "sms_study_retried_trials") == 1
+    assert one(text, "sms_study_last_progress_timestamp_seconds") == pytest.approx(last)
+    assert one(text, "sms_study_stall_after_seconds") == 900
+    assert one(text, "sms_study_stale_trials") == 0
+    assert one(text, "sms_study_retried_trials") == 1
     assert not [n for n in text.split() if n.endswith("_created")]
 
 
@@ -95,26 +67,26 @@ def test_progress_is_the_first_start_until_a_trial_completes() -> None:
     running.datetime_start = start
     assert last_progress([]) is None
     assert last_progress([running]) == start.timestamp()
-    done = _finished(0.5, 10.0, start, 5)
+    done = finished_trial(0.5, 10.0, start, 5)
     assert last_progress([running, done]) == (start + timedelta(minutes=5)).timestamp()
 
 
 def test_the_latest_version_unless_one_is_named(tmp_path: Path) -> None:
     url = JOURNAL + str(tmp_path / "study.journal")
     config = parse_config({"study": {"name": "exp", "budget": 3}})
-    open_study(config, url).add_trial(_finished(0.5, 10.0, datetime.now(), 1))
+    open_study(config, url).add_trial(finished_trial(0.5, 10.0, datetime.now(), 1))
     open_study(config, url, "exp-v2")
     text = _scrape(3, url)
-    assert _one(text, "sms_study_trials", state="COMPLETE") == 0  # v2: nothing yet
-    assert {dict(k)["study"] for k in _samples(text, "sms_study_budget")} == {"exp-v2"}
+    assert one(text, "sms_study_trials", state="COMPLETE") == 0  # v2: nothing yet
+    assert {dict(k)["study"] for k in samples(text, "sms_study_budget")} == {"exp-v2"}
     named = _scrape(3, url, "exp")
-    assert _one(named, "sms_study_trials", study="exp", state="COMPLETE") == 1
+    assert one(named, "sms_study_trials", study="exp", state="COMPLETE") == 1
 
 
 def test_no_study_yet_is_up_with_no_study_series(tmp_path: Path) -> None:
     text = _scrape(3, JOURNAL + str(tmp_path / "study.journal"))
-    assert _one(text, "sms_storage_up", study="exp") == 1
-    assert not _samples(text, "sms_study_trials")
+    assert one(text, "sms_storage_up", study="exp") == 1
+    assert not samples(text, "sms_study_trials")
 
 
 def test_scrapes_within_the_interval_read_once(tmp_path: Path) -> None:
@@ -123,10 +95,10 @@ def test_scrapes_within_the_interval_read_once(tmp_path: Path) -> None:
     study = open_study(config, url)
     registry = study_registry(config, url, min_interval_s=60.0)
     first = generate_latest(registry).decode()
-    study.add_trial(_finished(0.5, 10.0, datetime.now(), 1))
+    study.add_trial(finished_trial(0.5, 10.0, datetime.now(), 1))
     assert generate_latest(registry).decode() == first  # cached: no second read
     fresh = generate_latest(study_registry(config, url, min_interval_s=0.0)).decode()
-    assert _one(fresh, "sms_study_trials", state="COMPLETE") == 1
+    assert one(fresh, "sms_study_trials", state="COMPLETE") == 1
 
 
 @pytest.mark.parametrize(
@@ -149,9 +121,9 @@ def test_a_failed_push_is_one_warning_never_a_failure(monkeypatch: pytest.Monkey
     port = free_port()  # nothing listens
     monkeypatch.setenv("SMS_PUSHGATEWAY", f"http://user:secret-pw@127.0.0.1:{port}")
     said: list[str] = []
-    assert not push_final(_registry(1), "collect", "exp", say=said.append)
+    assert not push_final(picks_registry(1), "collect", "exp", say=said.append)
     assert len(said) == 1 and said[0].startswith("warning: metrics push to http://")
     assert "secret-pw" not in said[0]
     monkeypatch.delenv("SMS_PUSHGATEWAY")
-    assert not push_final(_registry(1), "collect", "exp", say=said.append)  # unset: no push
+    assert not push_final(picks_registry(1), "collect", "exp", say=said.append)  # unset: no push
     assert len(said) == 1

@@ -4,49 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import re
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from job import logs, settings
 from job.settings import EnvError
+from tests.support.logs import PASSWORD, records
 
-PASSWORD = "p@ss:w/rd é-42"  # needs percent-encoding in a URL
+pytestmark = pytest.mark.usefixtures("fresh_logs")
+
 JSON = {"SMS_LOG_FORMAT": "json", "POSTGRES_PASSWORD": PASSWORD}
-TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    logs.reset()
-    yield
-    logs.reset()  # never leave a wrapped stream (or bound fields) to the next test
-
-
-def _no_constant(name: str) -> Any:
-    raise AssertionError(f"bare {name} in a record: not JSON")
-
-
-def records(text: str) -> list[dict[str, Any]]:
-    """Every line of `text` as a record, checked for the fixed keys and their types."""
-    found = []
-    for line in text.splitlines():
-        record = json.loads(line, parse_constant=_no_constant)
-        assert list(record) == list(logs.KEYS), line
-        assert TIME.match(record["time"]), record["time"]
-        assert record["level"] in ("info", "warning", "error")
-        assert isinstance(record["event"], str) and isinstance(record["message"], str)
-        assert isinstance(record["fields"], dict)
-        found.append(record)
-    return found
 
 
 def messages(text: str) -> list[str]:

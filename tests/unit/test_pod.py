@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from job import settings
 from job.cli.main import main
@@ -19,28 +18,7 @@ from job.run.pod import PodMetrics, PodOptions, child_command, exit_code, on_sto
 from job.serve.metrics import WorkerMetrics
 from job.settings import Settings
 from job.testing.prom import check_metrics
-
-Samples = dict[tuple[tuple[str, str], ...], float]
-
-
-def _samples(text: str, name: str) -> Samples:
-    """Sample `name`'s values by their sorted labels."""
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    }
-
-
-def _by(samples: Samples, label: str) -> dict[str, float]:
-    return {dict(labels)[label]: value for labels, value in samples.items()}
-
-
-def _complete(text: str) -> Samples:
-    """sms_trials_total{state="COMPLETE"}, by labels."""
-    found = _samples(text, "sms_trials_total")
-    return {k: v for k, v in found.items() if ("state", "COMPLETE") in k}
+from tests.support.metrics import by_label, complete, samples
 
 
 def test_each_child_gets_its_own_index_threads_and_a_loopback_port(
@@ -85,10 +63,10 @@ def test_the_pods_endpoint_merges_its_children_with_a_proc_label(tmp_path: Path)
         for metrics in children:
             metrics.shutdown()
     assert check_metrics(text) == ""
-    assert _by(_samples(text, "sms_pod_proc_up"), "proc") == {"0": 1, "1": 1, "2": 0}
-    assert _by(_samples(text, "sms_train_images_per_second"), "proc") == {"0": 100, "1": 200}
-    assert _by(_complete(text), "proc") == {"0": 1, "1": 1}
-    info = _samples(text, "sms_worker_info")
+    assert by_label(samples(text, "sms_pod_proc_up"), "proc") == {"0": 1, "1": 1, "2": 0}
+    assert by_label(samples(text, "sms_train_images_per_second"), "proc") == {"0": 100, "1": 200}
+    assert by_label(complete(text), "proc") == {"0": 1, "1": 1}
+    info = samples(text, "sms_worker_info")
     assert {dict(k)["worker"]: dict(k)["proc"] for k in info} == {"host:0": "0", "host:1": "1"}
     assert text.count("# TYPE sms_trials_total counter") == 1  # each family once
 

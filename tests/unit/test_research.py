@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from job.collect.research import (
     IN_PROGRESS,
@@ -14,16 +13,7 @@ from job.collect.research import (
 )
 from job.config import config_fingerprint, parse_config
 from job.search.versions import Fingerprints, Version, version_name, version_number
-from tests.support.configs import TINY
-
-
-def tiny(**changes: object) -> dict[str, object]:
-    doc = yaml.safe_load(TINY)
-    for key, value in changes.items():
-        section, _, name = key.partition(".")
-        doc[section] = {**doc[section], name: value} if name else value
-    return dict(doc)
-
+from tests.support.configs import tiny
 
 NOW = Fingerprints("d1", "c1", "k1")
 

@@ -13,15 +13,7 @@ from job import settings, urls
 from job.run.local import RunOptions, worker_command
 from job.settings import EnvError, Settings
 from job.storage import StorageURLError
-from tests.support.proc import ROOT
-
-ODD_PASSWORD = "p@ss:w/rd%40 #?&='\"é"  # needs percent-encoding in a URL, every char of it
-POSTGRES = {
-    "POSTGRES_HOST": "db.example",
-    "POSTGRES_USER": "sms user",
-    "POSTGRES_PASSWORD": ODD_PASSWORD,
-    "POSTGRES_DB": "sms/db",
-}
+from tests.support.proc import ODD_PASSWORD, POSTGRES, ROOT
 
 
 def test_every_variable_is_in_the_table_and_only_runtime_reads_the_environment() -> None:

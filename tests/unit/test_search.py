@@ -21,15 +21,7 @@ from job.search.worker import (
     redact,
     resolve_storage,
 )
-from tests.support.configs import TINY
 from tests.support.proc import journal_url
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def test_storage_precedence_and_redaction(

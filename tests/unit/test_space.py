@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import torch
 
 from job.config import Config, ConstraintsConfig, parse_config
-from job.ml.data import Dataset, Split
 from job.ml.train import TrainResult
 from job.search.space import (
     constraint_values,
@@ -18,23 +16,10 @@ from job.search.space import (
     sample_model,
     sample_recipe,
 )
+from tests.support.data import blank_dataset
+from tests.support.studies import random_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _study(seed: int = 0, n_objectives: int = 2) -> optuna.Study:
-    return optuna.create_study(
-        directions=["maximize", "minimize"][:n_objectives],
-        sampler=optuna.samplers.RandomSampler(seed=seed),
-    )
-
-
-def _data(size: int = 32, classes: int = 10) -> Dataset:
-    """Images of the given size and a class count: all sample_candidate reads of data."""
-    x = torch.zeros(classes, 3, size, size, dtype=torch.uint8)
-    split = Split(x, torch.arange(classes))
-    names = tuple(str(i) for i in range(classes))
-    return Dataset("t", split, split, split, names, (0.5,) * 3, (0.25,) * 3, "-")
 
 
 def _strides(spec) -> list[int]:  # type: ignore[no-untyped-def]
@@ -46,7 +31,7 @@ def _strides(spec) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def test_stride_rules_hold_for_many_samples() -> None:
-    config, study = Config(), _study(seed=1)
+    config, study = Config(), random_study(seed=1)
     for _ in range(300):
         trial = study.ask()
         spec = sample_model(trial, config, num_classes=10)
@@ -71,7 +56,7 @@ def test_narrowed_space_is_respected() -> None:
             }
         }
     )
-    trial = _study().ask()
+    trial = random_study().ask()
     spec = sample_model(trial, config, num_classes=3)
     first, second = spec.backbone[0], spec.backbone[1]
     assert (first.repeat, first.module, first.args[:3]) == (2, "Conv", (24, 5, first.args[2]))
@@ -81,14 +66,14 @@ def test_narrowed_space_is_respected() -> None:
 
 def test_policy_fixed_or_searched() -> None:
     fixed = parse_config({"space": {"augment": None}})
-    policy = sample_augment(_study().ask(), fixed)
+    policy = sample_augment(random_study().ask(), fixed)
     assert policy is fixed.augment and (policy.n_select, policy.level) == (2, 15)
     off = parse_config({"augment": {"enabled": False}})
-    assert sample_augment(_study().ask(), off) is off.augment
+    assert sample_augment(random_study().ask(), off) is off.augment
     searched = Config()
     seen_random = seen_fixed = False
     for seed in range(20):
-        p = sample_augment(_study(seed).ask(), searched)
+        p = sample_augment(random_study(seed).ask(), searched)
         assert p.enabled and 0 <= p.n_select <= 3 and p.ops == searched.augment.ops
         seen_random |= p.level is None
         seen_fixed |= p.level is not None
@@ -97,7 +82,7 @@ def test_policy_fixed_or_searched() -> None:
 
 def test_recipe_knobs_and_per_trial_seed() -> None:
     config = parse_config({"space": {"train": {"lr": [0.01, 0.2], "label_smoothing": [0.0, 0.1]}}})
-    study = _study()
+    study = random_study()
     a, b = study.ask(), study.ask()
     ra, rb = sample_recipe(a, config), sample_recipe(b, config)
     assert 0.01 <= ra.lr <= 0.2 and ra.label_smoothing in (0.0, 0.1)
@@ -107,8 +92,8 @@ def test_recipe_knobs_and_per_trial_seed() -> None:
 
 def test_constraints_are_recorded_on_the_trial() -> None:
     config = parse_config({"constraints": {"max_params": 1000}})
-    trial = _study().ask()
-    candidate = sample_candidate(trial, _data(), config)
+    trial = random_study().ask()
+    candidate = sample_candidate(trial, blank_dataset(), config)
     params = candidate.measured.params
     assert params > 1000
     assert trial.constraints == {"params": pytest.approx(params / 1000 - 1.0)}

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-from PIL import Image
 
 from job.cli.main import main
-from job.config import Config, load_config
+from job.config import load_config
 from job.ml.data import load_data
 from job.search.retrain import RetrainTask, verify_study_name
 from job.search.worker import (
@@ -22,45 +20,9 @@ from job.search.worker import (
     Worker,
 )
 from job.storage import open_storage
+from tests.support.configs import IMAGEFOLDER, imagefolder_config
+from tests.support.data import change_one_image, image_folder
 from tests.support.proc import journal_url
-
-# A tiny search on a real image folder: 2 classes x 12 PNGs of 8x8.
-CONFIG = """\
-study: {{name: same, budget: {budget}, sampler: random, seed: 0}}
-data: {{name: imagefolder, path: {path}, image_size: 8, val_ratio: 0.2{extra}}}
-augment: {{enabled: false}}
-space:
-  blocks:
-    - {{modules: [Conv], repeat: [1, 1], channels: [8, 8, 8], kernel: [3]}}
-  head_channels: [16, 16, 16]
-  augment: null
-train: {{epochs: 1, batch_size: 4, device: cpu, measure_latency: false}}
-objectives: [accuracy, params]
-select: {{verify: false}}
-"""
-
-
-def _images(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        for i in range(12):
-            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
-    return root
-
-
-def _change_one_image(root: Path) -> None:
-    file = root / "b" / "05.png"
-    pixels = np.asarray(Image.open(file)).copy()
-    pixels[3, 3, 1] ^= 0x40
-    Image.fromarray(pixels).save(file)
-
-
-def _config(tmp_path: Path, images: Path, budget: int = 1, extra: str = "") -> Config:
-    path = tmp_path / f"c{budget}{len(extra)}.yaml"
-    path.write_text(CONFIG.format(budget=budget, path=images, extra=extra))
-    return load_config(path)
 
 
 def _trials(url: str, name: str = "same") -> list[optuna.trial.FrozenTrial]:
@@ -68,17 +30,18 @@ def _trials(url: str, name: str = "same") -> list[optuna.trial.FrozenTrial]:
 
 
 def test_a_worker_on_changed_data_refuses_before_its_first_trial(tmp_path: Path) -> None:
-    images = _images(tmp_path / "images")
+    images = image_folder(tmp_path / "images")
     url = journal_url(tmp_path)
-    first = _config(tmp_path, images, budget=1)
+    first = imagefolder_config(tmp_path, images, budget=1)
     before = load_data(first.data)
     assert Worker(first, url, log=lambda line: None).run(before) == 1
     recorded = optuna.load_study(study_name="same", storage=open_storage(url)).user_attrs
     assert recorded[STUDY_DATA] == before.fingerprint
     assert recorded[STUDY_PREPARATION]["image_size"] == 8
 
-    _change_one_image(images)  # the volume changed under the study
-    second = _config(tmp_path, images, budget=2)  # one more trial to run, were it allowed
+    change_one_image(images)  # the volume changed under the study
+    # one more trial to run, were it allowed
+    second = imagefolder_config(tmp_path, images, budget=2)
     after = load_data(second.data)
     assert after.fingerprint != before.fingerprint
     with pytest.raises(DataChanged) as info:
@@ -89,42 +52,42 @@ def test_a_worker_on_changed_data_refuses_before_its_first_trial(tmp_path: Path)
     assert "research" in line and "--study NEW" in line
     assert len(_trials(url)) == 1  # no trial on the other data
     # the unchanged data still runs: the refusal is about the data, not the study
-    _change_one_image(images)
+    change_one_image(images)
     assert load_data(second.data).fingerprint == before.fingerprint
     assert Worker(second, url, log=lambda line: None).run() == 1
 
 
 def test_a_worker_cutting_the_data_otherwise_refuses_naming_the_key(tmp_path: Path) -> None:
     """The same files, another `data.subset`: other images trained on, same fingerprint."""
-    images = _images(tmp_path / "images")
+    images = image_folder(tmp_path / "images")
     url = journal_url(tmp_path)
-    Worker(_config(tmp_path, images), url, log=lambda line: None).run()
-    cut = _config(tmp_path, images, budget=2, extra=", subset: 16")
+    Worker(imagefolder_config(tmp_path, images), url, log=lambda line: None).run()
+    cut = imagefolder_config(tmp_path, images, budget=2, extra=", subset: 16")
     with pytest.raises(DataChanged, match=r"^data\.subset: 16 here, None in study 'same'"):
         Worker(cut, url, log=lambda line: None).run()
     assert len(_trials(url)) == 1
 
 
 def test_a_retrainer_on_changed_data_refuses_too(tmp_path: Path) -> None:
-    images = _images(tmp_path / "images")
-    url, config = journal_url(tmp_path), _config(tmp_path, images)
+    images = image_folder(tmp_path / "images")
+    url, config = journal_url(tmp_path), imagefolder_config(tmp_path, images)
     name = verify_study_name("same")
     assert Worker(config, url, name, log=lambda line: None, task=RetrainTask.open).run() == 0
-    _change_one_image(images)
+    change_one_image(images)
     with pytest.raises(DataChanged, match=f"in study '{name}'"):
         Worker(config, url, name, log=lambda line: None, task=RetrainTask.open).run()
 
 
 def test_an_older_study_keeps_the_data_its_trials_recorded(tmp_path: Path) -> None:
     """A study from before the record: its COMPLETE trials say what data it ran on."""
-    images = _images(tmp_path / "images")
-    url, config = journal_url(tmp_path), _config(tmp_path, images, budget=2)
+    images = image_folder(tmp_path / "images")
+    url, config = journal_url(tmp_path), imagefolder_config(tmp_path, images, budget=2)
     Worker(config, url, log=lambda line: None).run()
     study = optuna.load_study(study_name="same", storage=open_storage(url))
     old = study.user_attrs[STUDY_DATA]
     for key in (STUDY_DATA, STUDY_PREPARATION):  # as an older version left it
         study._storage.set_study_user_attr(study._study_id, key, None)
-    _change_one_image(images)
+    change_one_image(images)
     with pytest.raises(DataChanged, match="in study 'same'"):
         Worker(config, url, log=lambda line: None).run()
     assert study.user_attrs[STUDY_DATA] == old  # recorded from its trials, not this worker
@@ -135,14 +98,14 @@ def test_search_run_and_collect_refuse_in_one_line(
 ) -> None:
     """The verbs: `search` (the worker), `run` (before starting any) and `collect`
     (whose exports would be verified on other data) exit 2 with one line; no trial runs."""
-    images = _images(tmp_path / "images")
+    images = image_folder(tmp_path / "images")
     out = tmp_path / "out"
-    (tmp_path / "c.yaml").write_text(CONFIG.format(budget=1, path=images, extra=""))
-    (tmp_path / "c2.yaml").write_text(CONFIG.format(budget=2, path=images, extra=""))
+    (tmp_path / "c.yaml").write_text(IMAGEFOLDER.format(budget=1, path=images, extra=""))
+    (tmp_path / "c2.yaml").write_text(IMAGEFOLDER.format(budget=2, path=images, extra=""))
     argv = ["--config", str(tmp_path / "c.yaml"), "--out", str(out)]
     assert main(["search", *argv]) == 0
     before = load_data(load_config(tmp_path / "c.yaml").data).fingerprint
-    _change_one_image(images)
+    change_one_image(images)
     after = load_data(load_config(tmp_path / "c.yaml").data).fingerprint
     capsys.readouterr()
     more = ["--config", str(tmp_path / "c2.yaml"), "--out", str(out)]
