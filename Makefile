@@ -11,12 +11,12 @@ SUITE_WORKERS ?= $(shell echo $$(( $(TEST_WORKERS) + 1 )))
 
 .PHONY: run test test-fast lint format rules bench preview status dashboard exporter clean debs
 
-# The venv is (re)built whenever the pinned requirements change. --no-compile: Python
-# compiles each module the first time it is imported instead of all of them up front,
-# most never imported (half of the build's minutes, with torch's CUDA build).
+# The venv is (re)built whenever the pinned requirements change. pip byte-compiles what it
+# installs (half of the build's minutes, with torch's CUDA build): not worth skipping, as
+# where PYTHONDONTWRITEBYTECODE is set every process would compile torch anew.
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -314,7 +314,12 @@ class Trainer:
         stop: threading.Event | None = None,
         checkpoint: Path | None = None,
     ) -> list[EpochRecord]:
-        """Every epoch left of the recipe; the records of all of them (resumed ones too)."""
+        """Every epoch left of the recipe; the records of all of them (resumed ones too).
+        `on_epoch` sees every epoch once, in order: those resumed from a checkpoint first,
+        so a resumed run's learning curve has its whole history."""
+        if on_epoch is not None:
+            for record in list(self.pos.history):
+                on_epoch(record)
         for epoch in range(self.pos.epoch, self.recipe.epochs + 1):
             record = self.run_epoch(epoch, stop, checkpoint)
             if on_epoch is not None:

@@ -26,6 +26,7 @@ heartbeats, retries and preemption.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -65,6 +66,7 @@ from job.storage import (
     frozen_trial,
     redact,
     resolve_storage,
+    save_curve_point,
 )
 
 if TYPE_CHECKING:
@@ -203,7 +205,7 @@ class Worker:
         checkpoint = self._checkpoint(trial, claimed.resume_from)
         run = self.run_type(
             self.study, trial, frozen, self._persist, self.train_fn, self.stop,
-            self._on_epoch, checkpoint,
+            functools.partial(self._on_epoch, trial), checkpoint,
         )  # fmt: skip
         base = TrialAttrs(
             worker=self.worker,
@@ -306,7 +308,12 @@ class Worker:
         )
         return f"PREEMPTED at epoch {exc.epoch} step {exc.step}{saved}; queued for retry"
 
-    def _on_epoch(self, record: EpochRecord) -> None:
+    def _on_epoch(self, trial: optuna.Trial, record: EpochRecord) -> None:
+        """After each epoch of the trial (a resumed trial's earlier ones first): its
+        learning curve gets the validation accuracy at that epoch, the pod's metrics the
+        epoch. The curve is Optuna's intermediate values, drawn by optuna-dashboard."""
+        point = record.epoch, record.val_accuracy
+        self._persist(lambda: save_curve_point(trial, *point), "writing the learning curve")
         if self.metrics is not None:
             self.metrics.epoch_done(record.epoch)
 

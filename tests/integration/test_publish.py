@@ -65,11 +65,14 @@ def _get(url: str) -> bytes:
         return body
 
 
-@pytest.fixture
-def dashboard(run_out: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def dashboard(
+    run_out: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """`python -m job dashboard --out <run>` as a user starts it: the artifact store
     beside the results is found on its own."""
     _, out = run_out
+    tmp_path = tmp_path_factory.mktemp("dashboard")
     port = free_port()
     cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(out), "--port", str(port)]
     log = (tmp_path / "dashboard.log").open("wb")
@@ -112,6 +115,23 @@ def test_the_dashboard_lists_and_serves_each_picks_files(
     onnx = next(a for a in trial["artifacts"] if a["filename"] == f"trial-{best}-model.onnx")
     url = f"{dashboard}/artifacts/{study_id}/{trial['trial_id']}/{onnx['artifact_id']}"
     assert _get(url) == (out / "selected" / "best" / "model.onnx").read_bytes()
+
+
+def test_the_dashboard_draws_each_trials_learning_curve(
+    run_out: tuple[Path, Path], dashboard: str
+) -> None:
+    """Every trial's validation accuracy per epoch, as the dashboard's API serves it to
+    its intermediate-values plot (one point per epoch, steps from 1)."""
+    config, _ = run_out
+    from job.config import load_config
+
+    epochs = load_config(config).train.epochs
+    trials = _trial_artifacts(dashboard, "tiny")
+    assert trials
+    for _, trial in trials.values():
+        curve = trial["intermediate_values"]
+        assert [point["step"] for point in curve] == list(range(1, epochs + 1)), trial
+        assert all(0.0 <= float(point["value"]) <= 1.0 for point in curve)
 
 
 def test_collect_again_uploads_no_copy_and_a_failed_verification_exits_1(

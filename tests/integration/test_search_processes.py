@@ -247,4 +247,9 @@ def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) ->
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == preempted.number)
     assert retry.state == TrialState.COMPLETE and retry.params == preempted.params
     assert retry.user_attrs["resumed_epoch"] == epoch >= 1  # resumed, not restarted
+    # The learning curve: the preempted trial's epoch, then the retry's whole curve, which
+    # starts with that same point (from the checkpoint) and has each epoch once.
+    assert list(preempted.intermediate_values) == [1]
+    assert list(retry.intermediate_values) == [1, 2, 3]
+    assert retry.intermediate_values[1] == preempted.intermediate_values[1]
     assert not list((out / "checkpoints").glob("*.pt"))  # cleaned up after the result

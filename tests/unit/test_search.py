@@ -152,3 +152,19 @@ def test_studies_name_their_objectives_for_the_dashboard(tiny: Path, tmp_path: P
     url = journal_url(tmp_path)
     assert open_study(config, url).metric_names == ["accuracy", "params"]
     assert open_study(config, url, "tiny-verify", verify=True).metric_names == ["verified_accuracy"]
+
+
+def test_each_trial_draws_its_learning_curve(tiny: Path, tmp_path: Path) -> None:
+    """Validation accuracy per epoch, as Optuna intermediate values (Trial.report refuses a
+    multi-objective study): what optuna-dashboard draws for each trial."""
+    tiny.write_text(tiny.read_text().replace("epochs: 1,", "epochs: 2,"))
+    config = load_config(tiny)
+    url = journal_url(tmp_path)
+    worker = Worker(config, url, log=lambda _: None)
+    assert worker.run(load_data(config.data)) == config.study.budget
+    for trial in open_study(config, url).get_trials():
+        assert trial.state == TrialState.COMPLETE
+        assert list(trial.intermediate_values) == [1, 2]
+        assert all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
+        # the last point is the trial's validation accuracy, its first objective
+        assert trial.intermediate_values[2] == trial.values[0]
