@@ -58,11 +58,13 @@ debs:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The whole suite, the CI command: lint, the Debian packages, then every tier, spread
-# over the cores by pytest-xdist one test file per worker at a time (--dist loadfile: a
-# module's fixtures start once); the long integration files first, the many short unit
-# files last to fill the gaps.
-test: lint debs
+# The whole suite, the CI command: lint (after the venv) beside the Debian packages (apt
+# waits on the network while pip unpacks torch), then every tier, spread over the cores
+# by pytest-xdist one test file per worker at a time (--dist loadfile: a module's
+# fixtures start once); the long integration files first, the many short unit files
+# last to fill the gaps.
+test:
+	$(MAKE) --no-print-directory -j2 lint debs
 	$(BIN)/python -m pytest -q -n $(SUITE_WORKERS) --dist loadfile tests/integration tests/deploy tests/unit
 
 # The loop to run while editing: the unit tier (in-process, no servers, no sleeps), in

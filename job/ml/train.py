@@ -314,12 +314,7 @@ class Trainer:
         stop: threading.Event | None = None,
         checkpoint: Path | None = None,
     ) -> list[EpochRecord]:
-        """Every epoch left of the recipe; the records of all of them (resumed ones too).
-        `on_epoch` sees every epoch once, in order: those resumed from a checkpoint first,
-        so a resumed run's learning curve has its whole history."""
-        if on_epoch is not None:
-            for record in list(self.pos.history):
-                on_epoch(record)
+        """Every epoch left of the recipe; the records of all of them (resumed ones too)."""
         for epoch in range(self.pos.epoch, self.recipe.epochs + 1):
             record = self.run_epoch(epoch, stop, checkpoint)
             if on_epoch is not None:
@@ -389,6 +384,7 @@ def train(
     stop: threading.Event | None = None,
     measured: Measure | None = None,
     weights: Path | None = None,
+    on_resume: Callable[[tuple[EpochRecord, ...]], None] | None = None,
 ) -> TrainResult:
     """Train one network on `data` and measure it; raises `TrainError` on failure.
 
@@ -397,7 +393,8 @@ def train(
     `measured`: the spec's `check_fit` when the caller has it (the search measured the
     candidate already); the network is then built once, with no dry run.
     Preemption: when `stop` is set, the state goes to `checkpoint` and `Preempted` is
-    raised; a later call with the same `checkpoint` resumes at that step, exactly.
+    raised; a later call with the same `checkpoint` resumes at that step, exactly, and
+    first hands `on_resume` the epochs it trained before (`on_epoch` sees the new ones).
     `weights`: where the trained network's state dict goes (CPU tensors, written
     atomically), for a model worth keeping (a verification retrain).
     """
@@ -417,6 +414,8 @@ def train(
                 logs.event("checkpoint_refused", f"warning: {refused}; starting over", "warning")
                 torch.manual_seed(recipe.seed)  # as a fresh run: the same weights, exactly
                 trainer = Trainer(build_model(model_spec), augment, recipe, data, device)
+        if resumed and on_resume is not None:
+            on_resume(tuple(trainer.pos.history))
         history = trainer.fit(on_epoch, stop, checkpoint)
         (val_acc, val_f1), (test_acc, test_f1) = map(trainer.evaluate, (val_split(data), data.test))
         latency = (math.nan, math.nan)

@@ -119,10 +119,11 @@ class TrialRun:
         stop: threading.Event,
         on_epoch: Callable[[EpochRecord], None],
         checkpoint: Path | None = None,
+        on_resume: Callable[[tuple[EpochRecord, ...]], None] | None = None,
     ) -> None:
         self.study, self.trial, self.frozen, self.persist = study, trial, frozen, persist
         self.train_fn, self.stop, self.on_epoch = train_fn, stop, on_epoch
-        self.checkpoint = checkpoint
+        self.checkpoint, self.on_resume = checkpoint, on_resume
         self.unsaved: dict[str, Any] = {}  # user attrs not yet written
 
     @property
@@ -144,6 +145,8 @@ class TrialRun:
         """`train_fn(model, augment, recipe, data, …)` with this trial's epoch reports,
         checkpoint and stop event."""
         kwargs |= {"on_epoch": self.on_epoch, "checkpoint": self.checkpoint, "stop": self.stop}
+        if self.on_resume is not None:
+            kwargs["on_resume"] = self.on_resume
         return self.train_fn(*args, **kwargs)
 
 

@@ -66,7 +66,7 @@ from job.storage import (
     frozen_trial,
     redact,
     resolve_storage,
-    save_curve_point,
+    save_curve,
 )
 
 if TYPE_CHECKING:
@@ -206,6 +206,7 @@ class Worker:
         run = self.run_type(
             self.study, trial, frozen, self._persist, self.train_fn, self.stop,
             functools.partial(self._on_epoch, trial), checkpoint,
+            on_resume=functools.partial(self._on_resume, trial),
         )  # fmt: skip
         base = TrialAttrs(
             worker=self.worker,
@@ -309,13 +310,19 @@ class Worker:
         return f"PREEMPTED at epoch {exc.epoch} step {exc.step}{saved}; queued for retry"
 
     def _on_epoch(self, trial: optuna.Trial, record: EpochRecord) -> None:
-        """After each epoch of the trial (a resumed trial's earlier ones first): its
-        learning curve gets the validation accuracy at that epoch, the pod's metrics the
-        epoch. The curve is Optuna's intermediate values, drawn by optuna-dashboard."""
-        point = record.epoch, record.val_accuracy
-        self._persist(lambda: save_curve_point(trial, *point), "writing the learning curve")
+        """After each epoch of the trial: its learning curve gets the validation accuracy
+        at that epoch, the pod's metrics the epoch. The curve is Optuna's intermediate
+        values, drawn by optuna-dashboard."""
+        point = {record.epoch: record.val_accuracy}
+        self._persist(lambda: save_curve(trial, point), "writing the learning curve")
         if self.metrics is not None:
             self.metrics.epoch_done(record.epoch)
+
+    def _on_resume(self, trial: optuna.Trial, history: tuple[EpochRecord, ...]) -> None:
+        """A trial resumed from its checkpoint: its curve starts with the epochs trained
+        before (its predecessor's points), so it reads whole, each epoch once."""
+        points = {record.epoch: record.val_accuracy for record in history}
+        self._persist(lambda: save_curve(trial, points), "writing the learning curve")
 
     def _fail(self, run: TrialRun, reason: str, message: str) -> None:
         """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""

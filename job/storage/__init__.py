@@ -74,7 +74,7 @@ from job.storage.store import (
     wait_for_database,
     wait_for_study,
 )
-from job.storage.writes import ParamHold, frozen_trial, save_curve_point, save_trial_attrs
+from job.storage.writes import ParamHold, frozen_trial, save_curve, save_trial_attrs
 from job.urls import redact
 
 __all__ = [
@@ -117,7 +117,7 @@ __all__ = [
     "refused",
     "repair_journal",
     "resolve_storage",
-    "save_curve_point",
+    "save_curve",
     "save_trial_attrs",
     "silent_trials",
     "study_beside",

@@ -65,12 +65,13 @@ def save_trial_attrs(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, 
     trial._cached_frozen_trial.user_attrs.update(attrs)  # as set_user_attr keeps trial.user_attrs
 
 
-def save_curve_point(trial: optuna.Trial, step: int, value: float) -> None:
-    """One point of the trial's learning curve: Optuna's intermediate value at `step`, which
-    optuna-dashboard draws. Written through the storage, as `Trial.report` refuses
+def save_curve(trial: optuna.Trial, points: dict[int, float]) -> None:
+    """Points of the trial's learning curve, {epoch: value}: Optuna's intermediate values,
+    which optuna-dashboard draws. Written through the storage, as `Trial.report` refuses
     multi-objective studies; a step written again is overwritten, never duplicated."""
-    trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
-    trial._cached_frozen_trial.intermediate_values[step] = value  # as report() keeps it
+    for step, value in points.items():
+        trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        trial._cached_frozen_trial.intermediate_values[step] = value  # as report() keeps it
 
 
 class ParamHold:

@@ -13,6 +13,7 @@ import torch
 import job.ml.model
 import job.ml.train
 from job.config import AugmentConfig
+from job.ml.checkpoint import EpochRecord
 from job.ml.data import Dataset
 from job.ml.model import LayerSpec, ModelSpec, build_model, count_params
 from job.ml.train import Preempted, Trainer, TrainError, accuracy_and_f1, train
@@ -119,10 +120,19 @@ def test_preempt_and_resume_is_exact(digits16: Dataset, tmp_path, stop_after: in
     with pytest.raises(Preempted) as info:
         train(TINY, policy, recipe, digits16, checkpoint=checkpoint, stop=StopAfter(stop_after))
     assert (info.value.epoch, info.value.step) == (2, stop_after - 15) and checkpoint.exists()
-    resumed = train(TINY, policy, recipe, digits16, checkpoint=checkpoint)
+    before: list[tuple[EpochRecord, ...]] = []
+    after: list[EpochRecord] = []
+    resumed = train(
+        TINY, policy, recipe, digits16, checkpoint=checkpoint,
+        on_resume=before.append, on_epoch=after.append,
+    )  # fmt: skip
     assert resumed.resumed_epoch == 2
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in full.history]
     assert resumed.test_accuracy == full.test_accuracy
+    # the learning curve's callbacks: the epoch trained before the stop once, then the new
+    assert [[r.epoch for r in h] for h in before] == [[1]]
+    assert before[0][0].val_accuracy == full.history[0].val_accuracy
+    assert [r.epoch for r in after] == [2, 3]
 
 
 def _train_chunked(
