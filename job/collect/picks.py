@@ -26,7 +26,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from job.collect.policies import Choice, resolve_reference
+from job.collect.policies import MIN_PAIRS, Choice, resolve_reference
 from job.collect.results import write_json
 from job.collect.selection import Selection
 from job.collect.verify import Verification, Verified
@@ -250,10 +250,12 @@ def selection_text(picks: Picks, verification: Verification, problems: Sequence[
                 f"{_times(row['latency_ratio']):>8}"
             )
     report = verification.report
-    if (tau := report["kendall_tau"]) is not None:
+    if report["kendall_tau"] is not None:
         lines.append(
             f"proxy vs verified over {report['correlated_over']} front members: "
-            f"Kendall tau {tau:.3f}, Spearman rho {report['spearman_rho']:.3f}"
+            f"Kendall tau {_figure(report, 'kendall_tau', 'kendall_p')}, "
+            f"Spearman rho {_figure(report, 'spearman_rho', 'spearman_p')}"
+            + (f"; too few to tell from chance (< {MIN_PAIRS})" if report["too_few"] else "")
         )
     if verification.pending:
         lines.append(f"verification: {verification.pending} retrains queued or running")
@@ -268,3 +270,9 @@ def _signed(value: float | None) -> str:
 
 def _times(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}x"
+
+
+def _figure(report: dict[str, Any], value: str, p: str) -> str:
+    """`0.600 (p 0.23)`: a rank correlation with its p-value, a dash for what is undefined."""
+    shown = "—" if report[value] is None else f"{report[value]:.3f}"
+    return shown + ("" if report[p] is None else f" (p {report[p]:.2g})")

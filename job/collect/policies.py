@@ -305,18 +305,53 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def rank_agreement(
-    proxy: Sequence[float], verified: Sequence[float]
-) -> tuple[float | None, float | None]:
-    """(Kendall's tau, Spearman's rho) of proxy vs verified accuracy over paired trials;
-    None where undefined (fewer than 2 pairs, or a constant side), never nan."""
+# Below this many pairs no rank correlation reaches p < 0.05, however well the two
+# rankings agree: with 4 pairs the smallest two-sided p of Kendall's tau is 2/4! = 0.083.
+MIN_PAIRS = 5
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """How two rankings of the same `n` items agree: Kendall's tau and Spearman's rho, each
+    with its two-sided p-value (the chance of agreement at least this strong among
+    unrelated rankings); None where undefined (fewer than 2 pairs, or a constant side)."""
+
+    kendall_tau: float | None
+    kendall_p: float | None
+    spearman_rho: float | None
+    spearman_p: float | None
+    n: int
+
+    @property
+    def too_few(self) -> bool:
+        """Fewer than MIN_PAIRS pairs: the figure cannot tell agreement from chance."""
+        return self.n < MIN_PAIRS
+
+    def fields(self, n_key: str = "n") -> dict[str, float | int | bool | None]:
+        """The figures as the output files name them (`n_key`: the count's own name)."""
+        return {
+            "kendall_tau": self.kendall_tau,
+            "kendall_p": self.kendall_p,
+            "spearman_rho": self.spearman_rho,
+            "spearman_p": self.spearman_p,
+            n_key: self.n,
+            "too_few": self.too_few,
+        }
+
+
+def rank_agreement(proxy: Sequence[float], verified: Sequence[float]) -> RankAgreement:
+    """Kendall's tau and Spearman's rho of proxy vs verified figures over paired trials,
+    with p-values and the count; None where undefined, never nan."""
     if len(proxy) != len(verified):
         raise ValueError(f"rank_agreement: {len(proxy)} proxy vs {len(verified)} verified")
+    n = len(proxy)
     # Checked first: scipy would warn (ConstantInputWarning) and return nan.
-    if len(proxy) < 2 or len(set(proxy)) < 2 or len(set(verified)) < 2:
-        return None, None
+    if n < 2 or len(set(proxy)) < 2 or len(set(verified)) < 2:
+        return RankAgreement(None, None, None, None, n)
     from scipy import stats  # type: ignore[import-untyped]  # 65 MiB: not for the exporter
 
-    tau = stats.kendalltau(proxy, verified).statistic
-    rho = stats.spearmanr(proxy, verified).statistic
-    return _finite(tau), _finite(rho)
+    tau = stats.kendalltau(proxy, verified)
+    rho = stats.spearmanr(proxy, verified)
+    return RankAgreement(
+        _finite(tau.statistic), _finite(tau.pvalue), _finite(rho.statistic), _finite(rho.pvalue), n
+    )

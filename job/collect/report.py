@@ -45,6 +45,7 @@ from job.collect.drift import DRIFT_JSON, MIN_DROP
 from job.collect.figures import hypervolume_curve as hypervolume_curve
 from job.collect.figures import pareto_figure, progress_figure, svg, verify_figure
 from job.collect.picks import BASELINES_JSON, SELECTED, SELECTION_JSON, Picks
+from job.collect.policies import MIN_PAIRS
 from job.collect.publish import Publication
 from job.collect.results import PARETO_JSON, SUMMARY_JSON, Front, as_written
 from job.collect.verify import VERIFY_JSON, Verification
@@ -102,6 +103,7 @@ def render_report(
         "glance": glance(page.summary, trials, config),
         "drift": page.drift,
         "min_drop": MIN_DROP,
+        "min_pairs": MIN_PAIRS,
         "progress_svg": svg(progress_figure(trials, config)),
         "pareto_svg": svg(pareto_figure(trials, config, page.selection or {})),
         "front": page.front,

@@ -241,7 +241,7 @@ def verify_report(
         for r in top
         if (m := by_trial.get(r.number)) is not None and (ms := m.mean_std) is not None
     ]
-    tau, rho = rank_agreement([p[0] for p in pairs], [p[1] for p in pairs])
+    agreement = rank_agreement([p[0] for p in pairs], [p[1] for p in pairs])
     models = []
     for number, model in sorted(by_trial.items(), key=lambda kv: kv[0] or 0):
         record = found.get(number) if number is not None else None
@@ -255,9 +255,7 @@ def verify_report(
         )
     return {
         "models": models,
-        "kendall_tau": tau,
-        "spearman_rho": rho,
-        "correlated_over": len(pairs),
+        **agreement.fields(n_key="correlated_over"),
         "top_k": config.select.verify_top_k,
         "retrain_epochs": config.select.retrain.epochs or config.train.epochs,
         "seeds": config.select.retrain.seeds,
@@ -294,10 +292,9 @@ def latency_agreement(
                 path, image_size, config.export.latency_threads, config.export.latency_runs
             )
             rows.append({"trial": number, "search_ms": searched, "onnx_ms": timed["median_ms"]})
-    tau, rho = rank_agreement([r["search_ms"] for r in rows], [r["onnx_ms"] for r in rows])
+    agreement = rank_agreement([r["search_ms"] for r in rows], [r["onnx_ms"] for r in rows])
     return {
-        "kendall_tau": tau,
-        "spearman_rho": rho,
+        **agreement.fields(),
         "models": rows,
         "search": "PyTorch, batch 1, on the search workers' device",
         "deployed": f"onnxruntime CPU fp32, batch 1, {config.export.latency_threads} thread(s)",

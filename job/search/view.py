@@ -179,9 +179,14 @@ def _accuracy(trial: FrozenTrial, objectives: Sequence[str], test: bool) -> floa
 def best_accuracy(
     ranked: Sequence[FrozenTrial], objectives: Sequence[str], test: bool = False
 ) -> float | None:
-    """Highest validation (`test`: test) accuracy over `ranked`; None when unknown."""
-    found = [a for t in ranked if (a := _accuracy(t, objectives, test)) is not None]
-    return max(found) if found else None
+    """Highest validation accuracy over `ranked` (the first trial with it); `test`: that
+    trial's test accuracy, not the highest test accuracy of any trial, which would choose
+    a figure by looking at the test split. None when unknown."""
+    found = [(a, t) for t in ranked if (a := _accuracy(t, objectives, False)) is not None]
+    if not found:
+        return None
+    best = max(found, key=lambda pair: pair[0])[1]  # max keeps the first of equals
+    return _accuracy(best, objectives, True) if test else _accuracy(best, objectives, False)
 
 
 # --- hypervolume --------------------------------------------------------------------

@@ -342,9 +342,26 @@ def test_mean_std_empty() -> None:
 def test_rank_agreement(
     proxy: list[float], verified: list[float], want: tuple[float | None, float | None]
 ) -> None:
-    tau, rho = rank_agreement(proxy, verified)
+    agreement = rank_agreement(proxy, verified)
+    tau, rho = agreement.kendall_tau, agreement.spearman_rho
     assert (tau, rho) == pytest.approx(want)
-    assert not any(isinstance(v, float) and math.isnan(v) for v in (tau, rho))
+    figures = agreement.fields().values()
+    assert not any(isinstance(v, float) and math.isnan(v) for v in figures)
+    assert agreement.n == len(proxy) and agreement.too_few  # all of these are under 5
+    assert (agreement.kendall_p is None) == (tau is None)
+
+
+def test_rank_agreement_carries_its_p_values_and_says_when_n_is_too_small() -> None:
+    # perfect agreement over 5: Kendall's exact two-sided p is 2/5! (the two orders as
+    # extreme, of 120); over 4 it can be no lower than 2/4!, not below 0.05
+    five = rank_agreement([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])
+    assert five.kendall_tau == pytest.approx(1.0) and five.kendall_p == pytest.approx(2 / 120)
+    assert not five.too_few and five.n == 5
+    four = rank_agreement([1, 2, 3, 4], [10, 20, 30, 40])
+    assert four.kendall_p == pytest.approx(2 / 24) and four.too_few
+    assert four.fields(n_key="correlated_over")["correlated_over"] == 4
+    unrelated = rank_agreement([1, 2, 3, 4, 5, 6, 7, 8], [3, 8, 1, 6, 2, 7, 5, 4])
+    assert unrelated.kendall_p is not None and unrelated.kendall_p > 0.3
 
 
 def test_rank_agreement_unpaired() -> None:

@@ -199,6 +199,18 @@ def test_empty_and_single_objective_studies() -> None:
     assert summary.front_numbers == [1, 3] and summary.hypervolume == pytest.approx(0.9)
 
 
+def test_the_headline_test_accuracy_is_the_best_validation_trials_own() -> None:
+    """Not the highest test accuracy of any trial: that would pick a number by looking at
+    the test split (the report's "its test accuracy")."""
+    study = in_memory(make_config())
+    study.add_trial(trial(0, 0.90, 100, None, test=0.99))  # lucky on the test split
+    study.add_trial(trial(1, 0.95, 200, None, test=0.93))  # the best on validation
+    study.add_trial(trial(2, 0.95, 300, None, test=0.80))  # as good, but later
+    summary = study_summary(study, make_config(), now=T0 + timedelta(minutes=5))
+    assert summary.best_accuracy == 0.95
+    assert summary.best_test_accuracy == pytest.approx(0.93)
+
+
 def test_best_accuracy_reads_the_user_attr_without_an_accuracy_objective() -> None:
     config = make_config(objectives=("f1", "latency"))
     trials = [
