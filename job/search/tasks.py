@@ -142,11 +142,12 @@ class TrialRun:
         self.persist(lambda: save(self.study, self.trial, unsaved), "saving user attrs")
 
     def train(self, *args: Any, **kwargs: Any) -> TrainResult:
-        """`train_fn(model, augment, recipe, data, …)` with this trial's epoch reports,
-        checkpoint and stop event."""
-        kwargs |= {"on_epoch": self.on_epoch, "checkpoint": self.checkpoint, "stop": self.stop}
-        if self.on_resume is not None:
-            kwargs["on_resume"] = self.on_resume
+        """`train_fn(model, augment, recipe, data, …)` with this trial's epoch reports (and
+        the epochs a resumed trial trained before), checkpoint and stop event."""
+        kwargs |= {
+            "on_epoch": self.on_epoch, "on_resume": self.on_resume,
+            "checkpoint": self.checkpoint, "stop": self.stop,
+        }  # fmt: skip
         return self.train_fn(*args, **kwargs)
 
 

@@ -185,8 +185,8 @@ def best_accuracy(
     found = [(a, t) for t in ranked if (a := _accuracy(t, objectives, False)) is not None]
     if not found:
         return None
-    best = max(found, key=lambda pair: pair[0])[1]  # max keeps the first of equals
-    return _accuracy(best, objectives, True) if test else _accuracy(best, objectives, False)
+    accuracy, best = max(found, key=lambda pair: pair[0])  # max keeps the first of equals
+    return _accuracy(best, objectives, True) if test else accuracy
 
 
 # --- hypervolume --------------------------------------------------------------------

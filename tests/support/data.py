@@ -87,10 +87,8 @@ def image_folder(root: Path) -> Path:
     """An image folder at `root`: 2 classes (a, b) x 12 random 8x8 RGB PNGs."""
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
         for i in range(12):
-            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+            write_png(root / name / f"{i:02d}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     return root
 
 
