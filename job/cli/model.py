@@ -108,16 +108,16 @@ def _from_card(card: dict[str, Any], path: str) -> tuple[ModelSpec, AugmentConfi
     raise UsageError(f"--card: {path}: not a usable card: {problem}")
 
 
-def _card_check(card: dict[str, Any], result: TrainResult) -> str:
+def _card_check(card: dict[str, Any], accuracy: float) -> str:
     """This run's test accuracy against the card's verified mean ± std."""
     verified = card.get("verified") or {}
     mean, std = verified.get("mean"), verified.get("std")
     if not isinstance(mean, float) or not isinstance(std, float):
         return "card: no verified accuracy to compare with"
-    gap = result.test_accuracy - mean
+    gap = accuracy - mean
     verdict = "within" if abs(gap) <= std + CARD_TOLERANCE else "OUTSIDE"
     return (
-        f"card: verified {mean:.4f} ± {std:.4f}; this run {result.test_accuracy:.4f} "
+        f"card: verified {mean:.4f} ± {std:.4f}; this run {accuracy:.4f} "
         f"({gap:+.4f}): {verdict} its std + {CARD_TOLERANCE}"
     )
 
@@ -168,10 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{len(data.test)} test, {data.num_classes} classes, fingerprint {data.fingerprint[:12]}",
         flush=True,
     )
-    result = train(spec, augment, recipe, data, on_epoch=_print_epoch, measured=measured)
+    result = train(spec, augment, recipe, data, on_epoch=_print_epoch, measured=measured, test=True)
     print(_summary(result))
-    if args.card:
-        print(_card_check(card, result))
+    if args.card and result.test_accuracy is not None:
+        print(_card_check(card, result.test_accuracy))
     if args.out is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,8 @@ class Card:
     macs: Any
     latency_ms_b1: Any
     latency_device: Any
-    proxy_accuracy: Any
-    proxy_test_accuracy: Any
+    proxy_accuracy: Any  # the search trial's validation accuracy
+    proxy_test_accuracy: Any  # its test accuracy: None unless train.test_each_trial (research)
     verified: dict[str, Any] | None
     weights: str | None
     augment: Any

@@ -51,6 +51,7 @@ from job.collect.results import PARETO_JSON, SUMMARY_JSON, Front, as_written
 from job.collect.verify import VERIFY_JSON, Verification
 from job.config import AugmentConfig, Config
 from job.files import write_atomic, writing
+from job.search.record import SEARCH_TEST_LABEL
 from job.search.view import complete_trials, human_duration, summarise
 
 if TYPE_CHECKING:
@@ -208,6 +209,9 @@ def glance(summary: Any, trials: Sequence[FrozenTrial], config: Config) -> dict[
             "budget": found.budget,
             "trials": dict(found.counts),
             "complete": found.complete,
+            "pruned": found.spent.pruned,
+            "epochs_trained": found.spent.epochs_trained,
+            "epochs_saved": found.spent.epochs_saved,
             "feasible": found.feasible,
             "front_size": len(found.front),
             "best_accuracy": found.best_accuracy,
@@ -310,5 +314,5 @@ def _environment() -> jinja2.Environment:
     filters = {"acc": fmt_acc, "count": fmt_count, "signed": fmt_signed, "ratio": fmt_ratio}
     filters |= {"ms": fmt_ms, "bytes": fmt_bytes, "value": fmt_value}
     env.filters.update(filters)
-    env.globals["pm"] = fmt_pm
+    env.globals |= {"pm": fmt_pm, "search_test_label": SEARCH_TEST_LABEL}
     return env

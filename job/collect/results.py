@@ -13,8 +13,9 @@ what it wrote as a `Front`:
 - `pareto.png`: the seed's figure, validation accuracy against parameter count, every
   COMPLETE trial a point coloured by trial number, the front highlighted and joined;
 - `summary.json`: counts by state, feasible count, front size, best value per
-  objective, best validation and test accuracy, the front's normalised hypervolume,
-  trials per hour, data fingerprints — what an operator reads and the metrics push sends.
+  objective, best validation accuracy (and that trial's test accuracy: null unless
+  `train.test_each_trial`, research use), the front's normalised hypervolume, trials per
+  hour, data fingerprints — what an operator reads and the metrics push sends.
 
 Each file is written atomically (a temporary file beside it, then renamed over it,
 `write_json` for every JSON file of the collector); a write that fails (disk full,
@@ -45,7 +46,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config
 from job.files import write_atomic, writing
-from job.search.record import TrialRecord
+from job.search import prune
+from job.search.budget import budget_met
+from job.search.record import SEARCH_TEST_LABEL, TrialRecord
 from job.search.view import (
     StudySummary,
     complete_trials,
@@ -64,15 +67,17 @@ PARETO_JSON, PARETO_PNG, SUMMARY_JSON = "pareto.json", "pareto.png", "summary.js
 
 
 def _extras(record: TrialRecord) -> dict[str, Any]:
-    """What pareto.json adds of a trial's record when the trial has it; the count of
-    weights is `params_count` there, since `params` already names the Optuna parameters."""
+    """What pareto.json adds of a trial's record: `test_accuracy` always (null unless
+    `train.test_each_trial` had it evaluated: research use), the rest when the trial has
+    it; the count of weights is `params_count` there, since `params` already names the
+    Optuna parameters."""
     found = {
-        "test_accuracy": record.test_accuracy,
         "params_count": record.params,
         "macs": record.macs,
         "latency_ms_b1": record.latency_ms_b1,
     }
-    return {key: value for key, value in found.items() if value is not None}
+    kept = {key: value for key, value in found.items() if value is not None}
+    return {"test_accuracy": record.test_accuracy, **kept}
 
 
 # --- trials -------------------------------------------------------------------------
@@ -121,6 +126,23 @@ def _count(state: str, n: int, summary: StudySummary) -> str:
     return f"{state} {n} ({stale})"
 
 
+def _epochs_line(summary: StudySummary) -> str:
+    """`120 trained of 300 (study.budget_epochs)`, every trial in any state."""
+    trained = summary.spent.epochs_trained
+    limit = summary.budget_epochs
+    return f"{trained} trained" + ("" if limit is None else f" of {limit} (study.budget_epochs)")
+
+
+def _pruning_line(summary: StudySummary, config: Config) -> str:
+    """`on: rungs at epochs 1, 3 (eta 3); 12 pruned, 40 epochs saved` or `off`."""
+    at = prune.rungs(config)
+    if not at:
+        return "off"
+    used = summary.spent
+    where = f"rungs at epochs {', '.join(map(str, at))} (eta {config.study.pruning.eta})"
+    return f"on: {where}; {used.pruned} pruned, {used.epochs_saved} epochs saved"
+
+
 def status_report(study: optuna.Study, config: Config, now: datetime | None = None) -> str:
     """Readable progress: counts by state, best values, front size and its hypervolume,
     rate and ETA. `now` is for tests; by default the wall clock.
@@ -140,6 +162,8 @@ def status_report(study: optuna.Study, config: Config, now: datetime | None = No
         f"budget      {complete}/{budget} COMPLETE ({min(100, 100 * complete // budget)}%)",
         "trials      "
         + (", ".join(_count(k, v, summary) for k, v in summary.counts.items()) or "none yet"),
+        f"epochs      {_epochs_line(summary)}",
+        f"pruning     {_pruning_line(summary, config)}",
         f"best        {shown_best or '—'}",
         f"front       {len(summary.front)} trials",
         f"hypervolume {hv if summary.front else '—'}",
@@ -152,11 +176,11 @@ def status_report(study: optuna.Study, config: Config, now: datetime | None = No
 def wait_for_budget(
     study: optuna.Study, config: Config, poll_s: float = 5.0, timeout_s: float | None = None
 ) -> bool:
-    """Poll until COMPLETE >= budget (True) or `timeout_s` passes (False)."""
+    """Poll until the budget is met (True: `study.budget` COMPLETE, or `budget_epochs`
+    spent; job.search.budget) or `timeout_s` passes (False)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(complete) >= config.study.budget:
+        if budget_met(study.get_trials(deepcopy=False), config):
             return True
         left = math.inf if deadline is None else deadline - time.monotonic()
         if left <= 0:
@@ -310,6 +334,9 @@ def _summary(trials: Sequence[FrozenTrial], name: str, summary: StudySummary) ->
         "budget": summary.budget,
         "trials": dict(summary.counts),
         "complete": summary.complete,
+        "pruned": summary.spent.pruned,
+        "epochs_trained": summary.spent.epochs_trained,
+        "epochs_saved": summary.spent.epochs_saved,
         "feasible": summary.feasible,
         "front_size": len(summary.front),
         "front": summary.front_numbers,
@@ -338,14 +365,17 @@ class Front:
     pareto: list[dict[str, Any]]
 
     def line(self, out: Path) -> str:
-        """What `collect` logs: trials by state, the front, the best test accuracy, the files."""
-        best = self.summary.get("best_test_accuracy")
+        """What `collect` logs: trials by state, the front, the best validation accuracy
+        (and that trial's test accuracy, labelled, with `train.test_each_trial`), the files."""
+        best, test = self.summary.get("best_accuracy"), self.summary.get("best_test_accuracy")
         shown = f"{best:.4f}" if isinstance(best, float) else "—"
+        if isinstance(test, float):
+            shown += f", its test accuracy {test:.4f} ({SEARCH_TEST_LABEL})"
         counts = ", ".join(f"{n} {state}" for state, n in self.summary["trials"].items())
         files = ", ".join(str(out / name) for name in self.summary["files"])
         return (
             f"trials: {counts or 'none'}; Pareto front of {self.summary['front_size']}; "
-            f"best test accuracy {shown}\nwrote {files}"
+            f"best validation accuracy {shown}\nwrote {files}"
         )
 
 

@@ -20,6 +20,7 @@ from job.collect.policies import Choice, Record
 from job.collect.retrains import plan_retrains, records
 from job.config import Config
 from job.ml.model import ModelSpec
+from job.search.budget import budget_met
 from job.search.retrain import Retrain
 
 
@@ -34,11 +35,9 @@ class Selection:
     plan: tuple[Retrain, ...]
     complete: int  # COMPLETE search trials
     budget: int
-
-    @property
-    def finished(self) -> bool:
-        """The budget is met: the plan may be queued (before, the picks still move)."""
-        return self.complete >= self.budget
+    # The budget is met (`study.budget` COMPLETE, or `study.budget_epochs` spent;
+    # job.search.budget): the plan may be queued (before, the picks still move).
+    finished: bool
 
 
 def select(
@@ -50,5 +49,6 @@ def select(
     choices, plan = plan_retrains(trials, config, models, found)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     return Selection(
-        tuple(trials), tuple(found), tuple(choices), tuple(plan), complete, config.study.budget
-    )
+        tuple(trials), tuple(found), tuple(choices), tuple(plan), complete,
+        config.study.budget, budget_met(trials, config),
+    )  # fmt: skip

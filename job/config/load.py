@@ -64,6 +64,17 @@ class Config(Section):
             len(set(self.objectives)) == len(self.objectives),
             f"objectives: listed twice in {short(list(self.objectives))}",
         )
+        epochs, study = self.train.epochs, self.study
+        _require(
+            study.budget_epochs is None or study.budget_epochs >= epochs,
+            f"study.budget_epochs: must be >= train.epochs ({epochs}), or no trial can "
+            f"train; got {study.budget_epochs}",
+        )
+        _require(
+            not study.pruning.enabled or study.pruning.min_epochs < epochs,
+            f"study.pruning.min_epochs: must be < train.epochs ({epochs}) for a trial to be "
+            f"judged before its end; got {study.pruning.min_epochs}",
+        )
         searched, policy = self.space.augment, self.augment
         if searched is not None and policy.enabled:  # a trial's policy must stay valid
             _require(

@@ -28,11 +28,25 @@ from job.files import short
 from job.ml.vocab import DEFAULT_OPS, GREY, OPS
 
 
+class PruningConfig(Section):
+    """Multi-objective asynchronous successive halving (job.search.rungs, job.search.prune):
+    a trial is judged at epochs `min_epochs * eta**k` below `train.epochs` and goes on only
+    while it ranks in the first 1/eta of every trial judged at that epoch so far."""
+
+    enabled: Bool = False
+    min_epochs: Int = Field(1, ge=1)  # the first rung
+    eta: Int = Field(3, ge=2, le=16)  # 1/eta of a rung's trials go on; rungs eta times apart
+
+
 class StudyConfig(Section):
     name: str = "sms"  # study_name_problem: the rule `--study` follows too
     # An Optuna storage URL; None → the embedded default under the run's output folder.
     storage: str | None = None
-    budget: Int = Field(20, ge=1)
+    budget: Int = Field(20, ge=1)  # COMPLETE trials (pruned and failed ones do not count)
+    # Epochs trained by all trials (any state), at most: a budget of compute, to compare
+    # searches at equal cost. None: no such limit (job.search.budget).
+    budget_epochs: Int | None = Field(None, ge=1)
+    pruning: PruningConfig = PruningConfig()
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.studies.make_sampler)
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
@@ -146,6 +160,9 @@ class TrainConfig(Section):
     channels_last: Bool = True  # NHWC: faster convolutions on CUDA and on CPU
     compile: Bool = False
     measure_latency: Bool = True
+    # Search trials evaluate the test split too: research use only (the search then sees
+    # it, and its figures say so); off, only verification retrains (which always do).
+    test_each_trial: Annotated[Bool, NO_RESULTS] = False
     seed: Seed = 0  # trial n trains with seed + n (job.search.space), retrain i with seed + i
 
     @model_validator(mode="after")

@@ -102,9 +102,9 @@ _no_stage: Stage = lambda name: nullcontext()  # noqa: E731
 @dataclass(frozen=True)
 class TrainResult:
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None  # None: the test split was not evaluated (`train(test=False)`)
     val_f1: float
-    test_f1: float
+    test_f1: float | None
     params: int
     macs: int
     latency_ms_b1: float  # ms per image at batch 1 on the training device
@@ -385,6 +385,7 @@ def train(
     measured: Measure | None = None,
     weights: Path | None = None,
     on_resume: Callable[[tuple[EpochRecord, ...]], None] | None = None,
+    test: bool = True,
 ) -> TrainResult:
     """Train one network on `data` and measure it; raises `TrainError` on failure.
 
@@ -397,6 +398,8 @@ def train(
     first hands `on_resume` the epochs it trained before (`on_epoch` sees the new ones).
     `weights`: where the trained network's state dict goes (CPU tensors, written
     atomically), for a model worth keeping (a verification retrain).
+    `test`: evaluate the test split too; False (the search's trials, unless
+    `train.test_each_trial`) never reads it, and the result's test figures are None.
     """
     started = time.perf_counter()
     device = resolve_device(recipe.device)
@@ -417,7 +420,8 @@ def train(
         if resumed and on_resume is not None:
             on_resume(tuple(trainer.pos.history))
         history = trainer.fit(on_epoch, stop, checkpoint)
-        (val_acc, val_f1), (test_acc, test_f1) = map(trainer.evaluate, (val_split(data), data.test))
+        val_acc, val_f1 = trainer.evaluate(val_split(data))
+        test_acc, test_f1 = trainer.evaluate(data.test) if test else (None, None)
         latency = (math.nan, math.nan)
         if recipe.measure_latency:
             latency = measure_latency(trainer.model, data.train.x.shape[1:], device, trainer.amp)
@@ -430,18 +434,10 @@ def train(
             raise
         raise TrainError("out_of_memory", (str(exc).splitlines() or [""])[0]) from None
     return TrainResult(
-        val_accuracy=val_acc,
-        test_accuracy=test_acc,
-        val_f1=val_f1,
-        test_f1=test_f1,
-        params=measured.params,
-        macs=measured.macs,
-        latency_ms_b1=latency[0],
-        latency_ms_b256=latency[1],
-        train_images_per_s=trainer.images_per_s,
-        seconds=time.perf_counter() - started,
-        device=str(device),
-        history=tuple(history),
-        resumed_epoch=resumed,
+        val_accuracy=val_acc, test_accuracy=test_acc, val_f1=val_f1, test_f1=test_f1,
+        params=measured.params, macs=measured.macs,
+        latency_ms_b1=latency[0], latency_ms_b256=latency[1],
+        train_images_per_s=trainer.images_per_s, seconds=time.perf_counter() - started,
+        device=str(device), history=tuple(history), resumed_epoch=resumed,
         checkpoint_refused=refused,
-    )
+    )  # fmt: skip

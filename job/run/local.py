@@ -35,7 +35,7 @@ from tqdm import tqdm
 from job import settings
 from job.config import Config
 from job.errors import EXIT_STOPPED
-from job.search.record import TrialRecord
+from job.search.record import SEARCH_TEST_LABEL, TrialRecord
 from job.search.retrain import Retrain, verify_study_name
 from job.search.studies import open_study
 from job.search.view import is_feasible, progress_text, snapshot, summarise
@@ -189,8 +189,8 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
             else f"{name} {value:,.4f}"
             for name, value in zip(objectives, trial.values, strict=True)
         )
-        acc = TrialRecord.from_trial(trial).test_accuracy
-        extra = f"  test acc {acc:.4f}" if isinstance(acc, float) else ""
+        acc = TrialRecord.from_trial(trial).test_accuracy  # train.test_each_trial only
+        extra = f"  test acc {acc:.4f} ({SEARCH_TEST_LABEL})" if isinstance(acc, float) else ""
         extra += "" if is_feasible(trial) else "  infeasible"
         extra += _retry_of(trial)
         return f"trial {trial.number:>4}  COMPLETE  {values}{extra}"

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LINEAGE",
     "RESULTS_DIR",
+    "SEARCH_TEST_LABEL",
     "SPEC_ATTR",
     "STUDY_DATA",
     "STUDY_PREPARATION",
@@ -58,6 +59,9 @@ SPEC_ATTR = "retrain"  # a verification trial's `job.search.retrain.Retrain`, as
 WARM_START = "warm_start"  # a trial `research` enqueued to re-evaluate one of its parent's
 STUDY_DATA = "data_fingerprint"  # study: the source's content its trials train on
 STUDY_PREPARATION = "data_preparation"  # study: how the data is cut (`data.*` keys)
+# How a search trial's test figure is labelled wherever it is shown: one exists only with
+# `train.test_each_trial` (research use), and then the search has seen the test split.
+SEARCH_TEST_LABEL = "research: test split seen during the search"
 LINEAGE = "research"  # study: the lineage of a version `research` made
 RESULTS_DIR = "results_dir"  # study: where its collector wrote (the drift report reads it)
 
@@ -140,7 +144,7 @@ class TrialAttrs(_Attrs):
     macs: int | None = None
     # what was measured (`TrainResult`)
     val_accuracy: float | None = None
-    test_accuracy: float | None = None
+    test_accuracy: float | None = None  # search trials: only with train.test_each_trial
     val_f1: float | None = None
     test_f1: float | None = None
     latency_ms_b1: float | None = None  # ms per image at batch 1, on `device`
@@ -156,6 +160,10 @@ class TrialAttrs(_Attrs):
     checkpoint_epoch: int | None = None  # preempted: where its checkpoint stands
     checkpoint_step: int | None = None
     checkpoint_saved: bool | None = None  # False: preempted, and no checkpoint written
+    # pruned (job.search.prune): the rung it stopped at, and how it ranked among how many
+    pruned_epoch: int | None = None
+    pruned_rank: int | None = None
+    rung_size: int | None = None
     # wall time of the trial on its worker, build to tell
     seconds: float | None = None
 

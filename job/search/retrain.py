@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from job.config import AugmentConfig, Config, TrainConfig
 from job.ml.data import Dataset, Split
 from job.ml.model import ModelSpec, spec_from_yaml
-from job.ml.train import check_fit
+from job.ml.train import EpochRecord, check_fit
 from job.search.record import SPEC_ATTR as SPEC_ATTR  # a verification trial's `Retrain`
 from job.search.record import TrialAttrs
 from job.search.studies import open_study
@@ -152,6 +152,9 @@ class RetrainTask:
         """A retrain's copy must know what it retrains."""
         return TrialAttrs(retrain=TrialAttrs.read(run.trial).retrain)
 
+    def judge(self, trial: optuna.Trial, record: EpochRecord) -> None:
+        """A retrain trains to its end: it is judged against its baselines, not its rung."""
+
     def run(self, run: TrialRun, data: Dataset) -> tuple[list[float], str]:
         spec = Retrain.of(run.frozen)
         if spec is None:
@@ -167,7 +170,9 @@ class RetrainTask:
             data,
             measured=measured,
             weights=weights,
+            test=True,  # always: the test split is where a verified accuracy comes from
         )
         run.record(TrialAttrs.from_result(result, str(weights)), write=False)
+        assert result.test_accuracy is not None
         summary = f"verified {spec.name} seed {spec.seed}: test acc {result.test_accuracy:.4f}"
         return [result.test_accuracy], summary

@@ -8,6 +8,7 @@ Every role opens its study here: the workers (`job.search.worker`), `run`, `stat
 
 from __future__ import annotations
 
+import math
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,29 @@ def make_sampler(
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     # group=True: the space is conditional (a block's params depend on its module)
+    _tpe_reads_pruned_trials()
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def _tpe_reads_pruned_trials() -> None:
+    """Mend optuna#5260 (still in Optuna 5.0): TPE orders PRUNED trials by their last
+    intermediate value in `study.direction`, which a multi-objective study refuses
+    (RuntimeError), so TPE fails once a study with pruning has any. Here a pruned trial
+    of a multi-objective study ranks by how far it got, then by its last point, larger
+    first: our curves are validation accuracy (job.search.prune). Single-objective
+    studies keep Optuna's own. tests/unit/test_prune.py fails when Optuna changes this."""
+    from optuna.samplers._tpe import sampler as tpe
+
+    original = getattr(tpe._get_pruned_trial_score, "__wrapped__", tpe._get_pruned_trial_score)
+
+    def score(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> tuple[float, float]:
+        if len(study.directions) == 1 or not trial.intermediate_values:
+            return original(trial, study)
+        step, value = max(trial.intermediate_values.items())
+        return -step, math.inf if math.isnan(value) else -value
+
+    score.__wrapped__ = original  # type: ignore[attr-defined]
+    tpe._get_pruned_trial_score = score
 
 
 def open_study(

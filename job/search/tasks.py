@@ -34,6 +34,8 @@ from job.config import Config
 from job.ml.data import Dataset
 from job.ml.model import model_spec_yaml
 from job.ml.train import EpochRecord, TrainResult
+from job.search import budget as budgets
+from job.search import prune
 from job.search.record import TrialAttrs, save
 from job.search.space import constraint_values, objective_values, sample_candidate
 from job.search.studies import open_study
@@ -95,6 +97,11 @@ class Task(Protocol):
         checkpoint (the loop's: `retry_of`, `resume_from`)."""
         ...
 
+    def judge(self, trial: optuna.Trial, record: EpochRecord) -> None:
+        """After each epoch the trial trained (its curve written): raise
+        `job.search.prune.Pruned` to stop it there."""
+        ...
+
 
 class TaskOpener(Protocol):
     """How a worker opens its task: `SearchTask.open`, `RetrainTask.open`, …"""
@@ -154,10 +161,14 @@ class TrialRun:
 # --- the search task ------------------------------------------------------------------
 
 
-def claim_trial(study: optuna.Study, budget: int, store: Store | str) -> optuna.Trial | str:
+def claim_trial(
+    study: optuna.Study, budget: int, store: Store | str, config: Config | None = None
+) -> optuna.Trial | str:
     """A new trial, or "done" (budget met) or "wait" (every open slot is running). Only
     the count and the trial's row are made under the budget lock, a few statements
-    whatever the study's size: every worker of the fleet queues for it."""
+    whatever the study's size: every worker of the fleet queues for it. With a `config`
+    that sets `study.budget_epochs`, the epochs too (job.search.budget): a read of every
+    trial, under the lock."""
     # First a look without the lock: "done" is final, and "wait" while no trial is stale
     # is what the lock would say too; a fleet's idle workers poll (`Worker.run`) and would
     # otherwise queue for the lock with the workers that have a trial to claim.
@@ -176,6 +187,10 @@ def claim_trial(study: optuna.Study, budget: int, store: Store | str) -> optuna.
             return "done"
         if _full(states, budget):
             return "wait"
+        if config is not None and config.study.budget_epochs is not None:
+            verdict = budgets.claim(study.get_trials(deepcopy=False), config)
+            if verdict != "take":
+                return verdict
         trial_id = take_trial(study, states[TrialState.WAITING])
     return asked(study, trial_id)  # the rest of `study.ask()`, outside the lock
 
@@ -192,6 +207,7 @@ class SearchTask:
     def __init__(self, config: Config, store: Store, study: optuna.Study) -> None:
         self.config, self.store, self.study = config, store, study
         self.objectives: Sequence[str] = config.objectives
+        self.rungs = prune.rungs(config)  # the epochs a trial is judged at (none: off)
 
     @classmethod
     def open(
@@ -200,13 +216,19 @@ class SearchTask:
         return cls(config, store, open_study(config, store, study_name, worker_index))
 
     def claim(self) -> optuna.Trial | str:
-        return claim_trial(self.study, self.config.study.budget, self.store)
+        return claim_trial(self.study, self.config.study.budget, self.store, self.config)
 
     def epochs(self, frozen: FrozenTrial) -> int:
         return self.config.train.epochs
 
     def hand_back(self, run: TrialRun) -> TrialAttrs:
         return TrialAttrs()  # its params are the candidate
+
+    def judge(self, trial: optuna.Trial, record: EpochRecord) -> None:
+        if record.epoch in self.rungs:
+            prune.judge(
+                self.study, self.store, trial, record.epoch, record.val_accuracy, self.config
+            )
 
     def run(self, run: TrialRun, data: Dataset) -> tuple[list[float], str]:
         trial = run.trial
@@ -227,7 +249,10 @@ class SearchTask:
                 macs=measured.macs,
             )
         )
-        result = run.train(candidate.model, augment, candidate.recipe, data, measured=measured)
+        test = self.config.train.test_each_trial  # off: the search never sees the test split
+        result = run.train(
+            candidate.model, augment, candidate.recipe, data, measured=measured, test=test
+        )
         run.record(TrialAttrs.from_result(result), write=False)  # written with `seconds`
         limits = self.config.constraints
         latency = constraint_values(limits, measured.params, measured.macs, result.latency_ms_b1)

@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, ConfigError
+from job.search.budget import Spent, spent
 from job.search.record import TrialRecord
 from job.storage import silent_trials
 
@@ -181,7 +182,8 @@ def best_accuracy(
 ) -> float | None:
     """Highest validation accuracy over `ranked` (the first trial with it); `test`: that
     trial's test accuracy, not the highest test accuracy of any trial, which would choose
-    a figure by looking at the test split. None when unknown."""
+    a figure by looking at the test split. None when unknown (a search trial has a test
+    accuracy only with `train.test_each_trial`: research use)."""
     found = [(a, t) for t in ranked if (a := _accuracy(t, objectives, False)) is not None]
     if not found:
         return None
@@ -313,10 +315,12 @@ class StudySummary:
     front: tuple[FrozenTrial, ...]
     best: Mapping[str, float]  # objective name -> best value over ranked trials
     best_accuracy: float | None  # validation accuracy, ranked trials only
-    best_test_accuracy: float | None
+    best_test_accuracy: float | None  # best_accuracy's trial's; None: test_each_trial off
     trials_per_hour: float | None
     eta: str
     hypervolume: float  # normalised, in [0, 1]; 0.0 without a front
+    spent: Spent  # epochs trained and saved by pruning, every trial (job.search.budget)
+    budget_epochs: int | None  # study.budget_epochs
     # RUNNING trials silent past study.grace_period_s: number -> seconds since the last
     # heartbeat (the next claim fails and retries them); only when asked for (`status`)
     stale: Mapping[int, float] = field(default_factory=dict)
@@ -353,6 +357,8 @@ def summarise(
         trials_per_hour=rate,
         eta=eta_text(len(complete), budget, rate),
         hypervolume=front_hypervolume(front, objectives),
+        spent=spent(trials, config.train.epochs),
+        budget_epochs=config.study.budget_epochs,
         stale=stale_trials(trials, silent or {}, config.study.grace_period_s),
     )
 

@@ -46,6 +46,7 @@ from job.config import Config, config_fingerprint
 from job.errors import BadInput
 from job.ml.data import Dataset, load_data
 from job.ml.train import EpochRecord, Preempted, TrainError, train
+from job.search.prune import Pruned
 from job.search.record import STUDY_DATA, STUDY_PREPARATION, TrialAttrs, enqueue
 from job.search.retrain import RetrainTask
 from job.search.studies import (
@@ -67,6 +68,8 @@ from job.storage import (
     redact,
     resolve_storage,
     save_curve,
+    save_trial_attrs,
+    tell_pruned,
 )
 
 if TYPE_CHECKING:
@@ -228,6 +231,11 @@ class Worker:
                 checkpoint.unlink(missing_ok=True)  # the result is in; the state is not needed
         except Preempted as exc:
             summary = self._hand_back(run, exc)
+        except Pruned as exc:  # stopped at a rung (job.search.prune): no result, no retry
+            state, summary = TrialState.PRUNED, str(exc)
+            run.record(exc.attrs, write=False)  # written with `seconds`
+            if checkpoint is not None:
+                checkpoint.unlink(missing_ok=True)
         except TrainError as exc:
             self._fail(run, exc.reason, str(exc))
             summary = f"FAIL {exc.reason}"
@@ -317,12 +325,16 @@ class Worker:
         self._persist(lambda: save_curve(trial, point), "writing the learning curve")
         if self.metrics is not None:
             self.metrics.epoch_done(record.epoch)
+        self._persist(lambda: self.task.judge(trial, record), "judging the trial at its rung")
 
     def _on_resume(self, trial: optuna.Trial, history: tuple[EpochRecord, ...]) -> None:
         """A trial resumed from its checkpoint: its curve starts with the epochs trained
         before (its predecessor's points), so it reads whole, each epoch once."""
         points = {record.epoch: record.val_accuracy for record in history}
         self._persist(lambda: save_curve(trial, points), "writing the learning curve")
+        # known now, not only with the result: the epoch budget counts inherited epochs once
+        resumed = TrialAttrs(resumed_epoch=len(history) + 1).to_attrs()
+        self._persist(lambda: save_trial_attrs(self.study, trial, resumed), "saving user attrs")
 
     def _fail(self, run: TrialRun, reason: str, message: str) -> None:
         """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""
@@ -340,6 +352,8 @@ class Worker:
 
         def tell() -> TrialState | None:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a race
+                if state == TrialState.PRUNED:
+                    return tell_pruned(self.study, trial)
                 return self.study.tell(trial, values, state=state, skip_if_finished=True).state
             return None
 

@@ -26,6 +26,10 @@ one is named. Series (all gauges):
   threshold: in the series, so one rules file serves studies of any pace.
 - `sms_study_stale_trials{study}`: RUNNING trials silent past `study.grace_period_s`.
 - `sms_study_retried_trials{study}`: trials that retry a stale one (only grows).
+- `sms_study_epochs_trained_total{study}`: epochs trained by every trial, any state;
+  `sms_study_epochs_saved_total{study}`: epochs pruned trials did not train (counters,
+  job.search.budget); `sms_study_budget_epochs{study}`: `study.budget_epochs` (NaN: none).
+  Pruned trials are `sms_study_trials{state="PRUNED"}`.
 - `sms_study_read_duration_seconds{study}`: how long the read took.
 
 The collector pushes the same families (job.serve.metrics.push_final), so the final figures
@@ -46,7 +50,7 @@ import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from job.config import Config, ConfigError
@@ -103,6 +107,11 @@ def study_families(
         family = GaugeMetricFamily(metric, doc, labels=[*ids, *labels])
         if value is not None:
             family.add_metric([*ids.values(), *labels.values()], value)
+        return family
+
+    def counter(metric: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(metric, doc, labels=list(ids))
+        family.add_metric(list(ids.values()), value)
         return family
 
     states = GaugeMetricFamily(
@@ -163,6 +172,21 @@ def study_families(
             "sms_study_retried_trials",
             "Trials that retry a trial whose worker stopped beating.",
             _retried(trials),
+        ),
+        counter(
+            "sms_study_epochs_trained",
+            "Epochs trained by every trial of the study, in any state.",
+            summary.spent.epochs_trained,
+        ),
+        counter(
+            "sms_study_epochs_saved",
+            "Epochs that pruned trials did not train (their recipes' epochs less trained).",
+            summary.spent.epochs_saved,
+        ),
+        gauge(
+            "sms_study_budget_epochs",
+            "study.budget_epochs: epochs all trials may train (NaN: no such budget).",
+            math.nan if summary.budget_epochs is None else summary.budget_epochs,
         ),
     ]
 

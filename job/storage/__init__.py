@@ -74,7 +74,7 @@ from job.storage.store import (
     wait_for_database,
     wait_for_study,
 )
-from job.storage.writes import ParamHold, frozen_trial, save_curve, save_trial_attrs
+from job.storage.writes import ParamHold, frozen_trial, save_curve, save_trial_attrs, tell_pruned
 from job.urls import redact
 
 __all__ = [
@@ -123,6 +123,7 @@ __all__ = [
     "study_beside",
     "study_exists",
     "take_trial",
+    "tell_pruned",
     "upload_trial_files",
     "wait_for_database",
     "wait_for_study",

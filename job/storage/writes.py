@@ -74,6 +74,22 @@ def save_curve(trial: optuna.Trial, points: dict[int, float]) -> None:
         trial._cached_frozen_trial.intermediate_values[step] = value  # as report() keeps it
 
 
+def tell_pruned(study: optuna.Study, trial: optuna.Trial) -> TrialState:
+    """`study.tell(trial, state=PRUNED, skip_if_finished=True)`, but with no values:
+    Optuna stores a pruned trial's last intermediate value as its value, which in a
+    multi-objective study is one value for several objectives. Returns the stored state
+    (another, when the trial was finished elsewhere first)."""
+    study._thread_local.cached_all_trials = None  # as tell: the cache is one trial's
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state.is_finished():
+        return frozen.state
+    try:
+        study.sampler.after_trial(study, frozen, TrialState.PRUNED, None)
+    finally:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED, None)
+    return TrialState.PRUNED
+
+
 class ParamHold:
     """Hold back a trial's parameter writes while it samples, then write them in one
     transaction: Optuna writes each `suggest_*` at once, one transaction per parameter.

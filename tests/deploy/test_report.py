@@ -18,6 +18,7 @@ from PIL import Image
 
 from job.collect.report import REPORT_HTML, hypervolume_curve, write_report
 from job.config import Config, load_config, parse_config
+from job.search.record import SEARCH_TEST_LABEL
 from job.search.view import summarise
 from job.search.worker import open_study
 from job.testing.browser import Browser, Rendered
@@ -71,6 +72,10 @@ def test_the_page_is_one_self_contained_file(run: tuple[Path, Config]) -> None:
     out, _ = run
     html = (out / REPORT_HTML).read_text(encoding="utf-8")
     assert_self_contained(html, out)
+    # train.test_each_trial off: no search trial's test figure anywhere, labelled or not
+    assert _json(out / "summary.json")["best_test_accuracy"] is None
+    assert SEARCH_TEST_LABEL not in html and "its test accuracy" not in html
+    assert "test accuracy (" not in html
     images = [v for tag, _, v in links_of(html).links if tag == "img"]
     assert len(images) >= 4  # progress, Pareto, verification, augmentation preview
     downloads = {v for tag, _, v in links_of(html).links if tag == "a" and "/" in v}
@@ -161,6 +166,31 @@ def test_a_folder_with_only_a_summary_renders_and_says_what_is_missing(tmp_path:
     curve = hypervolume_curve(trials, config.objectives)
     assert len(curve) == 3 and curve == sorted(curve)
     assert curve[-1] == pytest.approx(summarise(trials, config).hypervolume)
+
+
+def test_a_search_trials_test_accuracy_is_shown_only_labelled_as_research(
+    tmp_path: Path,
+) -> None:
+    """With train.test_each_trial (research use) the headline, the front's table and the
+    card show the search trial's test accuracy, each labelled; off, none of them does."""
+    config = parse_config(yaml.safe_load(TINY))
+    trials = [_trial(0, 0.80, 5000, 0), _trial(1, 0.90, 20000, 1)]
+    pick = {"best": {"trial": 1, "kind": "best", "reason": "the most accurate"}}
+    (tmp_path / "selection.json").write_text(json.dumps(pick))
+    (tmp_path / "selected" / "best").mkdir(parents=True)
+    for research in (True, False):
+        test = 0.8765 if research else None
+        summary = {"budget": 4, "complete": 2, "best_accuracy": 0.9, "best_test_accuracy": test}
+        entry = {"number": 1, "values": {"accuracy": 0.9, "params": 20000}, "test_accuracy": test}
+        card = {"trial": 1, "proxy_accuracy": 0.9, "proxy_test_accuracy": test}
+        (tmp_path / "summary.json").write_text(json.dumps(summary))
+        (tmp_path / "pareto.json").write_text(json.dumps([entry]))
+        (tmp_path / "selected" / "best" / "card.json").write_text(json.dumps(card))
+        html = " ".join(write_report(tmp_path, trials, config, "tiny").read_text().split())
+        assert "0.9000" in html and "(validation" in html
+        assert html.count(SEARCH_TEST_LABEL) == (3 if research else 0)
+        assert html.count("0.8765") == (3 if research else 0)
+        assert ("its test accuracy" in html) == research
 
 
 def test_an_empty_folder_without_trials_still_renders(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from optuna.trial import TrialState, create_trial
 from PIL import Image
 
 from job.collect.results import (
+    Front,
     best_values,
     collect,
     human_duration,
@@ -30,6 +31,7 @@ from job.collect.results import (
 )
 from job.config import Config, ConfigError, parse_config
 from job.files import OutputError
+from job.search.record import SEARCH_TEST_LABEL
 from job.search.space import directions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -210,6 +212,27 @@ def test_pareto_json_on_its_own(study: optuna.Study, config: Config, tmp_path: P
     write_pareto_json(pareto_front(study, config)[:1], config, tmp_path / "p.json")
     (entry,) = json.loads((tmp_path / "p.json").read_text())
     assert entry["number"] == 9 and entry["values"] == {"accuracy": 0.6, "params": 150}
+
+
+def test_a_search_trials_test_accuracy_is_shown_only_labelled_as_research(
+    study: optuna.Study, config: Config, tmp_path: Path
+) -> None:
+    """Every trial here has a test accuracy, as with train.test_each_trial: `collect`'s
+    line labels it. Off (the default), a trial has none: the line shows validation only,
+    and pareto.json keeps its `test_accuracy` key, null."""
+    summary = collect(study, config, tmp_path / "out")
+    line = Front(summary, []).line(tmp_path).splitlines()[0]
+    assert line.endswith(
+        f"best validation accuracy 0.9700, its test accuracy 0.9600 ({SEARCH_TEST_LABEL})"
+    )
+    line = Front(summary | {"best_test_accuracy": None}, []).line(tmp_path).splitlines()[0]
+    assert line.endswith("; best validation accuracy 0.9700")
+    blind = make_study(tmp_path / "blind.log", config)
+    user = {"val_accuracy": 0.9, "params": 1000}
+    blind.add_trial(create_trial(params={}, distributions={}, values=[0.9, 1000], user_attrs=user))
+    write_pareto_json(pareto_front(blind, config), config, tmp_path / "p.json")
+    (entry,) = json.loads((tmp_path / "p.json").read_text())
+    assert entry["test_accuracy"] is None and entry["params_count"] == 1000
 
 
 def test_plot_without_params_objective_reads_the_user_attr(tmp_path: Path) -> None:

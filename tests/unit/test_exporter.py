@@ -5,6 +5,7 @@ tests/integration/test_exporter.py)."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def test_every_study_series_from_one_read(tmp_path: Path) -> None:
     study.add_trial(finished_trial(0.8, 1000.0, start, 10))
     study.add_trial(finished_trial(0.9, 4000.0, start, 30))
     study.add_trial(create_trial(state=TrialState.FAIL))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.3, 2: 0.4}))
     retry = create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 2})
     study.add_trial(retry)
 
@@ -43,7 +45,7 @@ def test_every_study_series_from_one_read(tmp_path: Path) -> None:
     assert check_metrics(text) == ""
     assert one(text, "sms_storage_up", study="exp") == 1
     states = {dict(k)["state"]: v for k, v in samples(text, "sms_study_trials").items()}
-    assert states == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 2, "PRUNED": 0, "FAIL": 1}
+    assert states == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 2, "PRUNED": 1, "FAIL": 1}
     assert one(text, "sms_study_budget") == 6
     assert one(text, "sms_study_best", objective="accuracy") == 0.9
     assert one(text, "sms_study_best", objective="params") == 1000
@@ -58,6 +60,10 @@ def test_every_study_series_from_one_read(tmp_path: Path) -> None:
     assert one(text, "sms_study_stall_after_seconds") == 900
     assert one(text, "sms_study_stale_trials") == 0
     assert one(text, "sms_study_retried_trials") == 1
+    # the pruned trial trained 2 of train.epochs' 10; finished_trial's curves are empty
+    assert one(text, "sms_study_epochs_trained_total") == 2
+    assert one(text, "sms_study_epochs_saved_total") == 8
+    assert math.isnan(one(text, "sms_study_budget_epochs"))
     assert not [n for n in text.split() if n.endswith("_created")]
 
 

@@ -9,9 +9,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from job.config import load_config
+from job.config import config_fingerprint, load_config
 from job.ml.data import load_data
 from job.ml.train import TrainError, train
+from job.run.local import describe
+from job.search.record import SEARCH_TEST_LABEL, TrialRecord
 from job.search.worker import (
     MAX_ERRORS_IN_A_ROW,
     TrialsKeepFailing,
@@ -168,3 +170,27 @@ def test_each_trial_draws_its_learning_curve(tiny: Path, tmp_path: Path) -> None
         assert all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
         # the last point is the trial's validation accuracy, its first objective
         assert trial.intermediate_values[2] == trial.values[0]
+
+
+def test_search_trials_evaluate_the_test_split_only_for_research(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """train.test_each_trial off (the default): no search trial is evaluated on the test
+    split, so no test figure can steer the search or be shown. On (research use): each
+    trial records one, and its progress line labels it; the study stays the same study."""
+    configs = {
+        research: load_config(tiny, ["study.budget=2", f"train.test_each_trial={research}"])
+        for research in ("false", "true")
+    }
+    assert not load_config(tiny).train.test_each_trial
+    assert config_fingerprint(configs["false"]) == config_fingerprint(configs["true"])
+    for research, config in configs.items():
+        url = journal_url(tmp_path / research)
+        assert Worker(config, url, log=lambda _: None).run(load_data(config.data)) == 2
+        for trial in open_study(config, url).get_trials():
+            record = TrialRecord.from_trial(trial)
+            assert record.val_accuracy is not None and record.val_accuracy == trial.values[0]
+            assert ("test_accuracy" in trial.user_attrs) == (research == "true")
+            assert ("test_f1" in trial.user_attrs) == (research == "true")
+            line = describe(trial, config.objectives)
+            assert ("test acc" in line) == (SEARCH_TEST_LABEL in line) == (research == "true")

@@ -14,7 +14,7 @@ import job.ml.model
 import job.ml.train
 from job.config import AugmentConfig
 from job.ml.checkpoint import EpochRecord
-from job.ml.data import Dataset
+from job.ml.data import Dataset, Split
 from job.ml.model import LayerSpec, ModelSpec, build_model, count_params
 from job.ml.train import Preempted, Trainer, TrainError, accuracy_and_f1, train
 from tests.support.training import FAST, OFF, TINY, StopAfter
@@ -40,6 +40,39 @@ def test_same_seed_same_result(digits16: Dataset) -> None:
     b = train(TINY, AugmentConfig(), recipe, digits16)
     assert a.history[0].train_loss == b.history[0].train_loss
     assert a.test_accuracy == b.test_accuracy
+
+
+class _Sealed(Split):
+    """A test split that says so when it is read: moving it keeps it sealed."""
+
+    def to(self, device: torch.device | str) -> Split:
+        return _Sealed(self.x.to(device), self.y.to(device))
+
+
+def test_the_test_split_is_evaluated_only_when_asked(
+    digits16: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`test=False` (a search trial, train.test_each_trial off) never reads the test split
+    and has no test figures; `test=True` (the default: a retrain, `train`) has them, and
+    either way the validation result is the same."""
+    read: list[bool] = []  # per split predicted on: was it the test split?
+    predict = job.ml.train.predict
+
+    def spy(model, split, *args):  # type: ignore[no-untyped-def]
+        read.append(isinstance(split, _Sealed))
+        return predict(model, split, *args)
+
+    monkeypatch.setattr(job.ml.train, "predict", spy)
+    data = replace(digits16, test=_Sealed(digits16.test.x, digits16.test.y))
+    recipe = FAST.model_copy(update=dict(epochs=2, measure_latency=False))
+    blind = train(TINY, OFF, recipe, data, test=False)
+    assert blind.test_accuracy is None and blind.test_f1 is None
+    assert len(read) == 3 and not any(read)  # validation: after each epoch, and at the end
+    read.clear()
+    seen = train(TINY, OFF, recipe, data)
+    assert read == [False, False, False, True] and seen.test_accuracy is not None
+    assert 0.0 < seen.test_accuracy <= 1.0 and seen.test_f1 is not None
+    assert (seen.val_accuracy, seen.val_f1) == (blind.val_accuracy, blind.val_f1)
 
 
 def test_nan_loss_is_a_typed_error(digits16: Dataset) -> None:

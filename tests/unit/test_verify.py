@@ -23,7 +23,8 @@ from job.collect.verify import verify as verify_step
 from job.config import Config, load_config, parse_config
 from job.ml.data import load_data
 from job.ml.model import ModelError, build_model, load_model_spec
-from job.ml.train import TrainResult
+from job.ml.train import TrainResult, train
+from job.search.record import TrialRecord
 from job.search.retrain import (
     SPEC_ATTR,
     Retrain,
@@ -183,6 +184,34 @@ def test_workers_retrain_then_collect_writes_every_file(tmp_path: Path) -> None:
     row = next(r for r in baselines["comparison"] if r["policy"] == "best")
     assert row["size_ratio"] == pytest.approx(10_000 / 78042, rel=0.01)
     assert row["accuracy_diff"] == pytest.approx(0.0)
+
+
+def test_retrains_evaluate_the_test_split_whatever_the_search_did(tmp_path: Path) -> None:
+    """train.test_each_trial off (the default) keeps the test split from search trials
+    only: each verification retrain is tested on it, and records its test accuracy."""
+    one = {"epochs": 1, "seeds": 1}
+    config = _config(verify_top_k=0, policies=["best"], baselines=[], retrain=one)
+    assert not config.train.test_each_trial
+    url = journal_url(tmp_path)
+    _, plan = plan_retrains(_searched(config, url, ROWS).get_trials(), config, {})
+    asked: list[object] = []
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(kwargs.get("test"))
+        return train(*args, **kwargs)  # real training: ResNet-8, 1 epoch at 8x8
+
+    name = verify_study_name("tiny")
+    worker = Worker(
+        config, url, name, train_fn=spy, log=lambda _: None,
+        task=RetrainTask.opener(tmp_path / "verified"),
+    )  # fmt: skip
+    ensure_plan(worker.study, url, plan)
+    assert worker.run(retrain_data(load_data(config.data))) == len(plan) == 1
+    assert asked == [True]
+    (trial,) = worker.study.get_trials()
+    record = TrialRecord.from_trial(trial)
+    assert record.test_accuracy is not None and record.test_f1 is not None
+    assert trial.values == [record.test_accuracy]  # the verified accuracy
 
 
 def test_a_failed_retrain_is_reported_not_hidden(tmp_path: Path) -> None:
