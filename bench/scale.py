@@ -84,7 +84,7 @@ def sleeper(seconds: float) -> Any:
     def train(spec: Any, augment: Any, recipe: Any, data: Dataset, **_: Any) -> TrainResult:
         time.sleep(seconds)
         acc = random.random()
-        return TrainResult(acc, acc, acc, acc, 1, 1, 0.0, 0.0, 0.0, seconds, "sleep")
+        return TrainResult(acc, acc, acc, acc, 1, 1, 0.0, seconds, "sleep")
 
     return train
 

@@ -41,13 +41,13 @@ def _print_epoch(record: EpochRecord) -> None:
     )
 
 
-def _summary(result: TrainResult) -> str:
+def _summary(result: TrainResult, latency: dict[str, float]) -> str:
+    timed = ", ".join(f"{key} {ms:.4f} ms/img" for key, ms in latency.items()) or "not timed"
     return (
         f"test accuracy {result.test_accuracy:.4f}  macro-F1 {result.test_f1:.4f}  "
         f"val accuracy {result.val_accuracy:.4f}\n"
         f"params {result.params:,}  MACs {result.macs:,}  "
-        f"latency {result.latency_ms_b1:.3f} ms/img (b1), "
-        f"{result.latency_ms_b256:.4f} ms/img (b256)\n"
+        f"latency {timed}\n"
         f"{result.train_images_per_s:,.0f} train images/s on {result.device}, "
         f"{result.seconds:.1f}s in all"
     )
@@ -134,6 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     before the first epoch: config, output folder, model or card, device, data, batch
     size and the network's fit to the data."""
     from job.collect.results import write_json
+    from job.ml.latency import measure
+    from job.search.record import TrialAttrs
     from job.search.retrain import retrain_data
 
     config = load_config(args.config, args.set)
@@ -168,8 +170,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{len(data.test)} test, {data.num_classes} classes, fingerprint {data.fingerprint[:12]}",
         flush=True,
     )
+    # timed before training, as the search times it (job.ml.latency; train.latency)
+    timed = measure(spec, data, recipe) if recipe.measure_latency else None
+    latency: dict[str, float] = TrialAttrs.from_latency(timed).to_attrs()
     result = train(spec, augment, recipe, data, on_epoch=_print_epoch, measured=measured, test=True)
-    print(_summary(result))
+    print(_summary(result, latency))
     if args.card and result.test_accuracy is not None:
         print(_card_check(card, result.test_accuracy))
     if args.out is not None:
@@ -177,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         yaml_text = model_spec_yaml(spec)
         write_atomic(out / "model.yaml", lambda tmp: tmp.write_text(yaml_text, encoding="utf-8"))
-        metrics = asdict(result) | {"data_fingerprint": data.fingerprint, "version": __version__}
+        metrics = asdict(result) | latency
+        metrics |= {"data_fingerprint": data.fingerprint, "version": __version__}
         write_json(out / "metrics.json", metrics)  # strict JSON: an unmeasured latency is null
         print(f"wrote {out / 'model.yaml'} and {out / 'metrics.json'}")
     return EXIT_OK

@@ -31,7 +31,7 @@ from job.collect.results import write_json
 from job.collect.selection import Selection
 from job.collect.verify import Verification, Verified
 from job.config import Config
-from job.search.record import TrialRecord
+from job.search.record import LATENCY_FIGURES, LATENCY_KEYS, TrialRecord, latency_text
 
 SELECTION_JSON, BASELINES_JSON = "selection.json", "baselines.json"
 SELECTED = "selected"
@@ -52,8 +52,8 @@ class Card:
     code_version: Any
     params: Any
     macs: Any
-    latency_ms_b1: Any
-    latency_device: Any
+    latency: dict[str, float]  # the search trial's figures, by name (LATENCY_KEYS)
+    latency_timed: str  # how and where they were timed
     proxy_accuracy: Any  # the search trial's validation accuracy
     proxy_test_accuracy: Any  # its test accuracy: None unless train.test_each_trial (research)
     verified: dict[str, Any] | None
@@ -86,6 +86,8 @@ def card(
 ) -> Card:
     """The selection's part of a pick's card.json."""
     attrs = TrialRecord.from_trial(trial)
+    latency = {k: v for k in LATENCY_FIGURES if (v := attrs.latency(k)) is not None}
+    timed = "; ".join(latency_text(k) for k in latency if k in LATENCY_KEYS.values()) or "none"
     best = model.best_run if model is not None else None
     found = model.mean_std if model is not None else None
     recipe = dict(model.recipe if model is not None else attrs.recipe or {})
@@ -101,8 +103,8 @@ def card(
         code_version=attrs.code_version,
         params=attrs.params,
         macs=attrs.macs,
-        latency_ms_b1=attrs.latency_ms_b1,
-        latency_device=attrs.device,
+        latency=latency,
+        latency_timed=f"{timed}; timed on a search worker, before training",
         proxy_accuracy=attrs.val_accuracy,
         proxy_test_accuracy=attrs.test_accuracy,
         verified=None

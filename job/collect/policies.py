@@ -52,21 +52,23 @@ class Record:
     accuracy: float  # proxy accuracy: the search trial's validation accuracy
     params: int
     macs: int
-    latency_ms: float  # PyTorch latency per image at batch 1; nan when not measured
+    latency_ms: float  # the search's latency (`train.latency`), batch 1; nan: not measured
     feasible: bool  # every constraint satisfied
     on_front: bool  # on the study's Pareto front (feasible, non-dominated)
     values: tuple[float, ...]  # the objective values, in `objectives` order
 
     @classmethod
-    def of(cls, trial: TrialRecord, on_front: bool) -> Record:
+    def of(cls, trial: TrialRecord, on_front: bool, latency_key: str) -> Record:
         """A COMPLETE trial's record as the policies see it (`on_front`: whether the
-        study's front holds it); what it did not record reads as 0 or nan."""
+        study's front holds it; `latency_key`: the latency figure the search timed, by its
+        name in LATENCY_KEYS); what it did not record reads as 0 or nan."""
+        latency = trial.latency(latency_key)
         return cls(
             number=trial.number,
             accuracy=math.nan if trial.val_accuracy is None else trial.val_accuracy,
             params=trial.params or 0,
             macs=trial.macs or 0,
-            latency_ms=math.nan if trial.latency_ms_b1 is None else trial.latency_ms_b1,
+            latency_ms=math.nan if latency is None else latency,
             feasible=trial.feasible,
             on_front=on_front,
             values=trial.values or (),

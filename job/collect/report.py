@@ -51,8 +51,8 @@ from job.collect.results import PARETO_JSON, SUMMARY_JSON, Front, as_written
 from job.collect.verify import VERIFY_JSON, Verification
 from job.config import AugmentConfig, Config
 from job.files import write_atomic, writing
-from job.search.record import SEARCH_TEST_LABEL
-from job.search.view import complete_trials, human_duration, summarise
+from job.search.record import SEARCH_TEST_LABEL, latency_text
+from job.search.view import complete_trials, human_duration, search_latency_key, summarise
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -105,6 +105,9 @@ def render_report(
         "drift": page.drift,
         "min_drop": MIN_DROP,
         "min_pairs": MIN_PAIRS,
+        # one name per latency figure, the same on every table and card (LATENCY_KEYS)
+        "latency_key": search_latency_key(config),
+        "latency_label": latency_text(search_latency_key(config)),
         "progress_svg": svg(progress_figure(trials, config)),
         "pareto_svg": svg(pareto_figure(trials, config, page.selection or {})),
         "front": page.front,

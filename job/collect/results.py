@@ -48,7 +48,7 @@ from job.config import Config
 from job.files import write_atomic, writing
 from job.search import prune
 from job.search.budget import budget_met
-from job.search.record import SEARCH_TEST_LABEL, TrialRecord
+from job.search.record import LATENCY_FIGURES, SEARCH_TEST_LABEL, TrialRecord
 from job.search.view import (
     StudySummary,
     complete_trials,
@@ -74,7 +74,7 @@ def _extras(record: TrialRecord) -> dict[str, Any]:
     found = {
         "params_count": record.params,
         "macs": record.macs,
-        "latency_ms_b1": record.latency_ms_b1,
+        **{key: record.latency(key) for key in LATENCY_FIGURES},
     }
     kept = {key: value for key, value in found.items() if value is not None}
     return {"test_accuracy": record.test_accuracy, **kept}

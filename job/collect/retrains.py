@@ -32,7 +32,7 @@ from job.ml.model import LayerSpec, ModelError, ModelSpec, load_model_spec, mode
 from job.ml.train import TrainError, check_fit
 from job.search.record import TrialAttrs, TrialRecord, enqueue
 from job.search.retrain import Retrain
-from job.search.view import pareto_trials
+from job.search.view import pareto_trials, search_latency_key
 from job.storage import Store, budget_lock, fail_stale_trials
 
 CLASSIFIERS = ("Linear", "FixedConv")  # a last layer whose first arg is the class count
@@ -82,8 +82,9 @@ def _runs(
 def records(trials: Sequence[FrozenTrial], config: Config) -> list[Record]:
     """The COMPLETE search trials as `job.collect.policies` sees them."""
     front = {t.number for t in pareto_trials(trials, config.objectives)}
+    key = search_latency_key(config)
     return [
-        Record.of(r, r.number in front)
+        Record.of(r, r.number in front, key)
         for t in trials
         if t.state == TrialState.COMPLETE and t.values is not None
         for r in [TrialRecord.from_trial(t)]

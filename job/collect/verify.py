@@ -14,8 +14,8 @@ each card carries its model's seeds), then to `write_verify`, then to the report
 `verify.json`, written once, by `write_verify`: per retrained model, proxy vs verified
 accuracy, and Kendall's tau and Spearman's rho between the two over the top
 `select.verify_top_k` front members; with ONNX export on, `latency_agreement`: how well
-the search's latency objective (PyTorch, on the workers) ranks the verified models as
-onnxruntime on a CPU does. The pipeline calls it once the picks are published: the
+the search's latency objective (timed on the workers, `train.latency`) ranks the verified
+models as onnxruntime on a CPU does. The pipeline calls it once the picks are published: the
 agreement exports every verified model to a temporary ONNX file, and a disk that is
 full (or a file size limit) must stop the collect at a published file first, named
 as such, with every output of the collect before intact.
@@ -40,8 +40,9 @@ from job.collect.results import write_json
 from job.collect.selection import Selection
 from job.config import Config
 from job.files import writing
-from job.search.record import TrialRecord
+from job.search.record import TrialRecord, latency_text
 from job.search.retrain import Retrain
+from job.search.view import search_latency_key
 
 if TYPE_CHECKING:
     from job.ml.data import Dataset
@@ -56,7 +57,7 @@ class Run:
     seed: int
     test_accuracy: float
     test_f1: float
-    latency_ms_b1: float
+    latency_ms: float  # the search's latency figure (`train.latency`), timed before training
     weights: str | None
 
 
@@ -71,6 +72,7 @@ class Verified:
     path: str | None
     model_yaml: str
     recipe: dict[str, Any]
+    latency_key: str = "latency_ms_ort_fp32"  # the name of `Run.latency_ms` (LATENCY_KEYS)
     planned: int = 0
     runs: list[Run] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "seed 1: nan_loss: …"
@@ -91,7 +93,7 @@ class Verified:
 
     @property
     def latency_ms(self) -> float:
-        found = [r.latency_ms_b1 for r in self.runs if math.isfinite(r.latency_ms_b1)]
+        found = [r.latency_ms for r in self.runs if math.isfinite(r.latency_ms)]
         return statistics.median(found) if found else math.nan
 
     def summary(self) -> dict[str, Any]:
@@ -106,7 +108,7 @@ class Verified:
             "failed": self.failed,
             "params": self.params,
             "macs": self.macs,
-            "latency_ms_b1": self.latency_ms,
+            self.latency_key: self.latency_ms,
         }
 
 
@@ -157,7 +159,7 @@ def verify(
             print(f"error: the retrains did not finish within {timeout_s}s", file=sys.stderr)
             return None
         verify_trials = verification.get_trials(deepcopy=False)
-    models = gather(selection.plan, verify_trials)
+    models = gather(selection.plan, verify_trials, search_latency_key(config))
     by_trial = {m.trial: m for m in models.values() if m.role == "search"}
     return Verification(models, verify_report(by_trial, selection.records, config))
 
@@ -178,17 +180,28 @@ def write_verify(
     return replace(verification, report=report)
 
 
-def gather(plan: Sequence[Retrain], verify_trials: Sequence[FrozenTrial]) -> dict[str, Verified]:
+def gather(
+    plan: Sequence[Retrain], verify_trials: Sequence[FrozenTrial], latency_key: str
+) -> dict[str, Verified]:
     """Each model of the plan (a search trial, or a baseline file) → its retrains: the
     plan's runs matched with the verification study's trials by key; a key's COMPLETE
     trial wins over its failed attempts. Two trials that trained the same thing (the
-    sampler proposed it twice) share one key, and so the same retrains."""
+    sampler proposed it twice) share one key, and so the same retrains. `latency_key`:
+    the latency figure each run reports (the search's, LATENCY_KEYS)."""
     found: dict[str, Verified] = {}
     keys = {spec.key for spec in plan}
     for spec in plan:
         model = found.setdefault(
             _identity(spec),
-            Verified(spec.name, spec.role, spec.trial, spec.path, spec.model_yaml, spec.recipe),
+            Verified(
+                spec.name,
+                spec.role,
+                spec.trial,
+                spec.path,
+                spec.model_yaml,
+                spec.recipe,
+                latency_key,
+            ),
         )
         model.planned += 1
     by_key: dict[str, list[FrozenTrial]] = {}
@@ -202,7 +215,7 @@ def gather(plan: Sequence[Retrain], verify_trials: Sequence[FrozenTrial]) -> dic
         done = [t for t in tries if t.state == TrialState.COMPLETE]
         if done:
             ran = TrialRecord.from_trial(done[0])
-            model.runs.append(_run(spec.seed, ran))
+            model.runs.append(_run(spec.seed, ran, latency_key))
             model.params = model.params if ran.params is None else ran.params
             model.macs = model.macs if ran.macs is None else ran.macs
         elif tries and all(t.state == TrialState.FAIL for t in tries):  # none left to run
@@ -217,7 +230,7 @@ def _identity(spec: Retrain) -> str:
     return f"trial {spec.trial}" if spec.role == "search" else f"file {spec.path}"
 
 
-def _run(seed: int, trial: TrialRecord) -> Run:
+def _run(seed: int, trial: TrialRecord, latency_key: str) -> Run:
     def number(value: float | None) -> float:
         return math.nan if value is None else value
 
@@ -225,7 +238,7 @@ def _run(seed: int, trial: TrialRecord) -> Run:
         seed,
         number(trial.test_accuracy),
         number(trial.test_f1),
-        number(trial.latency_ms_b1),
+        number(trial.latency(latency_key)),
         trial.weights or None,
     )
 
@@ -266,8 +279,11 @@ def latency_agreement(
     verified: dict[int | None, Verified], trials: Sequence[FrozenTrial], config: Config,
     image_size: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """The search's latency (PyTorch, batch 1, on the workers) against onnxruntime's on
-    this machine (fp32, batch 1, `export.latency_threads`), over the verified models."""
+    """The search's latency (`train.latency`, timed on the workers before training)
+    against onnxruntime's on this machine (fp32, batch 1, `export.latency_threads`, the
+    trained weights), over the verified models: how well the objective ranks them as
+    they will run."""
+    key = search_latency_key(config)
     from job.ml.model import spec_from_yaml
     from job.ml.onnx import ExportError, export_onnx, load_weights, ort_latency
 
@@ -277,7 +293,7 @@ def latency_agreement(
         for number, model in sorted(verified.items(), key=lambda kv: kv[0] or 0):
             best = model.best_run
             trial = numbers.get(number) if number is not None else None
-            searched = TrialRecord.from_trial(trial).latency_ms_b1 if trial is not None else None
+            searched = TrialRecord.from_trial(trial).latency(key) if trial is not None else None
             if best is None or not best.weights or not isinstance(searched, float):
                 continue
             if not math.isfinite(searched):
@@ -296,6 +312,6 @@ def latency_agreement(
     return {
         **agreement.fields(),
         "models": rows,
-        "search": "PyTorch, batch 1, on the search workers' device",
+        "search": f"{key}: {latency_text(key)}, on the search workers, before training",
         "deployed": f"onnxruntime CPU fp32, batch 1, {config.export.latency_threads} thread(s)",
     }

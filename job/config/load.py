@@ -64,6 +64,12 @@ class Config(Section):
             len(set(self.objectives)) == len(self.objectives),
             f"objectives: listed twice in {short(list(self.objectives))}",
         )
+        wants_latency = "latency" in self.objectives or self.constraints.max_latency_ms
+        _require(
+            self.train.measure_latency or not wants_latency,
+            "train.measure_latency: must be true for the latency objective or "
+            "constraints.max_latency_ms, got false",
+        )
         epochs, study = self.train.epochs, self.study
         _require(
             study.budget_epochs is None or study.budget_epochs >= epochs,
@@ -178,8 +184,14 @@ def _results(model: BaseModel, counted: bool) -> dict[str, Any]:
 
 
 def result_fields(config: Config) -> dict[str, Any]:
-    """The part of `config` that changes a trial's result (the marked fields), as JSON."""
-    return _results(config, False)
+    """The part of `config` that changes a trial's result (the marked fields), as JSON;
+    `train.latency` (marked NO_RESULTS) too where a result depends on it: where latency
+    is an objective or a constraint. Elsewhere it changes only a figure shown beside the
+    results, and earlier versions' fingerprints, from before it existed, stay valid."""
+    fields = _results(config, False)
+    if "latency" in config.objectives or config.constraints.max_latency_ms is not None:
+        fields["train"]["latency"] = config.train.latency.model_dump(mode="json")
+    return fields
 
 
 def config_fingerprint(config: Config) -> str:

@@ -141,6 +141,25 @@ class AugmentConfig(Section):
         return self
 
 
+class LatencyConfig(Section):
+    """Where the latency objective is timed (job.ml.latency): by default in the runtime the
+    picks are deployed in, onnxruntime on the worker's CPU, batch 1, fp32 (int8: the
+    export's static quantization); `pytorch`: eager PyTorch on the training device."""
+
+    runtime: Literal["onnxruntime", "pytorch"] = "onnxruntime"
+    precision: Literal["fp32", "int8"] = "fp32"
+    threads: Int = Field(1, ge=1, le=1024)  # onnxruntime intra-op threads, pinned
+    runs: Int = Field(50, ge=10, le=100_000)  # timed batch-1 runs, after a warm-up; the median
+
+    @model_validator(mode="after")
+    def _runtime(self) -> LatencyConfig:
+        _require(
+            self.runtime == "onnxruntime" or self.precision == "fp32",
+            f"precision: int8 is timed in onnxruntime only, got runtime {self.runtime}",
+        )
+        return self
+
+
 class TrainConfig(Section):
     """The training recipe (SGD with Nesterov momentum, linear warm-up then cosine
     annealing per step), consumed as it is by `job.ml.train`; a trial's copy differs in its
@@ -159,7 +178,9 @@ class TrainConfig(Section):
     amp: Bool = True  # bf16 autocast, CUDA only
     channels_last: Bool = True  # NHWC: faster convolutions on CUDA and on CPU
     compile: Bool = False
-    measure_latency: Bool = True
+    measure_latency: Bool = True  # the `latency` objective needs it
+    # where latency is timed: a result only where it is an objective or constraint (result_fields)
+    latency: Annotated[LatencyConfig, NO_RESULTS] = LatencyConfig()
     # Search trials evaluate the test split too: research use only (the search then sees
     # it, and its figures say so); off, only verification retrains (which always do).
     test_each_trial: Annotated[Bool, NO_RESULTS] = False
@@ -194,7 +215,7 @@ class Limits(Section):
 
     params: Int | None = Field(None, ge=1)
     macs: Int | None = Field(None, ge=1)
-    latency_ms: Float | None = Field(None, gt=0.0)  # the search's PyTorch latency, batch 1
+    latency_ms: Float | None = Field(None, gt=0.0)  # the search's latency (train.latency)
 
     @model_validator(mode="after")
     def _some(self) -> Limits:

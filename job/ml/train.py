@@ -6,7 +6,8 @@ these typed values (the config's own `AugmentConfig` and `TrainConfig`) and the 
 back to objective values. `Trainer` is the training step and loop that `train` runs and
 `bench/train.py` times: `step()`, `run_epoch()`, `save()` / `load()`. Beside it:
 `job.ml.checkpoint` (what a checkpoint holds, read back safely), `job.ml.evaluate`
-(accuracy, predictions, latency), `job.ml.errors` (`TrainError`, `Preempted`, torch-free).
+(accuracy, predictions), `job.ml.latency` (the latency objective, timed before training
+by the caller), `job.ml.errors` (`TrainError`, `Preempted`, torch-free).
 
 The hot loop keeps the GPU fed without the host: the data set already lives on the
 device as uint8, batches are index gathers, augmentation is batched per image on the
@@ -54,7 +55,6 @@ from job.ml.evaluate import (
     Normalize,
     accuracy_and_f1,
     autocast,
-    measure_latency,
     predict,
     val_split,
 )
@@ -85,7 +85,6 @@ __all__ = [  # what callers import from here, some of it defined beside this mod
     "check_batch",
     "check_checkpoint_dir",
     "check_fit",
-    "measure_latency",
     "predict",
     "read_checkpoint",
     "resolve_device",
@@ -107,8 +106,6 @@ class TrainResult:
     test_f1: float | None
     params: int
     macs: int
-    latency_ms_b1: float  # ms per image at batch 1 on the training device
-    latency_ms_b256: float  # ms per image at batch 256
     train_images_per_s: float
     seconds: float
     device: str
@@ -422,9 +419,6 @@ def train(
         history = trainer.fit(on_epoch, stop, checkpoint)
         val_acc, val_f1 = trainer.evaluate(val_split(data))
         test_acc, test_f1 = trainer.evaluate(data.test) if test else (None, None)
-        latency = (math.nan, math.nan)
-        if recipe.measure_latency:
-            latency = measure_latency(trainer.model, data.train.x.shape[1:], device, trainer.amp)
         if weights is not None:
             state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
             weights.parent.mkdir(parents=True, exist_ok=True)
@@ -436,7 +430,6 @@ def train(
     return TrainResult(
         val_accuracy=val_acc, test_accuracy=test_acc, val_f1=val_f1, test_f1=test_f1,
         params=measured.params, macs=measured.macs,
-        latency_ms_b1=latency[0], latency_ms_b256=latency[1],
         train_images_per_s=trainer.images_per_s, seconds=time.perf_counter() - started,
         device=str(device), history=tuple(history), resumed_epoch=resumed,
         checkpoint_refused=refused,

@@ -199,8 +199,12 @@ def describe(trial: FrozenTrial, objectives: tuple[str, ...]) -> str:
 
 
 def _why(trial: FrozenTrial) -> str:
-    """`reason: message` of a trial that did not complete (either part may be missing)."""
-    reason, message = TrialRecord.from_trial(trial).failure
+    """`reason: message` of a trial that did not complete (either part may be missing);
+    where a pruned trial stopped and how it ranked there."""
+    record = TrialRecord.from_trial(trial)
+    if record.pruned_epoch is not None:
+        return f"at epoch {record.pruned_epoch}: rank {record.pruned_rank} of {record.rung_size}"
+    reason, message = record.failure
     message = short(message)
     return f"{reason}: {message}" if reason and message else reason or message
 

@@ -10,8 +10,9 @@ When a search trial finishes an epoch that is one of its rungs (`study.pruning`:
    carries its curve on (job.storage.save_curve), and would otherwise stand twice.
 2. Each entrant's objectives at the rung: its validation accuracy after that epoch (for
    `f1` too: the curve holds accuracy), and its size objectives (`params`, `macs`),
-   known before training. `latency` counts where every entrant has it measured; an
-   objective some entrant lacks is left out of this rung's ranking for all.
+   known before training, and `latency`, timed before training too (job.ml.latency);
+   an objective some entrant lacks (an older trial's) is left out of this rung's
+   ranking for all.
 3. `rungs.goes_on`: the trial goes on while it ranks in the first `floor(n / eta)` of the
    `n` entrants (non-dominated sorting, then crowding distance, then trial number); else
    `Pruned` is raised from the epoch callback, through training, to the worker, which
@@ -34,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from job.config import Config
 from job.search.record import TrialAttrs
 from job.search.rungs import Entrant, goes_on, ranked, rung_epochs
-from job.search.view import OBJECTIVES
+from job.search.view import OBJECTIVES, search_latency_key
 from job.storage import Store, budget_lock, save_curve
 
 # The curve holds validation accuracy: what stands for these objectives before the end.
@@ -62,9 +63,12 @@ def rungs(config: Config) -> tuple[int, ...]:
     return rung_epochs(pruning.min_epochs, pruning.eta, config.train.epochs)
 
 
-def rung_values(trial: FrozenTrial, epoch: int, objectives: Sequence[str]) -> dict[str, float]:
-    """The trial's objectives at the rung, as stored (accuracy from its curve), those
-    known only; {} when it has not reached the rung."""
+def rung_values(
+    trial: FrozenTrial, epoch: int, objectives: Sequence[str], latency_key: str
+) -> dict[str, float]:
+    """The trial's objectives at the rung, as stored (accuracy from its curve; latency,
+    timed before training, by its name `latency_key`), those known only; {} when it has
+    not reached the rung."""
     if epoch not in trial.intermediate_values:
         return {}
     attrs = TrialAttrs.read(trial)
@@ -72,15 +76,19 @@ def rung_values(trial: FrozenTrial, epoch: int, objectives: Sequence[str]) -> di
     for name in objectives:
         if name in CURVE_OBJECTIVES:
             found[name] = trial.intermediate_values[epoch]
+        elif name == "latency":
+            if (ms := attrs.latency(latency_key)) is not None:
+                found[name] = ms
         elif (value := getattr(attrs, OBJECTIVES[name].field, None)) is not None:
             found[name] = float(value)
     return found
 
 
-def entrants(trials: Sequence[FrozenTrial], epoch: int, objectives: Sequence[str]) -> list[Entrant]:
+def entrants(trials: Sequence[FrozenTrial], epoch: int, config: Config) -> list[Entrant]:
     """The trials at the rung, each as a point to minimise over the objectives that every
     one of them has (module doc, 2)."""
-    values = {t.number: rung_values(t, epoch, objectives) for t in trials}
+    objectives, key = config.objectives, search_latency_key(config)
+    values = {t.number: rung_values(t, epoch, objectives, key) for t in trials}
     values = {number: found for number, found in values.items() if found}
     shared = [name for name in objectives if all(name in v for v in values.values())]
     sign = {name: -1.0 if OBJECTIVES[name].direction == "maximize" else 1.0 for name in shared}
@@ -92,7 +100,7 @@ def entrants(trials: Sequence[FrozenTrial], epoch: int, objectives: Sequence[str
 
 def decide(number: int, trials: Sequence[FrozenTrial], epoch: int, config: Config) -> None:
     """`Pruned` unless trial `number` (one of `trials`, at `epoch`) goes on past the rung."""
-    at_rung = entrants(trials, epoch, config.objectives)
+    at_rung = entrants(trials, epoch, config)
     eta = config.study.pruning.eta
     if goes_on(number, at_rung, eta):
         return

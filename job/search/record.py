@@ -36,9 +36,12 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
+    from job.ml.latency import Latency
     from job.ml.train import TrainResult
 
 __all__ = [
+    "LATENCY_FIGURES",
+    "LATENCY_KEYS",
     "LINEAGE",
     "RESULTS_DIR",
     "SEARCH_TEST_LABEL",
@@ -51,6 +54,8 @@ __all__ = [
     "TrialRecord",
     "WarmStart",
     "enqueue",
+    "latency_key",
+    "latency_text",
     "save",
 ]
 
@@ -115,12 +120,35 @@ RESULT_FIELDS = (
     "test_accuracy",
     "val_f1",
     "test_f1",
-    "latency_ms_b1",
-    "latency_ms_b256",
     "train_images_per_s",
     "device",
     "resumed_epoch",
 )
+
+# One latency figure per runtime and precision, in ms per image at batch 1 (job.ml.latency),
+# each under one name wherever it appears: the trial record, card.json, verify.json,
+# baselines.json and the report. `train.latency` picks the one the objective uses.
+LATENCY_KEYS = {
+    ("onnxruntime", "fp32"): "latency_ms_ort_fp32",
+    ("onnxruntime", "int8"): "latency_ms_ort_int8",
+    ("pytorch", "fp32"): "latency_ms_torch",  # eager, on the training device
+}
+LATENCY_FIGURES = (*LATENCY_KEYS.values(), "latency_ms_torch_b256")  # every one a trial has
+# Keys older versions wrote, read as today's (the PyTorch figures, renamed to say so).
+_RENAMED = {"latency_ms_b1": "latency_ms_torch", "latency_ms_b256": "latency_ms_torch_b256"}
+
+
+def latency_key(runtime: str, precision: str) -> str:
+    """The name of the latency figure timed in `runtime` at `precision`."""
+    return LATENCY_KEYS[(runtime, precision)]
+
+
+def latency_text(key: str) -> str:
+    """What a latency figure is, for people: `onnxruntime CPU fp32, batch 1`."""
+    runtime, precision = next(k for k, v in LATENCY_KEYS.items() if v == key)
+    if runtime == "pytorch":
+        return "PyTorch eager, batch 1, on the training device"
+    return f"onnxruntime CPU {precision}, batch 1"
 
 
 class TrialAttrs(_Attrs):
@@ -147,8 +175,11 @@ class TrialAttrs(_Attrs):
     test_accuracy: float | None = None  # search trials: only with train.test_each_trial
     val_f1: float | None = None
     test_f1: float | None = None
-    latency_ms_b1: float | None = None  # ms per image at batch 1, on `device`
-    latency_ms_b256: float | None = None
+    # latency, ms per image (LATENCY_KEYS): the runtime `train.latency` times in
+    latency_ms_ort_fp32: float | None = None
+    latency_ms_ort_int8: float | None = None
+    latency_ms_torch: float | None = None  # PyTorch eager at batch 1 on `device`
+    latency_ms_torch_b256: float | None = None  # and per image at batch 256
     train_images_per_s: float | None = None
     device: str | None = None
     resumed_epoch: int | None = None  # > 0: resumed from a checkpoint at this epoch
@@ -170,12 +201,22 @@ class TrialAttrs(_Attrs):
     @classmethod
     def of(cls, attrs: Mapping[str, Any]) -> TrialAttrs:
         """From stored user attrs (tolerant: see the module doc)."""
-        return TrialAttrs._tolerant({k: v for k, v in attrs.items() if k in _TRIAL_KEYS})
+        return TrialAttrs._tolerant(_known(attrs))
 
     @classmethod
     def read(cls, trial: optuna.Trial | FrozenTrial) -> TrialAttrs:
         """The attrs a live or frozen trial holds now."""
         return cls.of(trial.user_attrs)
+
+    @classmethod
+    def from_latency(cls, latency: Latency | None) -> TrialAttrs:
+        """A latency timed by job.ml.latency, under its one name (LATENCY_KEYS)."""
+        if latency is None:
+            return cls()
+        found = {latency_key(latency.runtime, latency.precision): latency.ms}
+        if latency.ms_b256 is not None:
+            found["latency_ms_torch_b256"] = latency.ms_b256
+        return cls(**found)
 
     @classmethod
     def from_result(cls, result: TrainResult, weights: str | None = None) -> TrialAttrs:
@@ -184,6 +225,11 @@ class TrialAttrs(_Attrs):
         found: dict[str, Any] = {key: getattr(result, key) for key in RESULT_FIELDS}
         return cls(**found, checkpoint_refused=result.checkpoint_refused, weights=weights)
 
+    def latency(self, key: str) -> float | None:
+        """The latency figure `key` (LATENCY_KEYS), None when not measured."""
+        value = getattr(self, key)
+        return value if isinstance(value, float) else None
+
     @property
     def failure(self) -> tuple[str, str]:
         """(reason, message), either "" when not recorded."""
@@ -191,6 +237,13 @@ class TrialAttrs(_Attrs):
 
 
 _TRIAL_KEYS = frozenset(TrialAttrs.model_fields)
+
+
+def _known(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial keys of stored user attrs, an older version's renamed keys as today's."""
+    found = {_RENAMED.get(k, k): v for k, v in attrs.items() if k not in _RENAMED.values()}
+    found |= {k: v for k, v in attrs.items() if k in _RENAMED.values()}  # today's win
+    return {k: v for k, v in found.items() if k in _TRIAL_KEYS}
 
 
 class TrialRecord(TrialAttrs):
@@ -211,7 +264,7 @@ class TrialRecord(TrialAttrs):
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
         """The record of a stored trial, of this version or an older one."""
-        attrs = {k: v for k, v in trial.user_attrs.items() if k in _TRIAL_KEYS}
+        attrs = _known(trial.user_attrs)
         return cls._tolerant(
             {
                 **attrs,

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from job.config import AugmentConfig, Config, TrainConfig
 from job.ml.data import Dataset, Split
+from job.ml.latency import measure
 from job.ml.model import ModelSpec, spec_from_yaml
 from job.ml.train import EpochRecord, check_fit
 from job.search.record import SPEC_ATTR as SPEC_ATTR  # a verification trial's `Retrain`
@@ -161,12 +162,17 @@ class RetrainTask:
             raise ValueError(f"trial {run.number} of {self.study.study_name} is no queued retrain")
         model = spec.spec()
         measured = check_fit(model, data)
-        run.record(TrialAttrs(params=measured.params, macs=measured.macs))
+        recipe = spec.train_config()
+        # timed as the search times (the study's `train.latency`): picks and baselines alike
+        timed = self.config.train.model_copy(update={"seed": recipe.seed, "device": recipe.device})
+        latency = measure(model, data, timed) if timed.measure_latency else None
+        sizes = TrialAttrs(params=measured.params, macs=measured.macs).to_attrs()
+        run.record(TrialAttrs.of(sizes | TrialAttrs.from_latency(latency).to_attrs()))
         weights = (self.weights_dir / f"{self.study.study_name}-{spec.key}.pt").resolve()
         result = run.train(
             model,
             spec.augment_config(),
-            spec.train_config(),
+            recipe,
             data,
             measured=measured,
             weights=weights,

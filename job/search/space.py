@@ -4,8 +4,9 @@ This is the only place of the data path that knows Optuna. `sample_candidate` as
 the trial for a network (the seed's seven blocks, declared as data in `space`), a
 RandAugment policy and optional training knobs, and returns a `Candidate` of plain
 frozen values that `job.ml.train.train` consumes. A network that cannot run on the input
-size is rejected here, before any training; hard limits (`constraints`) are recorded
-with Optuna 5's `trial.set_constraint` (a value > 0 is infeasible).
+size is rejected here, before any training; its latency is timed here too, before
+training (job.ml.latency), so hard limits (`constraints`) on params, MACs and latency are
+all recorded at once, with Optuna 5's `trial.set_constraint` (a value > 0 is infeasible).
 
 Parameter names follow the seed: `m1`, `m1/repeat`, `m1/channels`, … , `head/channels`,
 `aug/n_select`, `aug/level`, `train/lr`.
@@ -13,6 +14,7 @@ Parameter names follow the seed: `m1`, `m1/repeat`, `m1/channels`, … , `head/c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from job.config import (
     derive_seed,
 )
 from job.ml.data import Dataset
+from job.ml.latency import Latency, measure
 from job.ml.model import LayerSpec, Measure, ModelSpec
 from job.ml.train import TrainResult, check_fit
 from job.search.view import OBJECTIVES
@@ -43,6 +46,7 @@ class Candidate:
     augment: AugmentConfig
     recipe: TrainConfig
     measured: Measure  # params and MACs, measured once on the meta device
+    latency: Latency | None = None  # timed before training (job.ml.latency); None: not asked
 
 
 def _int(trial: optuna.Trial, name: str, r: IntRange) -> int:
@@ -158,11 +162,21 @@ def sample_candidate(trial: optuna.Trial, data: Dataset, config: Config) -> Cand
     augment = sample_augment(trial, config)
     recipe = sample_recipe(trial, config)
     measured = check_fit(model, data)
-    for key, value in constraint_values(config.constraints, measured.params, measured.macs).items():
+    latency = measure(model, data, recipe) if recipe.measure_latency else None
+    limits = config.constraints
+    ms = None if latency is None else latency.ms
+    for key, value in constraint_values(limits, measured.params, measured.macs, ms).items():
         trial.set_constraint(key, value)
-    return Candidate(model, augment, recipe, measured)
+    return Candidate(model, augment, recipe, measured, latency)
 
 
-def objective_values(result: TrainResult, objectives: tuple[Objective, ...]) -> list[float]:
-    """A TrainResult → the study's objective values, in the configured order."""
-    return [float(getattr(result, OBJECTIVES[name].field)) for name in objectives]
+def objective_values(
+    result: TrainResult, objectives: tuple[Objective, ...], latency: Latency | None = None
+) -> list[float]:
+    """A TrainResult (and the latency measured before it) → the study's objective values,
+    in the configured order; an unmeasured latency is NaN."""
+    found: dict[str, float] = {"latency": math.nan if latency is None else latency.ms}
+    for name in objectives:
+        if name != "latency":  # timed before training, the others measured by it
+            found[name] = float(getattr(result, OBJECTIVES[name].field))
+    return [found[name] for name in objectives]

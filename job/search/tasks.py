@@ -37,7 +37,7 @@ from job.ml.train import EpochRecord, TrainResult
 from job.search import budget as budgets
 from job.search import prune
 from job.search.record import TrialAttrs, save
-from job.search.space import constraint_values, objective_values, sample_candidate
+from job.search.space import objective_values, sample_candidate
 from job.search.studies import open_study
 from job.storage import (
     ParamHold,
@@ -247,17 +247,15 @@ class SearchTask:
                 recipe=candidate.recipe.model_dump(mode="json"),
                 params=measured.params,
                 macs=measured.macs,
-            )
+            ),
+            write=False,
         )
+        run.record(TrialAttrs.from_latency(candidate.latency))  # with the candidate's
         test = self.config.train.test_each_trial  # off: the search never sees the test split
         result = run.train(
             candidate.model, augment, candidate.recipe, data, measured=measured, test=test
         )
         run.record(TrialAttrs.from_result(result), write=False)  # written with `seconds`
-        limits = self.config.constraints
-        latency = constraint_values(limits, measured.params, measured.macs, result.latency_ms_b1)
-        if "latency" in latency:  # known only now; params and MACs were set before training
-            trial.set_constraint("latency", latency["latency"])
-        values = objective_values(result, self.config.objectives)
+        values = objective_values(result, self.config.objectives, candidate.latency)
         summary = f"acc {result.val_accuracy:.4f} params {measured.params:,}"
         return values, summary

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, ConfigError
 from job.search.budget import Spent, spent
-from job.search.record import TrialRecord
+from job.search.record import TrialRecord, latency_key
 from job.storage import silent_trials
 
 Point = tuple[float, ...]
@@ -65,13 +65,19 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         "minimize", "macs", lambda m: math.log10(max(m, 1.0)) / 11, "log10(max(macs, 1)) / 11"
     ),
     # 1 µs .. 10 s per image (batch 1)
+    # the figure of the runtime `train.latency` names (job.search.record.latency_key)
     "latency": ObjectiveSpec(
         "minimize",
-        "latency_ms_b1",
+        "latency",
         lambda ms: (math.log10(max(ms, 1e-3)) + 3) / 7,
         "(log10(max(latency_ms, 0.001)) + 3) / 7",
     ),
 }
+
+
+def search_latency_key(config: Config) -> str:
+    """The name of the latency figure the search times (`train.latency`; LATENCY_KEYS)."""
+    return latency_key(config.train.latency.runtime, config.train.latency.precision)
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
@@ -385,4 +391,5 @@ def progress_text(summary: StudySummary) -> str:
     """The short line of the `run` progress bar: best accuracy, front size, hypervolume."""
     acc = "—" if summary.best_accuracy is None else f"{summary.best_accuracy:.4f}"
     hv = f"{summary.hypervolume:.4f}" if summary.front else "—"
-    return f"best acc {acc}, front {len(summary.front)}, HV {hv}"
+    pruned = f", pruned {summary.spent.pruned}" if summary.spent.pruned else ""
+    return f"best acc {acc}, front {len(summary.front)}, HV {hv}{pruned}"

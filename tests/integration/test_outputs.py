@@ -53,7 +53,7 @@ def _train_fn(spec: Any, augment: Any, recipe: Any, data: Any, **kwargs: Any) ->
         torch.manual_seed(recipe.seed)
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save(build_model(spec).state_dict(), weights)
-    return TrainResult(0.8, 0.8, 0.8, 0.8, 1, 1, 0.5, 0.01, 1.0, 0.1, "cpu", resumed_epoch=0)
+    return TrainResult(0.8, 0.8, 0.8, 0.8, 1, 1, 1.0, 0.1, "cpu", resumed_epoch=0)
 
 
 def _retrained(root: Path) -> tuple[Path, Config, str]:

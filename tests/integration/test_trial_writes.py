@@ -47,7 +47,7 @@ def fake_train() -> Any:
         if len(calls) == 2:
             raise TrainError("nan_loss", "loss is nan at epoch 1")
         acc = 0.5 + len(calls) / 100
-        return TrainResult(acc, acc - 0.01, acc, acc, 1234, 5678, 0.25, 0.0125, 999.5, 0.1, "cpu")
+        return TrainResult(acc, acc - 0.01, acc, acc, 1234, 5678, 999.5, 0.1, "cpu")
 
     return train
 

@@ -28,7 +28,7 @@ def search_trial(number: int, acc: float, params: int, feasible: bool = True) ->
             "val_accuracy": acc,
             "params": params,
             "macs": params * 10,
-            "latency_ms_b1": 0.1,
+            "latency_ms_ort_fp32": 0.1,
             "model_yaml": model_spec_yaml(fit_classes(spec, 10)) + f"# trial {number}\n",
             "augment": None,
             "recipe": {"epochs": 1, "batch_size": 32, "lr": 0.05, "device": "cpu", "seed": number},

@@ -83,7 +83,7 @@ def attrs(number: int, params: int, test: float) -> dict[str, object]:
         "params": params,
         "macs": params * 30,
         "test_accuracy": test,
-        "latency_ms_b1": 0.1 * number,
+        "latency_ms_ort_fp32": 0.1 * number,
         "data_fingerprint": "fp-new" if number % 2 else "fp-old",
     }
 
@@ -198,7 +198,7 @@ def test_collect_writes_the_three_files(
     assert first["model_yaml"] == "input_channel: 3\n# trial 0\n"
     assert first["augment"] == {"n_select": 2, "level": 0}
     assert first["test_accuracy"] == 0.89 and first["params_count"] == 1000
-    assert first["macs"] == 30000 and first["latency_ms_b1"] == 0.0
+    assert first["macs"] == 30000 and first["latency_ms_ort_fp32"] == 0.0
     assert all(e["model_yaml"] and e["augment"] for e in entries)
 
     with Image.open(out / "pareto.png") as image:

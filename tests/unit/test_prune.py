@@ -76,14 +76,21 @@ def test_a_rung_counts_only_trials_that_reached_it_and_goes_on_below_eta() -> No
     late = _trial(7, {1: 0.2, 2: 0.3, 3: 0.3}, 9000)
     # at rung 3 it is alone: fewer than eta entrants, on the first front, so it goes on
     prune.decide(7, [*early, late], 3, config)
-    assert [e.number for e in prune.entrants([*early, late], 3, config.objectives)] == [7]
+    assert [e.number for e in prune.entrants([*early, late], 3, config)] == [7]
 
 
 def test_an_objective_not_every_entrant_has_is_left_out_of_the_rung() -> None:
-    config = Config.model_validate(tiny(**{"objectives": ["accuracy", "latency"]}))
-    measured = _trial(1, {1: 0.5}, 10, latency_ms_b1=0.2)
-    unmeasured = _trial(2, {1: 0.4}, 10)
-    points = prune.entrants([measured, unmeasured], 1, config.objectives)
+    config = Config.model_validate(
+        tiny(**{"objectives": ["accuracy", "latency"], "train.measure_latency": True})
+    )
+    measured = _trial(1, {1: 0.5}, 10, latency_ms_ort_fp32=0.2)
+    also = _trial(3, {1: 0.3}, 10, latency_ms_ort_fp32=0.1)
+    assert [e.point for e in prune.entrants([measured, also], 1, config)] == [
+        (-0.5, 0.2),
+        (-0.3, 0.1),
+    ]
+    unmeasured = _trial(2, {1: 0.4}, 10)  # an older trial's: no latency of this runtime
+    points = prune.entrants([measured, unmeasured], 1, config)
     assert [e.point for e in points] == [(-0.5,), (-0.4,)]
 
 
@@ -151,3 +158,17 @@ def test_a_new_trial_is_taken_only_when_its_epochs_fit(
         tiny(**{"train.epochs": 4, "study.budget": 10, "study.budget_epochs": 6})
     )
     assert budget.claim(trials, config) == expected
+
+
+def test_the_console_and_the_progress_bar_say_where_a_trial_was_pruned() -> None:
+    from job.run.local import describe
+    from job.search.view import progress_text, summarise
+
+    config = _pruning()
+    pruned = _trial(3, {1: 0.1}, 900, TrialState.PRUNED, pruned_epoch=1, pruned_rank=5)
+    pruned.user_attrs["rung_size"] = 6
+    assert describe(pruned, config.objectives) == "trial    3  PRUNED    at epoch 1: rank 5 of 6"
+    done = _trial(4, {1: 0.5, 9: 0.9}, 800, TrialState.COMPLETE)
+    summary = summarise([pruned, done], config)
+    assert progress_text(summary).endswith(", pruned 1")
+    assert (summary.spent.epochs_trained, summary.spent.epochs_saved) == (1 + 9, 9 - 1)

@@ -52,8 +52,7 @@ RESULT = TrialAttrs(
     test_accuracy=0.9,
     val_f1=0.89,
     test_f1=0.88,
-    latency_ms_b1=0.42,
-    latency_ms_b256=0.01,
+    latency_ms_ort_fp32=0.42,
     train_images_per_s=5120.0,
     device="cpu",
     resumed_epoch=0,
@@ -86,7 +85,7 @@ def test_a_search_trial_round_trips() -> None:
     assert record.values == (0.91, 1234.0) and record.feasible
     assert record.sampled == frozen.params and "lr" in record.sampled
     assert record.params == 1234 and record.macs == 56789  # weights, not Optuna's params
-    assert record.val_accuracy == 0.91 and record.latency_ms_b1 == 0.42
+    assert record.val_accuracy == 0.91 and record.latency("latency_ms_ort_fp32") == 0.42
     assert record.augment is None and record.recipe == {"epochs": 2, "lr": 0.01, "seed": 0}
     assert record.code_version == "0.1+abc" and record.fail_reason is None
     assert record.retrain is None and record.warm_start is None and record.retry_of is None
@@ -109,8 +108,7 @@ def test_what_the_worker_wrote_before_this_record_reads_the_same() -> None:
         "test_accuracy": 0.9,
         "val_f1": 0.89,
         "test_f1": 0.88,
-        "latency_ms_b1": 0.42,
-        "latency_ms_b256": 0.01,
+        "latency_ms_ort_fp32": 0.42,
         "train_images_per_s": 5120.0,
         "device": "cpu",
         "resumed_epoch": 0,
@@ -194,8 +192,6 @@ def _result(refused: str | None = None) -> Any:
         test_f1=0.79,
         params=10,
         macs=20,
-        latency_ms_b1=0.3,
-        latency_ms_b256=0.02,
         train_images_per_s=100.0,
         seconds=1.0,
         device="cpu",
@@ -231,7 +227,7 @@ def test_a_trial_of_an_older_version_reads_with_missing_keys_none() -> None:
     )
     record = TrialRecord.from_trial(old)
     assert record.val_accuracy == 0.8 and record.params == 900 and record.model_yaml == "x"
-    for name in ("test_accuracy", "latency_ms_b1", "data_fingerprint", "code_version"):
+    for name in ("test_accuracy", "latency_ms_ort_fp32", "data_fingerprint", "code_version"):
         assert getattr(record, name) is None
     assert record.augment is None and "augment" not in record.to_attrs()
     assert record.recipe is None and record.retrain is None and record.seconds is None
@@ -252,6 +248,20 @@ def test_a_value_of_the_wrong_type_reads_as_missing() -> None:
     assert record.val_accuracy == 1.0 and record.retry_of == 3
 
 
+def test_an_older_versions_pytorch_latency_reads_under_the_name_that_says_so() -> None:
+    """Before the latency objective moved to onnxruntime, `latency_ms_b1`/`_b256` were the
+    PyTorch figures: they read as `latency_ms_torch`/`_torch_b256`, and never as another
+    runtime's."""
+    old = create_trial(
+        state=TrialState.COMPLETE, values=[0.8, 0.3],
+        user_attrs={"latency_ms_b1": 0.3, "latency_ms_b256": 0.01},
+    )  # fmt: skip
+    record = TrialRecord.from_trial(old)
+    assert record.latency("latency_ms_torch") == 0.3 and record.latency_ms_torch_b256 == 0.01
+    assert record.latency("latency_ms_ort_fp32") is None
+    assert TrialAttrs.of({"latency_ms_b1": 0.3, "latency_ms_torch": 0.2}).latency_ms_torch == 0.2
+
+
 def test_an_infeasible_trial_is_not_feasible() -> None:
     trial = create_trial(
         state=TrialState.COMPLETE,
@@ -265,7 +275,7 @@ def test_the_policies_view_of_a_record() -> None:
     record = TrialRecord.model_validate(
         {"number": 5, "state": "COMPLETE", "values": (0.9, 100.0), "val_accuracy": 0.9}
     )
-    view = Record.of(record, on_front=True)
+    view = Record.of(record, on_front=True, latency_key="latency_ms_ort_fp32")
     assert view == Record(5, 0.9, 0, 0, view.latency_ms, True, True, (0.9, 100.0))
     assert math.isnan(view.latency_ms)  # not measured
 
@@ -299,7 +309,7 @@ def test_study_attrs_round_trip(tmp_path: Path) -> None:
 # Keys that are user-attr keys only (never an output file's field or a TrainResult's):
 # outside the record and the storage, none is written as a string.
 ATTR_ONLY_KEYS = (
-    "latency_ms_b256",
+    "latency_ms_torch_b256",
     "train_images_per_s",
     "resumed_epoch",
     "retry_of",

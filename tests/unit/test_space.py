@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 
 from job.config import Config, ConstraintsConfig, parse_config
+from job.ml.latency import Latency
 from job.ml.train import TrainResult
 from job.search.space import (
     constraint_values,
@@ -109,12 +112,12 @@ def test_objectives_map_results_and_directions() -> None:
         test_f1=0.8,
         params=1234,
         macs=5678,
-        latency_ms_b1=0.5,
-        latency_ms_b256=0.01,
         train_images_per_s=1.0,
         seconds=1.0,
         device="cpu",
     )
     names = ("accuracy", "params", "macs", "latency", "f1")
-    assert objective_values(result, names) == [0.9, 1234.0, 5678.0, 0.5, 0.85]
+    timed = Latency("onnxruntime", "fp32", 0.5)  # timed before training, not by it
+    assert objective_values(result, names, timed) == [0.9, 1234.0, 5678.0, 0.5, 0.85]
+    assert math.isnan(objective_values(result, names)[3])  # not timed: NaN
     assert directions(names) == ["maximize", "minimize", "minimize", "minimize", "maximize"]

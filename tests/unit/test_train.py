@@ -29,7 +29,6 @@ def test_train_improves_over_chance_and_measures(digits16: Dataset) -> None:
     assert [r.epoch for r in seen] == [1, 2, 3, 4, 5, 6] and result.history == tuple(seen)
     assert result.params == count_params(build_model(TINY))
     assert result.macs > result.params
-    assert result.latency_ms_b1 > 0 and result.latency_ms_b256 > 0
     assert result.train_images_per_s > 0 and result.seconds > 0 and result.device == "cpu"
     assert seen[-1].lr == pytest.approx(0.0, abs=1e-9)  # cosine annealed to zero
 
