@@ -29,7 +29,7 @@ from job.ml.vocab import DEFAULT_OPS, GREY, OPS
 
 
 class PruningConfig(Section):
-    """Multi-objective asynchronous successive halving (job.search.rungs, job.search.prune):
+    """Multi-objective asynchronous successive halving (job.search.prune):
     a trial is judged at epochs `min_epochs * eta**k` below `train.epochs` and goes on only
     while it ranks in the first 1/eta of every trial judged at that epoch so far."""
 
