@@ -54,7 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 from job.config import Config
 from job.search.record import TrialAttrs
 from job.search.view import OBJECTIVES, search_latency_key
-from job.storage import Store, budget_lock, save_curve
+from job.storage import Store, budget_lock, frozen_trial, save_curve
 
 # --- the rung decision (pure) -------------------------------------------------------------
 
@@ -249,5 +249,5 @@ def judge(
         save_curve(trial, {epoch: value})
         trials = study.get_trials(deepcopy=False, states=ENTRANT_STATES)
     others = [t for t in trials if t.number != trial.number]
-    own = trial._cached_frozen_trial  # its attrs and curve as this worker wrote them
+    own = frozen_trial(trial)  # its attrs and curve as this worker wrote them
     decide(trial.number, [*others, own], epoch, config)

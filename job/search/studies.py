@@ -8,7 +8,6 @@ Every role opens its study here: the workers (`job.search.worker`), `run`, `stat
 
 from __future__ import annotations
 
-import math
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,14 @@ from job.search.record import STUDY_DATA as STUDY_DATA  # the study's data finge
 from job.search.record import STUDY_PREPARATION as STUDY_PREPARATION  # and preparation
 from job.search.record import StudyAttrs
 from job.search.view import directions
-from job.storage import Store, StudyNotFoundError, budget_lock, redact, study_exists
+from job.storage import (
+    Store,
+    StudyNotFoundError,
+    budget_lock,
+    redact,
+    study_exists,
+    tpe_reads_pruned_trials,
+)
 
 if TYPE_CHECKING:  # torch: `status` opens a study without it
     from job.ml.data import Dataset
@@ -45,29 +51,8 @@ def make_sampler(
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     # group=True: the space is conditional (a block's params depend on its module)
-    _tpe_reads_pruned_trials()
+    tpe_reads_pruned_trials()  # optuna#5260: PRUNED trials of a multi-objective study
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-
-
-def _tpe_reads_pruned_trials() -> None:
-    """Mend optuna#5260 (still in Optuna 5.0): TPE orders PRUNED trials by their last
-    intermediate value in `study.direction`, which a multi-objective study refuses
-    (RuntimeError), so TPE fails once a study with pruning has any. Here a pruned trial
-    of a multi-objective study ranks by how far it got, then by its last point, larger
-    first: our curves are validation accuracy (job.search.prune). Single-objective
-    studies keep Optuna's own. tests/unit/test_prune.py fails when Optuna changes this."""
-    from optuna.samplers._tpe import sampler as tpe
-
-    original = getattr(tpe._get_pruned_trial_score, "__wrapped__", tpe._get_pruned_trial_score)
-
-    def score(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> tuple[float, float]:
-        if len(study.directions) == 1 or not trial.intermediate_values:
-            return original(trial, study)
-        step, value = max(trial.intermediate_values.items())
-        return -step, math.inf if math.isnan(value) else -value
-
-    score.__wrapped__ = original  # type: ignore[attr-defined]
-    tpe._get_pruned_trial_score = score
 
 
 def open_study(

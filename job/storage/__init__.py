@@ -74,7 +74,14 @@ from job.storage.store import (
     wait_for_database,
     wait_for_study,
 )
-from job.storage.writes import ParamHold, frozen_trial, save_curve, save_trial_attrs, tell_pruned
+from job.storage.writes import (
+    ParamHold,
+    frozen_trial,
+    save_curve,
+    save_trial_attrs,
+    tell_pruned,
+    tpe_reads_pruned_trials,
+)
 from job.urls import redact
 
 __all__ = [
@@ -124,6 +131,7 @@ __all__ = [
     "study_exists",
     "take_trial",
     "tell_pruned",
+    "tpe_reads_pruned_trials",
     "upload_trial_files",
     "wait_for_database",
     "wait_for_study",

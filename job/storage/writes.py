@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from typing import Any, cast
 
 import optuna
@@ -88,6 +89,28 @@ def tell_pruned(study: optuna.Study, trial: optuna.Trial) -> TrialState:
     finally:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED, None)
     return TrialState.PRUNED
+
+
+def tpe_reads_pruned_trials() -> None:
+    """Mend optuna#5260 (still in Optuna 5.0): TPE orders PRUNED trials by their last
+    intermediate value in `study.direction`, which a multi-objective study refuses
+    (RuntimeError), so TPE fails once a study with pruning has any. Here a pruned trial
+    of a multi-objective study ranks by how far it got, then by its last point, larger
+    first: our curves are validation accuracy (job.search.prune). Single-objective
+    studies keep Optuna's own. Called by `job.search.studies.make_sampler`;
+    tests/unit/test_prune.py fails when Optuna changes this."""
+    from optuna.samplers._tpe import sampler as tpe
+
+    original = getattr(tpe._get_pruned_trial_score, "__wrapped__", tpe._get_pruned_trial_score)
+
+    def score(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> tuple[float, float]:
+        if len(study.directions) == 1 or not trial.intermediate_values:
+            return original(trial, study)
+        step, value = max(trial.intermediate_values.items())
+        return -step, math.inf if math.isnan(value) else -value
+
+    score.__wrapped__ = original  # type: ignore[attr-defined]
+    tpe._get_pruned_trial_score = score
 
 
 class ParamHold:
