@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -21,6 +22,7 @@ from job.search.worker import Worker, open_study
 from job.testing.pgserver import External, Server
 from tests.support.configs import tiny
 from tests.support.proc import ROOT, journal_url
+from tests.support.studies import ask_past_pruned_trials
 
 PRUNING = {"train.epochs": 3, "study.pruning": {"enabled": True, "eta": 3}}
 
@@ -99,3 +101,13 @@ def test_two_workers_prune_one_postgres_study_and_pick_only_complete_trials(
     summary = yaml.safe_load((out / "summary.json").read_text())
     complete = {t.number for t in trials if t.state == TrialState.COMPLETE}
     assert set(summary["front"]) <= complete and summary["pruned"] == pruned
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_samplers_keep_sampling_a_postgres_study_full_of_pruned_trials(
+    postgres: Server | External, sampler: str
+) -> None:
+    """As tests/unit/test_prune.py on a journal: the sampler reads PRUNED trials back
+    from PostgreSQL (with their curves, without values) and goes on."""
+    config = Config.model_validate(tiny(**{"study.sampler": sampler}))
+    ask_past_pruned_trials(open_study(config, postgres.new_database()))

@@ -55,3 +55,25 @@ def random_study(seed: int = 0, n_objectives: int = 2) -> optuna.Study:
 
 
 ROWS = [(0.90, 1_000, True), (0.97, 10_000, True), (0.99, 1_000_000, False), (0.96, 50_000, True)]
+
+
+def ask_past_pruned_trials(study: optuna.Study, n: int = 24) -> None:
+    """Ask `n` trials of a two-objective study, two in three of them pruned with a
+    learning curve (as job.search.prune leaves them), each after the sampler saw the
+    others: past TPE's 10 start-up trials and NSGA-II's first generation. Pruned trials
+    carry no values (`tell_pruned`)."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from job.storage import save_curve, tell_pruned
+
+    for i in range(n):
+        trial = study.ask({"x": FloatDistribution(0.0, 1.0)})
+        x = trial.params["x"]
+        if i % 3:
+            save_curve(trial, {1: x / 2, 2: x})
+            assert tell_pruned(study, trial) == TrialState.PRUNED
+        else:
+            study.tell(trial, [x, 1000 * (1 - x)])
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(pruned) == n - (n + 2) // 3 and all(t.values is None for t in pruned)

@@ -10,16 +10,15 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from job.config import Config
 from job.search import budget, prune
 from job.search.prune import Entrant, crowding, fronts, goes_on, ranked, rung_epochs
 from job.search.worker import open_study
-from job.storage import save_curve, tell_pruned
 from tests.support.configs import tiny
 from tests.support.proc import journal_url
+from tests.support.studies import ask_past_pruned_trials
 
 
 def _trial(
@@ -105,16 +104,7 @@ def test_samplers_keep_sampling_a_multi_objective_study_full_of_pruned_trials(
     multi-objective study refuses; `make_sampler` mends it (job.search.studies)."""
     config = Config.model_validate(tiny(**{"study.sampler": sampler}))
     study = open_study(config, journal_url(tmp_path))
-    for i in range(24):
-        trial = study.ask({"x": FloatDistribution(0.0, 1.0)})
-        x = trial.params["x"]
-        if i % 3:
-            save_curve(trial, {1: x / 2, 2: x})
-            assert tell_pruned(study, trial) == TrialState.PRUNED
-        else:
-            study.tell(trial, [x, 1000 * (1 - x)])
-    pruned = study.get_trials(states=(TrialState.PRUNED,))
-    assert len(pruned) == 16 and all(t.values is None for t in pruned)  # no 1-value "values"
+    ask_past_pruned_trials(study)  # on PostgreSQL: tests/integration/test_pruning.py
 
 
 def test_optuna_still_has_the_function_the_tpe_mend_wraps() -> None:
