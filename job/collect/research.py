@@ -134,7 +134,7 @@ def _fits(params: dict[str, Any], config: Config, data: Dataset) -> dict[str, An
 
     fixed = InRangeTrial(params)  # a value out of range: ValueError
     try:
-        sample_candidate(cast(optuna.Trial, fixed), data, config)
+        sample_candidate(cast(optuna.Trial, fixed), data, config, timed=False)
     except (ValueError, TypeError, TrainError):
         return None
     return dict(fixed.params)

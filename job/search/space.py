@@ -155,14 +155,18 @@ def constraint_values(
     return values
 
 
-def sample_candidate(trial: optuna.Trial, data: Dataset, config: Config) -> Candidate:
+def sample_candidate(
+    trial: optuna.Trial, data: Dataset, config: Config, timed: bool = True
+) -> Candidate:
     """Everything one trial trains; raises `TrainError` for a network that cannot run on
-    `data` (measured on the meta device: nothing allocated, however large)."""
+    `data` (measured on the meta device: nothing allocated, however large). With `timed`
+    (and `train.measure_latency`) its latency too; a caller that only checks that the
+    params fit (research's warm start) leaves it out."""
     model = sample_model(trial, config, data.num_classes)
     augment = sample_augment(trial, config)
     recipe = sample_recipe(trial, config)
     measured = check_fit(model, data)
-    latency = measure(model, data, recipe) if recipe.measure_latency else None
+    latency = measure(model, data, recipe) if timed and recipe.measure_latency else None
     limits = config.constraints
     ms = None if latency is None else latency.ms
     for key, value in constraint_values(limits, measured.params, measured.macs, ms).items():

@@ -96,7 +96,7 @@ def test_recipe_knobs_and_per_trial_seed() -> None:
 def test_constraints_are_recorded_on_the_trial() -> None:
     config = parse_config({"constraints": {"max_params": 1000}})
     trial = random_study().ask()
-    candidate = sample_candidate(trial, blank_dataset(), config)
+    candidate = sample_candidate(trial, blank_dataset(), config, timed=False)
     params = candidate.measured.params
     assert params > 1000
     assert trial.constraints == {"params": pytest.approx(params / 1000 - 1.0)}
