@@ -195,6 +195,10 @@ class TrialAttrs(_Attrs):
     pruned_epoch: int | None = None
     pruned_rank: int | None = None
     rung_size: int | None = None
+    # the training loss of each epoch, epoch 1 first (a resumed trial's includes its
+    # predecessor's); its validation accuracy per epoch is its learning curve, Optuna's
+    # intermediate values (job.storage.save_curve)
+    train_loss: list[float] | None = None
     # wall time of the trial on its worker, build to tell
     seconds: float | None = None
 

@@ -132,6 +132,7 @@ class TrialRun:
         self.train_fn, self.stop, self.on_epoch = train_fn, stop, on_epoch
         self.checkpoint, self.on_resume = checkpoint, on_resume
         self.unsaved: dict[str, Any] = {}  # user attrs not yet written
+        self.losses: dict[int, float] = {}  # epoch -> training loss, resumed epochs too
 
     @property
     def number(self) -> int:
@@ -152,10 +153,24 @@ class TrialRun:
         """`train_fn(model, augment, recipe, data, …)` with this trial's epoch reports (and
         the epochs a resumed trial trained before), checkpoint and stop event."""
         kwargs |= {
-            "on_epoch": self.on_epoch, "on_resume": self.on_resume,
+            "on_epoch": self._epoch, "on_resume": self._resumed,
             "checkpoint": self.checkpoint, "stop": self.stop,
         }  # fmt: skip
         return self.train_fn(*args, **kwargs)
+
+    @property
+    def loss_curve(self) -> list[float]:
+        """The training loss of each epoch trained so far, epoch 1 first."""
+        return [self.losses[epoch] for epoch in sorted(self.losses)]
+
+    def _epoch(self, record: EpochRecord) -> None:
+        self.losses[record.epoch] = record.train_loss
+        self.on_epoch(record)
+
+    def _resumed(self, history: tuple[EpochRecord, ...]) -> None:
+        self.losses |= {record.epoch: record.train_loss for record in history}
+        if self.on_resume is not None:
+            self.on_resume(history)
 
 
 # --- the search task ------------------------------------------------------------------

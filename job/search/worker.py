@@ -249,7 +249,8 @@ class Worker:
             summary = f"FAIL error {type(exc).__name__}"
         seconds = time.perf_counter() - start
         try:
-            run.record(TrialAttrs(seconds=seconds))  # with the result or the failure: one write
+            losses = run.loss_curve or None
+            run.record(TrialAttrs(train_loss=losses, seconds=seconds))  # with the result: one write
             self._tell(trial, values, state)
         except optuna.exceptions.UpdateFinishedTrialError:
             # silent past the grace period (a stalled or suspended machine): another worker

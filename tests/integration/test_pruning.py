@@ -48,6 +48,7 @@ def test_a_pruned_trial_stops_training_is_told_pruned_and_never_picked(tmp_path:
             assert record.pruned_epoch == 1 == max(trial.intermediate_values)
             assert record.rung_size is not None and record.pruned_rank is not None
             assert record.pruned_rank > record.rung_size // 3 and trial.values is None
+            assert record.train_loss is not None and len(record.train_loss) == 1
         else:
             assert list(trial.intermediate_values) == [1, 2, 3] and record.pruned_epoch is None
     assert all(t.state == TrialState.COMPLETE for t in pareto_trials(trials, config.objectives))

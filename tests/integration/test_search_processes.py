@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from job.config import load_config
 from job.ml.data import load_data
 from job.ml.train import train
+from job.search.budget import trained_epochs
 from job.search.worker import (
     Worker,
     claim_trial,
@@ -268,4 +269,10 @@ def test_sigterm_checkpoints_hands_back_and_the_retry_resumes(tmp_path: Path) ->
     assert list(preempted.intermediate_values) == [1]
     assert list(retry.intermediate_values) == [1, 2, 3]
     assert retry.intermediate_values[1] == preempted.intermediate_values[1]
+    # the training loss per epoch too, the retry's from epoch 1; the epoch budget counts
+    # the resumed epoch once (job.search.budget)
+    assert len(preempted.user_attrs["train_loss"]) == 1
+    assert len(retry.user_attrs["train_loss"]) == 3
+    assert retry.user_attrs["train_loss"][0] == preempted.user_attrs["train_loss"][0]
+    assert trained_epochs(preempted) + trained_epochs(retry) == 3
     assert not list((out / "checkpoints").glob("*.pt"))  # cleaned up after the result

@@ -168,6 +168,8 @@ def test_each_trial_draws_its_learning_curve(tiny: Path, tmp_path: Path) -> None
         assert trial.state == TrialState.COMPLETE
         assert list(trial.intermediate_values) == [1, 2]
         assert all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
+        losses = TrialRecord.from_trial(trial).train_loss  # and the training loss per epoch
+        assert losses is not None and len(losses) == 2 and all(v > 0 for v in losses)
         # the last point is the trial's validation accuracy, its first objective
         assert trial.intermediate_values[2] == trial.values[0]
 
