@@ -81,6 +81,13 @@ class Config(Section):
             f"study.pruning.min_epochs: must be < train.epochs ({epochs}) for a trial to be "
             f"judged before its end; got {study.pruning.min_epochs}",
         )
+        warmup = self.train.warmup_epochs
+        _require(  # measured (docs/BENCHMARKS.md): at the warm-up's end, accuracy ranks nothing
+            not study.pruning.enabled or study.pruning.min_epochs > warmup,
+            f"study.pruning.min_epochs: must be > train.warmup_epochs ({warmup:g}): a rung "
+            f"inside the warm-up judges networks before they learn; got "
+            f"{study.pruning.min_epochs}",
+        )
         searched, policy = self.space.augment, self.augment
         if searched is not None and policy.enabled:  # a trial's policy must stay valid
             _require(

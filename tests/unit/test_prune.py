@@ -51,6 +51,10 @@ def test_rungs_follow_min_epochs_and_eta_and_are_none_when_off() -> None:
         ({"study.pruning": {"enabled": True, "min_epochs": 9}}, "study.pruning.min_epochs"),
         ({"study.budget_epochs": 8}, "study.budget_epochs"),
         ({"study.pruning": {"eta": 1}}, "study.pruning.eta"),
+        (
+            {"study.pruning": {"enabled": True}, "train.warmup_epochs": 1},
+            "study.pruning.min_epochs",
+        ),
         ({"study.pruning": {"enable": True}}, "study.pruning.enable"),
     ],
 )
