@@ -12,8 +12,10 @@ journal study (`job.search.worker.Worker`, the product's loop), search only (no 
 
 For each, the hypervolume after each finished trial against the epochs trained by then
 (bench/quality.py's `hv_curve`: COMPLETE feasible trials, the product's normalisation).
-Printed per seed: each arm's final hypervolume, and the compute at which `on` first
-reaches `off`'s final hypervolume, as a fraction of `off`'s; then their medians. With
+Printed per seed: each arm's final hypervolume, the compute at which `on` first reaches
+`off`'s final hypervolume, as a fraction of `off`'s, and the learning curves of `off`'s
+trials (median validation accuracy per epoch, and Kendall's tau with the final one: how
+early a rung could rank them); then their medians. With
 `--set KEY=VALUE` the quickstart's shipped settings can be tried (e.g.
 `--set study.budget_epochs=240`): that arm is then `shipped`.
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from quality import first_reach, hv_curve, run_search  # bench/quality.py
+from quality import first_reach, hv_curve, run_search, show_learning_curves
 
 from job.config import Config, load_config
 from job.ml.data import load_data
@@ -114,6 +116,7 @@ def main() -> None:
             f"HV {final_on:.4f}; on reaches off's final HV at {reach:.2f} of its compute",
             flush=True,
         )
+        show_learning_curves(off, off_config.train.epochs, f"seed {seed}'s `off` search's")
     ratio = statistics.median(ratios)
     shown = "inf" if math.isinf(ratio) else f"{ratio:.3f}"
     print(

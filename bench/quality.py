@@ -277,16 +277,14 @@ def show_accuracies(searches: Sequence[Search]) -> None:
         )
 
 
-def show_learning_curves(searches: Sequence[Search], epochs: int) -> None:
-    """How early a network's rank shows, which is what a rung judges: over the random
-    arm's COMPLETE trials (trained to the end, never judged), the median validation
-    accuracy after each epoch, and Kendall's tau between it and the final one."""
+def show_learning_curves(trials: Sequence[FrozenTrial], epochs: int, whose: str) -> None:
+    """How early a network's rank shows, which is what a rung judges: over `trials`'
+    COMPLETE ones (trained to the end, never judged), the median validation accuracy
+    after each epoch, and Kendall's tau between it and the final one."""
     curves = np.array(
         [
             [t.intermediate_values[e] for e in range(1, epochs + 1)]
-            for s in searches
-            if s.arm == "random"
-            for t in s.trials
+            for t in trials
             if t.state == TrialState.COMPLETE and len(t.intermediate_values) >= epochs
         ]
     )  # (trials, epochs)
@@ -294,7 +292,7 @@ def show_learning_curves(searches: Sequence[Search], epochs: int) -> None:
         return
     final = curves[:, -1].tolist()
     taus = [rank_agreement(curves[:, e].tolist(), final).kendall_tau for e in range(epochs)]
-    print(f"\nlearning curves of the random arm's {len(curves)} COMPLETE trials, by epoch:")
+    print(f"\nlearning curves of {whose} {len(curves)} COMPLETE trials, by epoch:")
     print(f"{'epoch':<22}" + "".join(f"{e:>6}" for e in range(1, epochs + 1)))
     print(f"{'median val accuracy':<22}" + "".join(f"{v:>6.3f}" for v in np.median(curves, 0)))
     shown = ["  n/a" if tau is None else f"{tau:>6.2f}" for tau in taus]
@@ -507,7 +505,8 @@ def main() -> None:
     searches = run_searches(args, data)
     arms = {arm: runs for arm, runs in by_arm(searches).items() if runs}
     show_accuracies(searches)
-    show_learning_curves(searches, args.epochs)
+    unjudged = [t for s in searches if s.arm == "random" for t in s.trials]
+    show_learning_curves(unjudged, args.epochs, "the random arm's")
     show_curves(arms, args.budget_epochs)
     show_finals(arms)
     plot(arms, args.budget_epochs, args.out / "quality.png")
