@@ -12,6 +12,10 @@ journal), so two workers can never both take the last slot. A worker that finds 
 slot taken but the budget not met (trials still running elsewhere) waits: if one of
 those fails, it takes the freed slot.
 
+Pruning (`study.pruning`, job.search.prune): after each epoch the task judges the trial
+(`Task.judge`); one stopped at a rung raises `Pruned` through training, records where
+and how it ranked, and is told PRUNED (no values, no retry). Budgets: job.search.budget.
+
 A failed trial (NaN loss, out of memory, a network that cannot run, any other error
 inside the trial) is told FAIL with its reason in the user attrs; the worker goes on,
 unless its trials keep failing (`MAX_ERRORS_IN_A_ROW`, `MAX_FAILURES_IN_A_ROW`): then it
