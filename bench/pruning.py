@@ -83,6 +83,7 @@ def read_search(folder: Path) -> list[FrozenTrial]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/sms-pruning"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
@@ -90,7 +91,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     hv_off, hv_on, ratios = [], [], []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         off_config = arm_config("off", seed, 0, [])
         data = load_data(off_config.data)
         objectives = off_config.objectives

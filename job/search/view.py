@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, ConfigError
-from job.search.budget import Spent, spent
+from job.search.budget import Spent, budget_met, spent
 from job.search.record import TrialRecord, latency_key
 from job.storage import silent_trials
 
@@ -327,6 +327,7 @@ class StudySummary:
     hypervolume: float  # normalised, in [0, 1]; 0.0 without a front
     spent: Spent  # epochs trained and saved by pruning, every trial (job.search.budget)
     budget_epochs: int | None  # study.budget_epochs
+    finished: bool  # either budget met (job.search.budget.budget_met)
     # RUNNING trials silent past study.grace_period_s: number -> seconds since the last
     # heartbeat (the next claim fails and retries them); only when asked for (`status`)
     stale: Mapping[int, float] = field(default_factory=dict)
@@ -349,6 +350,7 @@ def summarise(
     complete, ranked = complete_trials(trials), ranked_trials(trials)
     front = pareto_trials(trials, objectives)
     rate = trials_per_hour(trials, budget, now)
+    finished = budget_met(trials, config)
     return StudySummary(
         objectives=objectives,
         directions=tuple(directions(objectives)),
@@ -361,10 +363,11 @@ def summarise(
         best_accuracy=best_accuracy(ranked, objectives),
         best_test_accuracy=best_accuracy(ranked, objectives, test=True),
         trials_per_hour=rate,
-        eta=eta_text(len(complete), budget, rate),
+        eta="done" if finished else eta_text(len(complete), budget, rate),
         hypervolume=front_hypervolume(front, objectives),
         spent=spent(trials, config.train.epochs),
         budget_epochs=config.study.budget_epochs,
+        finished=finished,
         stale=stale_trials(trials, silent or {}, config.study.grace_period_s),
     )
 

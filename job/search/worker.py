@@ -51,7 +51,7 @@ from job.errors import BadInput
 from job.ml.data import Dataset, load_data
 from job.ml.train import EpochRecord, Preempted, TrainError, train
 from job.search.prune import Pruned
-from job.search.record import STUDY_DATA, STUDY_PREPARATION, TrialAttrs, enqueue
+from job.search.record import STUDY_DATA, STUDY_PREPARATION, TrialAttrs, enqueue, save
 from job.search.retrain import RetrainTask
 from job.search.studies import (
     DataChanged,
@@ -72,7 +72,6 @@ from job.storage import (
     redact,
     resolve_storage,
     save_curve,
-    save_trial_attrs,
     tell_pruned,
 )
 
@@ -338,8 +337,8 @@ class Worker:
         points = {record.epoch: record.val_accuracy for record in history}
         self._persist(lambda: save_curve(trial, points), "writing the learning curve")
         # known now, not only with the result: the epoch budget counts inherited epochs once
-        resumed = TrialAttrs(resumed_epoch=len(history) + 1).to_attrs()
-        self._persist(lambda: save_trial_attrs(self.study, trial, resumed), "saving user attrs")
+        resumed = TrialAttrs(resumed_epoch=len(history) + 1)
+        self._persist(lambda: save(self.study, trial, resumed), "saving user attrs")
 
     def _fail(self, run: TrialRun, reason: str, message: str) -> None:
         """The failure's reason, written with `seconds` (and the base attrs, if unwritten)."""

@@ -86,8 +86,9 @@ def last_progress(trials: list[FrozenTrial]) -> float | None:
 
 
 def eta_seconds(summary: StudySummary) -> float:
-    """Seconds to the budget at the current rate: 0 once met, NaN while unknown."""
-    if summary.complete >= summary.budget:
+    """Seconds to the budget at the current rate: 0 once met (either budget), NaN while
+    unknown."""
+    if summary.finished:
         return 0.0
     rate = summary.trials_per_hour
     return math.nan if not rate else (summary.budget - summary.complete) / rate * 3600.0

@@ -157,6 +157,19 @@ def test_a_new_trial_is_taken_only_when_its_epochs_fit(
     assert budget.claim(trials, config) == expected
 
 
+def test_a_study_that_spent_its_epochs_is_done_everywhere_it_is_shown() -> None:
+    from job.search.view import summarise
+    from job.serve.exporter import eta_seconds
+
+    config = Config.model_validate(
+        tiny(**{"train.epochs": 4, "study.budget": 10, "study.budget_epochs": 6})
+    )
+    spent_all = [_trial(0, {1: 0.1, 2: 0.2, 3: 0.2}, 10, state=TrialState.PRUNED)]
+    summary = summarise(spent_all, config)
+    assert summary.finished and summary.eta == "done" and eta_seconds(summary) == 0.0
+    assert not summarise([], config).finished  # nothing spent yet
+
+
 def test_the_console_and_the_progress_bar_say_where_a_trial_was_pruned() -> None:
     from job.run.local import describe
     from job.search.view import progress_text, summarise
