@@ -48,6 +48,9 @@ class StudyConfig(Section):
     budget_epochs: Int | None = Field(None, ge=1)
     pruning: PruningConfig = PruningConfig()
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    # NSGA-II's generation size (Optuna's default). Its first generation is drawn at
+    # random, so a search of fewer trials than this is random search (docs/BENCHMARKS.md).
+    nsga2_population: Int = Field(50, ge=2, le=10_000)
     seed: Seed = 0  # worker i samples with seed + 1000 i (job.search.studies.make_sampler)
     # Worker metrics over HTTP; SMS_METRICS_PORT overrides ("off" disables).
     metrics_port: Int | None = Field(None, ge=0, le=65535)

@@ -45,7 +45,9 @@ def make_sampler(
     seed = derive_seed(config.study.seed, 1000 * worker_index, 1_000_003 * (version - 1))
     kind = config.study.sampler
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=config.study.nsga2_population
+        )
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":

@@ -238,6 +238,18 @@ def test_every_sampler_takes_the_largest_seed_and_worker_index(sampler: str) -> 
     assert make_sampler(config, MAX_WORKER_INDEX, version=9) is not None
 
 
+def test_nsga2_takes_its_generation_size_from_the_config() -> None:
+    """Optuna's NSGA-II draws its first generation (50 by default) at random: a smaller
+    study.nsga2_population lets a short search leave it (docs/BENCHMARKS.md)."""
+    from job.search.worker import make_sampler
+
+    config = parse_config({"study": {"sampler": "nsga2", "nsga2_population": 8}})
+    assert make_sampler(config)._population_size == 8  # type: ignore[attr-defined]
+    assert parse_config({}).study.nsga2_population == 50
+    with pytest.raises(ConfigError, match=r"study\.nsga2_population"):
+        parse_config({"study": {"nsga2_population": 1}})
+
+
 def test_trial_and_retrain_seeds_stay_in_range() -> None:
     import optuna
 
