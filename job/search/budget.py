@@ -38,11 +38,15 @@ def inherited_epochs(trial: FrozenTrial) -> int:
     return max(0, resumed - 1) if resumed else 0
 
 
+def _last_epoch(trial: FrozenTrial) -> int:
+    """The last epoch of the trial's learning curve (0: none yet)."""
+    return max(trial.intermediate_values, default=0)
+
+
 def trained_epochs(trial: FrozenTrial) -> int:
     """Epochs this trial itself trained (module doc): its curve's last epoch, less those
     it inherited."""
-    last = max(trial.intermediate_values, default=0)
-    return max(0, last - inherited_epochs(trial))
+    return max(0, _last_epoch(trial) - inherited_epochs(trial))
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def spent(trials: Sequence[FrozenTrial], epochs: int) -> Spent:
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
     running, pruned = by_state[TrialState.RUNNING], by_state[TrialState.PRUNED]
     reserved = sum(max(0, epochs - inherited_epochs(t) - trained_epochs(t)) for t in running)
-    saved = sum(max(0, epochs - t_last) for t_last in map(_last_epoch, pruned))
+    saved = sum(max(0, epochs - last) for last in map(_last_epoch, pruned))
     return Spent(
         complete=len(by_state[TrialState.COMPLETE]),
         running=len(running),
@@ -73,14 +77,14 @@ def spent(trials: Sequence[FrozenTrial], epochs: int) -> Spent:
     )
 
 
-def _last_epoch(trial: FrozenTrial) -> int:
-    return max(trial.intermediate_values, default=0)
-
-
 def claim(trials: Sequence[FrozenTrial], config: Config) -> Claim:
     """May a worker take a new trial ("take"), must it wait for running ones ("wait"),
     or is the study done ("done")? Both budgets (module doc); the caller holds the lock."""
-    used = spent(trials, config.train.epochs)
+    return verdict(spent(trials, config.train.epochs), config)
+
+
+def verdict(used: Spent, config: Config) -> Claim:
+    """`claim`'s answer from what the trials used."""
     if used.complete >= config.study.budget:
         return "done"
     if used.complete + used.running >= config.study.budget:

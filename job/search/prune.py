@@ -6,10 +6,11 @@ al. 2021) on a shared study: the decision at a rung (pure functions: `rung_epoch
 When a search trial finishes an epoch that is one of its rungs (`study.pruning`:
 `min_epochs * eta**k` below `train.epochs`), its worker judges it (`judge`):
 
-1. Under the study's budget lock (the one that serialises claims), it reads every trial
-   that has reached that epoch: RUNNING, COMPLETE or PRUNED trials with a point of their
-   learning curve there. FAILed trials are left out: a preempted or stale trial's retry
-   carries its curve on (job.storage.save_curve), and would otherwise stand twice.
+1. With its point at that epoch written (the worker writes each epoch's), it reads every
+   trial of the study that has reached that epoch: RUNNING, COMPLETE or PRUNED trials
+   with a point of their learning curve there. FAILed trials are left out: a preempted
+   or stale trial's retry carries its curve on (job.storage.save_curve), and would
+   otherwise stand twice.
 2. Each entrant's objectives at the rung: its validation accuracy after that epoch (for
    `f1` too: the curve holds accuracy), and its size objectives (`params`, `macs`),
    known before training, and `latency`, timed before training too (job.ml.latency);
@@ -20,11 +21,12 @@ When a search trial finishes an epoch that is one of its rungs (`study.pruning`:
    `Pruned` is raised from the epoch callback, through training, to the worker, which
    records where and how it ranked and tells the study PRUNED.
 
-The lock makes the decisions one sequence: two trials that reach a rung together are
-judged one after the other, the second seeing the first, so on N workers a rung's
-decisions are those of one worker judging them in that order. A trial is judged only at
-the epochs it trains (never in `on_resume`), so a resumed trial is judged at its next
-rung, never twice at one.
+Every trial writes its point before it reads the rung, so a trial judged after another
+always sees it: on N workers no decision misses an earlier one, and two trials that reach
+a rung together may each see the other, as if they had arrived at once. No lock is
+needed (a decision changes only its own trial), so judging never queues with the claims
+for the budget lock. A trial is judged only at the epochs it trains (never in
+`on_resume`), so a resumed trial is judged at its next rung, never twice at one.
 
 The decision itself (the pure half, below: no Optuna, no torch; as in ASHA, a trial never
 waits for its rung to fill).
@@ -54,7 +56,7 @@ from optuna.trial import FrozenTrial, TrialState
 from job.config import Config
 from job.search.record import TrialAttrs
 from job.search.view import OBJECTIVES, search_latency_key
-from job.storage import Store, budget_lock, frozen_trial, save_curve
+from job.storage import frozen_trial
 
 # --- the rung decision (pure) -------------------------------------------------------------
 
@@ -238,16 +240,10 @@ def decide(number: int, trials: Sequence[FrozenTrial], epoch: int, config: Confi
     raise Pruned(epoch, rank, len(at_rung), len(at_rung) // eta)
 
 
-def judge(
-    study: optuna.Study, store: Store, trial: optuna.Trial, epoch: int, value: float,
-    config: Config,
-) -> None:  # fmt: skip
-    """Judge `trial` at `epoch`, where its validation accuracy is `value` (module doc);
-    raises `Pruned`. Its point is written (again: the worker wrote its curve) and the
-    rung read under the study's budget lock, so that rung decisions form one sequence."""
-    with budget_lock(store, study.study_name):
-        save_curve(trial, {epoch: value})
-        trials = study.get_trials(deepcopy=False, states=ENTRANT_STATES)
+def judge(study: optuna.Study, trial: optuna.Trial, epoch: int, config: Config) -> None:
+    """Judge `trial` at `epoch`, its point there already written by its worker (module
+    doc); raises `Pruned`."""
+    trials = study.get_trials(deepcopy=False, states=ENTRANT_STATES)
     others = [t for t in trials if t.number != trial.number]
     own = frozen_trial(trial)  # its attrs and curve as this worker wrote them
     decide(trial.number, [*others, own], epoch, config)

@@ -166,8 +166,8 @@ class RetrainTask:
         # timed as the search times (the study's `train.latency`): picks and baselines alike
         timed = self.config.train.model_copy(update={"seed": recipe.seed, "device": recipe.device})
         latency = measure(model, data, timed) if timed.measure_latency else None
-        sizes = TrialAttrs(params=measured.params, macs=measured.macs).to_attrs()
-        run.record(TrialAttrs.of(sizes | TrialAttrs.from_latency(latency).to_attrs()))
+        run.record(TrialAttrs(params=measured.params, macs=measured.macs), write=False)
+        run.record(TrialAttrs.from_latency(latency))  # with the sizes: one write
         weights = (self.weights_dir / f"{self.study.study_name}-{spec.key}.pt").resolve()
         result = run.train(
             model,

@@ -241,9 +241,7 @@ class SearchTask:
 
     def judge(self, trial: optuna.Trial, record: EpochRecord) -> None:
         if record.epoch in self.rungs:
-            prune.judge(
-                self.study, self.store, trial, record.epoch, record.val_accuracy, self.config
-            )
+            prune.judge(self.study, trial, record.epoch, self.config)
 
     def run(self, run: TrialRun, data: Dataset) -> tuple[list[float], str]:
         trial = run.trial

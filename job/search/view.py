@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from job.config import Config, ConfigError
-from job.search.budget import Spent, budget_met, spent
+from job.search.budget import Spent, spent, verdict
 from job.search.record import TrialRecord, latency_key
 from job.storage import silent_trials
 
@@ -350,7 +350,8 @@ def summarise(
     complete, ranked = complete_trials(trials), ranked_trials(trials)
     front = pareto_trials(trials, objectives)
     rate = trials_per_hour(trials, budget, now)
-    finished = budget_met(trials, config)
+    used = spent(trials, config.train.epochs)
+    finished = verdict(used, config) == "done"  # either budget met (job.search.budget)
     return StudySummary(
         objectives=objectives,
         directions=tuple(directions(objectives)),
@@ -365,7 +366,7 @@ def summarise(
         trials_per_hour=rate,
         eta="done" if finished else eta_text(len(complete), budget, rate),
         hypervolume=front_hypervolume(front, objectives),
-        spent=spent(trials, config.train.epochs),
+        spent=used,
         budget_epochs=config.study.budget_epochs,
         finished=finished,
         stale=stale_trials(trials, silent or {}, config.study.grace_period_s),
