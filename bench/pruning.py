@@ -1,28 +1,29 @@
-"""Bench: does pruning pay on the quickstart? `make run`'s search with `study.pruning` off
-(as shipped before: 40 COMPLETE trials of 10 epochs, 400 epochs) and on, at equal compute.
+"""Bench: does pruning pay on the quickstart? `make run`'s search as shipped (`on`:
+`study.pruning` on, 400 epochs) against the same search with pruning off (`off`: 40
+COMPLETE trials of 10 epochs, 400 epochs, as shipped before), at equal compute.
 
 Each seed runs two searches of `configs/quickstart.yaml`, one worker each on its own
 journal study (`job.search.worker.Worker`, the product's loop), search only (no collect):
 
-* `off`: the quickstart as it was, `study.pruning` off, `study.budget: 40`;
-* `on`: `study.pruning: {enabled: true, min_epochs: 2, eta: 3}` (rungs after epochs 2
-  and 6 of 10: the quickstart warms up for 1, and a rung must come after the warm-up),
-  `study.budget` out of reach and `study.budget_epochs` the epochs `off`
-  trained (400), so both spend the same compute.
+* `off`: `study.pruning` off, `study.budget: 40`, no `study.budget_epochs`;
+* `on`: the quickstart as shipped, `study.pruning: {enabled: true, min_epochs: 2, eta: 3}`
+  (rungs after epochs 2 and 6 of 10: the quickstart warms up for 1, and a rung must come
+  after the warm-up), `study.budget: 40` and `study.budget_epochs` the epochs `off`
+  trained (400), so both spend the same compute (the 40 COMPLETE trials are out of reach
+  with pruning: about 24 complete).
 
 For each, the hypervolume after each finished trial against the epochs trained by then
 (bench/quality.py's `hv_curve`: COMPLETE feasible trials, the product's normalisation).
 Printed per seed: each arm's final hypervolume, the compute at which `on` first reaches
 `off`'s final hypervolume, as a fraction of `off`'s, and the learning curves of `off`'s
 trials (median validation accuracy per epoch, and Kendall's tau with the final one: how
-early a rung could rank them); then their medians. With
-`--set KEY=VALUE` the quickstart's shipped settings can be tried (e.g.
-`--set study.budget_epochs=240`): that arm is then `shipped`.
+early a rung could rank them); then their medians. With `--set KEY=VALUE` other settings
+of the `on` arm can be tried (e.g. `--set study.pruning.eta=2`).
 
-    .venv/bin/python bench/pruning.py [--seeds 2] [--out /tmp/sms-pruning]
+    .venv/bin/python bench/pruning.py [--seeds 5] [--out /tmp/sms-pruning]
 
-About 10 minutes per seed on the 2-core dev machine (two searches of 400 epochs). Ends
-with `RESULT quickstart_hv_off=<median> quickstart_hv_on=<median>
+About 2 + 3 minutes per seed on an idle 2-core dev machine (two searches of 400 epochs).
+Ends with `RESULT quickstart_hv_off=<median> quickstart_hv_on=<median>
 quickstart_compute_ratio=<median fraction of off's compute at which on reaches off's
 final HV; inf: never> seeds=<n>`.
 """
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from quality import first_reach, hv_curve, run_search, show_learning_curves
+from quality import first_reach, hv_curve, replay, run_search, show_learning_curves
 
 from job.config import Config, load_config
 from job.ml.data import load_data
@@ -63,14 +64,11 @@ def arm_config(arm: str, seed: int, epochs_off: int, extra: list[str]) -> Config
     if arm == "off":
         overrides += ["study.pruning.enabled=false", "study.budget_epochs=null"]
     else:
-        overrides += [
-            "study.pruning.enabled=true",
-            "study.pruning.min_epochs=2",
-            "study.pruning.eta=3",
-            "study.budget=100000",
-            f"study.budget_epochs={epochs_off}",
-        ]
-    return load_config(QUICKSTART, overrides + (extra if arm == "on" else []))
+        overrides += [f"study.budget_epochs={epochs_off}"]
+    config = load_config(QUICKSTART, overrides + (extra if arm == "on" else []))
+    if arm == "on" and not config.study.pruning.enabled:
+        raise SystemExit("bench/pruning.py: the `on` arm needs study.pruning.enabled")
+    return config
 
 
 def read_search(folder: Path) -> list[FrozenTrial]:
@@ -82,7 +80,7 @@ def read_search(folder: Path) -> list[FrozenTrial]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/sms-pruning"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -115,6 +113,12 @@ def main() -> None:
             f"seed {seed}: off {len(off)} trials, {epochs_off} epochs, HV {final_off:.4f}; "
             f"on {complete} COMPLETE + {pruned} PRUNED, {epochs_on} epochs, "
             f"HV {final_on:.4f}; on reaches off's final HV at {reach:.2f} of its compute",
+            flush=True,
+        )
+        kept_epochs, kept_hv = replay(off, on_config)[-1]
+        print(
+            f"seed {seed}: `off`'s trials replayed through `on`'s rungs: HV {kept_hv:.4f} of "
+            f"{final_off:.4f} kept, in {kept_epochs / epochs_off:.2f} of its compute",
             flush=True,
         )
         show_learning_curves(off, off_config.train.epochs, f"seed {seed}'s `off` search's")

@@ -39,6 +39,11 @@ from the WHOLE remaining pool by the product's loader (``data.subset`` unset), t
 training subset drawn (stratified, seeded) from what is left. (``data.subset`` would
 draw the subset first and cut validation out of it: a few dozen validation images.)
 
+What the rungs alone save (``replay``): the random arm's own trials judged at the pruning
+arm's rungs in trial order, with no new trial drawn (random search, seeded, draws the
+same trials whether or not some are pruned): the share of its final hypervolume kept,
+and the share of its compute spent.
+
 Proxy fidelity: ``--retrain`` distinct COMPLETE trials, drawn at random (seeded) from
 all the searches, are trained again from scratch at their full recipe with another seed
 and scored on the test split, twice: "again", on the search's training subset; and
@@ -99,6 +104,7 @@ from job.config import Config, TrainConfig, derive_seed, load_config
 from job.ml.data import Dataset, Split, load_data
 from job.ml.model import spec_from_yaml
 from job.ml.train import train
+from job.search import prune
 from job.search.budget import trained_epochs
 from job.search.record import TrialRecord
 from job.search.retrain import policy_of, retrain_data
@@ -216,6 +222,28 @@ def hv_curve(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> Curve:
         if trial.state == TrialState.COMPLETE:
             done.append(trial)
         curve.append((epochs, front_hypervolume(pareto_trials(done, objectives), objectives)))
+    return curve
+
+
+def replay(trials: Sequence[FrozenTrial], config: Config) -> Curve:
+    """A search's COMPLETE trials judged at `config`'s rungs in trial order, as one worker
+    would have judged them, with no new trials drawn in the epochs saved: `hv_curve` of
+    what that pruning would have spent and kept. It parts the rung rule from the sampler
+    (a pruned search draws other trials after its first pruning; random search, seeded,
+    draws the same ones)."""
+    objectives, rungs, eta = config.objectives, prune.rungs(config), config.study.pruning.eta
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    stopped: dict[int, int] = {}  # trial number -> the rung it stopped at
+    curve: Curve = []
+    for i, trial in enumerate(done):
+        for epoch in rungs:
+            reached = [t for t in done[: i + 1] if stopped.get(t.number, epoch) >= epoch]
+            if not prune.goes_on(trial.number, prune.entrants(reached, epoch, config), eta):
+                stopped[trial.number] = epoch
+                break
+        kept = [t for t in done[: i + 1] if t.number not in stopped]
+        spent = sum(stopped.get(t.number, config.train.epochs) for t in done[: i + 1])
+        curve.append((spent, front_hypervolume(pareto_trials(kept, objectives), objectives)))
     return curve
 
 
@@ -523,6 +551,12 @@ def main() -> None:
     shown = " ".join(f"{r:.3f}" for r in ratios)
     print("TPE + pruning's compute to random's final HV, per seed:", shown)
     verdicts(arms, compute_ratio)
+    for s in arms["random"]:  # what the rungs alone save: module doc of `replay`
+        spent, kept = replay(s.trials, arm_config(args, "tpe+prune", s.seed))[-1]
+        print(
+            f"random seed {s.seed} replayed through the rungs: {kept / s.final_hv:.3f} of its "
+            f"final HV kept in {spent / s.epochs:.2f} of its compute"
+        )
     record = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "curves": {f"{s.arm}/s{s.seed}": s.curve for s in searches},

@@ -31,11 +31,12 @@ from job.ml.vocab import DEFAULT_OPS, GREY, OPS
 class PruningConfig(Section):
     """Multi-objective asynchronous successive halving (job.search.prune):
     a trial is judged at epochs `min_epochs * eta**k` below `train.epochs` and goes on only
-    while it ranks in the first 1/eta of every trial judged at that epoch so far."""
+    while no trial judged at that epoch so far dominates it, or it ranks in their first
+    1/eta."""
 
     enabled: Bool = False
     min_epochs: Int = Field(1, ge=1)  # the first rung
-    eta: Int = Field(3, ge=2, le=16)  # 1/eta of a rung's trials go on; rungs eta times apart
+    eta: Int = Field(3, ge=2, le=16)  # a rung's first 1/eta (and first front) go on
 
 
 class StudyConfig(Section):

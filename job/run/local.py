@@ -35,6 +35,7 @@ from tqdm import tqdm
 from job import settings
 from job.config import Config
 from job.errors import EXIT_STOPPED
+from job.search.budget import budget_text, progress, spent
 from job.search.record import SEARCH_TEST_LABEL, TrialRecord
 from job.search.retrain import Retrain, verify_study_name
 from job.search.studies import open_study
@@ -323,7 +324,8 @@ def watch(
     logs: Sequence[Path] = (),
     verify: optuna.Study | None = None,
 ) -> list[int]:
-    """Progress bar over COMPLETE trials and a line per finished trial, until workers exit;
+    """Progress bar (over COMPLETE trials, or epochs trained where `study.budget_epochs` is
+    set: `job.search.budget.progress`) and a line per finished trial, until workers exit;
     returns the indexes of the workers that ended badly (killed, or a non-zero exit).
 
     A worker that ends badly is reported at once (`lost_worker`, with the end of its log
@@ -339,7 +341,8 @@ def watch(
     lost: list[int] = []
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     outage = Outage(store)
-    with tqdm(total=config.study.budget, unit="trial", dynamic_ncols=True) as bar:
+    _, total, unit = progress(spent([], config.train.epochs), config)  # nothing yet
+    with tqdm(total=total, unit=unit, dynamic_ncols=True) as bar:
         while True:
             codes = [proc.poll() for proc in procs]  # every one: any() would stop early
             running = None in codes
@@ -370,7 +373,7 @@ def watch(
                     bar.write(describe_retrain(trial))
             summary = summarise(trials, config)
             bar.set_postfix_str(progress_text(summary), refresh=False)
-            bar.update(min(summary.complete, config.study.budget) - bar.n)
+            bar.update(progress(summary.spent, config)[0] - bar.n)
             bar.refresh()
             if not running:
                 return lost
@@ -417,7 +420,7 @@ def _run(config: Config, options: RunOptions, procs: list[subprocess.Popen[bytes
     options.out_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"study {study.study_name} on {store.shown}: budget "
-        f"{config.study.budget}, {options.workers} workers, "
+        f"{budget_text(config)}, {options.workers} workers, "
         f"{threads_per_worker(options.workers)} thread(s) each; logs in {options.out_dir}"
     )
     print(dashboard_hint(options))

@@ -102,6 +102,24 @@ def _epochs_fit(used: Spent, config: Config) -> bool:
     return used.epochs_trained + used.epochs_reserved + config.train.epochs <= limit
 
 
+def budget_text(config: Config) -> str:
+    """The budgets in words: `40 trials`, or `40 trials or 400 epochs` (whichever is met
+    first ends the search)."""
+    trials = f"{config.study.budget} trials"
+    limit = config.study.budget_epochs
+    return trials if limit is None else f"{trials} or {limit} epochs"
+
+
+def progress(used: Spent, config: Config) -> tuple[int, int, str]:
+    """The `run` bar's count, total and unit: epochs trained of `study.budget_epochs`
+    where one is set (pruned trials spend it too, and it usually ends the search first),
+    else COMPLETE trials of `study.budget`."""
+    if config.study.budget_epochs is not None:
+        limit = config.study.budget_epochs
+        return min(used.epochs_trained, limit), limit, "epoch"
+    return min(used.complete, config.study.budget), config.study.budget, "trial"
+
+
 def budget_met(trials: Sequence[FrozenTrial], config: Config) -> bool:
     """The search is over: `study.budget` trials COMPLETE, or no new trial fits in
     `study.budget_epochs` and none is running."""

@@ -392,8 +392,11 @@ def study_summary(
 
 
 def progress_text(summary: StudySummary) -> str:
-    """The short line of the `run` progress bar: best accuracy, front size, hypervolume."""
+    """The short line of the `run` progress bar: best accuracy, front size, hypervolume
+    (and COMPLETE trials where the bar counts epochs)."""
     acc = "—" if summary.best_accuracy is None else f"{summary.best_accuracy:.4f}"
     hv = f"{summary.hypervolume:.4f}" if summary.front else "—"
     pruned = f", pruned {summary.spent.pruned}" if summary.spent.pruned else ""
-    return f"best acc {acc}, front {len(summary.front)}, HV {hv}{pruned}"
+    # a bar over epochs (job.search.budget.progress) leaves the trials to say here
+    done = f"{summary.complete} COMPLETE, " if summary.budget_epochs is not None else ""
+    return f"{done}best acc {acc}, front {len(summary.front)}, HV {hv}{pruned}"

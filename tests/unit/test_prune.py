@@ -170,6 +170,26 @@ def test_a_study_that_spent_its_epochs_is_done_everywhere_it_is_shown() -> None:
     assert not summarise([], config).finished  # nothing spent yet
 
 
+def test_the_run_bar_counts_epochs_where_an_epoch_budget_ends_the_search() -> None:
+    from job.search.view import progress_text, summarise
+
+    config = Config.model_validate(
+        tiny(**{"train.epochs": 4, "study.budget": 10, "study.budget_epochs": 6})
+    )
+    trials = [
+        _trial(0, {1: 0.1, 2: 0.2}, 10, state=TrialState.PRUNED),
+        _trial(1, {1: 0.3, 2: 0.5, 3: 0.6, 4: 0.7}, 20, state=TrialState.COMPLETE),
+    ]
+    summary = summarise(trials, config)
+    assert budget.progress(summary.spent, config) == (6, 6, "epoch")
+    assert budget.budget_text(config) == "10 trials or 6 epochs"
+    assert progress_text(summary).startswith("1 COMPLETE, best acc 0.7000")
+    by_trials = Config.model_validate(tiny(**{"train.epochs": 4, "study.budget": 3}))
+    assert budget.progress(summarise(trials, by_trials).spent, by_trials) == (1, 3, "trial")
+    assert budget.budget_text(by_trials) == "3 trials"
+    assert progress_text(summarise(trials, by_trials)).startswith("best acc")
+
+
 def test_the_console_and_the_progress_bar_say_where_a_trial_was_pruned() -> None:
     from job.run.local import describe
     from job.search.view import progress_text, summarise
@@ -259,11 +279,32 @@ def test_the_top_one_over_eta_go_on() -> None:
     assert _going_on(entrants, 2) == {0, 1, 2, 3}  # four: the next front's most crowded-out
 
 
-def test_a_front_larger_than_the_quota_keeps_its_extremes_first() -> None:
-    # six non-dominated entrants, eta 3: two go on, the front's two extremes
+def test_the_whole_first_front_goes_on_past_the_quota() -> None:
+    # six non-dominated entrants, eta 3: the quota is two, yet none is dominated
     entrants = _table(*[(-0.5 - 0.05 * i, 10.0 + 10 * i) for i in range(6)])
     assert set(fronts([e.point for e in entrants])) == {0}
-    assert _going_on(entrants, 3) == {0, 5}
+    assert _going_on(entrants, 3) == set(range(6))
+
+
+def test_a_newcomer_on_the_first_front_goes_on_though_older_trials_hold_the_quota() -> None:
+    # four entrants, eta 3: one place, and the ranking gives it to trial 0 (an extreme of
+    # the front, as the newcomer 3 is, and earlier); 3 is the smallest, so it goes on too
+    entrants = _table((-0.9, 100.0), (-0.8, 50.0), (-0.6, 200.0), (-0.3, 10.0))
+    assert [e.number for e in ranked(entrants)][:1] == [0]
+    assert _going_on(entrants, 3) == {0, 1, 3}  # 2 is dominated by 0 and 1
+
+
+def test_the_quota_is_filled_from_the_next_fronts_in_rank_order() -> None:
+    # front 0 = {0}; front 1 = {1, 2, 3}, each best at one objective there (all extremes,
+    # so the trial number decides); 4 and 5 behind. Six entrants, eta 3: two go on.
+    entrants = _table(
+        (-0.9, 100.0, 1.0),
+        (-0.8, 200.0, 2.0), (-0.7, 150.0, 2.5), (-0.6, 250.0, 1.5),
+        (-0.5, 300.0, 3.0), (-0.5, 310.0, 3.5),
+    )  # fmt: skip
+    assert fronts([e.point for e in entrants]) == [0, 1, 1, 1, 2, 3]
+    assert _going_on(entrants, 3) == {0, 1}
+    assert _going_on(entrants, 2) == {0, 1, 2}
 
 
 def test_one_entrant_goes_on() -> None:
@@ -278,17 +319,14 @@ def test_fewer_than_eta_entrants_keep_the_first_front() -> None:
 
 
 def test_three_objectives_at_a_rung() -> None:
+    # each of the first three is best at one objective: the first front, all go on past
+    # a quota of two; the dominated three stop
     entrants = _table(
         (-0.9, 300.0, 3.0), (-0.8, 100.0, 2.0), (-0.7, 200.0, 1.0),
         (-0.7, 300.0, 3.0), (-0.6, 310.0, 3.5), (-0.5, 320.0, 4.0),
     )  # fmt: skip
-    assert _going_on(entrants, 3) == {0, 1, 2} - {_third(entrants)}
-    assert len(_going_on(entrants, 3)) == 2
-
-
-def _third(entrants: list[Entrant]) -> int:
-    """Of a front of three, the one ranked last (the two others go on)."""
-    return [e.number for e in ranked(entrants)][2]
+    assert _going_on(entrants, 3) == {0, 1, 2}
+    assert _going_on(entrants, 2) == {0, 1, 2}  # quota three: the first front fills it
 
 
 def test_every_worker_decides_alike_whatever_order_it_read_the_rung_in() -> None:
