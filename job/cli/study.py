@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from job import logs, settings
-from job.cli.common import arg_study_name, check_folder, home_of, storage_url_of, study_of
+from job.cli.common import (
+    arg_study_name,
+    check_folder,
+    home_of,
+    out_dir_of,
+    storage_url_of,
+    study_of,
+)
 from job.config import Config, config_fingerprint, load_config
 from job.errors import EXIT_ERROR, EXIT_OK, UsageError
 from job.storage import ARTIFACTS, JOURNAL, redact
@@ -213,11 +220,17 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def _artifact_dir(args: argparse.Namespace) -> Path | None:
-    """The artifact store the dashboard serves: --artifacts, else `<out>/artifacts` when
-    `collect` has written one there. A given folder that is not there yet (a pod starting
-    before the collector) is fine; a file is not."""
+    """The artifact store the dashboard serves: --artifacts, else `artifacts/` in the
+    folder `collect` writes to when it has written one there: the study's own output
+    folder with --config (`runs/<study>` by default, as `run` and `collect` use it: `make
+    dashboard`), else --out. A given folder that is not there yet (a pod starting before
+    the collector) is fine; a file is not."""
     if args.artifacts is None:
-        found = Path(args.out) / ARTIFACTS if args.out else None
+        if args.config:
+            folder: Path | None = out_dir_of(args, load_config(args.config, args.set))
+        else:
+            folder = Path(args.out) if args.out else None
+        found = folder / ARTIFACTS if folder is not None else None
         return found if found is not None and found.is_dir() else None
     path = Path(args.artifacts)
     if path.exists() and not path.is_dir():

@@ -152,7 +152,10 @@ VERBS: dict[str, tuple[str, str, list[Arg]]] = {
             (("--host",), {"default": "127.0.0.1", "help": "address (container: 0.0.0.0)"}),
             (
                 ("--artifacts",),
-                {"help": "the collector's artifact store (default: <out>/artifacts if there)"},
+                {
+                    "help": "the collector's artifact store (default: artifacts/ in the "
+                    "study's output folder, runs/<study> or --out, if there)"
+                },
             ),
             (
                 ("--port",),

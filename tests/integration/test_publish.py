@@ -4,7 +4,9 @@ verification that makes `collect` exit 1. One real local run, real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,18 +67,14 @@ def _get(url: str) -> bytes:
         return body
 
 
-@pytest.fixture(scope="module")
-def dashboard(
-    run_out: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """`python -m job dashboard --out <run>` as a user starts it: the artifact store
-    beside the results is found on its own."""
-    _, out = run_out
-    tmp_path = tmp_path_factory.mktemp("dashboard")
+@contextlib.contextmanager
+def _serving(args: list[str], cwd: Path, logs: Path) -> Iterator[str]:
+    """`python -m job dashboard ARGS` started in `cwd` until it answers; its base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "job", "dashboard", "--out", str(out), "--port", str(port)]
-    log = (tmp_path / "dashboard.log").open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "job", "dashboard", *args, "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `python -m job` from any folder
+    log = (logs / "dashboard.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -86,13 +84,25 @@ def dashboard(
                 break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "dashboard.log"
+                    logs / "dashboard.log"
                 ).read_text()
                 time.sleep(0.3)
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    run_out: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`python -m job dashboard --out <run>` as a user starts it: the artifact store
+    beside the results is found on its own."""
+    _, out = run_out
+    logs = tmp_path_factory.mktemp("dashboard")
+    with _serving(["--out", str(out)], ROOT, logs) as base:
+        yield base
 
 
 def _trial_artifacts(base: str, study: str) -> dict[int, Any]:
@@ -115,6 +125,30 @@ def test_the_dashboard_lists_and_serves_each_picks_files(
     onnx = next(a for a in trial["artifacts"] if a["filename"] == f"trial-{best}-model.onnx")
     url = f"{dashboard}/artifacts/{study_id}/{trial['trial_id']}/{onnx['artifact_id']}"
     assert _get(url) == (out / "selected" / "best" / "model.onnx").read_bytes()
+
+
+def _served_onnx(base: str, out: Path) -> bytes:
+    """The best pick's model.onnx as the dashboard at `base` serves it from its trial."""
+    trials = _trial_artifacts(base, "tiny")
+    best = json.loads((out / "selection.json").read_text())["best"]["trial"]
+    study_id, trial = trials[best]
+    onnx = next(a for a in trial["artifacts"] if a["filename"] == f"trial-{best}-model.onnx")
+    return _get(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{onnx['artifact_id']}")
+
+
+@pytest.mark.parametrize("with_out", [False, True], ids=["make-dashboard", "run-banner"])
+def test_the_dashboard_started_as_documented_serves_the_picks_files(
+    run_out: tuple[Path, Path], tmp_path: Path, with_out: bool
+) -> None:
+    """`make dashboard` is `python -m job dashboard --config F` with no --out: the run's
+    output folder is runs/<study> under the working folder, and its artifact store is
+    found there as `run` and `collect` use it. `run`'s banner adds `--out <folder>`."""
+    config, out = run_out
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").symlink_to(out)  # where `make run` would have written it
+    args = ["--config", str(config), *(["--out", "runs/tiny"] if with_out else [])]
+    with _serving(args, tmp_path, tmp_path) as base:
+        assert _served_onnx(base, out) == (out / "selected" / "best" / "model.onnx").read_bytes()
 
 
 def test_the_dashboard_draws_each_trials_learning_curve(
