@@ -61,6 +61,9 @@ class StudyConfig(Section):
     # No trial completed for this long while budget remains: the SmsStudyStalled alert
     # (the exporter serves it as sms_study_stall_after_seconds; monitoring/rules.yml).
     stall_after_s: Int = Field(3600, ge=60, le=30 * 86400)
+    # No trial started this long after the exporter first saw the study: SmsStudyNotStarted
+    # (pods Pending, a quota, a queue). Raise it where Kueue may hold the Job longer.
+    start_within_s: Int = Field(1800, ge=60, le=30 * 86400)
     # PostgreSQL only: a worker that stops beating this long (killed, node lost) has its
     # trial failed and retried by a live worker, at most `max_retry` times.
     heartbeat_interval_s: Int = Field(10, ge=1, le=3600)

@@ -9,23 +9,31 @@ At each scrape `StudyCollector` reads the study once, through `job.search.view`'
 (the figures equal summary.json's and `status`'s), at most every `min_interval_s` (a
 second Prometheus replica costs no second read). Every series carries `study`, the
 latest version of the configured study (`<name>`, `<name>-v2`, ...; job.collect.research) unless
-one is named. Series (all gauges):
+one is named. Series (gauges unless said):
 
 - `sms_storage_up{study}`: 1 when this scrape's read of the storage succeeded, 0 when the
   database was unreachable (then no `sms_study_*` series: unknown is not zero).
 - `sms_study_trials{study,state}`: trials by state; every Optuna state, 0 when none.
-- `sms_study_budget{study}`; `sms_study_best{study,objective}`: best value of each
-  objective over feasible COMPLETE trials; `sms_study_best_accuracy{study}` (NaN until
-  known); `sms_study_pareto_front_size{study}`; `sms_study_hypervolume{study}`: the
-  front's normalised hypervolume in [0, 1] (job.search.view), NaN without a front.
+- `sms_study_budget{study}`; `sms_study_finished{study}`: 1 once either budget is met.
+- The best value of each objective over feasible COMPLETE trials, a family per unit
+  (`BEST_FAMILIES`): `sms_study_best_accuracy_ratio`, `sms_study_best_params`, ...,
+  `sms_study_best_latency_seconds` (NaN until known). Deprecated for one release:
+  `sms_study_best{study,objective}` (three units in one family) and
+  `sms_study_best_accuracy` (a duplicate). `sms_study_pareto_front_size{study}`;
+  `sms_study_hypervolume{study}`: the front's normalised hypervolume in [0, 1]
+  (job.search.view), NaN without a front.
 - `sms_study_trials_per_hour{study}`, `sms_study_eta_seconds{study}` (0 once the budget
-  is met; NaN while unknown).
+  is met; NaN while unknown; no sample while no worker beats: `workers_beat`).
 - `sms_study_last_progress_timestamp_seconds{study}`: when the latest trial completed,
   or the first trial started while none has (no series without trials).
 - `sms_study_stall_after_seconds{study}`: `study.stall_after_s`, the SmsStudyStalled
   threshold: in the series, so one rules file serves studies of any pace.
 - `sms_study_stale_trials{study}`: RUNNING trials silent past `study.grace_period_s`.
-- `sms_study_retried_trials{study}`: trials that retry a stale one (only grows).
+- `sms_study_retried_trials_total{study}` (a counter): trials that retry a stale one;
+  deprecated for one release: the gauge `sms_study_retried_trials`.
+- While the study has no trial (or does not exist yet):
+  `sms_study_waiting_since_timestamp_seconds{study}`, `sms_study_start_within_seconds{study}`
+  (`study.start_within_s`) and `sms_study_budget{study}`: the SmsStudyNotStarted alert.
 - `sms_study_epochs_trained_total{study}`: epochs trained by every trial, any state;
   `sms_study_epochs_saved_total{study}`: epochs pruned trials did not train (counters,
   job.search.budget); `sms_study_budget_epochs{study}`: `study.budget_epochs` (NaN: none).
@@ -94,8 +102,30 @@ def eta_seconds(summary: StudySummary) -> float:
     return math.nan if not rate else (summary.budget - summary.complete) / rate * 3600.0
 
 
+def workers_beat(trials: list[FrozenTrial], summary: StudySummary, grace_s: float) -> bool:
+    """Whether a worker is alive on the study: a RUNNING trial whose heartbeat is not
+    silent past the grace period, or a trial finished within it (a worker between two
+    trials). Without one an ETA would be a guess about workers that are gone."""
+    if summary.counts.get(TrialState.RUNNING.name, 0) > len(summary.stale):
+        return True
+    ends = [e for t in trials if (e := _timestamp(t.datetime_complete)) is not None]
+    return bool(ends) and time.time() - max(ends) <= grace_s
+
+
 def _retried(trials: list[FrozenTrial]) -> int:
     return sum(RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None for t in trials)
+
+
+# Each objective's best value in a family of its own unit (Prometheus' base units: a
+# ratio, a count, seconds), instead of the deprecated sms_study_best{objective}.
+BEST_FAMILIES: dict[str, tuple[str, str, float]] = {
+    "accuracy": ("sms_study_best_accuracy_ratio", "validation accuracy, 0-1", 1.0),
+    "f1": ("sms_study_best_f1_ratio", "validation macro F1, 0-1", 1.0),
+    "params": ("sms_study_best_params", "parameters, fewest", 1.0),
+    "macs": ("sms_study_best_macs", "multiply-accumulates per image, fewest", 1.0),
+    "latency": ("sms_study_best_latency_seconds", "latency per image, batch 1", 1e-3),
+}
+DEPRECATED = "DEPRECATED, removed in the next release: use "
 
 
 def study_families(
@@ -122,19 +152,33 @@ def study_families(
         states.add_metric([name, state], summary.counts.get(state, 0))
     best = GaugeMetricFamily(
         "sms_study_best",
-        "Best value of each objective over the feasible COMPLETE trials.",
+        DEPRECATED + "sms_study_best_<objective>_<unit>. Best value of each objective.",
         labels=["study", "objective"],
     )
     for objective, value in summary.best.items():
         best.add_metric([name, objective], value)
+    bests = []
+    for objective in config.objectives:
+        metric, what, scale = BEST_FAMILIES[objective]
+        known = summary.best.get(objective)
+        doc = f"Best {what}, over the feasible COMPLETE trials (NaN until known)."
+        bests.append(gauge(metric, doc, math.nan if known is None else known * scale))
     accuracy, rate = summary.best_accuracy, summary.trials_per_hour
+    live = workers_beat(trials, summary, config.study.grace_period_s)
     return [
         states,
         gauge("sms_study_budget", "The study's trial budget.", summary.budget),
+        gauge(
+            "sms_study_finished",
+            "1 once the study met its budget (study.budget COMPLETE trials, or "
+            "study.budget_epochs spent), else 0.",
+            float(summary.finished),
+        ),
+        *bests,
         best,
         gauge(
             "sms_study_best_accuracy",
-            "Best validation accuracy of any feasible COMPLETE trial (NaN until known).",
+            DEPRECATED + "sms_study_best_accuracy_ratio. Best validation accuracy.",
             math.nan if accuracy is None else accuracy,
         ),
         gauge("sms_study_pareto_front_size", "Trials on the Pareto front.", len(summary.front)),
@@ -151,8 +195,9 @@ def study_families(
         ),
         gauge(
             "sms_study_eta_seconds",
-            "Seconds until the budget is met at the current rate (0 when met, NaN unknown).",
-            eta_seconds(summary),
+            "Seconds until the budget is met at the current rate (0 when met, NaN unknown; "
+            "no sample while no worker beats).",
+            eta_seconds(summary) if live or summary.finished else None,
         ),
         gauge(
             "sms_study_last_progress_timestamp_seconds",
@@ -169,9 +214,14 @@ def study_families(
             "RUNNING trials whose heartbeat is silent past the grace period.",
             len(summary.stale),
         ),
-        gauge(
+        counter(
             "sms_study_retried_trials",
             "Trials that retry a trial whose worker stopped beating.",
+            _retried(trials),
+        ),
+        gauge(
+            "sms_study_retried_trials",
+            DEPRECATED + "sms_study_retried_trials_total (a counter).",
             _retried(trials),
         ),
         counter(
@@ -210,6 +260,7 @@ class StudyCollector(Collector):
         self._lock = threading.Lock()  # one read at a time; scrapes may overlap
         self._cached: tuple[float, list[Metric]] | None = None
         self._said: str | None = None  # the last warning, said once until it changes
+        self._waiting: dict[str, float] = {}  # study -> when first seen with no trial
 
     def describe(self) -> list[Metric]:
         return []  # read nothing when registered: the database may not be up yet
@@ -255,10 +306,39 @@ class StudyCollector(Collector):
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:  # not created yet: the workers have not started
-            return []
+            budget = GaugeMetricFamily(
+                "sms_study_budget", "The study's trial budget.", labels=["study"]
+            )
+            budget.add_metric([name], self.config.study.budget)
+            return [budget, *self._still_waiting(name)]
         trials = snapshot(study, self.config)
         summary = summarise(trials, self.config, silent=silent_trials(study))
-        return study_families(name, self.config, trials, summary)
+        families = study_families(name, self.config, trials, summary)
+        if trials:
+            self._waiting.pop(name, None)
+            return families
+        return [*families, *self._still_waiting(name)]
+
+    def _still_waiting(self, name: str) -> list[Metric]:
+        """While the study has no trial (or does not exist yet): since when this exporter
+        has seen it so, and how long that may last (`study.start_within_s`), for the
+        SmsStudyNotStarted alert: a study whose Job never starts (Pending pods, quota)
+        would otherwise have no series to alert on."""
+        since = self._waiting.setdefault(name, time.time())
+        waiting = GaugeMetricFamily(
+            "sms_study_waiting_since_timestamp_seconds",
+            "Unix time this exporter first saw the study with no trial started (no sample "
+            "once one has).",
+            labels=["study"],
+        )
+        waiting.add_metric([name], since)
+        within = GaugeMetricFamily(
+            "sms_study_start_within_seconds",
+            "study.start_within_s: a study with no trial started for this long alerts.",
+            labels=["study"],
+        )
+        within.add_metric([name], self.config.study.start_within_s)
+        return [waiting, within]
 
     def _say(self, line: str) -> None:
         if line != self._said:

@@ -1,7 +1,8 @@
 """A real Prometheus (Debian's 2.42) scrapes two local workers, the study exporter and a
 real Pushgateway during a small search, and evaluates monitoring/rules.yml: every
 figure it ends with equals the study's, the workers' final values were scraped (they
-linger) and pushed, and the search-finished alert fires."""
+linger) and pushed, the search-finished alert fires, and a killed exporter is a target
+down that SmsExporterDown goes pending on."""
 
 from __future__ import annotations
 
@@ -97,6 +98,20 @@ def test_prometheus_sees_what_the_study_holds(tmp_path: Path) -> None:
             finally:
                 served.send_signal(signal.SIGTERM)
                 served.communicate(timeout=30)
+            # the exporter is gone: its target is down, and SmsExporterDown is pending (it
+            # fires after 5 minutes: rules.test.yml shows when)
+            _until(
+                lambda: (
+                    values(prom, 'up{job="exporter"}', "instance") == {jobs["exporter"][0]: 0.0}
+                ),
+                "the killed exporter's target down",
+                timeout_s=30,
+            )
+            _until(
+                lambda: query(prom, 'ALERTS{alertname="SmsExporterDown",alertstate="pending"}'),
+                "SmsExporterDown pending",
+                timeout_s=30,
+            )
 
             # each worker's last values were scraped before it exited (it lingered)
             per_worker = {t.user_attrs["worker"] for t in trials}
