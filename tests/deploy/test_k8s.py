@@ -268,7 +268,7 @@ def test_only_this_app_reaches_postgres(rendered: dict[str, list[Obj]], overlay:
     server = find(objs, "StatefulSet", "postgres")
     policy = find(objs, "NetworkPolicy", "postgres")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels(server).items()
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]  # egress: test_egress.py
     (rule,) = policy["ingress"]
     peers = [p["podSelector"]["matchLabels"] for p in rule["from"]]
     assert peers == [{"app.kubernetes.io/part-of": "small-model-search"}]
@@ -294,7 +294,7 @@ def test_dashboard_and_metrics_open_to_the_namespace_and_monitoring_only(
         workload = find(objs, kind, name)
         policy = find(objs, "NetworkPolicy", policy_name)["spec"]
         assert policy["podSelector"]["matchLabels"].items() <= pod_labels(workload).items()
-        assert policy["policyTypes"] == ["Ingress"]
+        assert policy["policyTypes"] == ["Ingress", "Egress"]  # egress: test_egress.py
         (rule,) = policy["ingress"]
         assert rule["from"] == [
             {"podSelector": {}},
@@ -501,7 +501,7 @@ def test_pushgateway_is_where_the_pushers_look(rendered: dict[str, list[Obj]]) -
     assert f"http://{service['metadata']['name']}:{port['port']}" == PUSHGATEWAY
     policy = find(objs, "NetworkPolicy", "pushgateway")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels(deployment).items()
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]  # egress: test_egress.py
     (rule,) = policy["ingress"]
     assert rule["from"] == [
         {"podSelector": {}},

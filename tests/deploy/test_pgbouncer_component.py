@@ -138,7 +138,7 @@ def test_only_this_app_reaches_pgbouncer(pooled: list[Obj]) -> None:
     policy = find(pooled, "NetworkPolicy", "pgbouncer")["spec"]
     deployment = find(pooled, "Deployment", "pgbouncer")
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels(deployment).items()
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]  # egress: test_egress.py
     (rule,) = policy["ingress"]
     ours_only = {"matchLabels": {"app.kubernetes.io/part-of": "small-model-search"}}
     assert rule["from"] == [{"podSelector": ours_only}]
