@@ -67,10 +67,11 @@ class Card:
     onnx: dict[str, Any] | None = None  # by the publish step, with export.onnx
     onnx_note: str | None = None  # why `onnx` is null
     exported: bool = False  # export.onnx was on: the card has `onnx`, null or not
+    golden: dict[str, Any] | None = None  # golden.npz, beside a verified model.onnx
 
     def to_json(self) -> dict[str, Any]:
         """card.json's content, keys in the order they have always had."""
-        late = ("input", "onnx", "onnx_note", "exported")
+        late = ("input", "onnx", "onnx_note", "exported", "golden")
         found = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in late}
         if self.input is not None:
             found["input"] = self.input
@@ -78,6 +79,8 @@ class Card:
             found["onnx"] = self.onnx
             if self.onnx_note is not None:
                 found["onnx_note"] = self.onnx_note
+        if self.golden is not None:
+            found["golden"] = self.golden
         return found
 
 

@@ -42,11 +42,12 @@ from job.collect.results import write_json
 from job.config import Config
 from job.files import writing
 from job.ml.data import Dataset
+from job.ml.golden import conventions, golden_inputs, write_golden
 from job.ml.model import ModelError, spec_from_yaml
 from job.ml.onnx import INT8_FILE, ONNX_FILE, ExportError, export_model, input_spec, load_weights
 from job.storage import ARTIFACTS, upload_trial_files
 
-EXPORTED = ("model.onnx", "model.int8.onnx", "model.yaml", "card.json")
+EXPORTED = ("model.onnx", "model.int8.onnx", "model.yaml", "card.json", "golden.npz")
 NO_WEIGHTS = "no retrained weights to export (verification off or pending)"
 
 
@@ -90,6 +91,21 @@ def read_card(folder: Path) -> dict[str, Any] | None:
 Built = dict[int, tuple[Path, dict[str, Any]]]
 
 
+class Golden:
+    """The data's part of every pick's golden.npz and conventions, found once per collect
+    (job.ml.golden): the test images are read again only if a pick is exported."""
+
+    def __init__(self, data: Dataset, config: Config) -> None:
+        self.data, self.config = data, config
+        self.conventions = {"conventions": conventions(data)}
+        self._arrays: dict[str, Any] | None = None
+
+    def arrays(self) -> dict[str, Any]:
+        if self._arrays is None:
+            self._arrays = golden_inputs(self.data, self.config.data)
+        return self._arrays
+
+
 def _onnx(
     staged: Path, pick: Pick, network: Any, data: Dataset, config: Config, built: Built
 ) -> dict[str, Any]:
@@ -106,13 +122,15 @@ def _onnx(
     return dict(found)
 
 
-def _fill(staged: Path, pick: Pick, data: Dataset, config: Config, built: Built) -> Card | str:
+def _fill(
+    staged: Path, pick: Pick, data: Dataset, config: Config, built: Built, golden: Golden
+) -> Card | str:
     """One pick's files in `staged`, card.json last: the card as written, or the
     problem that keeps them from being published."""
     text = str(pick.card.model_yaml)
     with writing(staged / "model.yaml"):
         (staged / "model.yaml").write_text(text, encoding="utf-8")
-    card = replace(pick.card, input=input_spec(data, config.data))
+    card = replace(pick.card, input=input_spec(data, config.data) | golden.conventions)
     best = pick.model.best_run if pick.model is not None else None
     network = None
     if best is not None and best.weights:
@@ -131,15 +149,20 @@ def _fill(staged: Path, pick: Pick, data: Dataset, config: Config, built: Built)
         card = replace(card, exported=True, onnx=onnx, onnx_note=note)
         if onnx is not None and not onnx.get("verified"):
             return f"ONNX FAILED verification: {onnx.get('problem')}"
+        if onnx is not None:  # the deployment's self-check (job.ml.golden)
+            files = (staged / ONNX_FILE, staged / INT8_FILE)
+            card = replace(card, golden=write_golden(staged, golden.arrays(), *files))
     write_json(staged / "card.json", card.to_json())
     return card
 
 
-def _build(live: Path, pick: Pick, data: Dataset, config: Config, built: Built) -> Card | str:
+def _build(
+    live: Path, pick: Pick, data: Dataset, config: Config, built: Built, golden: Golden
+) -> Card | str:
     """Build beside, check, swap in: the card published, or why the set was not."""
     staged = fresh_side(live)
     try:
-        found = _fill(staged, pick, data, config, built)
+        found = _fill(staged, pick, data, config, built, golden)
         if isinstance(found, Card):
             swap_in(staged, live)
             if found.onnx is not None and (live / ONNX_FILE).is_file():
@@ -154,6 +177,7 @@ def publish_picks(out: Path, picks: Picks, data: Dataset, config: Config) -> dic
     picks no policy chooses any more withdrawn; policy → its outcome."""
     selected = out / SELECTED
     built: Built = {}
+    golden = Golden(data, config)
     results: dict[str, Published] = {}
     for choice in picks.choices:
         live = selected / choice.policy
@@ -161,7 +185,7 @@ def publish_picks(out: Path, picks: Picks, data: Dataset, config: Config) -> dic
             withdraw(live)
             continue
         pick = picks.picks[choice.policy]
-        found = _build(live, pick, data, config, built)
+        found = _build(live, pick, data, config, built, golden)
         number = pick.trial.number
         if isinstance(found, Card):
             results[choice.policy] = Published(number, number, None, found.to_json())

@@ -25,7 +25,7 @@ from torch import Tensor
 from job.config import DataConfig
 from job.ml.errors import DataError
 from job.ml.images import FILL, Labels, prepare_images, real_photos
-from job.ml.sources import LOADERS, Split
+from job.ml.sources import LOADERS, Source, Split
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -36,6 +36,7 @@ __all__ = [
     "Split",
     "load_data",
     "prepare_images",
+    "raw_test",
     "real_photos",
 ]
 
@@ -146,8 +147,8 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, float, float], tuple[float, 
     return (m[0], m[1], m[2]), (s[0], s[1], s[2])
 
 
-def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
-    """Load, prepare and split `cfg`'s data set; the result's tensors live on `device`."""
+def _load_source(cfg: DataConfig) -> tuple[Source, Split, Split]:
+    """`cfg`'s source, its training pool and its test split, unprepared."""
     source = LOADERS[cfg.name](cfg)
     where = cfg.path if cfg.path is not None else cfg.name  # what the errors name
     if len(source.classes) < 2:  # one class "trains" to accuracy 1.0 and means nothing
@@ -159,6 +160,21 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     if test is None:
         keys = _content_keys(source.digests, cfg.seed) if source.digests is not None else None
         pool, test = _hold_out(pool, cfg.test_ratio, _rng(cfg.seed, _TEST_STREAM), keys)
+    return source, pool, test
+
+
+def raw_test(cfg: DataConfig) -> Split:
+    """The test split of `load_data(cfg)` as its source holds it, before preparation:
+    uint8 (N, C, H, W) at the source's size, C 1 or 3 (an image folder's files are read
+    already padded and resized: job.ml.sources). Image i here is image i of the
+    prepared test split."""
+    return _load_source(cfg)[2]
+
+
+def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
+    """Load, prepare and split `cfg`'s data set; the result's tensors live on `device`."""
+    source, pool, test = _load_source(cfg)
+    where = cfg.path if cfg.path is not None else cfg.name  # what the errors name
     if cfg.subset is not None:
         pool = _subset(pool, cfg.subset, _rng(cfg.seed, _SUBSET_STREAM))
     train, val = _hold_out(pool, cfg.val_ratio, _rng(cfg.seed, _VAL_STREAM))

@@ -199,3 +199,70 @@ def test_collect_again_uploads_no_copy_and_a_failed_verification_exits_1(
     problem = json.loads((out / "selection.json").read_text())["best"]["problem"]
     assert "model.onnx: max logit diff" in problem and "over 1e-15" in problem
     assert "not published" in (out / "report.html").read_text().lower()
+
+
+def _deployer_preprocess(raw: Any, spec: dict[str, Any]) -> Any:
+    """A deployer's preprocessing written from card.json's `input` alone (numpy and
+    torch's interpolate, as its `resize` names it): (n, H, W, C) uint8 → (n, 3, S, S)."""
+    import numpy as np
+    import torch
+    from torch.nn import functional
+
+    x = torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2)  # (n, C, H, W)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)  # grey: one channel repeated
+    side = max(x.shape[2], x.shape[3])
+    padded = torch.full((x.shape[0], 3, side, side), 128, dtype=torch.uint8)
+    top, left = (side - x.shape[2]) // 2, (side - x.shape[3]) // 2
+    padded[:, :, top : top + x.shape[2], left : left + x.shape[3]] = x
+    size = (spec["height"], spec["width"])
+    if padded.shape[2:] != size:
+        resized = functional.interpolate(
+            padded.float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        padded = resized.round().clamp(0, 255).to(torch.uint8)
+    mean = np.array(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.array(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    return ((padded.numpy().astype(np.float32) * spec["scale"] - mean) / std).astype(np.float32)
+
+
+def test_each_pick_ships_a_golden_file_that_checks_a_deployment(run_out: tuple[Path, Path]) -> None:
+    """golden.npz: raw test images, the tensors model.onnx wants for them, and its
+    logits (and int8's). A preprocessing that follows the card passes the README's
+    check; one that forgets the polarity or the scale is caught by it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    _, out = run_out
+    best = out / "selected" / "best"
+    card = json.loads((best / "card.json").read_text())
+    assert card["golden"]["file"] == "golden.npz"
+    golden = np.load(best / "golden.npz")  # allow_pickle=False: no objects inside
+    assert set(card["golden"]["arrays"]) == set(golden.files)
+    raw, wanted = golden["raw"], golden["input"]
+    assert raw.dtype == np.uint8 and raw.ndim == 4 and wanted.dtype == np.float32
+    assert len(set(golden["labels"].tolist())) == len(golden["labels"])  # a class each
+    assert [str(c) for c in golden["classes"]] == card["input"]["classes"]
+    conventions = card["input"]["conventions"]
+    assert conventions["polarity"].startswith("light foreground on a dark background")
+    assert "RGB" in conventions["channel_order"] and "0-255" in conventions["value_range"]
+    session = ort.InferenceSession(str(best / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": wanted})[0]
+    assert np.abs(logits - golden["logits"]).max() < 1e-4
+    int8 = ort.InferenceSession(str(best / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(int8.run(None, {"input": wanted})[0] - golden["logits_int8"]).max() < 1e-4
+    tolerance = card["golden"]["input_tolerance"]
+    spec = card["input"]
+
+    def preprocess(images: Any) -> Any:  # the README's `preprocess`: the deployer's own
+        return _deployer_preprocess(images, spec)
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("<!-- golden-check -->\n```python\n")[1].split("```")[0]
+    snippet = snippet.replace("runs/quickstart/selected/best", str(best))
+    exec(snippet, {"preprocess": preprocess, "np": np, "ort": ort})  # passes: no error
+    assert np.abs(preprocess(raw) - wanted).max() < tolerance
+    for wrong in (lambda r: preprocess(255 - r), lambda r: preprocess(r) * 255.0):
+        assert np.abs(wrong(raw) - wanted).max() > tolerance  # inverted, or not scaled
+        with pytest.raises(AssertionError, match="differs from training"):
+            exec(snippet, {"preprocess": wrong, "np": np, "ort": ort})
