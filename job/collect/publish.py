@@ -42,7 +42,7 @@ from job.collect.results import write_json
 from job.config import Config
 from job.files import writing
 from job.ml.data import Dataset
-from job.ml.golden import conventions, golden_inputs, write_golden
+from job.ml.golden import conventions, golden_inputs, which_to_deploy, write_golden
 from job.ml.model import ModelError, spec_from_yaml
 from job.ml.onnx import INT8_FILE, ONNX_FILE, ExportError, export_model, input_spec, load_weights
 from job.storage import ARTIFACTS, upload_trial_files
@@ -149,9 +149,11 @@ def _fill(
         card = replace(card, exported=True, onnx=onnx, onnx_note=note)
         if onnx is not None and not onnx.get("verified"):
             return f"ONNX FAILED verification: {onnx.get('problem')}"
-        if onnx is not None:  # the deployment's self-check (job.ml.golden)
+        if onnx is not None:  # which file to ship, and the deployment's self-check
             files = (staged / ONNX_FILE, staged / INT8_FILE)
-            card = replace(card, golden=write_golden(staged, golden.arrays(), *files))
+            onnx = onnx | {"deploy": which_to_deploy(onnx)}
+            golden_section = write_golden(staged, golden.arrays(), *files)
+            card = replace(card, onnx=onnx, golden=golden_section)
     write_json(staged / "card.json", card.to_json())
     return card
 
@@ -275,4 +277,7 @@ def _export_lines(publication: Publication) -> Iterator[str]:
                 f"; int8 acc {int8['test_accuracy']:.4f} ({0.0 - int8['accuracy_drop']:+.4f}), "
                 f"{int8['size_ratio']:.2f}x the size, {int8_ms:.3f} ms"
             )
+        deploy = onnx.get("deploy")
+        if isinstance(deploy, dict):
+            text += f"; deploy {deploy['file']}"
         yield text

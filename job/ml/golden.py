@@ -1,5 +1,6 @@
-"""Stage 9 of the data path, export (beside job.ml.onnx): what lets a deployment check
-itself. Each pick ships ``golden.npz`` and its card says the data's conventions.
+"""Stage 9 of the data path, export (beside job.ml.onnx): what a deployer is told. Each
+pick ships ``golden.npz`` to check a deployment with, and its card says the data's
+conventions and which file to deploy (`which_to_deploy`).
 
 ``golden.npz`` (numpy's format, no pickled objects: ``np.load(path)`` reads it as is):
 
@@ -37,6 +38,7 @@ from job.config import DataConfig
 from job.files import write_atomic
 from job.ml.data import Dataset, raw_test
 from job.ml.images import prepare_images
+from job.ml.onnx import INT8_FILE, ONNX_FILE
 
 GOLDEN_FILE = "golden.npz"
 GOLDEN_IMAGES = 10  # at most: one per class in turn
@@ -153,3 +155,36 @@ def polarity(x: torch.Tensor) -> str:
             f"invert images drawn light on dark before feeding them"
         )
     return "mixed: no polarity dominates the training images"
+
+
+# int8 that loses more than this much test accuracy is not advised, however fast.
+INT8_MAX_DROP = 0.01
+
+
+def which_to_deploy(onnx: dict[str, Any]) -> dict[str, str]:
+    """The card's ``onnx.deploy`` from its measured ``onnx`` section: the file to ship and
+    why. int8 only where it measured both smaller and faster than fp32 in onnxruntime,
+    losing at most INT8_MAX_DROP accuracy: on the CPUs these small networks run on, its
+    quantize and dequantize steps often cost more than its arithmetic saves."""
+    int8 = onnx.get("int8")
+    if not isinstance(int8, dict) or int8.get("problem") or int8.get("size_ratio") is None:
+        return {"file": ONNX_FILE, "why": "no int8 copy to weigh against it"}
+    fp32_ms = (onnx.get("latency_ms") or {}).get("median_ms")
+    int8_ms = (int8.get("latency_ms") or {}).get("median_ms")
+    size, drop = float(int8["size_ratio"]), float(int8["accuracy_drop"])
+    timed = fp32_ms is not None and int8_ms is not None
+    measured = f"int8 is {size:.2f}x the size, " + (
+        f"{int8_ms:.3f} ms against {fp32_ms:.3f} ms (median, onnxruntime, batch 1)"
+        if timed
+        else "its latency not measured"
+    )
+    measured += f", accuracy drop {drop:+.4f}"
+    faster = fp32_ms is not None and int8_ms is not None and int8_ms < fp32_ms
+    if size < 1.0 and faster and drop <= INT8_MAX_DROP:
+        return {"file": INT8_FILE, "why": f"smaller and faster: {measured}"}
+    reasons = [
+        *(["not smaller"] if size >= 1.0 else []),
+        *(["not faster"] if not faster else []),
+        *([f"loses more than {INT8_MAX_DROP:g}"] if drop > INT8_MAX_DROP else []),
+    ]
+    return {"file": ONNX_FILE, "why": f"int8 {' and '.join(reasons)}: {measured}"}

@@ -237,6 +237,12 @@ def test_each_pick_ships_a_golden_file_that_checks_a_deployment(run_out: tuple[P
     best = out / "selected" / "best"
     card = json.loads((best / "card.json").read_text())
     assert card["golden"]["file"] == "golden.npz"
+    deploy = card["onnx"]["deploy"]  # int8 only where it measured smaller and faster
+    int8, fp32_ms = card["onnx"]["int8"], card["onnx"]["latency_ms"]["median_ms"]
+    pays = int8["size_ratio"] < 1 and int8["latency_ms"]["median_ms"] < fp32_ms
+    pays = pays and int8["accuracy_drop"] <= 0.01
+    assert deploy["file"] == ("model.int8.onnx" if pays else "model.onnx"), deploy
+    assert f"{int8['size_ratio']:.2f}x the size" in deploy["why"]
     golden = np.load(best / "golden.npz")  # allow_pickle=False: no objects inside
     assert set(card["golden"]["arrays"]) == set(golden.files)
     raw, wanted = golden["raw"], golden["input"]

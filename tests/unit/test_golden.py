@@ -1,11 +1,12 @@
 """job.ml.golden: what golden.npz holds for a real data set (the test images as their
-source holds them prepare to the test split), and the conventions read from the training
-images (polarity on hand-made images). Written and checked against model.onnx in a real
-collect: tests/integration/test_publish.py."""
+source holds them prepare to the test split), the conventions read from the training
+images (polarity on hand-made images), and which file the card says to deploy. Written
+and checked against model.onnx in a real collect: tests/integration/test_publish.py."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,14 @@ import torch
 
 from job.config import parse_config
 from job.ml.data import Split, load_data, raw_test
-from job.ml.golden import GOLDEN_IMAGES, _in_turn, conventions, golden_inputs, polarity
+from job.ml.golden import (
+    GOLDEN_IMAGES,
+    _in_turn,
+    conventions,
+    golden_inputs,
+    polarity,
+    which_to_deploy,
+)
 
 
 def _strokes(n: int, light_on_dark: bool, side: int = 16) -> torch.Tensor:
@@ -64,3 +72,33 @@ def test_golden_inputs_refuse_a_test_split_of_other_images() -> None:
     flipped = Split(data.test.x.flip(-1), data.test.y)  # a mirrored test split
     with pytest.raises(ValueError, match="do not prepare to the test split"):
         golden_inputs(replace(data, test=flipped), config.data)
+
+
+def _onnx(fp32_ms: float, int8_ms: float | None, size: float, drop: float) -> dict[str, Any]:
+    int8 = {"size_ratio": size, "accuracy_drop": drop, "problem": None}
+    int8["latency_ms"] = None if int8_ms is None else {"median_ms": int8_ms}
+    return {"latency_ms": {"median_ms": fp32_ms}, "int8": int8}
+
+
+@pytest.mark.parametrize(
+    ("onnx", "file", "why"),
+    [
+        (_onnx(0.10, 0.05, 0.6, 0.0), "model.int8.onnx", "smaller and faster: int8 is 0.60x"),
+        (_onnx(0.035, 0.083, 1.01, 0.003), "model.onnx", "int8 not smaller and not faster"),
+        (_onnx(0.077, 0.154, 0.59, 0.0), "model.onnx", "int8 not faster: "),
+        (_onnx(0.10, 0.05, 1.2, 0.0), "model.onnx", "int8 not smaller: "),
+        (_onnx(0.10, 0.05, 0.6, 0.05), "model.onnx", "int8 loses more than 0.01"),
+        (
+            _onnx(0.10, None, 0.6, 0.0),
+            "model.onnx",
+            "int8 not faster: int8 is 0.60x the size, its latency not measured",
+        ),
+        ({"latency_ms": {"median_ms": 0.1}, "int8": None}, "model.onnx", "no int8 copy"),
+        ({"int8": {"problem": "quantization failed"}}, "model.onnx", "no int8 copy"),
+    ],
+)
+def test_int8_is_advised_only_where_it_measured_smaller_and_faster(
+    onnx: dict[str, Any], file: str, why: str
+) -> None:
+    advice = which_to_deploy(onnx)
+    assert advice["file"] == file and advice["why"].startswith(why), advice
