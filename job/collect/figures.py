@@ -15,7 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from matplotlib.axes import Axes
+from matplotlib.backend_bases import RendererBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Annotation, Text
+from matplotlib.transforms import Bbox
 from optuna.trial import FrozenTrial
 
 from job.collect.results import draw_front, draw_trials, plot_axes, plot_points
@@ -105,16 +109,66 @@ def pareto_figure(
     box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.9, "linewidth": 0.5}
     style: dict[str, Any] = {"fontsize": 10, "fontweight": "bold", "bbox": box, "zorder": 7}
     style["arrowprops"] = {"arrowstyle": "-", "color": "black", "linewidth": 0.8}
+    labels = []
     for i, (trial, x, y) in enumerate(picked):
         ax.scatter([x], [y], marker="*", s=260, color="orange", edgecolors="black", zorder=6)
         label = ", ".join(by_trial[trial.number])
         offset = (14, -28 - 26 * (i % 4))
-        ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", **style)
+        labels.append(
+            ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", **style)
+        )
     ax.set_xscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     ax.set(xlabel=f"{x_label} (log scale)", ylabel=y_label)
+    separate(fig, labels)
     return fig
+
+
+def _renderer(fig: Figure) -> RendererBase:
+    """A renderer to measure text with, after laying the figure out as saving will."""
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)  # savefig makes its own; this one only measures
+    fig.draw_without_rendering()  # the constrained layout
+    return fig.canvas.get_renderer()  # type: ignore[attr-defined, no-any-return]
+
+
+def _dpi(artist: Text) -> float:
+    figure = artist.get_figure()
+    return float(figure.dpi) if figure is not None else 72.0
+
+
+def _box(label: Text, renderer: RendererBase) -> Bbox:
+    """A label's box in pixels: its text and the frame around it (not an annotation's
+    leader line, which may cross other labels), padded by the frame's pad."""
+    dpi = _dpi(label)
+    pad = float(label.get_fontsize()) * 0.3 * dpi / 72.0  # the frame: pad 0.2 em, and a line
+    return Text.get_window_extent(label, renderer).padded(pad)
+
+
+def label_boxes(fig: Figure, labels: Sequence[Text]) -> list[Bbox]:
+    """Each label's box (`_box`), as the figure is laid out."""
+    renderer = _renderer(fig)
+    return [_box(label, renderer) for label in labels]
+
+
+def separate(fig: Figure, labels: Sequence[Annotation], gap_px: float = 4.0) -> None:
+    """Move labels down, each below any earlier one its box would cover: picks crowd at
+    the front's accurate end, and their labels must never hide each other. The labels
+    stay out of the layout, so moving one moves nothing else."""
+    for label in labels:
+        label.set_in_layout(False)
+    renderer = _renderer(fig)
+    placed: list[Bbox] = []
+    for label in labels:
+        for _ in range(len(labels) + 1):  # each move clears one placed box
+            box = _box(label, renderer)
+            hit = next((b for b in placed if box.overlaps(b)), None)
+            if hit is None:
+                break
+            x, y = label.xyann
+            label.xyann = (x, y - (box.y1 - hit.y0 + gap_px) * 72.0 / fig.dpi)
+        placed.append(_box(label, renderer))
 
 
 def verify_figure(verify: dict[str, Any], baselines: Any) -> Figure:
