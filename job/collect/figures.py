@@ -88,9 +88,14 @@ def progress_figure(trials: Sequence[FrozenTrial], config: Config) -> Figure:
 
 
 def pareto_figure(
-    trials: Sequence[FrozenTrial], config: Config, selection: dict[str, Any]
+    trials: Sequence[FrozenTrial],
+    config: Config,
+    selection: dict[str, Any],
+    baselines: Any = None,
 ) -> Figure:
-    """pareto.png's figure (job.collect.results's drawing), each pick starred and labelled."""
+    """pareto.png's figure (job.collect.results's drawing), each pick starred and labelled,
+    and each baseline of baselines.json a labelled diamond at its size and its verified
+    (test) accuracy: where the picks stand against them."""
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.add_subplot()
     (_, _, x_label), (_, _, y_label) = plot_axes(config.objectives)
@@ -117,12 +122,35 @@ def pareto_figure(
         labels.append(
             ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", **style)
         )
+    labels += _draw_baselines(ax, baselines, style)
     ax.set_xscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     ax.set(xlabel=f"{x_label} (log scale)", ylabel=y_label)
     separate(fig, labels)
     return fig
+
+
+def _draw_baselines(ax: Axes, baselines: Any, style: dict[str, Any]) -> list[Annotation]:
+    """Each baseline with a size and a verified accuracy, as a diamond and its name."""
+    found = baselines.get("baselines", []) if isinstance(baselines, dict) else []
+    drawn = [
+        (str(b.get("name")), params, accuracy)
+        for b in found
+        if (params := _num(b.get("params"))) is not None
+        and params > 0
+        and (accuracy := _num(b.get("verified_accuracy"))) is not None
+    ]
+    plain = style | {"fontweight": "normal", "color": "steelblue", "ha": "right"}
+    marker: dict[str, Any] = {"marker": "D", "s": 90, "color": "steelblue", "edgecolors": "black"}
+    labels = []
+    for i, (name, x, y) in enumerate(drawn):
+        legend = "baselines (verified test accuracy)" if i == 0 else None
+        ax.scatter([x], [y], zorder=6, label=legend, **marker)
+        text = f"{name} (baseline)"
+        offset = (-14, 20)
+        labels.append(ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", **plain))
+    return labels
 
 
 def _renderer(fig: Figure) -> RendererBase:

@@ -109,7 +109,7 @@ def render_report(
         "latency_key": search_latency_key(config),
         "latency_label": latency_text(search_latency_key(config)),
         "progress_svg": svg(progress_figure(trials, config)),
-        "pareto_svg": svg(pareto_figure(trials, config, page.selection or {})),
+        "pareto_svg": svg(pareto_figure(trials, config, page.selection or {}, page.baselines)),
         "front": page.front,
         "selection": page.selection,
         "cards": page.cards,

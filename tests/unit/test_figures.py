@@ -49,3 +49,21 @@ def test_without_separating_them_the_crowded_labels_would_overlap(
     monkeypatch.setattr(figures, "separate", lambda fig, labels: None)
     trials, selection = _crowded()
     assert _overlaps(figures.pareto_figure(trials, CONFIG, selection))
+
+
+def test_baselines_stand_on_the_pareto_plot_and_their_labels_overlap_nothing() -> None:
+    trials, selection = _crowded()
+    baselines = {
+        "baselines": [
+            {"name": "resnet8", "params": 1100.0, "verified_accuracy": 0.992},  # in the crowd
+            {"name": "mobilenetv3_small", "params": 1.5e6, "verified_accuracy": 0.99},
+            {"name": "pending", "params": 5000.0, "verified_accuracy": None},  # not trained yet
+        ]
+    }
+    fig = figures.pareto_figure(trials, CONFIG, selection, baselines)
+    texts = [t.get_text() for t in fig.axes[0].texts if isinstance(t, Annotation)]
+    assert "resnet8 (baseline)" in texts and "mobilenetv3_small (baseline)" in texts
+    assert "pending (baseline)" not in texts
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "baselines (verified test accuracy)" in legend
+    assert _overlaps(fig) == []
