@@ -102,6 +102,7 @@ def render_report(
         "written": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "missing": list(page.missing),
         "glance": glance(page.summary, trials, config),
+        "ship": ship(page.selection, page.cards),
         "drift": page.drift,
         "min_drop": MIN_DROP,
         "min_pairs": MIN_PAIRS,
@@ -123,6 +124,38 @@ def render_report(
     with writing(path):
         write_atomic(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return path
+
+
+@dataclass(frozen=True)
+class Ship:
+    """One model to ship: its trial, every policy (stated need) that chose it, and the
+    card of the first (they hold the same model)."""
+
+    trial: int
+    policies: list[str]
+    reasons: list[str]
+    card: dict[str, Any]
+
+
+def ship(
+    selection: dict[str, Any] | None, cards: dict[str, Any]
+) -> tuple[list[Ship], list[tuple[str, str]]]:
+    """The report's "Ship this": each published trial once, with the needs it meets, in
+    the policies' order; and each need no model meets, with why."""
+    found: dict[int, Ship] = {}
+    unmet: list[tuple[str, str]] = []
+    for policy, choice in (selection or {}).items():
+        if not isinstance(choice, dict):
+            continue
+        number, reason = choice.get("published"), str(choice.get("reason", ""))
+        if not isinstance(number, int):
+            unmet.append((policy, str(choice.get("problem") or reason)))
+            continue
+        card = cards.get(policy) or {}
+        entry = found.setdefault(number, Ship(number, [], [], card))
+        entry.policies.append(policy)
+        entry.reasons.append(reason)
+    return list(found.values()), unmet
 
 
 def write_report(out: Path, trials: Sequence[FrozenTrial], config: Config, study_name: str) -> Path:

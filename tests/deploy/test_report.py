@@ -122,6 +122,31 @@ def test_the_key_numbers_are_on_the_page(run: tuple[Path, Config], rendered: Ren
     assert "resnet8" in text and f"{baselines[0]['verified_accuracy']:.4f}" in text
     assert "Kendall's τ" in text
     assert "Not found in this folder" not in text
+    # "Ship this" comes first: each published model once, with every need it meets
+    shipped = text[text.index("\nShip this\n") : text.index("\nThe study at a glance\n")]
+    selection = _json(out / "selection.json")
+    published = {c["published"] for c in selection.values() if c["published"] is not None}
+    for number in published:
+        assert shipped.count(f"trial {number}\t") == 1, shipped
+        needs = [p for p, c in selection.items() if c["published"] == number]
+        assert all(f"{p}: " in shipped for p in needs)
+
+
+def test_ship_this_lists_a_model_once_per_trial_and_the_needs_none_meets() -> None:
+    from job.collect.report import ship
+
+    selection = {
+        "best": {"published": 7, "reason": "most accurate"},
+        "under-20k": {"published": 7, "reason": "most accurate under 20k"},
+        "knee": {"published": 3, "reason": "the knee"},
+        "reference": {"published": None, "reason": "none reaches resnet8"},
+        "smallest_within": {"published": None, "reason": "x", "problem": "ONNX FAILED"},
+    }
+    cards = {"best": {"trial": 7}, "under-20k": {"trial": 7}, "knee": {"trial": 3}}
+    models, unmet = ship(selection, cards)
+    assert [(m.trial, m.policies) for m in models] == [(7, ["best", "under-20k"]), (3, ["knee"])]
+    assert models[0].reasons == ["most accurate", "most accurate under 20k"]
+    assert unmet == [("reference", "none reaches resnet8"), ("smallest_within", "ONNX FAILED")]
 
 
 def test_the_screenshot_shows_a_page(rendered: Rendered) -> None:
