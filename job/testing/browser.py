@@ -222,6 +222,11 @@ class Browser:
             _record(rendered, event["method"], event.get("params", {}))
         return rendered
 
+    def evaluate(self, expression: str) -> Any:
+        """A JavaScript expression's value on the page last rendered (JSON-able)."""
+        found = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return found["result"].get("value")
+
 
 def _record(page: Rendered, method: str, params: dict[str, Any]) -> None:
     if method == "Runtime.consoleAPICalled":

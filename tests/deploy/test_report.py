@@ -157,6 +157,28 @@ def test_the_screenshot_shows_a_page(rendered: Rendered) -> None:
     assert float(np.asarray(image).std()) > 20.0
 
 
+def test_at_phone_width_the_figures_keep_their_size_and_the_page_does_not_scroll(
+    run: tuple[Path, Config],
+) -> None:
+    """At 400 css px the figures are not shrunk (their text would be about 5 px): each
+    scrolls sideways in its own box, and the page stays 400 px wide."""
+    with Browser() as browser:
+        phone = browser.render(run[0] / REPORT_HTML, width=400)
+        figures = browser.evaluate(
+            "Array.from(document.querySelectorAll('.fig img')).map("
+            "i => [i.getBoundingClientRect().width, i.naturalWidth,"
+            " i.parentElement.getBoundingClientRect().width])"
+        )
+        page_width = browser.evaluate("document.documentElement.scrollWidth")
+    assert len(figures) == 3, figures  # progress, Pareto, verification
+    for shown, natural, box in figures:
+        assert natural > 400 and shown == pytest.approx(natural, abs=1), figures
+        assert box <= 400, figures  # the box, not the page, is as wide as the figure
+    assert page_width <= 400
+    image = Image.open(io.BytesIO(phone.screenshot))
+    assert image.width == 400 and phone.errors == []
+
+
 # --- what is missing -------------------------------------------------------------------
 
 
