@@ -265,31 +265,49 @@ def glance(summary: Any, trials: Sequence[FrozenTrial], config: Config) -> dict[
 # --- the augmentation preview -----------------------------------------------------
 
 
+def applies_ops(augment: Any) -> bool:
+    """Whether a card's augmentation policy changes any image (on, with ops, n_select > 0)."""
+    if not isinstance(augment, dict):
+        return False
+    return (
+        augment.get("enabled", True) is not False
+        and bool(augment.get("ops"))
+        and (augment.get("n_select") != 0)
+    )
+
+
 def preview(cards: dict[str, dict[str, Any]], images: PreviewImages) -> dict[str, Any] | None:
-    """The `best` pick's augmentation policy (else the first pick's that has one) at work:
-    job.ml.preview's grid of `images`, each op of the policy at three levels, as a PNG
-    data: URL."""
+    """A pick's augmentation policy at work: the `best` pick's where it applies ops, else
+    the first pick's that does; job.ml.preview's grid of `images`, each op of the policy
+    at the policy's own level (its range's middle and top where it draws one), as a PNG
+    data: URL. Where no pick's policy applies an op, it says so."""
     order = sorted(cards, key=lambda policy: policy != "best")
-    policy = next((p for p in order if isinstance(cards[p].get("augment"), dict)), None)
-    if policy is None:
+    with_policy = [p for p in order if isinstance(cards[p].get("augment"), dict)]
+    if not with_policy:
         return None
+    policy = next((p for p in with_policy if applies_ops(cards[p]["augment"])), None)
+    if policy is None:
+        first = with_policy[0]
+        problem = "no pick's policy applies an op (n_select 0, or augmentation off)"
+        return {"policy": first, "augment": cards[first]["augment"], "problem": problem}
     from job.ml.data import DataError
-    from job.ml.preview import render_grid
+    from job.ml.preview import policy_levels, render_grid
 
     try:
         augment = AugmentConfig.model_validate(cards[policy]["augment"])
-        if not augment.enabled or not augment.ops:
-            return {"policy": policy, "augment": augment, "problem": "augmentation is off"}
         tiles, names = images(PREVIEW_SIZE)
         keep = PREVIEW_TILES  # one photo and the data's two images: a third of the bytes
-        grid = render_grid(tiles[keep], [names[i] for i in keep], augment.ops, augment.n_level)
+        levels = policy_levels(augment.level, augment.n_level)
+        grid = render_grid(
+            tiles[keep], [names[i] for i in keep], augment.ops, augment.n_level, levels
+        )
     except (DataError, OSError, ValueError) as exc:  # the page is still worth having
         return {"policy": policy, "augment": cards[policy]["augment"], "problem": str(exc)}
     buffer = io.BytesIO()
     # 256 colours: a quarter of the bytes of RGB, and the tiles still read true
     grid.quantize(256, Image.Quantize.FASTOCTREE).save(buffer, format="PNG", optimize=True)
     png = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return {"policy": policy, "augment": augment, "png": png, "width": grid.width}
+    return {"policy": policy, "augment": augment, "png": png, "width": grid.width, "levels": levels}
 
 
 # --- formatting (the template's filters) ------------------------------------------

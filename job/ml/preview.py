@@ -70,12 +70,23 @@ def _to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy())
 
 
+def policy_levels(level: int | None, n_level: int) -> list[int]:
+    """The levels a policy applies its ops at: its own, or, where it draws one per op
+    and image (`level: null`), the range's middle and top."""
+    return [level] if level is not None else [round(n_level / 2), n_level]
+
+
 def render_grid(
-    images: Tensor, names: list[str], ops: tuple[str, ...], n_level: int
+    images: Tensor,
+    names: list[str],
+    ops: tuple[str, ...],
+    n_level: int,
+    levels: list[int] | None = None,
 ) -> Image.Image:
-    """The grid as a PIL image; rows are ops, columns are (image, level) pairs."""
+    """The grid as a PIL image; rows are ops, columns are (image, level) pairs, at
+    `levels` (default n/3, 2n/3 and n: the whole range)."""
     n, _, size, _ = images.shape  # (n, 3, size, size)
-    levels = preview_levels(n_level)
+    levels = preview_levels(n_level) if levels is None else levels
     cols = n * (len(levels) + 1)
     pad = 4
     canvas = Image.new(

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
-from job.collect.report import REPORT_HTML, hypervolume_curve, write_report
+from job.collect.report import REPORT_HTML, applies_ops, hypervolume_curve, write_report
 from job.config import Config, load_config, parse_config
 from job.search.record import SEARCH_TEST_LABEL
 from job.search.view import summarise
@@ -77,7 +77,11 @@ def test_the_page_is_one_self_contained_file(run: tuple[Path, Config]) -> None:
     assert SEARCH_TEST_LABEL not in html and "its test accuracy" not in html
     assert "test accuracy (" not in html
     images = [v for tag, _, v in links_of(html).links if tag == "img"]
-    assert len(images) >= 4  # progress, Pareto, verification, augmentation preview
+    # progress, Pareto, verification, and the preview where a pick's policy applies ops
+    cards = [_json(p) for p in (out / "selected").glob("*/card.json")]
+    with_ops = any(applies_ops(card.get("augment")) for card in cards)
+    assert len(images) == 3 + with_ops
+    assert with_ops or "no pick's policy applies an op" in html
     downloads = {v for tag, _, v in links_of(html).links if tag == "a" and "/" in v}
     for policy in ("best", "knee"):
         for name in ("model.yaml", "weights.pt", "card.json"):
@@ -246,3 +250,43 @@ def test_an_empty_folder_without_trials_still_renders(tmp_path: Path) -> None:
     assert_self_contained(html, tmp_path)
     assert "summary.json is missing: these figures are computed from the study" in html
     assert "<b>0 / 4</b>" in html
+
+
+def _images(size: int) -> tuple[Any, list[str]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=generator)
+    return x, ["photo 1", "photo 2", "digits: 0", "digits: 1"]
+
+
+@pytest.mark.parametrize(
+    ("augment", "levels"),
+    [
+        ({"n_select": 1, "level": 3, "n_level": 31}, [3]),  # its own level, not 10/21/31
+        ({"n_select": 2, "level": None, "n_level": 31}, [16, 31]),  # drawn: middle and top
+    ],
+)
+def test_the_augmentation_preview_shows_the_picks_own_policy(
+    augment: dict[str, Any], levels: list[int]
+) -> None:
+    from job.collect.report import PREVIEW_SIZE, PREVIEW_TILES, preview
+    from job.ml.preview import LABEL_WIDTH
+
+    ops = ["Rotate", "Solarize"]
+    cards = {"knee": {"augment": {**augment, "ops": ops}}, "best": {"augment": None}}
+    shown = preview(cards, _images)
+    assert shown is not None and shown["policy"] == "knee" and shown["levels"] == levels
+    columns = len(PREVIEW_TILES) * (len(levels) + 1)  # each image: the original, its levels
+    assert shown["width"] == LABEL_WIDTH + columns * (PREVIEW_SIZE + 4)
+
+
+def test_a_pick_whose_policy_applies_no_op_is_passed_over_for_one_that_does() -> None:
+    from job.collect.report import preview
+
+    none = {"n_select": 0, "level": 0, "ops": ["Rotate"]}
+    some = {"n_select": 1, "level": 5, "n_level": 31, "ops": ["Rotate"]}
+    shown = preview({"best": {"augment": none}, "knee": {"augment": some}}, _images)
+    assert shown is not None and shown["policy"] == "knee" and shown["levels"] == [5]
+    shown = preview({"best": {"augment": none}}, _images)
+    assert shown is not None and shown["problem"].startswith("no pick's policy applies an op")
