@@ -9,7 +9,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2;
 # their time waiting on the processes they start (2 cores: 95% busy with 3, 84% with 2).
 SUITE_WORKERS ?= $(shell echo $$(( $(TEST_WORKERS) + 1 )))
 
-.PHONY: run test test-fast lint format rules bench preview status dashboard exporter clean debs
+.PHONY: run test test-fast lint format rules bench preview status dashboard exporter clean debs checkov
 
 # The venv is (re)built whenever the pinned requirements change. Its modules are byte-
 # compiled up front, on every core (pip would do it on one: half of the build's minutes,
@@ -23,6 +23,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# checkov in a venv of its own (its dependencies would clash with the product's pins).
+CHECKOV := .venv-checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
+
+# Every overlay scanned: only the findings docs/OPERATING.md lists may remain.
+checkov: $(STAMP) $(CHECKOV)
+	$(BIN)/python k8s/checkov.py $(CHECKOV)
 
 run: $(STAMP)
 	$(BIN)/python -m job run --config configs/quickstart.yaml --workers 2 --fresh
@@ -67,7 +77,7 @@ debs:
 # fixtures start once); the long integration files first, the many short unit files
 # last to fill the gaps.
 test:
-	$(MAKE) --no-print-directory -j2 lint debs
+	$(MAKE) --no-print-directory -j2 lint debs $(CHECKOV)
 	$(BIN)/python -m pytest -q -n $(SUITE_WORKERS) --dist loadfile tests/integration tests/deploy tests/unit
 
 # The loop to run while editing: the unit tier (in-process, no servers, no sleeps), in
