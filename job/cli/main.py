@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 # The last guard on what an error prints: one line of at most this many characters, cut
 # in the middle (the start names the key or file, the end often the value), so a message
 # that quotes a huge input can never flood stderr (job.files.short keeps most far under).
-MAX_ERROR_LINE = 300
+# Long enough for two long paths whole: a torn journal's error names the file and then the
+# command to repair it, which must survive to be copied (300 cut it for an 85-character
+# path, measured).
+MAX_ERROR_LINE = 1000
 
 
 def error_line(text: str, limit: int = MAX_ERROR_LINE) -> str:

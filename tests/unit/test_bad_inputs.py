@@ -688,3 +688,17 @@ def test_a_metrics_port_in_use_fails_at_start_with_one_line(
     assert code == 2, err
     assert err.count("\n") == 1 and says.format(port=port) in err, err
     assert _tree(in_tmp) == before
+
+
+def test_an_error_line_keeps_a_long_paths_repair_command_whole_and_still_caps_a_flood() -> None:
+    from job.cli.main import MAX_ERROR_LINE, error_line
+    from job.storage.journal import REPAIR
+
+    path = "/var/lib/small-model-search/" + "a-rather-long-folder-name/" * 8 + "study.journal"
+    said = error_line(
+        f"error: journal {path}: line 65 is not a journal record (a torn write built "
+        f"upon); repair it with: {REPAIR} {path}"
+    )
+    assert said.endswith(f"{REPAIR} {path}") and " … " not in said
+    flood = error_line("error: bad value " + "x" * 100_000 + "\nsecond line")
+    assert len(flood) == MAX_ERROR_LINE and " … " in flood and "\n" not in flood
