@@ -30,15 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped]
 import torch
 from numpy.typing import NDArray
 
 from job.config import DataConfig
 from job.files import write_atomic
 from job.ml.data import Dataset, raw_test
+from job.ml.evaluate import Normalize
 from job.ml.images import prepare_images
-from job.ml.onnx import INT8_FILE, ONNX_FILE
+from job.ml.onnx import INPUT, INT8_FILE, ONNX_FILE, ort_session
+from job.ml.sources import in_turn
 
 GOLDEN_FILE = "golden.npz"
 GOLDEN_IMAGES = 10  # at most: one per class in turn
@@ -52,12 +53,9 @@ INPUT_TOLERANCE = 0.1
 
 
 def _in_turn(labels: NDArray[np.int64], n: int) -> list[int]:
-    """Indexes of up to `n` images, the first of each class, then the second, ..."""
-    by_class = [np.flatnonzero(labels == c).tolist() for c in np.unique(labels)]
-    picked: list[int] = []
-    for rank in range(max(map(len, by_class), default=0)):
-        picked += [ids[rank] for ids in by_class if rank < len(ids)]
-    return sorted(picked[:n])
+    """Indexes of up to `n` images, the first of each class, then the second, ... (the
+    preview's choice, job.ml.sources.in_turn), in split order."""
+    return sorted(in_turn(labels.tolist(), n))
 
 
 def golden_inputs(data: Dataset, cfg: DataConfig) -> dict[str, NDArray[Any]]:
@@ -73,9 +71,7 @@ def golden_inputs(data: Dataset, cfg: DataConfig) -> dict[str, NDArray[Any]]:
     prepared = prepare_images(x, size)  # (n, 3, S, S) uint8, as the loader prepares
     if not torch.equal(prepared, data.test.x[picks].cpu()):
         raise ValueError("the raw test images do not prepare to the test split's")
-    mean = torch.tensor(data.mean).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(data.std).view(1, 3, 1, 1) * 255.0
-    normalised = (prepared.float() - mean) / std  # (n, 3, S, S) float32
+    normalised = Normalize(data, torch.device("cpu"), channels_last=False)(prepared)
     return {
         "raw": x.permute(0, 2, 3, 1).contiguous().numpy(),  # (n, H, W, C): as decoded
         "labels": raw.y[picks].cpu().numpy().astype(np.int64),
@@ -85,11 +81,8 @@ def golden_inputs(data: Dataset, cfg: DataConfig) -> dict[str, NDArray[Any]]:
 
 
 def _logits(model: Path, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: its warnings are advice
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    out: NDArray[np.float32] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    session = ort_session(model, threads=1)
+    out: NDArray[np.float32] = session.run(None, {INPUT: x})[0]
     return out.astype(np.float32)
 
 

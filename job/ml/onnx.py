@@ -166,7 +166,7 @@ def _ort_errors(path: Path) -> Iterator[None]:
         raise ExportError(f"{path.name}: onnxruntime cannot run it ({_one_line(exc)})") from None
 
 
-def _session(path: Path, threads: int = 0) -> Any:
+def ort_session(path: Path, threads: int = 0) -> Any:
     """An onnxruntime CPU session; threads 0: onnxruntime's default pool."""
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERRORS_ONLY
@@ -200,7 +200,7 @@ def check_onnx(
     norm = Normalize(data, _CPU, channels_last=False)
     diff, agree, preds = 0.0, 0, []
     try:
-        session = _session(path)
+        session = ort_session(path)
         for x in _batches(test, norm, batch):
             with torch.inference_mode(), torch.autocast("cpu", enabled=False):
                 want = net(x).numpy()  # (b, classes)
@@ -278,7 +278,7 @@ def ort_accuracy(path: Path, data: Dataset, batch: int = 256) -> float:
     """Top-1 accuracy of the ONNX file on the whole test split, under onnxruntime."""
     norm, test = Normalize(data, _CPU, channels_last=False), data.test.to(_CPU)
     with _ort_errors(path):
-        session = _session(path)
+        session = ort_session(path)
         preds = [torch.from_numpy(_run(session, x).argmax(1)) for x in _batches(test, norm, batch)]
     return accuracy_and_f1(torch.cat(preds), test.y, data.num_classes)[0]
 
@@ -288,7 +288,7 @@ def ort_latency(
 ) -> dict[str, Any]:
     """Batch-1 latency under onnxruntime on the CPU, ``threads`` intra-op threads."""
     with _ort_errors(path):
-        session = _session(path, threads)
+        session = ort_session(path, threads)
         # Seeded noise, not zeros: the timing is the same for any input, zeros might not be.
         x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size))
         feed = {INPUT: x.astype(np.float32)}  # (1, 3, S, S)

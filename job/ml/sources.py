@@ -334,7 +334,7 @@ LOADERS: dict[str, Callable[[DataConfig], Source]] = {
 # --- a few images, for a preview ----------------------------------------------------------
 
 
-def _in_turn(labels: Sequence[int], n: int) -> list[int]:
+def in_turn(labels: Sequence[int], n: int) -> list[int]:
     """Indices of `n` items: the first of each class (by label), then the second of each,
     and so on, each class's in source order; two picks are of two classes when there are
     two."""
@@ -361,7 +361,7 @@ def sample_images(cfg: DataConfig, n: int) -> tuple[Split, tuple[str, ...]]:
             folder = _cifar_folder(cfg)
             classes = _cifar_classes(folder)
             x, y = _cifar_batch(folder / _CIFAR_TRAIN[0], len(classes))
-        pick = _in_turn(y.tolist(), n)
+        pick = in_turn(y.tolist(), n)
         return _sample([x[i] for i in pick], [int(y[i]) for i in pick], cfg), classes
     root = _require_path(cfg)
     if not root.is_dir():
@@ -369,7 +369,7 @@ def sample_images(cfg: DataConfig, n: int) -> tuple[Split, tuple[str, ...]]:
     folder = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root
     classes = _class_names(folder)
     files = _image_files(folder, classes[:n], every=True)  # listed, not decoded
-    pick = _in_turn([label for _, label in files], n)
+    pick = in_turn([label for _, label in files], n)
     images = [read_image(files[i][0]) for i in pick]
     return _sample(images, [files[i][1] for i in pick], cfg), classes
 

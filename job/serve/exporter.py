@@ -126,6 +126,7 @@ BEST_FAMILIES: dict[str, tuple[str, str, float]] = {
     "latency": ("sms_study_best_latency_seconds", "latency per image, batch 1", 1e-3),
 }
 DEPRECATED = "DEPRECATED, removed in the next release: use "
+BUDGET_DOC = "The study's trial budget."
 
 
 def study_families(
@@ -167,7 +168,7 @@ def study_families(
     live = workers_beat(trials, summary, config.study.grace_period_s)
     return [
         states,
-        gauge("sms_study_budget", "The study's trial budget.", summary.budget),
+        gauge("sms_study_budget", BUDGET_DOC, summary.budget),
         gauge(
             "sms_study_finished",
             "1 once the study met its budget (study.budget COMPLETE trials, or "
@@ -306,10 +307,7 @@ class StudyCollector(Collector):
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:  # not created yet: the workers have not started
-            budget = GaugeMetricFamily(
-                "sms_study_budget", "The study's trial budget.", labels=["study"]
-            )
-            budget.add_metric([name], self.config.study.budget)
+            budget = _gauge("sms_study_budget", BUDGET_DOC, name, self.config.study.budget)
             return [budget, *self._still_waiting(name)]
         trials = snapshot(study, self.config)
         summary = summarise(trials, self.config, silent=silent_trials(study))
@@ -325,20 +323,21 @@ class StudyCollector(Collector):
         SmsStudyNotStarted alert: a study whose Job never starts (Pending pods, quota)
         would otherwise have no series to alert on."""
         since = self._waiting.setdefault(name, time.time())
-        waiting = GaugeMetricFamily(
-            "sms_study_waiting_since_timestamp_seconds",
-            "Unix time this exporter first saw the study with no trial started (no sample "
-            "once one has).",
-            labels=["study"],
-        )
-        waiting.add_metric([name], since)
-        within = GaugeMetricFamily(
-            "sms_study_start_within_seconds",
-            "study.start_within_s: a study with no trial started for this long alerts.",
-            labels=["study"],
-        )
-        within.add_metric([name], self.config.study.start_within_s)
-        return [waiting, within]
+        return [
+            _gauge(
+                "sms_study_waiting_since_timestamp_seconds",
+                "Unix time this exporter first saw the study with no trial started (no "
+                "sample once one has).",
+                name,
+                since,
+            ),
+            _gauge(
+                "sms_study_start_within_seconds",
+                "study.start_within_s: a study with no trial started for this long alerts.",
+                name,
+                self.config.study.start_within_s,
+            ),
+        ]
 
     def _say(self, line: str) -> None:
         if line != self._said:
@@ -351,14 +350,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _gauge(metric: str, doc: str, study: str, value: float) -> GaugeMetricFamily:
+    """A one-sample gauge of `study`."""
+    family = GaugeMetricFamily(metric, doc, labels=["study"])
+    family.add_metric([study], value)
+    return family
+
+
 def _up(name: str, value: int) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(
+    return _gauge(
         "sms_storage_up",
         "1 when this scrape's read of the study's storage succeeded, 0 when unreachable.",
-        labels=["study"],
+        name,
+        value,
     )
-    family.add_metric([name], value)
-    return family
 
 
 def study_registry(
