@@ -240,11 +240,12 @@ def read_yaml(path: str | Path, error: type[ValueError]) -> Any:
 
 
 # --- a failed write, said in one line (the collector's outputs, exports, previews) --------
-# A pick's folder is built beside its published name as `.<policy>.new` and swapped in
-# (job.collect.outputs); a message names the file as it is published, never the temporary.
+# A pick's folder is built beside its published name as `.trial-<N>.new` and swapped in,
+# a policy's link made as `.<policy>.link` and renamed over its own (job.collect.outputs);
+# a message names the file as it is published, never the temporary.
 
-NEW, OLD, GONE = "new", "old", "gone"
-SIDE_FOLDER = re.compile(rf"^\.(.+)\.({NEW}|{OLD}|{GONE})$")  # a pick's folder mid-swap
+NEW, OLD, GONE, LINK = "new", "old", "gone", "link"
+SIDE_FOLDER = re.compile(rf"^\.(.+)\.({NEW}|{OLD}|{GONE}|{LINK})$")  # a pick mid-swap
 TEMP_FILE = re.compile(r"^\.(.+?)\.\d+\.(?:tmp|pre\.onnx)$")  # write_atomic's, int8's temporaries
 
 
@@ -260,8 +261,8 @@ class OutputFolderError(BadInput, ValueError):
 
 def shown(path: Path) -> str:
     """`path` as it is published: a pick's side folder as the pick's own, a temporary
-    file as the file it becomes (`selected/.best.new/.card.json.7.tmp` →
-    `selected/best/card.json`)."""
+    file as the file it becomes (`selected/.trial-3.new/.card.json.7.tmp` →
+    `selected/trial-3/card.json`)."""
     parts = list(path.parts)
     for i, part in enumerate(parts):
         found = SIDE_FOLDER.match(part) or (TEMP_FILE.match(part) if i == len(parts) - 1 else None)

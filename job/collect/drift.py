@@ -9,7 +9,8 @@ attr ``research`` (parent, what changed, fingerprints); its warm-start trials ca
 ``drift.json`` beside the collector's files, and report.html shows it as "Data drift".
 
 - ``picks``: each model the parent's collector selected (``<parent results_dir>/
-  selected/<policy>/``: card.json, model.yaml, weights.pt) evaluated on this data's test
+  selected/<policy>/``, a link to its trial's folder or, from an older collector, a
+  folder: card.json, model.yaml, weights.pt) evaluated on this data's test
   split (PyTorch, fp32, normalised with the card's mean/std: what a deployer feeds it)
   against its card's verified accuracy; ``change`` = now - verified mean. A pick
   *regressed* when ``change < -max(verified_std, MIN_DROP)``: a drop beyond the seeds'
@@ -205,7 +206,8 @@ def _row(policy: str, number: Any, problem: str | None = None) -> dict[str, Any]
 
 
 def pick_drift(policy: str, number: Any, folder: Path, data: Dataset, batch: int) -> dict[str, Any]:
-    """One ``picks`` row: the pick in `folder` (selected/<policy>/) evaluated on `data`."""
+    """One ``picks`` row: the pick in `folder` (selected/<policy>/, read through its
+    link) evaluated on `data`."""
     row = _row(policy, number)
     try:
         card = _read_json(folder / "card.json")

@@ -10,8 +10,9 @@ accuracy, verified accuracy mean/std and per seed, augmentation policy, recipe),
 and each pick against each baseline (accuracy difference, size, MACs and latency
 ratios: the seed's table).
 
-The publish step (job.collect.publish) builds each pick's folder `selected/<policy>/`
-from `Picks` and writes `selection.json` (`Picks.selection`, with what was published).
+The publish step (job.collect.publish) builds each chosen trial's folder
+`selected/trial-<N>/` from `Picks`, links each policy's `selected/<policy>` to it, and
+writes `selection.json` (`Picks.selection`, with what was published).
 Retrains still queued or running are reported as such; a later `collect` fills them in
 (and retrains nothing twice).
 """
@@ -40,8 +41,11 @@ SELECTED = "selected"
 @dataclass(frozen=True)
 class Card:
     """card.json: everything about one selected model, without the study. The picks
-    step fills the selection's part; the publish step adds `input` (what a caller must
-    feed the model) and, with `export.onnx`, `onnx` (or null and `onnx_note`)."""
+    step fills the selection's part; the publish step adds `policies` (every policy that
+    chose this trial, in the config's order), `input` (what a caller must feed the
+    model) and, with `export.onnx`, `onnx` (or null and `onnx_note`). `policy`, `kind`
+    and `reason` are the first of `policies`' (`policy` stays for the readers of the
+    layout before `policies`, one folder per policy: remove it a release after)."""
 
     policy: str
     kind: str
@@ -68,11 +72,18 @@ class Card:
     onnx_note: str | None = None  # why `onnx` is null
     exported: bool = False  # export.onnx was on: the card has `onnx`, null or not
     golden: dict[str, Any] | None = None  # golden.npz, beside a verified model.onnx
+    policies: tuple[str, ...] = ()  # by the publish step; () reads as (policy,)
 
     def to_json(self) -> dict[str, Any]:
-        """card.json's content, keys in the order they have always had."""
-        late = ("input", "onnx", "onnx_note", "exported", "golden")
-        found = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in late}
+        """card.json's content, keys in the order they have always had (`policies` after
+        `policy`)."""
+        late = ("input", "onnx", "onnx_note", "exported", "golden", "policies")
+        found: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name not in late:
+                found[f.name] = getattr(self, f.name)
+            if f.name == "policy":
+                found["policies"] = list(self.policies or (self.policy,))
         if self.input is not None:
             found["input"] = self.input
         if self.exported:

@@ -14,7 +14,8 @@ once, by the step that owns it:
                                              queued by retrains)
     picks     picks          Picks           baselines.json
     drift     drift          drift report    drift.json, drift.prom (a research version)
-    publish   publish        Publication     selected/<policy>/ (card.json, ONNX, ...),
+    publish   publish        Publication     selected/trial-<N>/ (card.json, ONNX, ...)
+                                             and a link selected/<policy> to it,
                                              selection.json, the trials' artifacts
               verify         Verification    verify.json, with the deployed latency's
                                              agreement (after the picks' own files)

@@ -4,24 +4,28 @@ Sixth step of the pipeline (job.collect.pipeline: study -> front -> select -> ve
 picks -> **publish** -> report -> push), run under the folder's `publish_lock` (one
 collector at a time publishes and reports in a folder; the pipeline holds it).
 
-For every policy's pick (`Picks`, job.collect.picks), its folder `selected/<policy>/` is
-built beside the published one (`selected/.<policy>.new/`, job.collect.outputs):
-`model.yaml`; `weights.pt`, the best seed's retrained state dict, copied from the
-workers' `verified/` folder and loaded into the network with `weights_only=True`,
-strictly (a truncated file, anything but a state dict, or tensors that do not fit fail
-here); `model.onnx`, verified by onnxruntime on the whole test split, and
-`model.int8.onnx`, with their accuracy and latency where they are deployed
-(job.ml.onnx); `card.json`, written once: the pick's `Card` with `onnx` and what a
-caller must feed the model (`input`). Only a set that passed every check is swapped in;
-one that did not leaves the published folder as it was (the previous pick, or none) and
-is one problem line: `selection.json` says, per policy, which trial is `published` and
-the `problem`, and `collect` exits 1. A pick still waiting for its retrains (no weights
-yet) is published as such: its card says so.
+Each trial some policy chose is built once, however many policies chose it, into its
+folder `selected/trial-<N>/`, beside the published one (`selected/.trial-<N>.new/`,
+job.collect.outputs): `model.yaml`; `weights.pt`, the best seed's retrained state dict,
+copied from the workers' `verified/` folder and loaded into the network with
+`weights_only=True`, strictly (a truncated file, anything but a state dict, or tensors
+that do not fit fail here); `model.onnx`, verified by onnxruntime on the whole test
+split, and `model.int8.onnx`, with their accuracy and latency where they are deployed
+(job.ml.onnx); `card.json`, written once: the pick's `Card` with `policies` (every policy
+that chose the trial, in the config's order; `policy`, the first of them, is kept for
+readers of the previous layout), `onnx` and what a caller must feed the model (`input`).
+Only a set that passed every check is swapped in, and only then are its policies'
+links `selected/<policy> -> trial-<N>` pointed at it. One that did not leaves each of its
+policies' links as they were (the previous pick, or none) and is one problem line per
+policy: `selection.json` says, per policy, which trial is `published`, the `folder` its
+link leads to and the `problem`, and `collect` exits 1. A trial folder no link leads to
+any more is removed last. A pick still waiting for its retrains (no weights yet) is
+published as such: its card says so.
 
 Then the published files go up as Optuna artifacts of the search trial the pick came
-from (optuna-dashboard lists and downloads them). The outcome, `Publication`, goes on to
-the report. A write that fails (disk full, ...) is `job.collect.outputs.OutputError`:
-one line, exit 1, the outputs published before intact.
+from, once per trial (optuna-dashboard lists and downloads them). The outcome,
+`Publication`, goes on to the report. A write that fails (disk full, ...) is
+`job.collect.outputs.OutputError`: one line, exit 1, the outputs published before intact.
 """
 
 from __future__ import annotations
@@ -36,7 +40,17 @@ from typing import Any
 
 import optuna
 
-from job.collect.outputs import fresh_side, recover, swap_in, withdraw
+from job.collect.outputs import (
+    TRIAL_FOLDER,
+    fresh_side,
+    holder,
+    point,
+    prune,
+    recover,
+    swap_in,
+    trial_folder,
+    withdraw,
+)
 from job.collect.picks import SELECTED, SELECTION_JSON, Card, Pick, Picks
 from job.collect.results import write_json
 from job.config import Config
@@ -53,15 +67,17 @@ NO_WEIGHTS = "no retrained weights to export (verification off or pending)"
 
 @dataclass(frozen=True)
 class Published:
-    """One policy's outcome: the trial it chose, the trial whose set `selected/<policy>/`
-    holds now (the chosen one, an earlier pick, or None), why the chosen one's set was
-    not published (None when it was), and the card the folder holds now (this pick's as
-    written, the earlier pick's as read, or None)."""
+    """One policy's outcome: the trial it chose, the trial whose set `selected/<policy>`
+    leads to now (the chosen one, an earlier pick, or None), why the chosen one's set was
+    not published (None when it was), the card there now (this pick's as written, the
+    earlier pick's as read, or None), and the folder its link leads to
+    (`selected/trial-<N>`; a previous version's own `selected/<policy>`; None)."""
 
     chosen: int
     held: int | None
     problem: str | None
     card: dict[str, Any] | None
+    folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +103,6 @@ def read_card(folder: Path) -> dict[str, Any] | None:
     return card if isinstance(card, dict) else None
 
 
-# A trial published in this collect: its folder and its card's `onnx` (verified).
-Built = dict[int, tuple[Path, dict[str, Any]]]
-
-
 class Golden:
     """The data's part of every pick's golden.npz and conventions, found once per collect
     (job.ml.golden): the test images are read again only if a pick is exported."""
@@ -106,31 +118,16 @@ class Golden:
         return self._arrays
 
 
-def _onnx(
-    staged: Path, pick: Pick, network: Any, data: Dataset, config: Config, built: Built
-) -> dict[str, Any]:
-    """The card's `onnx` section, its files in `staged`; a trial published already for
-    another policy in this collect is copied from there, not exported twice."""
-    first = built.get(pick.trial.number)
-    if first is None:
-        return export_model(staged, network, data, config.export)
-    folder, found = first
-    for name in (ONNX_FILE, INT8_FILE):
-        if (folder / name).is_file():
-            with writing(staged / name):
-                shutil.copyfile(folder / name, staged / name)
-    return dict(found)
-
-
 def _fill(
-    staged: Path, pick: Pick, data: Dataset, config: Config, built: Built, golden: Golden
+    staged: Path, pick: Pick, policies: list[str], data: Dataset, config: Config, golden: Golden
 ) -> Card | str:
-    """One pick's files in `staged`, card.json last: the card as written, or the
-    problem that keeps them from being published."""
+    """One pick's files in `staged`, card.json last (naming every policy that chose it):
+    the card as written, or the problem that keeps them from being published."""
     text = str(pick.card.model_yaml)
     with writing(staged / "model.yaml"):
         (staged / "model.yaml").write_text(text, encoding="utf-8")
-    card = replace(pick.card, input=input_spec(data, config.data) | golden.conventions)
+    spec = input_spec(data, config.data) | golden.conventions
+    card = replace(pick.card, policies=tuple(policies), input=spec)
     best = pick.model.best_run if pick.model is not None else None
     network = None
     if best is not None and best.weights:
@@ -144,7 +141,7 @@ def _fill(
         except (ExportError, ModelError) as exc:
             return str(exc)
     if config.export.onnx:
-        onnx = None if network is None else _onnx(staged, pick, network, data, config, built)
+        onnx = None if network is None else export_model(staged, network, data, config.export)
         note = NO_WEIGHTS if onnx is None else None
         card = replace(card, exported=True, onnx=onnx, onnx_note=note)
         if onnx is not None and not onnx.get("verified"):
@@ -159,75 +156,101 @@ def _fill(
 
 
 def _build(
-    live: Path, pick: Pick, data: Dataset, config: Config, built: Built, golden: Golden
+    live: Path, pick: Pick, policies: list[str], data: Dataset, config: Config, golden: Golden
 ) -> Card | str:
     """Build beside, check, swap in: the card published, or why the set was not."""
     staged = fresh_side(live)
     try:
-        found = _fill(staged, pick, data, config, built, golden)
+        found = _fill(staged, pick, policies, data, config, golden)
         if isinstance(found, Card):
             swap_in(staged, live)
-            if found.onnx is not None and (live / ONNX_FILE).is_file():
-                built.setdefault(pick.trial.number, (live, found.onnx))
         return found
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # a set that failed, or a write that did
 
 
+def _kept(live: Path, policy: str, number: int, why: str) -> Published:
+    """A policy whose chosen set was not published: what its path leads to still."""
+    held = read_card(live)  # an earlier collect's pick, still published
+    before = held.get("trial") if held is not None else None
+    keeps = f" (trial {before})" if isinstance(before, int) else ""
+    keeps = f"keeps the set published before{keeps}" if live.exists() else "stays empty"
+    line = f"{policy}: trial {number} not published: {why}; {SELECTED}/{policy}/ {keeps}"
+    held_number = before if isinstance(before, int) else None
+    return Published(number, held_number, line, held, holder(live))
+
+
+# A policy named like a trial's folder would share its path with that folder.
+RESERVED = (
+    f"its name is that of a trial's folder under {SELECTED}/ (trial-<N>); "
+    "give the policy another `name` in select.policies"
+)
+
+
 def publish_picks(out: Path, picks: Picks, data: Dataset, config: Config) -> dict[str, Published]:
-    """Every policy's pick built, checked and swapped in (or left as it was), and the
-    picks no policy chooses any more withdrawn; policy → its outcome."""
+    """Each chosen trial's set built, checked and swapped in once (or left as it was),
+    each policy's link pointed at its pick's, the picks no policy chooses any more
+    withdrawn, then the trial folders no link leads to removed; policy → its outcome."""
     selected = out / SELECTED
-    built: Built = {}
     golden = Golden(data, config)
+    chosen: dict[int, list[str]] = {}  # trial → the policies that chose it, config order
+    for choice in picks.choices:
+        if choice.number is not None and not TRIAL_FOLDER.match(choice.policy):
+            chosen.setdefault(picks.picks[choice.policy].trial.number, []).append(choice.policy)
+    built: dict[int, Card | str] = {}  # once per trial, whichever policies chose it
+    for number, policies in chosen.items():
+        live, pick = selected / trial_folder(number), picks.picks[policies[0]]
+        built[number] = _build(live, pick, policies, data, config, golden)
     results: dict[str, Published] = {}
     for choice in picks.choices:
         live = selected / choice.policy
+        if TRIAL_FOLDER.match(choice.policy):  # that path is a trial's: never a policy's
+            if choice.number is not None:
+                results[choice.policy] = Published(
+                    choice.number, None, f"{choice.policy}: not published: {RESERVED}", None
+                )
+            continue
         if choice.number is None:  # what an earlier collect chose is no longer chosen
             withdraw(live)
             continue
-        pick = picks.picks[choice.policy]
-        found = _build(live, pick, data, config, built, golden)
-        number = pick.trial.number
+        number = picks.picks[choice.policy].trial.number
+        found = built[number]
         if isinstance(found, Card):
-            results[choice.policy] = Published(number, number, None, found.to_json())
-            continue
-        held = read_card(live)  # an earlier collect's pick, still published
-        before = held.get("trial") if held is not None else None
-        keeps = f" (trial {before})" if isinstance(before, int) else ""
-        keeps = f"keeps the set published before{keeps}" if live.exists() else "stays empty"
-        line = (
-            f"{choice.policy}: trial {number} not published: {found}; "
-            f"{SELECTED}/{choice.policy}/ {keeps}"
-        )
-        held_number = before if isinstance(before, int) else None
-        results[choice.policy] = Published(number, held_number, line, held)
+            point(live, trial_folder(number))
+            folder = f"{SELECTED}/{trial_folder(number)}"
+            results[choice.policy] = Published(number, number, None, found.to_json(), folder)
+        else:
+            results[choice.policy] = _kept(live, choice.policy, number, found)
+    prune(selected)  # last: every link is where it belongs by now
     return results
 
 
 def selection_json(
     selection: dict[str, dict[str, Any]], results: dict[str, Published]
 ) -> dict[str, dict[str, Any]]:
-    """selection.json: each policy's choice, the trial its folder holds (`published`) and
-    why the chosen one is not that (`problem`)."""
+    """selection.json: each policy's choice, the trial its folder holds (`published`),
+    why the chosen one is not that (`problem`) and the folder its link leads to
+    (`folder`: `selected/trial-<N>`, shared by every policy that holds that trial)."""
     found = {}
     for policy, entry in selection.items():
         result = results.get(policy)
         found[policy] = entry | {
             "published": result.held if result is not None else None,
             "problem": result.problem if result is not None else None,
+            "folder": result.folder if result is not None else None,
         }
     return found
 
 
 def _upload(out: Path, study: optuna.Study, picks: Picks, results: dict[str, Published]) -> None:
-    """The published picks' files as artifacts of their trials, once per trial."""
+    """The published picks' files as artifacts of their trials, once per trial (two
+    policies that chose one trial share its folder, and so its files)."""
     uploaded: set[int] = set()
     for policy, result in results.items():
-        if result.problem is not None or result.chosen in uploaded:
+        if result.problem is not None or result.folder is None or result.chosen in uploaded:
             continue
         trial = picks.picks[policy].trial
-        folder = out / SELECTED / policy
+        folder = out / result.folder
         files = [folder / name for name in EXPORTED if (folder / name).is_file()]
         with writing(out / ARTIFACTS):
             upload_trial_files(study, trial, files, out / ARTIFACTS)
@@ -251,23 +274,28 @@ def publish(
 
 
 def export_text(publication: Publication) -> str:
-    """One line per published pick for `collect`: verification, int8, deployed latency."""
+    """One line per published trial for `collect` (naming every policy that chose it):
+    verification, int8, deployed latency."""
     return "\n".join(_export_lines(publication))
 
 
 def _export_lines(publication: Publication) -> Iterator[str]:
+    trials: dict[int, tuple[list[str], dict[str, Any]]] = {}
     for policy, result in publication.results.items():
         if result.problem is not None or result.card is None:  # its warning says
             continue
-        onnx = result.card.get("onnx")
+        trials.setdefault(result.chosen, ([], result.card))[0].append(policy)
+    for policies, card in trials.values():
+        onnx = card.get("onnx")
         if not isinstance(onnx, dict):
             continue
+        names = ", ".join(policies)
         if not onnx.get("verified"):
-            yield f"onnx   {policy:<16} FAILED verification: {onnx.get('problem')}"
+            yield f"onnx   {names:<16} FAILED verification: {onnx.get('problem')}"
             continue
         latency = onnx.get("latency_ms") or {}
         text = (
-            f"onnx   {policy:<16} verified (max |logit diff| {onnx['max_logit_diff']:.1e}, "
+            f"onnx   {names:<16} verified (max |logit diff| {onnx['max_logit_diff']:.1e}, "
             f"test acc {onnx['test_accuracy']:.4f}), {latency.get('median_ms', math.nan):.3f} ms"
         )
         int8 = onnx.get("int8")

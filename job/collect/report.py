@@ -2,8 +2,8 @@
 
 Seventh step of the pipeline (job.collect.pipeline: study -> front -> select -> verify ->
 picks -> publish -> **report** -> push). `render_report` renders a `Page` (what the
-collector's files hold: summary.json, pareto.json, selection.json, each published
-selected/<policy>/card.json, verify.json, baselines.json, drift.json) and the study's
+collector's files hold: summary.json, pareto.json, selection.json, the card.json each
+policy's selected/<policy> leads to, verify.json, baselines.json, drift.json) and the study's
 trials through `templates/report.html.j2` (Jinja2, autoescaped) into one file that needs
 nothing else: no script, no network, figures inline as base64 SVG (matplotlib `Figure`s,
 no pyplot), the augmentation preview as a small PNG, links to the picks' files relative.
@@ -19,7 +19,8 @@ each completed trial, COMPLETE trials against wall time); for a study version ma
 `research` with a drift report (job.collect.drift), the data drift against its parent
 (lineage, the parent's picks on this data, the front kept, the hypervolume; without
 one the page has no such section); the Pareto plot with the picks marked, the
-selection, the baselines, proxy vs verified accuracy, each pick's card, and the chosen
+selection, the baselines, proxy vs verified accuracy, each published model's card (one
+per trial, titled with every policy that chose it: `model_cards`), and the chosen
 augmentation policy at work. Every figure comes from `job.search.view`, so the page
 agrees with `summary.json` and `python -m job status`.
 """
@@ -84,7 +85,7 @@ class Page:
     summary: Any  # summary.json
     front: Any  # pareto.json
     selection: dict[str, Any] | None  # selection.json
-    cards: dict[str, dict[str, Any]]  # `card_entry` per policy that chose a trial
+    cards: dict[str, dict[str, Any]]  # `card_entry` per policy that chose a trial (shared)
     verify: dict[str, Any] | None  # verify.json
     baselines: Any  # baselines.json
     drift: dict[str, Any] | None  # drift.json (a research version's), never "missing"
@@ -114,6 +115,7 @@ def render_report(
         "front": page.front,
         "selection": page.selection,
         "cards": page.cards,
+        "model_cards": model_cards(page.cards),
         "baselines": page.baselines,
         "verify": page.verify,
         "verify_svg": svg(verify_figure(page.verify, page.baselines)) if page.verify else None,
@@ -129,12 +131,18 @@ def render_report(
 @dataclass(frozen=True)
 class Ship:
     """One model to ship: its trial, every policy (stated need) that chose it, and the
-    card of the first (they hold the same model)."""
+    card of the first (they hold the same model, in one folder)."""
 
     trial: int
     policies: list[str]
     reasons: list[str]
     card: dict[str, Any]
+
+    @property
+    def folder(self) -> str:
+        """Where its files are: the trial's folder (`selected/trial-<N>`)."""
+        folder = self.card.get("folder")
+        return folder if isinstance(folder, str) else f"{SELECTED}/{self.policies[0]}"
 
 
 def ship(
@@ -224,16 +232,36 @@ def read_json(path: Path) -> Any:
 
 
 def card_entry(out: Path, policy: str, choice: dict[str, Any], card: Any) -> dict[str, Any]:
-    """A pick's card as the page shows it: the card its folder holds, with `downloads`
-    (relative paths of the files present) and `problem` (why the chosen trial's set was
-    not published, the folder holding the one before); `{"missing": True}` without one."""
-    folder = out / SELECTED / policy
+    """A policy's card as the page shows it: the card its folder holds, with `folder`
+    (where its link leads, selection.json's `folder`: `selected/trial-<N>`; a folder of
+    the layout before, `selected/<policy>`; None), `downloads` (relative paths of the
+    files present, in that folder) and `problem` (why the chosen trial's set was not
+    published, the folder holding the one before); `{"missing": True}` without one."""
+    folder = choice.get("folder")
+    if not isinstance(folder, str):  # a selection.json written before `folder`
+        folder = f"{SELECTED}/{policy}" if isinstance(card, dict) else None
     found = dict(card) if isinstance(card, dict) else {"missing": True, "trial": choice["trial"]}
+    found["folder"] = folder
     found["downloads"] = [
-        f"{SELECTED}/{policy}/{name}" for name in DOWNLOADS if (folder / name).is_file()
+        f"{folder}/{name}" for name in DOWNLOADS if folder and (out / folder / name).is_file()
     ]
     found["problem"] = choice.get("problem")
     return found
+
+
+def model_cards(cards: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page's model cards: one per folder, however many policies lead to it, with
+    `names` (those policies, in the config's order: the card's title and anchors) and
+    `problems` (each one's, where its chosen set was not published); the policies whose
+    pick has no folder at all get one card per trial they chose."""
+    found: dict[str, dict[str, Any]] = {}
+    for policy, card in cards.items():
+        key = card.get("folder") or f"trial {card.get('trial')}"
+        entry = found.setdefault(key, card | {"names": [], "problems": []})
+        entry["names"].append(policy)
+        if card.get("problem"):
+            entry["problems"].append(card["problem"])
+    return list(found.values())
 
 
 def glance(summary: Any, trials: Sequence[FrozenTrial], config: Config) -> dict[str, Any]:

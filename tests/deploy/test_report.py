@@ -83,9 +83,12 @@ def test_the_page_is_one_self_contained_file(run: tuple[Path, Config]) -> None:
     assert len(images) == 3 + with_ops
     assert with_ops or "no pick's policy applies an op" in html
     downloads = {v for tag, _, v in links_of(html).links if tag == "a" and "/" in v}
+    selection = _json(out / "selection.json")
     for policy in ("best", "knee"):
+        folder = selection[policy]["folder"]  # its trial's, where its link leads
+        assert (out / folder).resolve() == (out / "selected" / policy).resolve()
         for name in ("model.yaml", "weights.pt", "card.json"):
-            assert f"selected/{policy}/{name}" in downloads
+            assert f"{folder}/{name}" in downloads and (out / folder / name).is_file()
 
 
 def test_the_hypervolume_curve_ends_at_the_summary(run: tuple[Path, Config]) -> None:
@@ -113,10 +116,14 @@ def test_the_key_numbers_are_on_the_page(run: tuple[Path, Config], rendered: Ren
     summary = _json(out / "summary.json")
     assert f"{summary['hypervolume']:.4f}" in text
     assert f"COMPLETE / budget\n{summary['complete']} / {summary['budget']}" in text
-    for policy, choice in _json(out / "selection.json").items():
+    selection = _json(out / "selection.json")
+    for policy, choice in selection.items():
         card = _json(out / "selected" / policy / "card.json")
-        assert choice["trial"] == card["trial"]
-        assert f"{policy} — trial {card['trial']}" in text
+        assert choice["trial"] == card["trial"] and policy in card["policies"]
+        # one card per trial, titled with every policy that chose it
+        names = [p for p, c in selection.items() if c["published"] == card["trial"]]
+        assert names == card["policies"] and text.count(f"— trial {card['trial']}\n") == 1
+        assert f"{', '.join(names)} — trial {card['trial']}" in text
         assert f"{card['verified']['mean']:.4f} ± {card['verified']['std']:.4f}" in text
         if card.get("onnx"):  # exported: verified against PyTorch, and its accuracy
             assert f"{card['onnx']['test_accuracy']:.4f}" in text
@@ -128,7 +135,6 @@ def test_the_key_numbers_are_on_the_page(run: tuple[Path, Config], rendered: Ren
     assert "Not found in this folder" not in text
     # "Ship this" comes first: each published model once, with every need it meets
     shipped = text[text.index("\nShip this\n") : text.index("\nThe study at a glance\n")]
-    selection = _json(out / "selection.json")
     published = {c["published"] for c in selection.values() if c["published"] is not None}
     for number in published:
         assert shipped.count(f"trial {number}\t") == 1, shipped

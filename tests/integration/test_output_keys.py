@@ -3,7 +3,8 @@ pareto.json, selection.json, verify.json, baselines.json and every pick's card.j
 real (tiny) `python -m job run`, equals tests/data/output_keys.json, recorded from the code
 before the refactor of issue 24 (DESIGN.md §4: the collector's files are a contract), and
 since extended on purpose (issue 25: each rank correlation's p-value, count and too_few;
-the recipes' `test_each_trial`).
+the recipes' `test_each_trial`; the card's `policies` and selection.json's `folder`, since
+the policies that choose one trial share its folder `selected/trial-<N>/`).
 
 A structure keeps only what a reader relies on: each dict's keys, each list's element
 structure (the union over its elements), and each leaf's kind (`number`, `str`, `bool`).

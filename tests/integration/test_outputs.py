@@ -1,7 +1,8 @@
 """The collector's outputs are replaced only by complete, checked sets (job.collect.outputs,
 job.collect.publish): a damaged retrain source leaves the published pick byte for byte as it
-was, a disk that fills up mid-collect is one line and exit 1 with every earlier output
-intact, and a publisher stopped between its two renames is recovered to one whole set.
+was (its link and its trial's folder), a disk that fills up mid-collect is one line and
+exit 1 with every earlier output intact, and a publisher stopped between its two renames
+is recovered to one whole set.
 
 The study is real (a journal, the verification study, a worker claiming the queued
 retrains in-process with a test training function that saves a real state dict); each
@@ -113,6 +114,14 @@ def _tree(root: Path) -> dict[str, str]:
     }
 
 
+def _layout(selected: Path) -> dict[str, str]:
+    """selected/'s entries: each policy's link → the trial folder it leads to, each
+    trial's folder → "folder"."""
+    return {
+        p.name: os.readlink(p) if p.is_symlink() else "folder" for p in sorted(selected.iterdir())
+    }
+
+
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -171,7 +180,7 @@ def test_a_damaged_source_leaves_the_published_pick_byte_identical(
     assert {"weights.pt", "model.onnx", "model.int8.onnx", "card.json"} <= {
         p.name for p in (selected / "knee").iterdir()
     }
-    before = _tree(selected / "knee")
+    before, layout = _tree(selected / "knee"), _layout(selected)
     source = _source(out, "knee")
     good = source.read_bytes()
     damage(source)
@@ -182,7 +191,8 @@ def test_a_damaged_source_leaves_the_published_pick_byte_identical(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert _tree(selected / "knee") == before  # every file, byte for byte
-    assert sorted(p.name for p in selected.iterdir()) == ["best", "knee"]  # no side folder
+    assert _layout(selected) == layout  # every link where it was, and no side folder
+    assert sorted(n for n in layout if not n.startswith("trial-")) == ["best", "knee"]
     best = json.loads((selected / "best" / "card.json").read_text())  # its source is whole:
     assert best["onnx"]["verified"] is True  # published again, a complete set
     knee = json.loads((out / "selection.json").read_text())["knee"]

@@ -89,14 +89,16 @@ def verified_at(acc: float) -> dict[str, tuple[float, float]]:
 
 
 def parent_folder(root: Path, trained: Trained, data: Dataset) -> Path:
-    """What the parent's collector wrote: selection.json and selected/<policy>/."""
+    """What the parent's collector wrote: selection.json, selected/trial-<N>/ and the
+    link selected/<policy> to it, read through the link."""
     folder = root / "parent-results"
     trials = {"best": 2, "knee": 1, "small": 0}
     selection: dict[str, Any] = {p: {"kind": p, "trial": n} for p, n in trials.items()}
     selection["budget"] = {"kind": "budget", "trial": None, "reason": "none fits"}
     for policy, (mean, std) in verified_at(trained.test_accuracy).items():
-        pick = folder / "selected" / policy
+        pick = folder / "selected" / f"trial-{trials[policy]}"
         pick.mkdir(parents=True)
+        (folder / "selected" / policy).symlink_to(pick.name)
         card = {"policy": policy, "trial": trials[policy], "verified": {"mean": mean, "std": std}}
         card["input"] = input_spec(data, DataConfig(name="digits", image_size=16))
         (pick / "card.json").write_text(json.dumps(card))
