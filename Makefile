@@ -9,7 +9,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2;
 # their time waiting on the processes they start (2 cores: 95% busy with 3, 84% with 2).
 SUITE_WORKERS ?= $(shell echo $$(( $(TEST_WORKERS) + 1 )))
 
-.PHONY: run test test-fast lint format rules bench preview status dashboard exporter clean debs checkov
+.PHONY: run test test-fast lint format rules bench preview status dashboard exporter clean debs checkov digests digests-check
 
 # The venv is (re)built whenever the pinned requirements change. Its modules are byte-
 # compiled up front, on every core (pip would do it on one: half of the build's minutes,
@@ -34,19 +34,28 @@ $(CHECKOV):
 checkov: $(STAMP) $(CHECKOV)
 	$(BIN)/python k8s/checkov.py $(CHECKOV)
 
+# Pin every image of k8s/ by digest, resolved from its registry (needs them reachable):
+# run after changing a tag or pushing an image of ours. digests-check: exit 1 while one
+# is pinned by tag only (docs/OPERATING.md, "Images by digest").
+digests: $(STAMP)
+	$(BIN)/python k8s/digests.py --write
+
+digests-check: $(STAMP)
+	$(BIN)/python k8s/digests.py --check
+
 run: $(STAMP)
 	$(BIN)/python -m job run --config configs/quickstart.yaml --workers 2 --fresh
 
 lint: $(STAMP)
-	$(BIN)/ruff check job tests bench monitoring
-	$(BIN)/ruff format --check job tests bench monitoring
-	$(BIN)/mypy job
+	$(BIN)/ruff check job tests bench monitoring k8s
+	$(BIN)/ruff format --check job tests bench monitoring k8s
+	$(BIN)/mypy job k8s/checkov.py k8s/digests.py
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck entrypoint.sh bench/*.sh
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix job tests bench monitoring
-	$(BIN)/ruff format job tests bench monitoring
+	$(BIN)/ruff check --fix job tests bench monitoring k8s
+	$(BIN)/ruff format job tests bench monitoring k8s
 
 # monitoring/rules.yml is the one source of the alert rules: this writes the Prometheus
 # Operator's copy, k8s/components/monitoring/small-model-search-prometheusrule.yaml, from
@@ -57,9 +66,10 @@ rules: $(STAMP)
 # Debian packages the suite drives for real: a headless Chromium renders report.html;
 # promtool checks and unit-tests monitoring/rules.yml and the metrics; a Prometheus and a
 # Pushgateway scrape and take pushes; a PgBouncer pools the suite's PostgreSQL
-# (job/testing/pgbouncer.py, bench/fleet.py). Installed where missing (as root, or through
-# sudo); services are started by the tests.
-DEBS := chromium prometheus prometheus-pushgateway pgbouncer
+# (job/testing/pgbouncer.py, bench/fleet.py); a container registry (docker-registry, the
+# CNCF distribution server) serves the images k8s/digests.py pins. Installed where missing
+# (as root, or through sudo); services are started by the tests.
+DEBS := chromium prometheus prometheus-pushgateway pgbouncer docker-registry
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \

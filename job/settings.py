@@ -34,8 +34,6 @@ An empty value counts as unset.
                                            Jobs of each version it starts
     SMS_NAMESPACE         see job.run.launch   the namespace `research --launch` creates Jobs
                                            in (pods: the downward API's metadata.namespace)
-    SMS_JOB_NAME          unset            the research pod's own Job (downward API): its
-                                           image and config map are the new Jobs'
     SMS_PUSHGATEWAY       unset            a Pushgateway's http(s)://host:port: workers,
                                            collect and research push their final metrics
     SMS_LOG_FORMAT        text             `text` (plain lines) or `json` (one object per
@@ -74,7 +72,6 @@ SMS_CODE_VERSION = "SMS_CODE_VERSION"
 DASHBOARD_PORT = "DASHBOARD_PORT"
 SMS_STUDY = "SMS_STUDY"
 SMS_NAMESPACE = "SMS_NAMESPACE"
-SMS_JOB_NAME = "SMS_JOB_NAME"
 SMS_PUSHGATEWAY = "SMS_PUSHGATEWAY"
 SMS_LOG_FORMAT = "SMS_LOG_FORMAT"
 OMP_NUM_THREADS = "OMP_NUM_THREADS"  # not read here: written for `run`'s workers' OpenMP
@@ -103,7 +100,6 @@ VARIABLES: tuple[str, ...] = (
     DASHBOARD_PORT,
     SMS_STUDY,
     SMS_NAMESPACE,
-    SMS_JOB_NAME,
     SMS_PUSHGATEWAY,
     SMS_LOG_FORMAT,
 )
@@ -271,10 +267,6 @@ class Settings:
         """SMS_NAMESPACE: where `research --launch` creates Jobs, or None (job.run.launch looks
         further: the pod's service account, then the kubeconfig)."""
         return self.get(SMS_NAMESPACE) or None
-
-    def own_job(self) -> str | None:
-        """SMS_JOB_NAME: the research pod's own Job, or None outside a pod."""
-        return self.get(SMS_JOB_NAME) or None
 
     def pushgateway(self) -> str | None:
         """SMS_PUSHGATEWAY: the Pushgateway's base URL (http or https, a host, an optional

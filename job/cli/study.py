@@ -103,7 +103,7 @@ def cmd_research(args: argparse.Namespace) -> int:
     out = version_folder(home, config.study.name, decision.study)
     launched = None
     if args.launch and decision.decision != UNCHANGED:
-        launched = _launch(decision.study, decision.version)
+        launched = _launch(decision.study, decision.version, config)
     if decision.decision != UNCHANGED and launched is None:
         print(f"running {decision.study} here; its results go to {out}", flush=True)
     # the latest decision in the home; a new version's own in its folder, for good
@@ -125,13 +125,13 @@ def cmd_research(args: argparse.Namespace) -> int:
     return run_and_collect(config, options, models, data)
 
 
-def _launch(study: str, version: int) -> list[str]:
+def _launch(study: str, version: int, config: Config) -> list[str]:
     """The version's worker and collector Jobs (job.run.launch); a setup problem (no Role,
-    no template Job) is bad input, exit 2."""
-    from job.run.launch import LaunchDownError, LaunchError, launch
+    no template CronJob) is bad input, exit 2."""
+    from job.run.launch import LaunchDownError, LaunchError, job_deadlines, launch
 
     try:
-        lines = launch(study, version)
+        lines = launch(study, version, job_deadlines(config))
     except LaunchError as exc:
         raise UsageError(f"--launch: {exc}") from None
     except LaunchDownError as exc:  # the API server unreachable: try again later, exit 1

@@ -6,6 +6,7 @@ one that does not is marked `NO_RESULTS` on the field itself.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -64,6 +65,10 @@ class StudyConfig(Section):
     # No trial started this long after the exporter first saw the study: SmsStudyNotStarted
     # (pods Pending, a quota, a queue). Raise it where Kueue may hold the Job longer.
     start_within_s: Int = Field(1800, ge=60, le=30 * 86400)
+    # On a cluster, the workers' Job is stopped this long after it started (its
+    # activeDeadlineSeconds, set by `research --launch`): a search that hangs or cannot
+    # meet its budget ends, and frees its GPUs, instead of holding them for ever.
+    deadline_s: Int = Field(7 * 86400, ge=600, le=365 * 86400)
     # PostgreSQL only: a worker that stops beating this long (killed, node lost) has its
     # trial failed and retried by a live worker, at most `max_retry` times.
     heartbeat_interval_s: Int = Field(10, ge=1, le=3600)
@@ -271,6 +276,12 @@ class Policy(Section):
     def _name(self) -> Policy:
         problem = study_name_problem(self.name)  # a folder name, like a study's
         _require(problem is None, f"name: {problem}")
+        # selected/<name> links to the pick's real folder, selected/trial-<N>
+        _require(
+            re.fullmatch(r"trial-[0-9]+", self.name) is None,
+            f"name: {self.name!r} is how a pick's own folder is named under selected/ "
+            "(trial-<N>); give the policy another name",
+        )
         return self
 
     @property
@@ -301,6 +312,10 @@ class SelectConfig(Section):
     retrain: RetrainConfig = RetrainConfig()
     verify_top_k: Int = Field(5, ge=0)
     baselines: tuple[str, ...] = ()
+    # On a cluster, the collector's Job starts with the workers' and waits for them: it is
+    # stopped `study.deadline_s` and this long after it started, time for the retrains
+    # and the export once the search is done.
+    deadline_s: Int = Field(86400, ge=600, le=365 * 86400)
 
     @model_validator(mode="after")
     def _distinct(self) -> SelectConfig:

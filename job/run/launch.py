@@ -1,24 +1,27 @@
 """Research, cluster side: start a study version's worker and collector Jobs.
 
-`research --launch` calls `launch(study, version)` once it has created the version. The
-Jobs are clones of the two the manifests ship, `search` (the Indexed worker Job) and
-`collect`, read from the cluster, so what an overlay patched into them (GPU limits,
-tolerations, parallelism) carries over; no manifest lives in Python. A clone is named
-`<template>-<study as a DNS label>`, labelled with the version, annotated with the exact
-study name, and its containers get SMS_STUDY. Creating is idempotent: a Job that already
-exists (409 AlreadyExists) is fine.
+`research --launch` calls `launch(study, version, deadlines)` once it has created the
+version. Its Jobs are made from the two templates the manifests ship, the suspended
+CronJobs `search` (the Indexed worker Job) and `collect`, read from the cluster, so what
+an overlay patched into them (GPU limits, tolerations, parallelism) carries over; no
+manifest lives in Python. A Job is named `<template>-<study as a DNS label>`, labelled
+with the version, annotated with the exact study name; its containers get SMS_STUDY and
+its `activeDeadlineSeconds` comes from the config (`study.deadline_s`; the collector's
+adds `select.deadline_s`). Creating is idempotent: a Job that already exists (409
+AlreadyExists) is fine.
 
-The templates are immutable once created, so after a config or image change `kubectl
-apply -k` cannot update them, while it does update the research CronJob (and gives the
-ConfigMap a new hash-suffixed name). In a research pod, SMS_JOB_NAME names the pod's own
-Job, always current: its image and config map replace the templates'. From a laptop
-(a kubeconfig, no SMS_JOB_NAME) the templates are used as they are.
+Why templates are CronJobs and the manifests hold no Job: a Job's pod template is
+immutable, so a Job in the manifests fails every `kubectl apply -k` (and every Argo CD or
+Flux sync) after a config or image change with "field is immutable". A suspended
+CronJob never runs by itself, and `kubectl apply` updates its jobTemplate like any
+other field; a changed config is a new study version (job.collect.research), so its Jobs
+have new names, and nothing ever needs a Job replaced.
 
 Client: in a pod (KUBERNETES_SERVICE_HOST and the service account's token) the in-cluster
 configuration, else the kubeconfig (KUBECONFIG, else ~/.kube/config). Namespace:
 SMS_NAMESPACE, else the pod's service account's, else the kubeconfig context's, else
 `small-model-search`. What it asks of the API is what k8s/base/research-role.yaml grants:
-get, list and create batch Jobs in that namespace.
+get the template CronJobs, list and create Jobs, in that namespace.
 
 Errors are one line, no token: `LaunchError` (exit 2) for a setup to fix (no config, a
 403, a missing template); `LaunchDownError` (exit 1) for an API server that cannot be
@@ -31,7 +34,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +46,17 @@ import yaml
 from kubernetes import client, config
 
 from job import settings
+from job.config import Config
 
 Obj = dict[str, Any]
 T = TypeVar("T")
 
-TEMPLATES = ("search", "collect")  # the Jobs of k8s/base/{search,collect}-job.yaml
-TTL_S = 604800  # a week to read the pods' logs; the templates themselves carry none
+TEMPLATES = ("search", "collect")  # the CronJobs of k8s/base/{search,collect}-cronjob.yaml
+TTL_S = 604800  # a week to read the pods' logs
 MAX_NAME = 63  # a Job's name is a DNS-1123 label (its pods' labels carry it)
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 VERSION_LABEL = "small-model-search/version"
 STUDY_ANNOTATION = "small-model-search/study"
-CONFIG_VOLUME = "config"
 DEFAULT_NAMESPACE = "small-model-search"
 ROLE = "k8s/base/research-role.yaml"
 OVERLAY = "k8s/overlays/<overlay>"
@@ -165,41 +168,31 @@ def clone_spec(job: Obj, study: str, version: int) -> Obj:
     return out
 
 
-def with_own_job(job: Obj, own: Obj) -> Obj:
-    """`job` with the image of `own`'s first container in every container, and the config
-    map of `own`'s volume `config` in its volume `config`: the research pod's own Job is
-    what `kubectl apply -k` last made, the templates may be older."""
-    out = copy.deepcopy(job)
-    own_pod = own["spec"]["template"]["spec"]
-    image = own_pod["containers"][0]["image"]
-    pod = out["spec"]["template"]["spec"]
-    for container in _containers(pod):
-        container["image"] = image
-    config_map = _config_map(own_pod)
-    if config_map is not None:
-        for volume in pod.get("volumes", []):
-            if volume.get("name") == CONFIG_VOLUME and "configMap" in volume:
-                volume["configMap"]["name"] = config_map
-    return out
-
-
-def clone(template: Obj, study: str, version: int, namespace: str, own: Obj | None = None) -> Obj:
-    """The Job to create for `study` (version `version`) from a template Job."""
+def clone(
+    template: Obj, study: str, version: int, namespace: str, deadline_s: int | None = None
+) -> Obj:
+    """The Job to create for `study` (version `version`) from a template Job; stopped by
+    the Job controller after `deadline_s` seconds when given."""
     name = template["metadata"]["name"]
     job = {k: v for k, v in template.items() if k in ("apiVersion", "kind", "metadata", "spec")}
     job = clone_spec(clone_metadata(job, name, study, version, namespace), study, version)
-    return job if own is None else with_own_job(job, own)
+    if deadline_s is not None:
+        job["spec"]["activeDeadlineSeconds"] = deadline_s
+    return job
+
+
+def template_job(cron: Obj) -> Obj:
+    """The Job a template CronJob describes: its jobTemplate (metadata and spec), named
+    after the CronJob, as `kubectl create job --from=cronjob/NAME` would make it."""
+    job_template = cron.get("spec", {}).get("jobTemplate", {})
+    meta = copy.deepcopy(job_template.get("metadata", {}))
+    meta["name"] = cron["metadata"]["name"]
+    spec = copy.deepcopy(job_template.get("spec", {}))
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
 def _containers(pod: Obj) -> list[Obj]:
     return [*pod.get("initContainers", []), *pod.get("containers", [])]
-
-
-def _config_map(pod: Obj) -> str | None:
-    for volume in pod.get("volumes", []):
-        if volume.get("name") == CONFIG_VOLUME and "configMap" in volume:
-            return str(volume["configMap"]["name"])
-    return None
 
 
 # --- the API ---------------------------------------------------------------------------
@@ -248,18 +241,22 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def read_job(cluster: Cluster, name: str, missing: str) -> Obj:
-    """GET the Job `name` as a plain dict (the API's own camelCase JSON); `missing` is the
-    LaunchError's message when there is none."""
+def read_template(cluster: Cluster, name: str) -> Obj:
+    """GET the template CronJob `name`; the Job it describes (`template_job`)."""
+    missing = (
+        f"the template CronJob {name} is not in namespace {cluster.namespace}: "
+        f"`kubectl apply -k {OVERLAY}` restores it"
+    )
     response = _call(
         cluster,
         "get",
-        lambda: cluster.batch.read_namespaced_job(
+        lambda: cluster.batch.read_namespaced_cron_job(
             name, cluster.namespace, _preload_content=False, _request_timeout=TIMEOUT_S
         ),
         missing=missing,
+        what="CronJobs",
     )
-    return cast(Obj, json.loads(cast(urllib3.BaseHTTPResponse, response).data))
+    return template_job(cast(Obj, json.loads(cast(urllib3.BaseHTTPResponse, response).data)))
 
 
 def create_job(cluster: Cluster, job: Obj) -> bool:
@@ -309,8 +306,11 @@ class _AlreadyThereError(Exception):
     """409 AlreadyExists on a create: success for an idempotent launch."""
 
 
-def _call(cluster: Cluster, verb: str, request: Callable[[], T], missing: str = "") -> T:
-    """Run one API request; its failures as LaunchError / LaunchDownError, one line."""
+def _call(
+    cluster: Cluster, verb: str, request: Callable[[], T], missing: str = "", what: str = "Jobs"
+) -> T:
+    """Run one API request on `what` (a resource, plural); its failures as LaunchError /
+    LaunchDownError, one line."""
     try:
         return request()
     except client.exceptions.ApiException as exc:
@@ -319,7 +319,7 @@ def _call(cluster: Cluster, verb: str, request: Callable[[], T], missing: str = 
             raise _AlreadyThereError from None
         if status == 403:
             raise LaunchError(
-                f"the research service account may not {verb} Jobs in namespace "
+                f"the research service account may not {verb} {what} in namespace "
                 f"{cluster.namespace} ({ROLE}): {message}"
             ) from None
         if status == 404 and missing:
@@ -329,7 +329,7 @@ def _call(cluster: Cluster, verb: str, request: Callable[[], T], missing: str = 
                 f"the Kubernetes API server at {cluster.server} answered {status}: {message}"
             ) from None
         raise LaunchError(
-            f"the Kubernetes API server at {cluster.server} refused to {verb} a Job "
+            f"the Kubernetes API server at {cluster.server} refused to {verb} {what} "
             f"({status}): {message}"
         ) from None
     except urllib3.exceptions.HTTPError as exc:
@@ -364,21 +364,19 @@ def _line(value: object) -> str:
 # --- the verb's step -------------------------------------------------------------------
 
 
-def launch(study: str, version: int) -> list[str]:
-    """Create the worker and collector Jobs of `study` (version `version`); one line per
-    Job: "job NAME: created" or "job NAME: already there"."""
+def launch(study: str, version: int, deadlines: Mapping[str, int] | None = None) -> list[str]:
+    """Create the worker and collector Jobs of `study` (version `version`), each stopped
+    after `deadlines[template]` seconds where given (`job_deadlines`); one line per Job:
+    "job NAME: created" or "job NAME: already there"."""
     if version < 1:
         raise LaunchError(f"study version must be >= 1, got {version}")
+    deadlines = deadlines or {}
     with connect() as cluster:
-        templates = [read_job(cluster, t, _no_template(cluster, t)) for t in TEMPLATES]
-        own = None
-        if (own_name := settings.current().own_job()) is not None:
-            missing = (
-                f"this pod's own Job {own_name} ({settings.SMS_JOB_NAME}) is not in "
-                f"namespace {cluster.namespace}"
-            )
-            own = read_job(cluster, own_name, missing)
-        jobs = [clone(t, study, version, cluster.namespace, own) for t in templates]
+        templates = {t: read_template(cluster, t) for t in TEMPLATES}
+        jobs = [
+            clone(job, study, version, cluster.namespace, deadlines.get(t))
+            for t, job in templates.items()
+        ]
         lines = []
         for job in jobs:
             state = "created" if create_job(cluster, job) else "already there"
@@ -386,8 +384,9 @@ def launch(study: str, version: int) -> list[str]:
     return lines
 
 
-def _no_template(cluster: Cluster, name: str) -> str:
-    return (
-        f"the template Job {name} is not in namespace {cluster.namespace}: "
-        f"`kubectl apply -k {OVERLAY}` restores it"
-    )
+def job_deadlines(search_config: Config) -> dict[str, int]:
+    """Each template's activeDeadlineSeconds: the workers get `study.deadline_s`; the
+    collector, which starts with them, waits for them and then retrains and exports,
+    that and `select.deadline_s`."""
+    search = search_config.study.deadline_s
+    return {"search": search, "collect": search + search_config.select.deadline_s}

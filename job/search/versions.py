@@ -103,6 +103,7 @@ class Version:
     complete: int
     fingerprints: Fingerprints | None
     lineage: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # its budget met in any of its terms (job.search.budget)
 
 
 def read_version(storage: optuna.storages.BaseStorage, number: int, name: str) -> Version:

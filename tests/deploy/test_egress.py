@@ -16,9 +16,9 @@ from tests.support.kube import (
     Obj,
     RenderOverlay,
     example_env,
-    find,
     pod_labels,
     pod_spec,
+    template_of,
 )
 
 Peer = tuple[str, str, int]  # (destination, protocol, port); destination "any" = no `to`
@@ -127,7 +127,7 @@ def test_the_next_versions_jobs_fall_under_the_same_policies(
 
     objs = rendered["gpu"]
     for name in ("search", "collect"):
-        clone = clone_spec(find(objs, "Job", name), "quickstart-v2", 2)
+        clone = clone_spec(template_of(objs, name), "quickstart-v2", 2)
         labels = pod_labels(clone)
-        assert labels != pod_labels(find(objs, "Job", name))  # labelled with the version
+        assert labels != pod_labels(template_of(objs, name))  # labelled with the version
         assert egress(objs, labels) == NEEDS[name], name

@@ -32,6 +32,7 @@ from tests.support.kube import (
     pod_spec,
     render,
     render_with,
+    template_of,
     validation_errors,
 )
 from tests.support.proc import ROOT
@@ -51,15 +52,12 @@ MONITORING = {
 }
 # The containers that push their final metrics when there is a Pushgateway.
 PUSHERS = (
-    ("Job", "search", "worker"),
-    ("Job", "collect", "collect"),
+    ("CronJob", "search", "worker"),
+    ("CronJob", "collect", "collect"),
     ("CronJob", "research", "research"),
 )
 # The downward API's values research's env reads, for container_env.
-FIELDS = {
-    "metadata.namespace": NAMESPACE,
-    "metadata.labels['batch.kubernetes.io/job-name']": "research-29000000",
-}
+FIELDS = {"metadata.namespace": NAMESPACE}
 
 
 def workloads(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
@@ -143,7 +141,7 @@ def test_one_object_per_file_named_for_it() -> None:
 def test_search_job_survives_preemption_and_scales(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    job = find(rendered[overlay], "Job", "search")
+    job = template_of(rendered[overlay], "search")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] >= 1
@@ -163,27 +161,34 @@ def test_search_job_survives_preemption_and_scales(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_templates_of_research_outlive_their_run(
+def test_templates_are_suspended_cronjobs_and_no_job_is_applied(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    # `research --launch` reads these Jobs to clone them (job/run/launch.py): no TTL may
-    # delete them; the clones carry one. Nothing a clone could not start from either.
+    # A Job's pod template is immutable: one in the manifests would fail every re-apply
+    # after a config change. The templates never run; research makes the Jobs.
+    objs = rendered[overlay]
+    assert not [o["metadata"]["name"] for o in objs if o["kind"] == "Job"]
     for name in TEMPLATES:
-        spec = find(rendered[overlay], "Job", name)["spec"]
-        assert "ttlSecondsAfterFinished" not in spec, name
-        assert not spec.get("suspend") and "selector" not in spec, name
-    cron = find(rendered[overlay], "CronJob", "research")["spec"]
+        cron = find(objs, "CronJob", name)["spec"]
+        assert cron["suspend"] is True, name
+        job = template_of(objs, name)["spec"]
+        # what research --launch sets itself (job/run/launch.py): never in a template
+        assert {"ttlSecondsAfterFinished", "activeDeadlineSeconds"}.isdisjoint(job), name
+        assert not job.get("suspend") and "selector" not in job, name
+    cron = find(objs, "CronJob", "research")["spec"]
     assert cron["jobTemplate"]["spec"]["ttlSecondsAfterFinished"] > 0
+    assert cron["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 0
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_collector_research_and_dashboard(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
-    collect = find(objs, "Job", "collect")["spec"]["template"]["spec"]["containers"][0]
+    collect = template_of(objs, "collect")["spec"]["template"]["spec"]["containers"][0]
     assert collect["args"][:1] == ["collect"] and "--wait" in collect["args"]
     cron = find(objs, "CronJob", "research")["spec"]
     assert cron["concurrencyPolicy"] == "Forbid"
-    assert cron["suspend"] is False  # it runs daily; nothing changed: no Job, no GPU
+    assert cron["suspend"] is False  # the launcher; nothing changed: no Job, no GPU
+    assert cron["schedule"] == "*/5 * * * *"  # a changed config starts within minutes
     research = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert research["args"][:1] == ["research"] and "--launch" in research["args"]
     out = research["args"][research["args"].index("--out") + 1]
@@ -238,15 +243,20 @@ def test_rbac_walk_grants_research_exactly_its_jobs(
     for account in accounts - {"default"}:
         assert find(objs, "ServiceAccount", account)
     walked = {account: grants(objs, account) for account in accounts}
-    # job/run/launch.py: get the templates and its own Job, list a version's, create clones
-    assert walked["research"] == {("batch", "jobs", v) for v in ("get", "list", "create")}
+    # job/run/launch.py: get the template CronJobs, list a version's Jobs, create them
+    assert walked["research"] == {
+        ("batch", "cronjobs", "get"),
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "create"),
+    }
+    rules = find(objs, "Role", "research")["rules"]
+    (read,) = [r for r in rules if "cronjobs" in r["resources"]]
+    assert sorted(read["resourceNames"]) == sorted(TEMPLATES)  # only the templates
     assert walked["worker"] == set() and walked["default"] == set()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_research_knows_its_namespace_and_own_job(
-    rendered: dict[str, list[Obj]], overlay: str
-) -> None:
+def test_research_knows_its_namespace(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
     cron = find(objs, "CronJob", "research")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -254,12 +264,9 @@ def test_research_knows_its_namespace_and_own_job(
     assert pod.get("automountServiceAccountToken", True) is True  # the in-cluster client
     (research,) = pod["containers"]
     refs = {e["name"]: e["valueFrom"]["fieldRef"] for e in research["env"] if "valueFrom" in e}
-    assert refs["SMS_NAMESPACE"]["fieldPath"] == "metadata.namespace"
-    job_name = "metadata.labels['batch.kubernetes.io/job-name']"
-    assert refs["SMS_JOB_NAME"]["fieldPath"] == job_name
-    fields = {"metadata.namespace": NAMESPACE, job_name: "research-29000000"}
-    env = container_env(objs, research, fields)
-    assert env["SMS_NAMESPACE"] == NAMESPACE and env["SMS_JOB_NAME"] == "research-29000000"
+    assert refs == {"SMS_NAMESPACE": {"fieldPath": "metadata.namespace"}}
+    env = container_env(objs, research, {"metadata.namespace": NAMESPACE})
+    assert env["SMS_NAMESPACE"] == NAMESPACE
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -289,7 +296,7 @@ def test_dashboard_and_metrics_open_to_the_namespace_and_monitoring_only(
     objs = rendered[overlay]
     for policy_name, kind, name in (
         ("dashboard", "Deployment", "dashboard"),
-        ("search", "Job", "search"),
+        ("search", "CronJob", "search"),
     ):
         workload = find(objs, kind, name)
         policy = find(objs, "NetworkPolicy", policy_name)["spec"]
@@ -302,7 +309,7 @@ def test_dashboard_and_metrics_open_to_the_namespace_and_monitoring_only(
         ]
         served = [  # every port of the pod: the dashboard's and the exporter's
             p["containerPort"]
-            for c in workload["spec"]["template"]["spec"]["containers"]
+            for c in (pod_spec(workload) or {})["containers"]
             for p in c.get("ports", [])
         ]
         assert rule["ports"] == [{"protocol": "TCP", "port": port} for port in served]
@@ -313,12 +320,12 @@ def test_dashboard_and_metrics_open_to_the_namespace_and_monitoring_only(
 
 
 def test_gpu_only_in_the_gpu_overlay(rendered: dict[str, list[Obj]]) -> None:
-    gpu = find(rendered["gpu"], "Job", "search")["spec"]["template"]["spec"]
+    gpu = template_of(rendered["gpu"], "search")["spec"]["template"]["spec"]
     worker = gpu["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert gpu["nodeSelector"]
-    cpu = find(rendered["local-cpu"], "Job", "search")["spec"]["template"]["spec"]
+    cpu = template_of(rendered["local-cpu"], "search")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in str(cpu)
     for overlay, mode in (("gpu", "ReadWriteMany"), ("local-cpu", "ReadWriteOnce")):
         for name in ("data", "artifacts"):
@@ -332,12 +339,12 @@ def test_gpu_pods_run_several_workers_and_research_clones_keep_them(
     from job import settings
     from job.run.launch import clone
 
-    job = find(rendered["gpu"], "Job", "search")
+    job = template_of(rendered["gpu"], "search")
     (worker,) = job["spec"]["template"]["spec"]["containers"]
     env = container_env(rendered["gpu"], worker)
     procs = settings.Settings(env).workers_per_pod()  # parsed as `search` parses it: valid
     assert procs == 2 and (settings.Settings(env).torch_threads() or 0) // procs >= 1
-    (cpu,) = find(rendered["local-cpu"], "Job", "search")["spec"]["template"]["spec"]["containers"]
+    (cpu,) = template_of(rendered["local-cpu"], "search")["spec"]["template"]["spec"]["containers"]
     assert settings.Settings(container_env(rendered["local-cpu"], cpu)).workers_per_pod() == 1
     (cloned,) = clone(job, "cifar10-v2", 2, NAMESPACE)["spec"]["template"]["spec"]["containers"]
     assert container_env(rendered["gpu"], cloned)[settings.SMS_WORKERS_PER_POD] == str(procs)
@@ -346,7 +353,7 @@ def test_gpu_pods_run_several_workers_and_research_clones_keep_them(
 def test_podmonitor_scrapes_the_workers(rendered: dict[str, list[Obj]]) -> None:
     monitor = find(rendered["gpu"], "PodMonitor", "worker")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    job = find(rendered["gpu"], "Job", "search")
+    job = template_of(rendered["gpu"], "search")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(job).items()
     ports = {p["name"] for p in job["spec"]["template"]["spec"]["containers"][0]["ports"]}
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
@@ -358,7 +365,7 @@ def test_search_configs_load(rendered: dict[str, list[Obj]], overlay: str) -> No
     config_map = find(rendered[overlay], "ConfigMap", "search-config")
     config = parse_config(yaml.safe_load(config_map["data"]["search.yaml"]), "search.yaml")
     assert config.study.budget >= 1
-    worker = find(rendered[overlay], "Job", "search")["spec"]["template"]["spec"]["containers"][0]
+    worker = template_of(rendered[overlay], "search")["spec"]["template"]["spec"]["containers"][0]
     assert worker["args"][worker["args"].index("--config") + 1] == "/etc/sms/search.yaml"
 
 
@@ -386,7 +393,7 @@ def test_managed_postgres_component_drops_the_server(tmp_path: Path) -> None:
     )
     objs = render(tree, "managed")
     assert not [o for o in objs if o["metadata"]["name"] == "postgres"]
-    assert find(objs, "Job", "search") and find(objs, "Secret", "database")
+    assert template_of(objs, "search") and find(objs, "Secret", "database")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -489,7 +496,9 @@ def test_pushgateway_is_where_the_pushers_look(rendered: dict[str, list[Obj]]) -
     deployment = find(objs, "Deployment", "pushgateway")
     spec = deployment["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    assert container["image"] == "docker.io/prom/pushgateway:v1.5.1"
+    image, _, tag = container["image"].partition(":v")
+    assert image == "docker.io/prom/pushgateway"
+    assert tuple(int(p) for p in tag.split(".")) >= (1, 11, 3)  # not the 2022 release
     assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
     assert spec["automountServiceAccountToken"] is False
@@ -524,9 +533,7 @@ def test_podmonitors_scrape_the_exporter_and_the_pushgateway(
         assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(workload).items()
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         served = {
-            p["name"]
-            for c in workload["spec"]["template"]["spec"]["containers"]
-            for p in c.get("ports", [])
+            p["name"] for c in (pod_spec(workload) or {})["containers"] for p in c.get("ports", [])
         }
         assert endpoint["port"] == port and port in served, monitor_name
         assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"

@@ -1,6 +1,6 @@
 """job/run/launch.py: `research --launch` starts a study version's Jobs through the real
 kubernetes client, against a local server that answers like the API server
-(tests/support/fakekube.py), preloaded with the Jobs the overlays render.
+(tests/support/fakekube.py), preloaded with the template CronJobs the overlays render.
 
 What is checked on the wire: the Job bodies the client sent (each passes
 `kubernetes-validate --strict`), the answers it copes with (201, 409, 403, 404, 5xx, no
@@ -20,6 +20,7 @@ import pytest
 
 from job.run.launch import (
     STUDY_ANNOTATION,
+    TEMPLATES,
     TTL_S,
     LaunchDownError,
     LaunchError,
@@ -30,7 +31,7 @@ from job.run.launch import (
     jobs_of,
     launch,
     slug,
-    with_own_job,
+    template_job,
 )
 from tests.support.fakekube import TOKEN, FakeKube, use_kubeconfig, write_kubeconfig
 from tests.support.kube import (
@@ -40,46 +41,27 @@ from tests.support.kube import (
     Obj,
     find,
     grants,
+    template_of,
     validation_errors,
 )
 
 STUDY, VERSION = "quickstart-v2", 2
-OWN = "research-manual-1700000000"  # `kubectl create job --from=cronjob/research …`
-OWN_IMAGE = "registry.example/sms/small-model-search:0.2.0"
-OWN_CONFIG = "search-config-newhash42"
+DEADLINES = {"search": 7200, "collect": 9000}
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-def own_job(objs: list[Obj]) -> Obj:
-    """The research pod's own Job, as `kubectl create job --from=cronjob/research` makes
-    it, after an apply that changed the image and the config map (its new hash)."""
-    cron = find(objs, "CronJob", "research")
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {**copy.deepcopy(cron["spec"]["jobTemplate"]["metadata"]), "name": OWN},
-        "spec": copy.deepcopy(cron["spec"]["jobTemplate"]["spec"]),
-    }
-    pod = job["spec"]["template"]["spec"]
-    pod["containers"][0]["image"] = OWN_IMAGE
-    next(v for v in pod["volumes"] if v["name"] == "config")["configMap"]["name"] = OWN_CONFIG
-    return job
-
-
 def preloaded(objs: list[Obj]) -> FakeKube:
-    return FakeKube(
-        NAMESPACE, [find(objs, "Job", "search"), find(objs, "Job", "collect"), own_job(objs)]
-    )
+    return FakeKube(NAMESPACE, [find(objs, "CronJob", t) for t in TEMPLATES])
 
 
 @pytest.fixture
 def kube(
     rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[FakeKube]:
-    """The local-cpu overlay's Jobs on a fake server; this process's client points at it,
-    as a research pod's would (namespace and own Job from the downward API)."""
+    """The local-cpu overlay's templates on a fake server; this process's client points at
+    it, as a research pod's would (its namespace from the downward API)."""
     with preloaded(rendered["local-cpu"]) as server:
-        server.use(monkeypatch, tmp_path, own_job=OWN)
+        server.use(monkeypatch, tmp_path)
         yield server
 
 
@@ -107,10 +89,9 @@ def test_launch_creates_valid_clones_of_the_templates(
 ) -> None:
     objs = rendered[overlay]
     with preloaded(objs) as kube:
-        kube.use(monkeypatch, tmp_path, own_job=OWN)
-        templates = {t: copy.deepcopy(kube.jobs[t]) for t in ("search", "collect")}
-        own = copy.deepcopy(kube.jobs[OWN])
-        lines = launch(STUDY, VERSION)
+        kube.use(monkeypatch, tmp_path)
+        templates = {t: template_job(kube.cronjobs[t]) for t in TEMPLATES}
+        lines = launch(STUDY, VERSION, DEADLINES)
     assert lines == [f"job search-{STUDY}: created", f"job collect-{STUDY}: created"]
     posted = kube.posted()
     assert [j["metadata"]["name"] for j in posted] == [f"search-{STUDY}", f"collect-{STUDY}"]
@@ -119,7 +100,10 @@ def test_launch_creates_valid_clones_of_the_templates(
         assert not validation_errors(posted, version), version
     for job, template in zip(posted, templates.values(), strict=True):
         # what the client sent is what launch built, nothing lost or renamed on the way
-        assert job == clone(template, STUDY, VERSION, NAMESPACE, own)
+        name = template["metadata"]["name"]
+        assert job == clone(template, STUDY, VERSION, NAMESPACE, DEADLINES[name])
+        # the template as the manifests render it, after the API server stored it
+        assert template == template_of(objs, name)
         meta = job["metadata"]
         assert meta["namespace"] == NAMESPACE
         assert meta["annotations"] == {STUDY_ANNOTATION: STUDY}
@@ -130,15 +114,15 @@ def test_launch_creates_valid_clones_of_the_templates(
         spec = job["spec"]
         assert {"selector", "manualSelector", "suspend"}.isdisjoint(spec)
         assert spec["ttlSecondsAfterFinished"] == TTL_S
+        assert spec["activeDeadlineSeconds"] == DEADLINES[meta["name"].split("-")[0]]
         pod_labels = spec["template"]["metadata"]["labels"]
         assert expected.items() <= pod_labels.items()
         assert not {"controller-uid", "job-name"} & {k.split("/")[-1] for k in pod_labels}
         for container in containers(job):
             assert {"name": "SMS_STUDY", "value": STUDY} in container["env"]
             assert [e["name"] for e in container["env"]].count("SMS_STUDY") == 1
-            assert container["image"] == OWN_IMAGE  # the research pod's, not the template's
         config = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == "config")
-        assert config["configMap"]["name"] == OWN_CONFIG
+        assert config["configMap"]["name"].startswith("search-config-")  # the applied one
         # everything else is the template's: the overlay's patches carry over
         assert spec["podFailurePolicy"] == template["spec"]["podFailurePolicy"]
         assert containers(job)[0]["resources"] == containers(template)[0]["resources"]
@@ -165,15 +149,29 @@ def test_launch_again_is_idempotent(kube: FakeKube, rendered: dict[str, list[Obj
     assert_within_role(rendered["local-cpu"], kube)
 
 
-def test_without_own_job_the_templates_are_used_as_they_are(
-    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+def test_the_templates_are_read_as_applied_last(
+    kube: FakeKube, rendered: dict[str, list[Obj]]
 ) -> None:
-    monkeypatch.delenv("SMS_JOB_NAME")
+    # `kubectl apply -k` after a change updates the CronJobs in place: the next launch
+    # starts from what was applied last, image and config map included
+    cron = copy.deepcopy(find(rendered["local-cpu"], "CronJob", "search"))
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["containers"][0]["image"] = "registry.example/sms/small-model-search:0.2.0"
+    next(v for v in pod["volumes"] if v["name"] == "config")["configMap"]["name"] = "cfg-2"
+    kube.add(cron)
+    launch("quickstart-v3", 3)
+    search = kube.posted()[0]["spec"]["template"]["spec"]
+    assert search["containers"][0]["image"] == "registry.example/sms/small-model-search:0.2.0"
+    assert next(v for v in search["volumes"] if v["name"] == "config")["configMap"] == {
+        "name": "cfg-2"
+    }
+    gets = [r.path.rsplit("/", 2)[-2:] for r in kube.requests if r.method == "GET"]
+    assert gets == [["cronjobs", "search"], ["cronjobs", "collect"]]  # within resourceNames
+
+
+def test_without_deadlines_the_jobs_have_none(kube: FakeKube) -> None:
     launch(STUDY, VERSION)
-    for job, template in zip(kube.posted(), ("search", "collect"), strict=True):
-        assert containers(job)[0]["image"] == containers(kube.jobs[template])[0]["image"]
-        assert OWN_IMAGE not in str(job) and OWN_CONFIG not in str(job)
-    assert not [r for r in kube.requests if r.path.endswith(f"/jobs/{OWN}")]
+    assert all("activeDeadlineSeconds" not in j["spec"] for j in kube.posted())
 
 
 def test_forbidden_is_one_line_naming_the_role(kube: FakeKube) -> None:
@@ -188,19 +186,10 @@ def test_forbidden_is_one_line_naming_the_role(kube: FakeKube) -> None:
 
 
 def test_missing_template_is_named_and_nothing_is_created(kube: FakeKube) -> None:
-    kube.remove("collect")
-    with pytest.raises(LaunchError, match=r"template Job collect .*kubectl apply -k") as caught:
+    kube.remove("collect", "CronJob")
+    with pytest.raises(LaunchError, match=r"template CronJob collect .*kubectl apply -k") as caught:
         launch(STUDY, VERSION)
     assert "\n" not in str(caught.value)
-    assert kube.posted() == []
-
-
-def test_missing_own_job_names_the_variable(
-    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SMS_JOB_NAME", "research-gone")
-    with pytest.raises(LaunchError, match=r"research-gone.*SMS_JOB_NAME"):
-        launch(STUDY, VERSION)
     assert kube.posted() == []
 
 
@@ -241,8 +230,7 @@ def test_namespace_from_the_kubeconfig_else_the_default(
     rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     objs = rendered["local-cpu"]
-    jobs = [find(objs, "Job", "search"), find(objs, "Job", "collect")]
-    with FakeKube("team-a", jobs) as kube:
+    with FakeKube("team-a", [find(objs, "CronJob", t) for t in TEMPLATES]) as kube:
         kube.use(monkeypatch, tmp_path, namespace="")  # the kubeconfig's, no SMS_NAMESPACE
         launch(STUDY, VERSION)
         assert kube.created() == [f"search-{STUDY}", f"collect-{STUDY}"]
@@ -344,17 +332,3 @@ def test_clone_drops_what_the_server_set() -> None:
     # the steps are pure functions too, and compose to the same
     step = clone_spec(clone_metadata(template, "search", "s-v2", 2, NAMESPACE), "s-v2", 2)
     assert {k: step[k] for k in ("metadata", "spec")} == {k: job[k] for k in ("metadata", "spec")}
-
-
-def test_own_job_overrides_image_and_config_map_only(rendered: dict[str, list[Obj]]) -> None:
-    objs = rendered["gpu"]
-    search = find(objs, "Job", "search")
-    out = with_own_job(search, own_job(objs))
-    assert containers(out)[0]["image"] == OWN_IMAGE
-    volumes = {v["name"]: v for v in out["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == OWN_CONFIG
-    assert (
-        volumes["data"]
-        == {v["name"]: v for v in search["spec"]["template"]["spec"]["volumes"]}["data"]
-    )
-    assert containers(search)[0]["image"] != OWN_IMAGE  # the input is untouched

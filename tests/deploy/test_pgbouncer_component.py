@@ -26,6 +26,7 @@ from tests.support.kube import (
     pod_labels,
     pod_spec,
     render_with,
+    template_of,
     validation_errors,
 )
 from tests.support.proc import ROOT
@@ -39,8 +40,8 @@ FIELDS = {
 }
 # Every pod of ours that opens the storage: (kind, name, container).
 CLIENTS = {
-    ("Job", "search", "worker"),
-    ("Job", "collect", "collect"),
+    ("CronJob", "search", "worker"),
+    ("CronJob", "collect", "collect"),
     ("CronJob", "research", "research"),
     ("Deployment", "dashboard", "dashboard"),
     ("Deployment", "dashboard", "exporter"),
@@ -158,6 +159,6 @@ def test_in_no_overlay_by_default_and_with_a_managed_server(tmp_path: Path) -> N
     assert not [o for o in objs if o["metadata"]["name"] == "postgres"]
     (container,) = find(objs, "Deployment", "pgbouncer")["spec"]["template"]["spec"]["containers"]
     assert container_env(objs, container)["DB_HOST"] == "db.example.com"
-    worker = find(objs, "Job", "search")["spec"]["template"]["spec"]["containers"][0]
+    worker = template_of(objs, "search")["spec"]["template"]["spec"]["containers"][0]
     assert container_env(objs, worker)["POSTGRES_HOST"] == "pgbouncer"
     assert not validation_errors(objs, VERSIONS[-1])

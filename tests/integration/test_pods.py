@@ -1,4 +1,5 @@
-"""Pods as processes: the `local-cpu` overlay's search and collector Jobs, run here.
+"""Pods as processes: the `local-cpu` overlay's search and collector Jobs (made from its
+template CronJobs, as `research --launch` makes them), run here.
 
 No cluster runs on these machines, so this test does the kubelet's part by hand: it renders
 the overlay, takes each Job's container command, args and environment from the rendered
@@ -23,6 +24,7 @@ import yaml
 from optuna.trial import TrialState
 
 from job.config import parse_config
+from job.run.launch import TEMPLATES
 from job.search.retrain import verify_study_name
 from job.testing.pgserver import External, Server, free_port
 from tests.support.configs import RESEARCH
@@ -38,6 +40,7 @@ from tests.support.kube import (
     mounted_files,
     pod_spec,
     render,
+    template_of,
     validation_errors,
 )
 from tests.support.proc import ROOT, database_env
@@ -136,7 +139,7 @@ def test_local_cpu_jobs_complete_the_study(postgres: Server | External, tmp_path
         text = text.replace(old, new)
     config_file.write_text(text)
     objs = render(tree, "local-cpu")
-    search, collect = find(objs, "Job", "search"), find(objs, "Job", "collect")
+    search, collect = template_of(objs, "search"), template_of(objs, "collect")
     volumes = tmp_path / "volumes"
     n = search["spec"]["parallelism"]
     assert n == search["spec"]["completions"] >= 2
@@ -177,8 +180,9 @@ def test_research_cronjob_launches_the_next_version(
     postgres: Server | External, tmp_path: Path
 ) -> None:
     """The research CronJob's pod, with the real kubernetes client against a fake API
-    server (tests/support/fakekube.py): unchanged data, no request; images added, two research
-    pods at once make one version, whose recorded Jobs then run here to the end."""
+    server (tests/support/fakekube.py) holding the template CronJobs: no study yet, it
+    launches version 1; unchanged data, no request; images added, two research pods at
+    once make one version, whose Jobs then run here to the end."""
     url = postgres.new_database()
     tree = copy_tree(tmp_path, database_env(url))
     volumes, logs = tmp_path / "volumes", tmp_path / "logs"
@@ -192,24 +196,12 @@ def test_research_cronjob_launches_the_next_version(
     (tree / "overlays" / "local-cpu" / "search.yaml").write_text(config_text)
     objs = render(tree, "local-cpu")
     write_digits(images, 0, 20)
-    search, collect = find(objs, "Job", "search"), find(objs, "Job", "collect")
-    run_jobs(objs, search, collect, volumes, logs)  # version 1, as `kubectl apply -k` starts it
-
     cron = find(objs, "CronJob", "research")
-    template = cron["spec"]["jobTemplate"]
-    own = {  # what `kubectl create job --from=cronjob/research research-manual` makes
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "research-manual", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    }
     namespace = cron["metadata"]["namespace"]
-    fields = {
-        "metadata.namespace": namespace,
-        "metadata.labels['batch.kubernetes.io/job-name']": "research-manual",
-    }
+    fields = {"metadata.namespace": namespace}
     results = volumes / "pvc-artifacts" / "results"
-    with FakeKube(namespace, [search, collect, own]) as kube:
+    templates = [find(objs, "CronJob", name) for name in TEMPLATES]
+    with FakeKube(namespace, templates) as kube:
         extra = {"KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
 
         def research(*names: str) -> list[str]:
@@ -220,28 +212,43 @@ def test_research_cronjob_launches_the_next_version(
             assert codes == [0] * len(names), texts
             return texts
 
-        (unchanged,) = research("research-0")
-        assert "unchanged" in unchanged and not kube.requests  # no Job, no GPU-second
+        def posted(names: list[str]) -> dict[str, Obj]:
+            bodies: dict[str, Obj] = {}  # two pods' POSTs interleave; they send alike
+            for body in kube.posted():
+                if body["metadata"]["name"] in names:
+                    assert bodies.setdefault(body["metadata"]["name"], body) == body
+            for version in VERSIONS:
+                assert not validation_errors(list(bodies.values()), version)
+            return bodies
+
+        # `kubectl apply -k` made no Job: the first research run launches version 1
+        (first,) = research("research-0")
+        assert "new version digits (version 1" in first, first
+        assert kube.created() == ["search-digits", "collect-digits"]
+        v1 = posted(kube.created())
+        assert v1["search-digits"]["spec"]["activeDeadlineSeconds"] == 7 * 86400
+        assert v1["collect-digits"]["spec"]["activeDeadlineSeconds"] == 8 * 86400
+        run_jobs(objs, v1["search-digits"], v1["collect-digits"], volumes, logs)
+        seen = len(kube.requests)
+
+        (unchanged,) = research("research-1")
+        assert "unchanged" in unchanged and len(kube.requests) == seen  # no Job, no GPU-second
         assert json.loads((results / "research.json").read_text())["decision"] == "unchanged"
 
         write_digits(images, 20, 6)  # new images of every class
-        research("research-1", "research-2")  # at once: one version
-        created = kube.created()
+        research("research-2", "research-3")  # at once: one version
+        created = kube.created()[2:]
         assert sorted(created) == ["collect-digits-v2", "search-digits-v2"], kube.requests
-        assert len(kube.posted()) == 4  # the second pod's two: 409 AlreadyExists, fine
-        bodies: dict[str, Obj] = {}  # the two pods' POSTs interleave; they send alike
-        for body in kube.posted():
-            assert bodies.setdefault(body["metadata"]["name"], body) == body
-        for version in VERSIONS:
-            assert not validation_errors(list(bodies.values()), version)
+        assert len(kube.posted()) == 6  # the second pod's two: 409 AlreadyExists, fine
+        bodies = posted(created)
         granted = grants(objs, "research")
         assert {(r.resource, r.verb) for r in kube.requests} <= {
             ((group, resource), verb) for group, resource, verb in granted
         }
 
         run_jobs(objs, bodies["search-digits-v2"], bodies["collect-digits-v2"], volumes, logs)
-        assert "unchanged" in research("research-3")[0]
-        assert sorted(kube.created()) == sorted(created)  # nothing more was created
+        assert "unchanged" in research("research-4")[0]
+        assert len(kube.created()) == 4  # nothing more was created
 
     study = optuna.load_study(study_name="digits-v2", storage=url)
     trials = study.get_trials()

@@ -146,6 +146,12 @@ BAD_CONFIGS: list[tuple[object, str]] = [
         "smallest_within.accuracy_drop: must be >= 0.0",
     ),
     ({"select": {"policies": [{"knee": True, "name": "../x"}]}}, "policies[0].name: must be"),
+    (
+        {"select": {"policies": [{"knee": True, "name": "trial-5"}]}},
+        "policies[0].name: 'trial-5' is how a pick's own folder is named",
+    ),
+    ({"study": {"deadline_s": 60}}, "study.deadline_s: must be >= 600"),
+    ({"select": {"deadline_s": "1d"}}, "select.deadline_s"),
     ({"select": {"retrain": {"seeds": 0}}}, "select.retrain.seeds: must be >= 1, got 0"),
     ({"select": {"retrain": {"epochs": 0}}}, "select.retrain.epochs: must be >= 1, got 0"),
     ({"select": {"verify_top_k": -1}}, "select.verify_top_k: must be >= 0"),

@@ -1,14 +1,15 @@
-"""A fake Kubernetes API server for tests: batch/v1 Jobs in one namespace, over real HTTP.
+"""A fake Kubernetes API server for tests: batch/v1 Jobs and CronJobs in one namespace,
+over real HTTP.
 
 No API server runs here, so the tests drive the real `kubernetes` client against this
-one, which answers as the API server does for what `job.run.launch` asks: GET a Job (200 or
-404 NotFound), GET the Job list (JobList), POST a Job (201 with uid, resourceVersion and
-creationTimestamp added; 409 AlreadyExists when the name is taken). Two switches make it
-misbehave: `forbid_create` answers POSTs with 403 Forbidden, as RBAC does; `fail_status`
-answers every request with that status (503: an API server in trouble). Every request is
-recorded (method, path, query, parsed JSON body, headers).
+one, which answers as the API server does for what `job.run.launch` asks: GET a CronJob
+or a Job (200 or 404 NotFound), GET the Job list (JobList), POST a Job (201 with uid,
+resourceVersion and creationTimestamp added; 409 AlreadyExists when the name is taken).
+Two switches make it misbehave: `forbid_create` answers POSTs with 403 Forbidden, as RBAC
+does; `fail_status` answers every request with that status (503: an API server in
+trouble). Every request is recorded (method, path, query, parsed JSON body, headers).
 
-    with FakeKube(objects=[search_job, collect_job]) as kube:
+    with FakeKube(objects=[search_cronjob, collect_cronjob]) as kube:
         kube.use(monkeypatch, tmp_path)   # KUBECONFIG and SMS_NAMESPACE point at it
         ...
         kube.posted()                     # the Job bodies the client sent
@@ -39,6 +40,7 @@ Obj = dict[str, Any]
 NAMESPACE = "small-model-search"
 TOKEN = "fake-token-0123456789"  # the kubeconfig's bearer token: must never be printed
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
+CRONJOBS = "/apis/batch/v1/namespaces/{ns}/cronjobs"
 
 # The verb the API server's authorizer sees for each request (RBAC's vocabulary).
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -57,7 +59,7 @@ class Request:
     @property
     def verb(self) -> str:
         """RBAC's verb: a GET of a collection is `list`, of one object `get`."""
-        if self.method == "GET" and self.path.rstrip("/").endswith("/jobs"):
+        if self.method == "GET" and self.path.rstrip("/").endswith(("/jobs", "/cronjobs")):
             return "list"
         return _VERBS.get(self.method, self.method.lower())
 
@@ -94,6 +96,7 @@ class FakeKube:
     def __init__(self, namespace: str = NAMESPACE, objects: Iterable[Obj] = ()) -> None:
         self.namespace = namespace
         self.jobs: dict[str, Obj] = {}
+        self.cronjobs: dict[str, Obj] = {}
         self.requests: list[Request] = []
         self.forbid_create = False
         self.fail_status: int | None = None
@@ -147,16 +150,17 @@ class FakeKube:
     # --- state -------------------------------------------------------------------------
 
     def add(self, obj: Obj, applied: bool = True) -> Obj:
-        """Store a Job as the server would have it: `on_cluster`'s fields added (`applied`:
-        as `kubectl apply` made it, with its last-applied annotation)."""
+        """Store a Job or CronJob as the server would have it: `on_cluster`'s fields added
+        (`applied`: as `kubectl apply` made it, with its last-applied annotation)."""
+        store = self.cronjobs if obj.get("kind") == "CronJob" else self.jobs
         stored = on_cluster(obj, self.namespace, str(len(self.jobs) + 1), applied)
         with self._lock:
-            self.jobs[stored["metadata"]["name"]] = stored
+            store[stored["metadata"]["name"]] = stored
         return stored
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, kind: str = "Job") -> None:
         with self._lock:
-            del self.jobs[name]
+            del (self.cronjobs if kind == "CronJob" else self.jobs)[name]
 
     def posted(self) -> list[Obj]:
         """The bodies of every POST, in order (accepted or not)."""
@@ -178,22 +182,17 @@ class FakeKube:
         monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path,
         namespace: str | None = None,
-        own_job: str | None = None,
     ) -> Path:
         """Point this process's client at the server, as a laptop with a kubeconfig would
         be: KUBECONFIG (the kubernetes package reads it at import, so its default is
-        patched too), not in a pod, SMS_NAMESPACE set (or unset: namespace ""), and
-        SMS_JOB_NAME set to `own_job` or unset. Returns the kubeconfig's path."""
+        patched too), not in a pod, SMS_NAMESPACE set (or unset: namespace ""). Returns
+        the kubeconfig's path."""
         path = self.write_kubeconfig(tmp_path / "kubeconfig", namespace or self.namespace)
         use_kubeconfig(monkeypatch, path)
         if namespace == "":
             monkeypatch.delenv(settings.SMS_NAMESPACE, raising=False)
         else:
             monkeypatch.setenv(settings.SMS_NAMESPACE, namespace or self.namespace)
-        if own_job:
-            monkeypatch.setenv(settings.SMS_JOB_NAME, own_job)
-        else:
-            monkeypatch.delenv(settings.SMS_JOB_NAME, raising=False)
         return path
 
     # --- answering ---------------------------------------------------------------------
@@ -209,7 +208,10 @@ class FakeKube:
         if request.method == "GET" and path == collection:
             return 200, self._list(request.query)
         if request.method == "GET" and path.startswith(collection + "/"):
-            return self._get(path[len(collection) + 1 :])
+            return self._get(self.jobs, "jobs", path[len(collection) + 1 :])
+        crons = CRONJOBS.format(ns=self.namespace)
+        if request.method == "GET" and path.startswith(crons + "/"):
+            return self._get(self.cronjobs, "cronjobs", path[len(crons) + 1 :])
         if request.method == "POST" and path == collection:
             return self._create(request.body)
         return 404, status_body(404, "NotFound", "the server could not find the requested resource")
@@ -231,12 +233,12 @@ class FakeKube:
             "items": items,
         }
 
-    def _get(self, name: str) -> tuple[int, Obj]:
+    def _get(self, store: dict[str, Obj], resource: str, name: str) -> tuple[int, Obj]:
         with self._lock:
-            job = self.jobs.get(name)
-        if job is None:
-            return 404, status_body(404, "NotFound", f'jobs.batch "{name}" not found', name)
-        return 200, copy.deepcopy(job)
+            obj = store.get(name)
+        if obj is None:
+            return 404, status_body(404, "NotFound", f'{resource}.batch "{name}" not found', name)
+        return 200, copy.deepcopy(obj)
 
     def _create(self, body: Any) -> tuple[int, Obj]:
         if not isinstance(body, dict) or not body.get("metadata", {}).get("name"):

@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from job.run.launch import template_job
 from tests.support.proc import ROOT
 
 K8S = ROOT / "k8s"
@@ -105,6 +106,12 @@ def find(objs: list[Obj], kind: str, name: str) -> Obj:
     ]
     assert len(hits) == 1, f"{kind}/{name}: {len(hits)} found"
     return hits[0]
+
+
+def template_of(objs: list[Obj], name: str) -> Obj:
+    """The Job that `research --launch` starts from the template CronJob `name` (before
+    the version's labels, name and deadline: job.run.launch.clone)."""
+    return template_job(find(objs, "CronJob", name))
 
 
 def validation_errors(objs: list[Obj], version: str) -> list[str]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from job.collect.research import (
@@ -59,6 +61,9 @@ def test_decide() -> None:
     first = decide(None, "q", 4, NOW)
     assert (first.decision, first.study, first.version, first.parent) == (NEW_VERSION, "q", 1, None)
     assert decide(_version(1, 4), "q", 4, NOW).decision == UNCHANGED
+    # an epoch budget spent with fewer COMPLETE trials: done, never launched again
+    spent = replace(_version(1, 2), finished=True)
+    assert decide(spent, "q", 4, NOW).decision == UNCHANGED
     running = decide(_version(3, 2), "q", 4, NOW)
     assert (running.decision, running.study) == (IN_PROGRESS, "q-v3")
     assert decide(_version(1, 0, None), "q", 4, NOW).decision == IN_PROGRESS  # nothing recorded
