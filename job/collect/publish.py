@@ -41,7 +41,6 @@ from typing import Any
 import optuna
 
 from job.collect.outputs import (
-    TRIAL_FOLDER,
     fresh_side,
     holder,
     point,
@@ -180,13 +179,6 @@ def _kept(live: Path, policy: str, number: int, why: str) -> Published:
     return Published(number, held_number, line, held, holder(live))
 
 
-# A policy named like a trial's folder would share its path with that folder.
-RESERVED = (
-    f"its name is that of a trial's folder under {SELECTED}/ (trial-<N>); "
-    "give the policy another `name` in select.policies"
-)
-
-
 def publish_picks(out: Path, picks: Picks, data: Dataset, config: Config) -> dict[str, Published]:
     """Each chosen trial's set built, checked and swapped in once (or left as it was),
     each policy's link pointed at its pick's, the picks no policy chooses any more
@@ -195,7 +187,7 @@ def publish_picks(out: Path, picks: Picks, data: Dataset, config: Config) -> dic
     golden = Golden(data, config)
     chosen: dict[int, list[str]] = {}  # trial → the policies that chose it, config order
     for choice in picks.choices:
-        if choice.number is not None and not TRIAL_FOLDER.match(choice.policy):
+        if choice.number is not None:  # no policy is named trial-<N> (job.config)
             chosen.setdefault(picks.picks[choice.policy].trial.number, []).append(choice.policy)
     built: dict[int, Card | str] = {}  # once per trial, whichever policies chose it
     for number, policies in chosen.items():
@@ -204,12 +196,6 @@ def publish_picks(out: Path, picks: Picks, data: Dataset, config: Config) -> dic
     results: dict[str, Published] = {}
     for choice in picks.choices:
         live = selected / choice.policy
-        if TRIAL_FOLDER.match(choice.policy):  # that path is a trial's: never a policy's
-            if choice.number is not None:
-                results[choice.policy] = Published(
-                    choice.number, None, f"{choice.policy}: not published: {RESERVED}", None
-                )
-            continue
         if choice.number is None:  # what an earlier collect chose is no longer chosen
             withdraw(live)
             continue

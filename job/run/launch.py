@@ -115,7 +115,6 @@ def version_labels(study: str, version: int) -> dict[str, str]:
 
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # k8s/components/kueue puts it on the templates
-MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admission allowed
 
 
 # --- clones: pure, dict to dict --------------------------------------------------------
@@ -143,7 +142,8 @@ def clone_metadata(job: Obj, template: str, study: str, version: int, namespace:
 
 def clone_spec(job: Obj, study: str, version: int) -> Obj:
     """`job` with the clone's spec: no selector (the server makes one), not suspended
-    (but queued, when Kueue queues the template: k8s/components/kueue), its pods labelled
+    (but queued, when Kueue queues the template: k8s/components/kueue; parallelism as the
+    template says, which Kueue never lowers: it is a CronJob), its pods labelled
     with the version (not with the template's controller), SMS_STUDY on every container,
     ttlSecondsAfterFinished a week."""
     out = copy.deepcopy(job)
@@ -153,10 +153,6 @@ def clone_spec(job: Obj, study: str, version: int) -> Obj:
     meta = job.get("metadata", {})
     if QUEUE_LABEL in meta.get("labels", {}):
         spec["suspend"] = True  # Kueue admits it (its webhook would suspend it anyway)
-    if MIN_PARALLELISM in meta.get("annotations", {}) and "completions" in spec:
-        # Kueue's partial admission lowered the live template's parallelism and restores
-        # it only on eviction: the clone asks for every worker again, Kueue decides.
-        spec["parallelism"] = spec["completions"]
     spec["ttlSecondsAfterFinished"] = TTL_S
     meta = spec["template"].setdefault("metadata", {})
     meta.pop("creationTimestamp", None)
