@@ -49,7 +49,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check job tests bench monitoring k8s
 	$(BIN)/ruff format --check job tests bench monitoring k8s
-	$(BIN)/mypy job k8s/checkov.py k8s/digests.py
+	$(BIN)/mypy job k8s/checkov.py k8s/digests.py k8s/rendering.py
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck entrypoint.sh bench/*.sh
 

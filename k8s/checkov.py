@@ -1,9 +1,8 @@
 """checkov on every shipped overlay: only the findings docs/OPERATING.md lists (and
 justifies) may remain.
 
-Each overlay of k8s/overlays/ is rendered with `kubectl kustomize` from a copy of k8s/
-(the Secret's env file from the committed example) and scanned by checkov's Kubernetes
-checks. A failed check whose id is not in the table of docs/OPERATING.md, section
+Each overlay of k8s/overlays/ is rendered (k8s/rendering.py) and scanned by checkov's
+Kubernetes checks. A failed check whose id is not in the table of docs/OPERATING.md, section
 "checkov", fails the run, with the resources it names; a listed id no overlay fails any
 more is reported, so the table can shrink. Standard library and PyYAML only; checkov
 itself lives in its own venv (`make checkov` makes it: its dependencies would clash with
@@ -16,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from rendering import render_overlays  # k8s/rendering.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -33,14 +33,6 @@ def listed(doc: Path = OPERATING) -> set[str]:
     text = doc.read_text(encoding="utf-8")
     section = text.split(SECTION, 1)[1].split("\n#", 1)[0]
     return set(re.findall(r"^\|\s*`(CKV_[A-Z0-9_]+)`", section, re.M))
-
-
-def render(tree: Path, overlay: str) -> str:
-    done = subprocess.run(
-        ["kubectl", "kustomize", str(tree / "overlays" / overlay)],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    return done.stdout
 
 
 def failed(checkov: str, manifest: Path) -> dict[str, set[str]]:
@@ -62,12 +54,9 @@ def main(argv: list[str]) -> int:
     doc = Path(argv[1]) if len(argv) > 1 else OPERATING  # another table, for the tests
     allowed, seen, bad = listed(doc), set(), []
     with tempfile.TemporaryDirectory(prefix="sms-checkov-") as tmp:
-        tree = Path(tmp) / "k8s"
-        shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("database.env"))
-        shutil.copyfile(tree / "base" / "database.env.example", tree / "base" / "database.env")
-        for overlay in sorted(p.name for p in (tree / "overlays").iterdir() if p.is_dir()):
+        for overlay, text in render_overlays(K8S).items():
             manifest = Path(tmp) / f"{overlay}.yaml"
-            manifest.write_text(render(tree, overlay), encoding="utf-8")
+            manifest.write_text(text, encoding="utf-8")
             for check, resources in sorted(failed(checkov, manifest).items()):
                 seen.add(check)
                 if check not in allowed:

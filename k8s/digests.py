@@ -33,10 +33,7 @@ import argparse
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from rendering import K8S, render_overlays  # k8s/rendering.py, beside this script
 
-K8S = Path(__file__).resolve().parent
 TIMEOUT_S = 30.0
 ACCEPT = ", ".join(
     (
@@ -57,7 +54,7 @@ ACCEPT = ", ".join(
 )
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 IMAGE_LINE = re.compile(r"^(?P<lead>\s*(?:-\s+)?image:\s*)(?P<ref>[^\s#]+)(?P<rest>.*)$")
-LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DOCKER_HUB = ("docker.io", "registry-1.docker.io")
 
 
@@ -97,7 +94,7 @@ class Ref:
 
 
 def _base(host: str) -> str:
-    scheme = "http" if host.split(":")[0] in LOOPBACK or host.startswith("[::1]") else "https"
+    scheme = "http" if urllib.parse.urlsplit(f"//{host}").hostname in LOOPBACK else "https"
     return f"{scheme}://{'registry-1.docker.io' if host in DOCKER_HUB else host}"
 
 
@@ -192,26 +189,25 @@ def kustomize_entries(text: str) -> list[dict[str, str]]:
 def pin_entries(text: str, digests: dict[str, str]) -> str:
     """`text` (a kustomization) with a `digest:` line after the `newTag:` of each entry
     whose `newName:newTag` is in `digests` (an old digest line replaced)."""
-    lines = text.splitlines(keepends=True)
-    wanted = {f"{e['newName']}:{e['newTag']}": e for e in kustomize_entries(text)}
     out: list[str] = []
     name, pinned = None, False
-    for line in lines:
+    for line in text.splitlines(keepends=True):
         stripped = line.strip()
         if pinned and stripped.startswith("digest:"):
             pinned = False
             continue  # the old digest, replaced just above
         pinned = False
-        if stripped.startswith("newName:"):
-            name = _value(stripped)
+        if stripped.startswith("- "):
+            name = None  # a new entry: its own newName, if any, comes next
+        if stripped.removeprefix("- ").startswith("newName:"):
+            name = _value(stripped.removeprefix("- "))
         out.append(line)
         if stripped.startswith("newTag:") and name is not None:
             ref = f"{name}:{_value(stripped)}"
-            if ref in wanted and ref in digests:
+            if ref in digests:
                 indent = line[: len(line) - len(line.lstrip())]
                 out.append(f"{indent}digest: {digests[ref]}\n")
                 pinned = True
-            name = None
     return "".join(out)
 
 
@@ -258,35 +254,18 @@ def write(tree: Path) -> list[str]:
 
 
 def rendered_images(tree: Path) -> dict[str, set[str]]:
-    """image -> where it runs (`overlay/kind/name`), from every overlay rendered with
-    `kubectl kustomize` (a copy of `tree`, the Secret's env file from its example) and
-    every plain manifest under tools/."""
+    """image -> where it runs (`overlay/kind/name`), from every overlay rendered
+    (k8s/rendering.py) and every plain manifest under tools/."""
+    sources = render_overlays(tree)
+    for path in sorted((tree / "tools").glob("*.yaml")):
+        sources[f"tools/{path.name}"] = path.read_text(encoding="utf-8")
     found: dict[str, set[str]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "k8s"
-        shutil.copytree(tree, copy, ignore=shutil.ignore_patterns("database.env"))
-        shutil.copy(copy / "base" / "database.env.example", copy / "base" / "database.env")
-        sources = {
-            o.name: _kustomize(o)
-            for o in sorted((copy / "overlays").iterdir())
-            if (o / "kustomization.yaml").is_file()
-        }
-        for path in sorted((copy / "tools").glob("*.yaml")):
-            sources[f"tools/{path.name}"] = path.read_text(encoding="utf-8")
     for where, text in sources.items():
         for obj in yaml.safe_load_all(text):
             for image in _images(obj or {}):
                 name = f"{where}/{obj['kind']}/{obj['metadata']['name']}"
                 found.setdefault(image, set()).add(name)
     return found
-
-
-def _kustomize(overlay: Path) -> str:
-    done = subprocess.run(
-        ["kubectl", "kustomize", str(overlay)],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    return done.stdout
 
 
 def _images(obj: dict[str, object]) -> list[str]:

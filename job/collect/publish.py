@@ -93,6 +93,16 @@ class Publication:
         return [r.problem for r in self.results.values() if r.problem is not None]
 
 
+def published_trials(results: dict[str, Published]) -> dict[int, tuple[list[str], Published]]:
+    """Each trial published in this collect, once: the policies that chose it (config
+    order) and the first one's outcome (they share its folder and card)."""
+    found: dict[int, tuple[list[str], Published]] = {}
+    for policy, result in results.items():
+        if result.problem is None and result.folder is not None:
+            found.setdefault(result.chosen, ([], result))[0].append(policy)
+    return found
+
+
 def read_card(folder: Path) -> dict[str, Any] | None:
     """The folder's card.json, or None when there is none (or it is not a card)."""
     try:
@@ -231,16 +241,12 @@ def selection_json(
 def _upload(out: Path, study: optuna.Study, picks: Picks, results: dict[str, Published]) -> None:
     """The published picks' files as artifacts of their trials, once per trial (two
     policies that chose one trial share its folder, and so its files)."""
-    uploaded: set[int] = set()
-    for policy, result in results.items():
-        if result.problem is not None or result.folder is None or result.chosen in uploaded:
-            continue
-        trial = picks.picks[policy].trial
+    for policies, result in published_trials(results).values():
+        assert result.folder is not None  # published_trials keeps those with one
         folder = out / result.folder
         files = [folder / name for name in EXPORTED if (folder / name).is_file()]
         with writing(out / ARTIFACTS):
-            upload_trial_files(study, trial, files, out / ARTIFACTS)
-        uploaded.add(result.chosen)
+            upload_trial_files(study, picks.picks[policies[0]].trial, files, out / ARTIFACTS)
 
 
 def publish(
@@ -266,13 +272,9 @@ def export_text(publication: Publication) -> str:
 
 
 def _export_lines(publication: Publication) -> Iterator[str]:
-    trials: dict[int, tuple[list[str], dict[str, Any]]] = {}
-    for policy, result in publication.results.items():
-        if result.problem is not None or result.card is None:  # its warning says
-            continue
-        trials.setdefault(result.chosen, ([], result.card))[0].append(policy)
-    for policies, card in trials.values():
-        onnx = card.get("onnx")
+    # a trial not published has its warning line instead
+    for policies, result in published_trials(publication.results).values():
+        onnx = (result.card or {}).get("onnx")
         if not isinstance(onnx, dict):
             continue
         names = ", ".join(policies)

@@ -41,7 +41,6 @@ from optuna.trial import FrozenTrial
 from job.collect.policies import select
 from job.config import Config, config_fingerprint
 from job.ml.errors import TrainError
-from job.search.budget import budget_met
 from job.search.record import RESULTS_DIR as RESULTS_DIR  # where its collector wrote
 from job.search.record import WARM_START as WARM_START  # a warm-start trial's attr
 from job.search.record import StudyAttrs, TrialAttrs, TrialRecord, WarmStart, enqueue
@@ -196,17 +195,6 @@ def lineage(decision: Decision, base: str, warm: int) -> dict[str, Any]:
     }
 
 
-def _latest(storage: optuna.storages.BaseStorage, config: Config) -> Version | None:
-    """The latest version, `finished` when its budget is met in either term: a version
-    that spent `study.budget_epochs` is done with fewer COMPLETE trials than the budget,
-    and must not be launched again."""
-    latest = latest_version(storage, config.study.name)
-    if latest is None:
-        return None
-    trials = storage.get_all_trials(storage.get_study_id_from_name(latest.name), deepcopy=False)
-    return replace(latest, finished=budget_met(trials, config))
-
-
 def research(config: Config, url: str, data: Dataset, dry_run: bool = False) -> Decision:
     """Decide, and unless `dry_run` make the new version (lineage, warm start): under the
     research lock, so that concurrent callers agree on one version."""
@@ -214,11 +202,13 @@ def research(config: Config, url: str, data: Dataset, dry_run: bool = False) -> 
 
     base, now = config.study.name, current(config, data)
     if dry_run:  # reads only: a storage that is not there yet is not made to read it
-        latest = _latest(open_storage(url, config), config) if stored(url, base) else None
+        latest = (
+            latest_version(open_storage(url, config), base, config) if stored(url, base) else None
+        )
         return decide(latest, base, config.study.budget, now)
     storage = open_storage(url, config)
     with budget_lock(url, f"research:{base}"):
-        decision = decide(_latest(storage, config), base, config.study.budget, now)
+        decision = decide(latest_version(storage, base, config), base, config.study.budget, now)
         if decision.decision != NEW_VERSION:
             return decision
         study = open_study(config, url, decision.study)

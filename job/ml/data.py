@@ -17,6 +17,7 @@ import hashlib
 import math
 import struct
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,10 +148,15 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, float, float], tuple[float, 
     return (m[0], m[1], m[2]), (s[0], s[1], s[2])
 
 
+def _shown(cfg: DataConfig) -> Path | str:
+    """What a data error names: the data's folder, else the built-in data set's name."""
+    return cfg.path if cfg.path is not None else cfg.name
+
+
 def _load_source(cfg: DataConfig) -> tuple[Source, Split, Split]:
     """`cfg`'s source, its training pool and its test split, unprepared."""
     source = LOADERS[cfg.name](cfg)
-    where = cfg.path if cfg.path is not None else cfg.name  # what the errors name
+    where = _shown(cfg)
     if len(source.classes) < 2:  # one class "trains" to accuracy 1.0 and means nothing
         raise DataError(
             f"{where}: one class ({source.classes[0]!r}); a classifier needs at least 2 "
@@ -174,7 +180,7 @@ def raw_test(cfg: DataConfig) -> Split:
 def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     """Load, prepare and split `cfg`'s data set; the result's tensors live on `device`."""
     source, pool, test = _load_source(cfg)
-    where = cfg.path if cfg.path is not None else cfg.name  # what the errors name
+    where = _shown(cfg)
     if cfg.subset is not None:
         pool = _subset(pool, cfg.subset, _rng(cfg.seed, _SUBSET_STREAM))
     train, val = _hold_out(pool, cfg.val_ratio, _rng(cfg.seed, _VAL_STREAM))

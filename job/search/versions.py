@@ -12,13 +12,17 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from job.search.budget import budget_met
 from job.search.record import LINEAGE as LINEAGE  # the study attr of a version research made
 from job.search.record import StudyAttrs, TrialRecord
+
+if TYPE_CHECKING:
+    from job.config import Config
 
 CHANGES = ("data", "config", "code")
 
@@ -106,17 +110,26 @@ class Version:
     finished: bool = False  # its budget met in any of its terms (job.search.budget)
 
 
-def read_version(storage: optuna.storages.BaseStorage, number: int, name: str) -> Version:
+def read_version(
+    storage: optuna.storages.BaseStorage, number: int, name: str, config: Config | None = None
+) -> Version:
+    """Version `number` (study `name`), its trials read once; `finished` judged by
+    `config`'s budgets where given: a version that spent `study.budget_epochs` is done
+    with fewer COMPLETE trials than `study.budget`."""
     study_id = storage.get_study_id_from_name(name)
     attrs = StudyAttrs.stored(storage, study_id)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    return Version(name, number, complete, recorded(attrs, trials), dict(attrs.lineage or {}))
+    finished = config is not None and budget_met(trials, config)
+    lineage = dict(attrs.lineage or {})
+    return Version(name, number, complete, recorded(attrs, trials), lineage, finished)
 
 
-def latest_version(storage: optuna.storages.BaseStorage, base: str) -> Version | None:
+def latest_version(
+    storage: optuna.storages.BaseStorage, base: str, config: Config | None = None
+) -> Version | None:
     found = versions(storage, base)
-    return read_version(storage, *found[-1]) if found else None
+    return read_version(storage, *found[-1], config) if found else None
 
 
 def lineage_text(storage: optuna.storages.BaseStorage, found: Sequence[tuple[int, str]]) -> str:

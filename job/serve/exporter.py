@@ -166,6 +166,7 @@ def study_families(
         bests.append(gauge(metric, doc, math.nan if known is None else known * scale))
     accuracy, rate = summary.best_accuracy, summary.trials_per_hour
     live = workers_beat(trials, summary, config.study.grace_period_s)
+    retried = _retried(trials)  # served twice this release: the counter and the old gauge
     return [
         states,
         gauge("sms_study_budget", BUDGET_DOC, summary.budget),
@@ -218,12 +219,12 @@ def study_families(
         counter(
             "sms_study_retried_trials",
             "Trials that retry a trial whose worker stopped beating.",
-            _retried(trials),
+            retried,
         ),
         gauge(
             "sms_study_retried_trials",
             DEPRECATED + "sms_study_retried_trials_total (a counter).",
-            _retried(trials),
+            retried,
         ),
         counter(
             "sms_study_epochs_trained",
